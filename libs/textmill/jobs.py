@@ -1,0 +1,67 @@
+"""The job registry and ``run_job``: config -> SparkSession -> MLflow run -> pipeline.
+
+``run_job`` is what ``textmill run <job>``, ``spark-submit jobs/<job>.py`` and notebooks
+all call, so the three paths run the same code. Pipeline modules are imported lazily so
+that ``textmill --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Mapping
+
+from pyspark.sql import SparkSession
+
+from textmill.config import JobConf, validate_conf
+from textmill.errors import ConfigError
+from textmill.session import get_spark
+from textmill.tracking import job_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    module: str
+    summary: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    @property
+    def conf_model(self) -> type[JobConf]:
+        return self.load().JOB_CONF
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in [
+        Job("prepare", "textmill.pipelines.prepare", "raw corpus -> clean Parquet + quarantine"),
+        Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
+    ]
+}
+
+
+def get_job(name: str) -> Job:
+    if name not in JOBS:
+        raise ConfigError([f"unknown job {name!r}; jobs: {', '.join(sorted(JOBS))}"])
+    return JOBS[name]
+
+
+def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | None = None) -> dict[str, float]:
+    """Run job ``name`` inside an MLflow run and return its metrics.
+
+    ``conf`` may be a validated model or a plain dict (validated here, before Spark starts).
+    """
+    job = get_job(name)
+    if not isinstance(conf, JobConf):
+        conf = validate_conf(job.conf_model, conf)
+    spark = spark or get_spark(conf.spark, app_name=f"textmill-{name}")
+    with job_run(name, conf, spark) as tracked:
+        metrics = job.load().run(spark, conf)
+        tracked.log_metrics(metrics)
+    logger.info("%s finished: %s", name, {k: metrics[k] for k in list(metrics)[:6]})
+    return {**metrics, **tracked.metrics}

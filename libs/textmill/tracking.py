@@ -1,0 +1,125 @@
+"""MLflow run context for jobs: params, metrics, tags and the resolved config.
+
+``job_run`` wraps one job in an MLflow run (nested when a parent run is active, as in the
+``pipeline`` job). It logs the flattened resolved config as params, the resolved YAML as
+an artifact, and tags (textmill version, git commit, Spark version, master, job); on exit
+it logs ``wall_seconds`` and ``docs_per_second``. The default store is
+``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``: no server needed.
+Called on the driver only, never inside UDFs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+import textmill
+from textmill.config import JobConf, flatten, to_yaml
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def resolve_tracking_uri(conf_uri: str | None) -> str:
+    if conf_uri:
+        return conf_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ensure_experiment(name: str, artifact_location: str | None) -> str:
+    """Experiment id for ``name``, creating it with artifacts under ./mlartifacts (or as configured)."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_location or (Path.cwd() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository textmill was installed from (editable installs), when there is one."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(textmill.__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.debug("no git commit tag: %s", exc)
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else ("null" if value is None else str(value))
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+@dataclass
+class JobRun:
+    """Handle a job body gets: the MLflow run id and a place to put metrics."""
+
+    run_id: str
+    job: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def log_metrics(self, metrics: Mapping[str, float | int], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self.metrics.update(clean)
+        mlflow.log_metrics(clean, step=step)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        mlflow.log_dict(data, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextmanager
+def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
+    """Run the block inside an MLflow run for ``job``; see the module docstring."""
+    mlflow.set_tracking_uri(resolve_tracking_uri(conf.mlflow.tracking_uri))
+    parent = mlflow.active_run()
+    if parent is None:
+        experiment_id = ensure_experiment(conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location)
+    else:
+        experiment_id = parent.info.experiment_id
+    tags = {"textmill.job": job, "textmill.version": textmill.__version__}
+    commit = git_commit()
+    if commit:
+        tags["textmill.git_commit"] = commit
+    if spark is not None:
+        tags["spark.version"] = spark.version
+        tags["spark.master"] = spark.sparkContext.master
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=conf.mlflow.run_name or job,
+        nested=parent is not None,
+        tags=tags,
+    ) as run:
+        logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, mlflow.get_tracking_uri())
+        mlflow.log_params({k: _param_value(v) for k, v in flatten(conf.model_dump(mode="json")).items()})
+        mlflow.log_text(to_yaml(conf), "config/resolved.yaml")
+        handle = JobRun(run_id=run.info.run_id, job=job)
+        started = time.perf_counter()
+        yield handle
+        wall = time.perf_counter() - started
+        final = {"wall_seconds": wall}
+        rows_in = handle.metrics.get("rows_in")
+        if rows_in is not None and wall > 0:
+            final["docs_per_second"] = rows_in / wall
+        handle.log_metrics(final)

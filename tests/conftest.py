@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local SparkSession for the whole run, a real MLflow sqlite store.
+
+Nothing is mocked. The session is built by textmill's own ``get_spark`` (local[2], UI off,
+2 shuffle partitions) and stopped at the end; tests that need small Arrow batches set
+``spark.sql.execution.arrow.maxRecordsPerBatch`` through the ``small_arrow_batches`` fixture.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from textmill.config import SparkConf
+    from textmill.session import get_spark
+
+    session = get_spark(
+        SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),
+        app_name="textmill-tests",
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A real MLflow sqlite store in a temp dir, shared by the session (migrations run once)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def small_arrow_batches(spark) -> Iterator[None]:
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key)
+    spark.conf.set(key, "2")
+    yield
+    spark.conf.set(key, old)
+
+
+@pytest.fixture
+def job_conf(tmp_path, mlflow_uri):
+    """Build a job config dict: common test settings plus the given sections."""
+
+    def build(**sections: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": (tmp_path / "mlartifacts").as_uri()},
+        }
+        conf.update(sections)
+        return conf
+
+    return build
