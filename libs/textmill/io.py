@@ -1,0 +1,288 @@
+"""Read corpora and write outputs: explicit schemas, quarantine, idempotent atomic writes.
+
+Readers turn every supported input layout into one DataFrame shape: the source columns,
+plus three internal columns that ``prepare`` uses to quarantine bad records without
+losing them:
+
+- ``_tm_source``: the file the record came from;
+- ``_tm_malformed``: the raw text of a record the parser could not read (else null);
+- ``_tm_decode_error``: why the bytes could not be decoded (``text_files`` only).
+
+Writers never leave a half-written output: a job writes to a temporary sibling
+directory, checks it, and only then swaps it into place (``publish``). A rerun on the
+same path replaces the old output whole. Used by the pipelines on the driver.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextlib import contextmanager
+from typing import Iterator, Literal
+
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from textmill.config import StrictModel
+from textmill.errors import ColumnNotFoundError, InputNotFoundError, OutputError
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "_tm_source"
+MALFORMED = "_tm_malformed"
+DECODE_ERROR = "_tm_decode_error"
+INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR)
+
+InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
+
+
+class CsvConf(StrictModel):
+    header: bool = Field(False, description="first line of each file holds column names")
+    columns: list[str] | None = Field(None, description="column names when header is false")
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', min_length=1, max_length=1)
+    escape: str = Field('"', min_length=1, max_length=1, description='"" inside a quoted field is a quote (RFC 4180)')
+    multiline: bool = Field(False, description="quoted fields may span lines (slower: files are not split)")
+    encoding: str = "UTF-8"
+
+
+class TextFilesConf(StrictModel):
+    glob: str = Field("*.txt", description="file-name pattern, searched recursively")
+    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "latin-1"], min_length=1,
+                                 description="tried in order; a file no encoding decodes is quarantined")
+    first_line_is_title: bool = Field(False, description="the first line becomes column 'title', the rest 'text'")
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def _hadoop_fs(spark: SparkSession, path: str):  # -> (FileSystem, Path), JVM objects
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = _hadoop_fs(spark, path)
+    matches = fs.globStatus(hpath)
+    return matches is not None and len(matches) > 0
+
+
+def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None:
+    if not path_exists(spark, path):
+        raise InputNotFoundError(f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)")
+
+
+def list_files(spark: SparkSession, path: str) -> list[tuple[str, int]]:
+    """(uri, size) of every file under a path or glob, recursively; hidden files (_x, .x) skipped."""
+    fs, hpath = _hadoop_fs(spark, path)
+    files: list[tuple[str, int]] = []
+    for status in fs.globStatus(hpath) or []:
+        if status.isFile():
+            files.append((status.getPath().toString(), status.getLen()))
+            continue
+        it = fs.listFiles(status.getPath(), True)
+        while it.hasNext():
+            st = it.next()
+            name = st.getPath().getName()
+            if not name.startswith(("_", ".")):
+                files.append((st.getPath().toString(), st.getLen()))
+    return files
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    fs, hpath = _hadoop_fs(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def publish(spark: SparkSession, staged: str, final: str) -> None:
+    """Move a fully written ``staged`` directory to ``final``, replacing what was there.
+
+    The old output is renamed aside first and deleted only after the new one is in place,
+    so a failure at any point leaves either the old or the new output, never a mix.
+    (Atomic on HDFS and local disks; object stores have no atomic rename.)
+    """
+    fs, final_path = _hadoop_fs(spark, final)
+    staged_path = spark._jvm.org.apache.hadoop.fs.Path(staged)
+    backup = None
+    if fs.exists(final_path):
+        backup = spark._jvm.org.apache.hadoop.fs.Path(f"{final.rstrip('/')}.__textmill_old-{uuid.uuid4().hex[:8]}")
+        if not fs.rename(final_path, backup):
+            raise OutputError(f"could not move the previous output {final!r} aside")
+    else:
+        parent = final_path.getParent()
+        if parent is not None:
+            fs.mkdirs(parent)
+    if not fs.rename(staged_path, final_path):
+        if backup is not None:
+            fs.rename(backup, final_path)
+        raise OutputError(f"could not move the new output into place at {final!r}")
+    if backup is not None:
+        fs.delete(backup, True)
+
+
+@contextmanager
+def staged_outputs(spark: SparkSession, *finals: str) -> Iterator[list[str]]:
+    """Yield temporary sibling paths for ``finals``; publish all of them only if the block succeeds."""
+    token = uuid.uuid4().hex[:8]
+    staged = [f"{f.rstrip('/')}.__textmill_tmp-{token}" for f in finals]
+    try:
+        yield staged
+        for tmp, final in zip(staged, finals):
+            publish(spark, tmp, final)
+    finally:
+        for tmp in staged:
+            delete_path(spark, tmp)
+
+
+def write_marker(spark: SparkSession, directory: str, content: dict) -> None:
+    """Write ``_textmill.json`` (schema version, row count...) into an output directory.
+
+    Spark readers skip files starting with '_', so the marker never pollutes the data.
+    """
+    fs, hpath = _hadoop_fs(spark, f"{directory.rstrip('/')}/_textmill.json")
+    stream = fs.create(hpath, True)
+    try:
+        stream.write(bytearray(json.dumps(content, indent=2, sort_keys=True).encode("utf-8")))
+    finally:
+        stream.close()
+
+
+def read_marker(spark: SparkSession, directory: str) -> dict | None:
+    fs, hpath = _hadoop_fs(spark, f"{directory.rstrip('/')}/_textmill.json")
+    if not fs.exists(hpath):
+        return None
+    # Spark's readers skip '_' files even when named, so read through the Hadoop stream.
+    stream = fs.open(hpath)
+    try:
+        return json.loads(spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def count_parquet(spark: SparkSession, path: str) -> int:
+    """Row count of a written Parquet directory (answered from file footers)."""
+    return spark.read.parquet(path).count()
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None) -> DataFrame:
+    return df.select(
+        "*",
+        F.col("_metadata.file_path").alias(SOURCE),
+        (malformed if malformed is not None else F.lit(None).cast("string")).alias(MALFORMED),
+        (decode_error if decode_error is not None else F.lit(None).cast("string")).alias(DECODE_ERROR),
+    )
+
+
+def read_csv(spark: SparkSession, path: str, conf: CsvConf) -> DataFrame:
+    reader = (
+        spark.read.option("sep", conf.delimiter)
+        .option("quote", conf.quote)
+        .option("escape", conf.escape)
+        .option("multiLine", conf.multiline)
+        .option("encoding", conf.encoding)
+        .option("header", conf.header)
+        .option("mode", "PERMISSIVE")
+    )
+    if conf.header:
+        names = reader.option("inferSchema", False).csv(path).columns
+    elif conf.columns:
+        names = list(conf.columns)
+    else:
+        raise ColumnNotFoundError("prepare.csv.columns must name the columns when prepare.csv.header is false")
+    corrupt = "_tm_corrupt_record"
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(corrupt, T.StringType())])
+    df = reader.schema(schema).option("columnNameOfCorruptRecord", corrupt).csv(path)
+    return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
+
+
+def read_jsonl(spark: SparkSession, path: str) -> DataFrame:
+    corrupt = "_tm_corrupt_record"
+    # Strings for every primitive, so ids stay '0012' and never become 12 or 12.0.
+    df = (
+        spark.read.option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", corrupt)
+        .option("primitivesAsString", True)
+        .json(path)
+    )
+    if corrupt not in df.columns:
+        return _with_internal(df)
+    return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
+
+
+def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
+    return _with_internal(spark.read.text(path).withColumnRenamed("value", "text"))
+
+
+_DECODED = T.StructType([
+    T.StructField("text", T.StringType()),
+    T.StructField("title", T.StringType()),
+    T.StructField("error", T.StringType()),
+])
+
+
+def decode_file(content: bytes | None, encodings: list[str], first_line_is_title: bool) -> tuple[str | None, str | None, str | None]:
+    """(text, title, error) for one file's bytes: the first encoding that decodes strictly wins."""
+    if content is None:
+        return None, None, "no content"
+    for encoding in encodings:
+        try:
+            text = content.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None, None, f"not decodable as any of {', '.join(encodings)}"
+    if first_line_is_title:
+        title, _, body = text.partition("\n")
+        return body.strip("\r\n"), title.strip(), None
+    return text, None, None
+
+
+def make_decode_udf(encodings: list[str], first_line_is_title: bool):
+    encodings = list(encodings)
+
+    @F.pandas_udf(_DECODED)
+    def decode(contents: pd.Series) -> pd.DataFrame:
+        rows = [decode_file(c, encodings, first_line_is_title) for c in contents]
+        return pd.DataFrame(rows, columns=["text", "title", "error"])
+
+    return decode
+
+
+def read_text_files(spark: SparkSession, path: str, conf: TextFilesConf) -> DataFrame:
+    """One document per file. Columns: text, title (when first_line_is_title), folder, name, relpath."""
+    raw = (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", conf.glob)
+        .option("recursiveFileLookup", True)
+        .load(path)
+    )
+    decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
+    # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
+    decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))
+    parts = F.split(F.col("path"), "/")
+    folder = F.element_at(parts, -2)
+    name = F.element_at(parts, -1)
+    columns = [F.col("_d.text").alias("text")]
+    if conf.first_line_is_title:
+        columns.append(F.col("_d.title").alias("title"))
+    columns += [folder.alias("folder"), name.alias("name"), F.concat_ws("/", folder, name).alias("relpath")]
+    df = decoded.select(
+        *columns,
+        F.col("path").alias(SOURCE),
+        F.lit(None).cast("string").alias(MALFORMED),
+        F.col("_d.error").alias(DECODE_ERROR),
+    )
+    return df
+
+
+def source_columns(df: DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in INTERNAL_COLUMNS]

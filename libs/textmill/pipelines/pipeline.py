@@ -1,0 +1,87 @@
+"""The ``pipeline`` job: the end-to-end run behind the README's first command.
+
+With ``io.input`` unset it generates the sample corpus (``textmill.sample``) under
+``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
+run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
+summary (counts, labels, lengths, quarantine reasons) that it prints and logs as
+``summary.json``. Steps today: ``prepare``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import ClassVar, Literal
+
+import mlflow
+from pydantic import Field
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from textmill.config import JobConf, StrictModel
+from textmill.jobs import run_job
+from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
+from textmill.sample import write_sample_csv
+
+logger = logging.getLogger(__name__)
+
+
+class SampleConf(StrictModel):
+    n_docs: int = Field(2000, gt=0, description="generated documents when io.input is null")
+    seed: int = 7
+
+
+class PipelineConf(StrictModel):
+    steps: list[Literal["prepare"]] = Field(default_factory=lambda: ["prepare"], min_length=1)
+    sample: SampleConf = Field(default_factory=SampleConf)
+
+
+class PipelineJobConf(JobConf):
+    required: ClassVar[tuple[str, ...]] = ("io.output",)
+    pipeline: PipelineConf = Field(default_factory=PipelineConf)
+    prepare: PrepareConf = Field(default_factory=PrepareConf)
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        if self.io.quarantine:
+            problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
+        return problems
+
+
+JOB_CONF = PipelineJobConf
+
+
+def summarize(spark: SparkSession, prepared: str, quarantine: str) -> dict:
+    df = spark.read.parquet(prepared)
+    labels = {r["label"]: r["count"] for r in df.groupBy("label").count().orderBy("label").collect()}
+    q25, q50, q95 = df.approxQuantile("n_chars", [0.25, 0.5, 0.95], 0.01) if labels else (0, 0, 0)
+    reasons = {r["reason"]: r["count"] for r in spark.read.parquet(quarantine).groupBy("reason").count().collect()}
+    return {
+        "documents": sum(labels.values()),
+        "labels": {str(k): v for k, v in labels.items()},
+        "n_chars": {"p25": q25, "p50": q50, "p95": q95},
+        "quarantined": reasons,
+        "example": [r.asDict() for r in df.select("doc_id", "title", "label", "text").limit(2).collect()],
+    }
+
+
+def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
+    root = conf.io.output.rstrip("/")
+    source = conf.io.input
+    if source is None:
+        source = str(write_sample_csv(f"{root}/sample/news.csv", conf.pipeline.sample.n_docs, conf.pipeline.sample.seed))
+        logger.info("pipeline: generated %d sample documents at %s", conf.pipeline.sample.n_docs, source)
+    metrics: dict[str, float] = {}
+    prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
+    for step in conf.pipeline.steps:
+        if step == "prepare":
+            step_conf = PrepareJobConf(
+                io={"input": source, "output": prepared, "quarantine": quarantine},
+                spark=conf.spark, mlflow=conf.mlflow, prepare=conf.prepare,
+            )
+            step_metrics = run_job("prepare", step_conf, spark)
+        metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
+    summary = summarize(spark, prepared, quarantine)
+    mlflow.log_dict(summary, "summary.json")
+    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    metrics["rows_in"] = metrics.get("prepare.rows_in", 0)
+    return metrics

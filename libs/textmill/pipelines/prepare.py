@@ -1,0 +1,306 @@
+"""The ``prepare`` job: a raw corpus in, clean partitioned Parquet out, bad records quarantined.
+
+Reads CSV, JSON Lines, Parquet, one-document-per-line text or a directory of text files;
+maps source columns to ``doc_id``/``text``/``title``/``label``; optionally cleans text;
+and writes
+
+- ``io.output``: Parquet ``doc_id, text, title, label, source, n_chars`` (+ ``columns.extra``),
+  range-partitioned and sorted by ``doc_id``;
+- ``io.quarantine`` (default ``<output>_quarantine``): ``doc_id, reason, detail, source, raw``.
+
+Both are staged and published together only after ``rows_in == rows_out + rows_quarantined``
+has been checked on the written files. ``prepare_frame`` is the pure DataFrame transform
+(used by tests and notebooks); ``run`` is the job.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import io
+from textmill.cleaning import CleaningConf
+from textmill.config import JobConf, StrictModel
+from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.udfs import make_clean_udf
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "prepare/v1"
+OUTPUT_COLUMNS = ["doc_id", "text", "title", "label", "source", "n_chars"]
+QUARANTINE_COLUMNS = ["doc_id", "reason", "detail", "source", "raw"]
+REASONS = (
+    "malformed_record",
+    "undecodable_bytes",
+    "null_text",
+    "empty_text",
+    "text_too_long",
+    "null_doc_id",
+    "unknown_label",
+    "duplicate_doc_id",
+)
+_REASON = "_tm_reason"
+_DETAIL = "_tm_detail"
+_RAW = "_tm_raw"
+
+
+class ColumnsConf(StrictModel):
+    doc_id: str | None = Field(None, description="source column with a stable id; null = content hash")
+    text: str = Field("text", description="source column with the document text")
+    title: str | None = Field(None, description="source column with a title, optional")
+    label: str | None = Field(None, description="source column with a label, optional")
+    extra: list[str] = Field(default_factory=list, description="source columns carried through unchanged")
+
+
+class OutputFilesConf(StrictModel):
+    rows_per_file: int = Field(250_000, gt=0, description="at most this many rows per output file")
+    bytes_per_file: int | None = Field(None, gt=0, description="target uncompressed text bytes per file")
+
+
+class PrepareConf(StrictModel):
+    format: io.InputFormat = Field("csv", description="csv | jsonl | parquet | text_lines | text_files")
+    csv: io.CsvConf = Field(default_factory=io.CsvConf)
+    text_files: io.TextFilesConf = Field(default_factory=io.TextFilesConf)
+    columns: ColumnsConf = Field(default_factory=ColumnsConf)
+    label_map: dict[str, str] = Field(default_factory=dict, description="source label -> label; unmapped values are quarantined")
+    cleaning: CleaningConf = Field(default_factory=CleaningConf)
+    max_chars: int = Field(1_000_000, gt=0, description="longer texts (after cleaning) are quarantined")
+    replacement_char_is_error: bool = Field(True, description="U+FFFD in a line-based input means undecodable bytes")
+    duplicates: Literal["quarantine", "keep"] = Field("quarantine", description="rows whose doc_id was already seen")
+    files: OutputFilesConf = Field(default_factory=OutputFilesConf)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value: Any) -> Any:
+        # YAML reads `1: World` with an int key; labels are compared as text.
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
+
+
+class PrepareJobConf(JobConf):
+    prepare: PrepareConf = Field(default_factory=PrepareConf)
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        clash = sorted(set(self.prepare.columns.extra) & set(OUTPUT_COLUMNS))
+        if clash:
+            problems.append(f"'prepare.columns.extra' may not carry {clash}: those names are output columns")
+        p = self.prepare
+        if p.format == "csv" and not p.csv.header and not p.csv.columns:
+            problems.append("'prepare.csv.columns' must list the column names when 'prepare.csv.header' is false")
+        return problems
+
+
+# ---------------------------------------------------------------------------- extract
+
+
+def read_source(spark: SparkSession, path: str, conf: PrepareConf) -> DataFrame:
+    if conf.format == "csv":
+        return io.read_csv(spark, path, conf.csv)
+    if conf.format == "jsonl":
+        return io.read_jsonl(spark, path)
+    if conf.format == "parquet":
+        return io._with_internal(spark.read.parquet(path))
+    if conf.format == "text_lines":
+        return io.read_text_lines(spark, path)
+    return io.read_text_files(spark, path, conf.text_files)
+
+
+def check_columns(df: DataFrame, conf: PrepareConf) -> None:
+    available = io.source_columns(df)
+    c = conf.columns
+    wanted = {"text": c.text, "doc_id": c.doc_id, "title": c.title, "label": c.label}
+    wanted.update({f"extra[{i}]": name for i, name in enumerate(c.extra)})
+    missing = [f"prepare.columns.{k} = {v!r}" for k, v in wanted.items() if v is not None and v not in available]
+    if missing:
+        raise ColumnNotFoundError(
+            f"{'; '.join(missing)}: not a column of the input. Available columns: {', '.join(available) or '(none)'}"
+        )
+
+
+# ---------------------------------------------------------------------------- transform
+
+
+def _reason_and_detail(conditions: list[tuple[Column, str, Column]]) -> tuple[Column, Column]:
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for condition, name, why in reversed(conditions):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+        detail = F.when(condition, why).otherwise(detail)
+    return reason, detail
+
+
+def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
+    """Map, clean, id and classify every source row. One output row per input row.
+
+    Columns: the output columns and extras, plus ``_tm_reason`` (null = good row),
+    ``_tm_detail`` and ``_tm_raw`` for the quarantine.
+    """
+    c = conf.columns
+    src_cols = io.source_columns(source)
+    raw_text = F.col(c.text).cast("string")
+    raw_title = F.col(c.title).cast("string") if c.title else F.lit(None).cast("string")
+    if conf.cleaning.enabled:
+        clean = make_clean_udf(conf.cleaning.model_dump())
+        text, title = clean(raw_text), (clean(raw_title) if c.title else raw_title)
+    else:
+        text, title = raw_text, raw_title
+    label_src = F.col(c.label).cast("string") if c.label else F.lit(None).cast("string")
+    if conf.label_map:
+        pairs = [F.lit(x) for kv in conf.label_map.items() for x in kv]
+        label = F.try_element_at(F.create_map(*pairs), label_src)
+    else:
+        label = label_src
+    given_id = F.col(c.doc_id).cast("string") if c.doc_id else None
+
+    df = source.select(
+        *src_cols,
+        io.SOURCE,
+        io.MALFORMED,
+        io.DECODE_ERROR,
+        raw_text.alias("_tm_raw_text"),
+        text.alias("text_out"),
+        title.alias("title_out"),
+        label_src.alias("_tm_label_src"),
+        label.alias("label_out"),
+    )
+    content_id = F.substring(F.sha2(F.concat_ws("\u001f", F.coalesce("title_out", F.lit("")), F.coalesce("text_out", F.lit(""))), 256), 1, 32)
+    doc_id = given_id if given_id is not None else content_id
+    n_chars = F.length("text_out")
+    fffd = "\ufffd"
+    undecodable = F.col(io.DECODE_ERROR).isNotNull()
+    if conf.replacement_char_is_error and conf.format != "text_files":
+        undecodable = undecodable | F.coalesce(F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False))
+    conditions = [
+        (F.col(io.MALFORMED).isNotNull(), "malformed_record", F.lit("the parser could not read this record")),
+        (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), F.lit("bytes that are not valid text (U+FFFD found)"))),
+        (F.col("_tm_raw_text").isNull(), "null_text", F.lit(f"column {c.text!r} is null")),
+        (F.length(F.trim("text_out")) == 0, "empty_text", F.lit("no text left after cleaning")),
+        (n_chars > conf.max_chars, "text_too_long", F.format_string(f"n_chars=%d > max_chars={conf.max_chars}", n_chars)),
+    ]
+    if given_id is not None:
+        conditions.append(((given_id.isNull()) | (F.length(F.trim(given_id)) == 0), "null_doc_id", F.lit(f"column {c.doc_id!r} is null or empty")))
+    if conf.label_map:
+        conditions.append(
+            (F.col("_tm_label_src").isNotNull() & F.col("label_out").isNull(), "unknown_label",
+             F.concat(F.lit("label "), F.col("_tm_label_src"), F.lit(" is not in prepare.label_map")))
+        )
+    reason, detail = _reason_and_detail(conditions)
+    raw = F.coalesce(F.col(io.MALFORMED), F.to_json(F.struct(*[F.col(x) for x in src_cols])))
+
+    df = df.select(
+        "*",
+        doc_id.alias("doc_id"),
+        n_chars.cast("int").alias("n_chars"),
+        reason.alias(_REASON),
+        detail.alias(_DETAIL),
+        raw.alias(_RAW),
+    )
+    if conf.duplicates == "quarantine":
+        # The first row of a doc_id (by source, title, label, text) stays; later ones are quarantined.
+        is_good = F.col(_REASON).isNull()
+        window = Window.partitionBy("doc_id", is_good).orderBy(io.SOURCE, "title_out", "label_out", "text_out", _RAW)
+        dup = is_good & (F.row_number().over(window) > 1)
+        df = df.withColumn(_DETAIL, F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(" seen before"))).otherwise(F.col(_DETAIL)))
+        df = df.withColumn(_REASON, F.when(dup, F.lit("duplicate_doc_id")).otherwise(F.col(_REASON)))
+
+    extras = [F.col(x) for x in c.extra]
+    return df.select(
+        "doc_id",
+        F.col("text_out").alias("text"),
+        F.col("title_out").alias("title"),
+        F.col("label_out").alias("label"),
+        F.col(io.SOURCE).alias("source"),
+        "n_chars",
+        *extras,
+        _REASON,
+        _DETAIL,
+        _RAW,
+    )
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def _n_files(rows: int, text_bytes: int, files: OutputFilesConf) -> int:
+    n = math.ceil(rows / files.rows_per_file)
+    if files.bytes_per_file:
+        n = max(n, math.ceil(text_bytes / files.bytes_per_file))
+    return max(1, n)
+
+
+def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
+    """Run ``prepare``; returns the metrics (rows_in/out/quarantined, per-reason counts, files)."""
+    p = conf.prepare
+    input_path, output = conf.io.input, conf.io.output
+    quarantine = conf.io.quarantine or f"{output.rstrip('/')}_quarantine"
+    io.require_input(spark, input_path)
+    files = io.list_files(spark, input_path)
+    if not files:
+        raise InputNotFoundError(f"io.input: {input_path!r} exists but holds no files")
+    empty = [uri for uri, size in files if size == 0]
+    if empty:
+        logger.warning("%d empty input file(s), e.g. %s: they hold no records", len(empty), empty[0])
+
+    source = read_source(spark, input_path, p)
+    check_columns(source, p)
+    logger.info("prepare: reading %d file(s) from %s as %s", len(files), input_path, p.format)
+    prepared = prepare_frame(source, p).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = {
+            row[_REASON]: (row["rows"], row["text_bytes"] or 0)
+            for row in prepared.groupBy(_REASON)
+            .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.octet_length("text")).alias("text_bytes"))
+            .collect()
+        }
+        rows_in = sum(n for n, _ in stats.values())
+        rows_good, bytes_good = stats.get(None, (0, 0))
+        rows_bad = rows_in - rows_good
+        n_out = _n_files(rows_good, bytes_good, p.files)
+        n_bad = _n_files(rows_bad, 0, p.files)
+        logger.info("prepare: %d rows read, %d good -> %d file(s), %d quarantined", rows_in, rows_good, n_out, rows_bad)
+
+        good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW)
+        bad = prepared.where(F.col(_REASON).isNotNull()).select(
+            "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw")
+        )
+        with io.staged_outputs(spark, output, quarantine) as (tmp_out, tmp_bad):
+            good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(tmp_out)
+            bad.repartition(n_bad).sortWithinPartitions("source", "raw").write.parquet(tmp_bad)
+            rows_out = io.count_parquet(spark, tmp_out)
+            rows_quarantined = io.count_parquet(spark, tmp_bad)
+            if rows_in != rows_out + rows_quarantined:
+                raise AccountingError(
+                    f"prepare: rows_in={rows_in} but rows_out={rows_out} + rows_quarantined={rows_quarantined}; "
+                    "nothing was published"
+                )
+            marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
+                      "columns": good.columns, "input": input_path}
+            io.write_marker(spark, tmp_out, marker)
+            io.write_marker(spark, tmp_bad, {**marker, "rows": rows_quarantined, "columns": bad.columns,
+                                             "schema": SCHEMA_VERSION + "-quarantine"})
+    finally:
+        prepared.unpersist()
+
+    reasons = {r: stats[r][0] for r in stats if r is not None}
+    logger.info("prepare: wrote %d rows to %s and %d to %s %s", rows_out, output, rows_quarantined, quarantine, reasons or "")
+    metrics: dict[str, float] = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "input_files": len(files),
+        "empty_input_files": len(empty),
+        "output_files": n_out,
+    }
+    metrics.update({f"quarantined.{r}": reasons.get(r, 0) for r in REASONS})
+    return metrics
+
+
+JOB_CONF = PrepareJobConf

@@ -1,0 +1,66 @@
+"""Helpers shared by the benchmark scripts: timing, peak RSS, JSON output, MLflow logging.
+
+Benchmarks are not tests: they run on the real corpora in ../shared/data, print one JSON
+document, log it to MLflow (experiment ``textmill-benchmarks``), and report ratios, because
+absolute times on shared machines are noisy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("TEXTMILL_SHARED", REPO.parent / "shared")) / "data"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        sys.exit(f"benchmark input missing: {path} (set TEXTMILL_SHARED to the folder holding data/)")
+    return path
+
+
+@contextmanager
+def timer(result: dict[str, Any], key: str = "wall_seconds") -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    result[key] = round(time.perf_counter() - start, 3)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def self_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    """Print the JSON, write it under out/benchmarks/, and log it to MLflow."""
+    import mlflow
+
+    from textmill.tracking import ensure_experiment, resolve_tracking_uri
+
+    result = {"benchmark": name, "machine": machine(), **result}
+    text = json.dumps(result, indent=2, sort_keys=False)
+    print(text)
+    out = REPO / "out" / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(text)
+    mlflow.set_tracking_uri(resolve_tracking_uri(None))
+    with mlflow.start_run(experiment_id=ensure_experiment("textmill-benchmarks", None), run_name=name):
+        mlflow.log_dict(result, f"{name}.json")
+        flat = {}
+        for section, values in result.items():
+            if isinstance(values, dict):
+                flat.update({f"{section}.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+            elif isinstance(values, (int, float)):
+                flat[section] = values
+        mlflow.log_metrics(flat)
