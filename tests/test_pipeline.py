@@ -31,18 +31,25 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     assert prepared.count() == n_docs
     assert quarantine.count() == len(BROKEN_LINES)
     assert {r.label for r in prepared.select("label").distinct().collect()} == {"World", "Sports", "Business", "Sci_Tech"}
+    annotated = spark.read.parquet(str(tmp_path / "run" / "annotated"))
+    assert annotated.count() == n_docs and annotated.where("error is not null").count() == 0
+    assert annotated.columns == ["doc_id", "tokens", "n_tokens", "entities", "entity_counts", "error", "label"]
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("pipeline-e2e")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags["textmill.job"] == "pipeline")
     child = next(r for r in runs if r.data.tags["textmill.job"] == "prepare")
+    annotate = next(r for r in runs if r.data.tags["textmill.job"] == "annotate")
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert annotate.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert annotate.data.metrics["rows_out"] == n_docs
     assert child.data.metrics["rows_in"] == n_docs + len(BROKEN_LINES)
     assert parent.data.metrics["prepare.rows_out"] == n_docs
     summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json")).read_text())
     assert summary["documents"] == n_docs
     assert sum(summary["quarantined"].values()) == len(BROKEN_LINES)
+    assert summary["annotate"]["row_errors"] == 0 and "PERSON" in summary["annotate"]["top_entity_types"]
 
 
 def test_pyfiles_zip_is_importable_on_its_own(tmp_path):
@@ -55,3 +62,9 @@ def test_pyfiles_zip_is_importable_on_its_own(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe, str(target)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout
+
+
+def test_job_files_do_not_shadow_the_standard_library():
+    # spark-submit puts the script's folder first on sys.path: jobs/tokenize.py would hide `tokenize`.
+    clashes = [p.name for p in (REPO / "jobs").glob("*.py") if p.stem in sys.stdlib_module_names]
+    assert clashes == []

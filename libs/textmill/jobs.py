@@ -40,6 +40,9 @@ JOBS: dict[str, Job] = {
     job.name: job
     for job in [
         Job("prepare", "textmill.pipelines.prepare", "raw corpus -> clean Parquet + quarantine"),
+        Job("tokenize", "textmill.pipelines.tokenize", "prepare output -> tokens (+ lemmas, pos, sentences)"),
+        Job("ner", "textmill.pipelines.ner", "prepare output -> named entities"),
+        Job("annotate", "textmill.pipelines.annotate", "prepare output -> tokens and entities from one parse"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
     ]
 }

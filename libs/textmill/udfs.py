@@ -6,12 +6,13 @@ executor. Every UDF returns exactly one output row per input row and passes null
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 from pyspark.sql import functions as F
 
 from textmill.cleaning import CleaningConf, clean_text
+from textmill.nlp import EntityOptions, TokenOptions, output_schema
 
 
 def make_clean_udf(options: Mapping[str, Any]):
@@ -24,3 +25,50 @@ def make_clean_udf(options: Mapping[str, Any]):
         return pd.Series([clean_text(t, conf) if isinstance(t, str) else None for t in texts], dtype=object)
 
     return clean
+
+
+def make_annotate_udf(
+    plan: Mapping[str, Any],
+    tokens: Mapping[str, Any] | None,
+    entities: Mapping[str, Any] | None,
+    batch_size: int = 256,
+    max_length: int | None = None,
+    long_text: str = "split",
+    sort_by_length: bool = True,
+    report: Any = None,
+):
+    """An iterator pandas UDF: text -> struct of tokens/entities/... and ``error``.
+
+    ``plan`` is a ``PipelinePlan`` as a dict; ``tokens``/``entities`` are ``TokenOptions``/
+    ``EntityOptions`` as dicts (None = that output is off). The spaCy pipeline is loaded once
+    per Python worker through ``textmill.models``; ``report`` (a WorkerReport accumulator)
+    receives each worker's load count, peak RSS and device when a task's input ends.
+    """
+    plan, tokens, entities = dict(plan), (dict(tokens) if tokens is not None else None), (dict(entities) if entities is not None else None)
+    schema = output_schema(_options(TokenOptions, tokens), _options(EntityOptions, entities))
+
+    @F.pandas_udf(schema)
+    def annotate(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from textmill import models
+        from textmill.nlp import Annotator, PipelinePlan, load_pipeline, result_columns
+
+        pipeline_plan = PipelinePlan(**plan)
+        nlp, device = models.get_or_load(pipeline_plan.cache_key, lambda: load_pipeline(pipeline_plan))
+        token_opts, entity_opts = _options(TokenOptions, tokens), _options(EntityOptions, entities)
+        annotator = Annotator(nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length)
+        for batch in batches:
+            results = annotator.annotate([t if isinstance(t, str) else None for t in batch])
+            yield pd.DataFrame(result_columns(results, token_opts, entity_opts))
+        if report is not None:
+            report.add({models.worker_id(): {
+                "loads": models.load_count(pipeline_plan.cache_key),
+                "peak_rss_mb": models.peak_rss_mb(),
+                "device": device,
+                "textmill_from": models.__file__,
+            }})
+
+    return annotate
+
+
+def _options(model: type, values: Mapping[str, Any] | None):
+    return model(**values) if values is not None else None

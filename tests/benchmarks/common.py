@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[2]
+# Jobs export MLFLOW_TRACKING_URI when they run; benchmark results go where the user pointed.
+TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 SHARED = Path(os.environ.get("TEXTMILL_SHARED", REPO.parent / "shared")) / "data"
 
 
@@ -46,7 +48,7 @@ def report(name: str, result: dict[str, Any]) -> None:
     """Print the JSON, write it under out/benchmarks/, and log it to MLflow."""
     import mlflow
 
-    from textmill.tracking import ensure_experiment, resolve_tracking_uri
+    from textmill.tracking import ensure_experiment
 
     result = {"benchmark": name, "machine": machine(), **result}
     text = json.dumps(result, indent=2, sort_keys=False)
@@ -54,7 +56,7 @@ def report(name: str, result: dict[str, Any]) -> None:
     out = REPO / "out" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(text)
-    mlflow.set_tracking_uri(resolve_tracking_uri(None))
+    mlflow.set_tracking_uri(TRACKING_URI)
     with mlflow.start_run(experiment_id=ensure_experiment("textmill-benchmarks", None), run_name=name):
         mlflow.log_dict(result, f"{name}.json")
         flat = {}

@@ -3,8 +3,8 @@
 With ``io.input`` unset it generates the sample corpus (``textmill.sample``) under
 ``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
 run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
-summary (counts, labels, lengths, quarantine reasons) that it prints and logs as
-``summary.json``. Steps today: ``prepare``.
+summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
+prints and logs as ``summary.json``. Steps today: ``prepare`` -> ``annotate``.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from pyspark.sql import functions as F
 
 from textmill.config import JobConf, StrictModel
 from textmill.jobs import run_job
+from textmill.nlp import EntityOptions, NlpConf, TokenOptions
+from textmill.pipelines.annotate import AnnotateJobConf
 from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
 from textmill.sample import write_sample_csv
 
@@ -31,7 +33,7 @@ class SampleConf(StrictModel):
 
 
 class PipelineConf(StrictModel):
-    steps: list[Literal["prepare"]] = Field(default_factory=lambda: ["prepare"], min_length=1)
+    steps: list[Literal["prepare", "annotate"]] = Field(default_factory=lambda: ["prepare", "annotate"], min_length=1)
     sample: SampleConf = Field(default_factory=SampleConf)
 
 
@@ -39,29 +41,44 @@ class PipelineJobConf(JobConf):
     required: ClassVar[tuple[str, ...]] = ("io.output",)
     pipeline: PipelineConf = Field(default_factory=PipelineConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
+    nlp: NlpConf = Field(default_factory=NlpConf)
+    tokenize: TokenOptions = Field(default_factory=TokenOptions)
+    ner: EntityOptions = Field(default_factory=EntityOptions)
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.io.quarantine:
             problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
+        steps = self.pipeline.steps
+        if "annotate" in steps and "prepare" in steps and steps.index("annotate") < steps.index("prepare"):
+            problems.append(f"'pipeline.steps' {steps}: annotate reads prepare's output, so prepare must come first")
         return problems
 
 
 JOB_CONF = PipelineJobConf
 
 
-def summarize(spark: SparkSession, prepared: str, quarantine: str) -> dict:
+def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
+    prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
     df = spark.read.parquet(prepared)
     labels = {r["label"]: r["count"] for r in df.groupBy("label").count().orderBy("label").collect()}
     q25, q50, q95 = df.approxQuantile("n_chars", [0.25, 0.5, 0.95], 0.01) if labels else (0, 0, 0)
     reasons = {r["reason"]: r["count"] for r in spark.read.parquet(quarantine).groupBy("reason").count().collect()}
-    return {
+    summary = {
         "documents": sum(labels.values()),
         "labels": {str(k): v for k, v in labels.items()},
         "n_chars": {"p25": q25, "p50": q50, "p95": q95},
         "quarantined": reasons,
         "example": [r.asDict() for r in df.select("doc_id", "title", "label", "text").limit(2).collect()],
     }
+    if "annotate" in steps:
+        annotated = spark.read.parquet(f"{root}/annotated")
+        totals = annotated.agg(F.sum("n_tokens").alias("tokens"), F.count("error").alias("errors")).first()
+        entity_types = (annotated.select(F.explode("entities.label").alias("label")).groupBy("label").count()
+                        .orderBy(F.desc("count"), "label").limit(8).collect())
+        summary["annotate"] = {"tokens": totals["tokens"], "row_errors": totals["errors"],
+                               "top_entity_types": {r["label"]: r["count"] for r in entity_types}}
+    return summary
 
 
 def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
@@ -72,15 +89,17 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
         logger.info("pipeline: generated %d sample documents at %s", conf.pipeline.sample.n_docs, source)
     metrics: dict[str, float] = {}
     prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
+    common = {"spark": conf.spark, "mlflow": conf.mlflow}
     for step in conf.pipeline.steps:
         if step == "prepare":
-            step_conf = PrepareJobConf(
-                io={"input": source, "output": prepared, "quarantine": quarantine},
-                spark=conf.spark, mlflow=conf.mlflow, prepare=conf.prepare,
-            )
-            step_metrics = run_job("prepare", step_conf, spark)
+            step_conf = PrepareJobConf(io={"input": source, "output": prepared, "quarantine": quarantine},
+                                       prepare=conf.prepare, **common)
+        elif step == "annotate":
+            step_conf = AnnotateJobConf(io={"input": prepared, "output": f"{root}/annotated"},
+                                        nlp=conf.nlp, tokenize=conf.tokenize, ner=conf.ner, **common)
+        step_metrics = run_job(step, step_conf, spark)
         metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
-    summary = summarize(spark, prepared, quarantine)
+    summary = summarize(spark, root, conf.pipeline.steps)
     mlflow.log_dict(summary, "summary.json")
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     metrics["rows_in"] = metrics.get("prepare.rows_in", 0)

@@ -1,0 +1,160 @@
+"""The ``annotate`` job (tokens and entities in one parse) and the transforms behind
+``tokenize`` and ``ner``.
+
+Transforms, for notebooks and other jobs: ``with_annotations``, ``with_tokens`` and
+``with_entities`` take a DataFrame with ``doc_id`` and a text column and return one row
+per input row: ``doc_id``, the requested outputs, ``error`` (null when fine) and any
+``keep_columns``. The spaCy pipeline is planned on the driver (fails fast if it cannot
+load) and loaded once per executor Python worker.
+
+``run_nlp_job`` is the job body the three jobs share: read ``prepare`` output, annotate,
+write Parquet sorted by ``doc_id`` (staged, then published), check rows out == rows in,
+count row errors (or fail on them), and return metrics including the worker report
+(Python workers, model loads per worker, peak worker RSS).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import mlflow
+from pydantic import Field
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import io, models
+from textmill.config import JobConf
+from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.nlp import EntityOptions, NlpConf, TokenOptions, output_schema, plan_pipeline
+from textmill.udfs import make_annotate_udf
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "annotate/v1"
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+class RowErrorsError(TextmillError):
+    """Rows failed and ``nlp.on_error`` is ``fail``."""
+
+
+class AnnotateJobConf(JobConf):
+    nlp: NlpConf = Field(default_factory=NlpConf)
+    tokenize: TokenOptions = Field(default_factory=TokenOptions)
+    ner: EntityOptions = Field(default_factory=EntityOptions)
+
+
+JOB_CONF = AnnotateJobConf
+
+
+def with_annotations(
+    df: DataFrame,
+    nlp: NlpConf | None = None,
+    tokens: TokenOptions | None = None,
+    entities: EntityOptions | None = None,
+    report: Any = None,
+) -> DataFrame:
+    """Annotate ``df[nlp.text_column]``; see the module docstring for the output columns."""
+    nlp = nlp or NlpConf()
+    if tokens is None and entities is None:
+        raise ValueError("with_annotations needs tokens, entities or both")
+    _check_columns(df, ["doc_id", nlp.text_column, *nlp.keep_columns])
+    produced = {"doc_id"} | {part.split()[0] for part in output_schema(tokens, entities).split(", ")}
+    clash = sorted(set(nlp.keep_columns) & produced)
+    if clash:
+        raise ColumnNotFoundError(f"nlp.keep_columns may not carry {clash}: the job writes columns with those names")
+    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)
+    logger.info("spaCy %s: running %s (excluded: %s)", nlp.model,
+                "tokenizer only" if not plan.exclude and not plan.enable else "the planned components", ", ".join(plan.exclude) or "none")
+    annotate = make_annotate_udf(
+        plan.__dict__,
+        tokens.model_dump() if tokens is not None else None,
+        entities.model_dump() if entities is not None else None,
+        batch_size=nlp.batch_size,
+        max_length=nlp.max_length,
+        long_text=nlp.long_text,
+        sort_by_length=nlp.sort_by_length,
+        report=report,
+    )
+    annotated = df.select("doc_id", annotate(F.col(nlp.text_column)).alias("_tm_annotations"), *nlp.keep_columns)
+    return annotated.select("doc_id", "_tm_annotations.*", *nlp.keep_columns)
+
+
+def with_tokens(df: DataFrame, nlp: NlpConf | None = None, options: TokenOptions | None = None, report: Any = None) -> DataFrame:
+    """``doc_id, tokens, n_tokens[, lemmas, pos, sentences], error``."""
+    return with_annotations(df, nlp, options or TokenOptions(), None, report)
+
+
+def with_entities(df: DataFrame, nlp: NlpConf | None = None, options: EntityOptions | None = None, report: Any = None) -> DataFrame:
+    """``doc_id, entities[, entity_counts], error``."""
+    return with_annotations(df, nlp, None, options or EntityOptions(), report)
+
+
+def _check_columns(df: DataFrame, wanted: list[str]) -> None:
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ColumnNotFoundError(
+            f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)} "
+            "(the input should be prepare output; see nlp.text_column and nlp.keep_columns)"
+        )
+
+
+def default_partitions(spark: SparkSession, rows: int) -> int:
+    return max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / 20_000))
+
+
+def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
+    nlp: NlpConf = conf.nlp
+    io.require_input(spark, conf.io.input)
+    source = spark.read.parquet(conf.io.input)
+    _check_columns(source, ["doc_id", nlp.text_column, *nlp.keep_columns])
+    plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)  # fail on the driver before any Spark job
+    rows_in = source.count()
+    partitions = nlp.partitions or default_partitions(spark, rows_in)
+    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    logger.info("annotating %d documents in %d partitions with %s", rows_in, partitions, nlp.model)
+    # Range partitions by doc_id: balanced, deterministic, and the output comes out sorted.
+    spread = source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+    annotated = with_annotations(spread, nlp, tokens, entities, report)
+
+    previous_batch = spark.conf.get(ARROW_BATCH)
+    spark.conf.set(ARROW_BATCH, str(nlp.arrow_batch_size))
+    try:
+        with io.staged_outputs(spark, conf.io.output) as (staged,):
+            annotated.write.parquet(staged)
+            written = spark.read.parquet(staged)
+            totals = written.agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.count("error").alias("errors"),
+                *([F.sum("n_tokens").alias("tokens")] if tokens is not None else []),
+                *([F.sum(F.size("entities")).alias("entities")] if entities is not None else []),
+            ).first().asDict()
+            if totals["rows"] != rows_in:
+                raise AccountingError(f"rows_in={rows_in} but rows_out={totals['rows']}; nothing was published")
+            examples = [r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
+            if totals["errors"] and nlp.on_error == "fail":
+                raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
+            io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
+                                            "rows": totals["rows"], "columns": written.columns, "model": nlp.model})
+    finally:
+        spark.conf.set(ARROW_BATCH, previous_batch)
+
+    if examples:
+        logger.warning("%d row(s) have an error, e.g. %s", totals["errors"], examples)
+    workers = report.value
+    if mlflow.active_run() is not None:
+        mlflow.log_dict({"workers": workers, "error_examples": examples}, "workers.json")
+    metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": totals["rows"], "rows_error": totals["errors"],
+                                 "partitions": partitions}
+    if tokens is not None:
+        metrics["tokens"] = totals["tokens"] or 0
+    if entities is not None:
+        metrics["entities"] = totals["entities"] or 0
+    metrics.update(models.summarize_workers(workers))
+    return metrics
+
+
+def run(spark: SparkSession, conf: AnnotateJobConf) -> dict[str, float]:
+    return run_nlp_job(spark, conf, conf.tokenize, conf.ner)
