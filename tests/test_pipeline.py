@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflow_uri, tmp_path):
-    n_docs = 40
+    n_docs = 120
     code = load_job("pipeline").main([
         "--conf", str(REPO / "conf" / "pipeline.yaml"), "--env", "local",
         "--set", f"io.output={tmp_path / 'run'}", "--set", f"pipeline.sample.n_docs={n_docs}",
@@ -34,6 +34,8 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     annotated = spark.read.parquet(str(tmp_path / "run" / "annotated"))
     assert annotated.count() == n_docs and annotated.where("error is not null").count() == 0
     assert annotated.columns == ["doc_id", "tokens", "n_tokens", "entities", "entity_counts", "error", "label"]
+    classified = spark.read.parquet(str(tmp_path / "run" / "classified"))
+    assert classified.count() == n_docs and classified.where("label is null").count() == 0
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("pipeline-e2e")
@@ -44,12 +46,17 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert annotate.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert annotate.data.metrics["rows_out"] == n_docs
+    trained = next(r for r in runs if r.data.tags["textmill.job"] == "train_classifier")
+    assert trained.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.metrics["train_classifier.val_accuracy"] == trained.data.metrics["val_accuracy"]
+    assert parent.data.metrics["classify.rows_out"] == n_docs
     assert child.data.metrics["rows_in"] == n_docs + len(BROKEN_LINES)
     assert parent.data.metrics["prepare.rows_out"] == n_docs
     summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json")).read_text())
     assert summary["documents"] == n_docs
     assert sum(summary["quarantined"].values()) == len(BROKEN_LINES)
     assert summary["annotate"]["row_errors"] == 0 and "PERSON" in summary["annotate"]["top_entity_types"]
+    assert sum(summary["classify"].values()) == n_docs
 
 
 def test_pyfiles_zip_is_importable_on_its_own(tmp_path):

@@ -43,6 +43,8 @@ JOBS: dict[str, Job] = {
         Job("tokenize", "textmill.pipelines.tokenize", "prepare output -> tokens (+ lemmas, pos, sentences)"),
         Job("ner", "textmill.pipelines.ner", "prepare output -> named entities"),
         Job("annotate", "textmill.pipelines.annotate", "prepare output -> tokens and entities from one parse"),
+        Job("train_classifier", "textmill.pipelines.train_classifier", "labelled Parquet -> torch classifier in MLflow"),
+        Job("classify", "textmill.pipelines.classify", "Parquet + classifier -> labels and probabilities"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
     ]
 }

@@ -4,12 +4,15 @@ With ``io.input`` unset it generates the sample corpus (``textmill.sample``) und
 ``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
 run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
 summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
-prints and logs as ``summary.json``. Steps today: ``prepare`` -> ``annotate``.
+prints and logs as ``summary.json``. Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
+(when the prepared sample has at least two labels) -> ``classify`` (with the model just
+trained, or ``classify.model_uri``).
 """
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import mlflow
@@ -21,6 +24,8 @@ from textmill.config import JobConf, StrictModel
 from textmill.jobs import run_job
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions
 from textmill.pipelines.annotate import AnnotateJobConf
+from textmill.pipelines.classify import ClassifyConf, ClassifyJobConf
+from textmill.pipelines.train_classifier import ClassifierConf, TrainClassifierJobConf
 from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
 from textmill.sample import write_sample_csv
 
@@ -33,7 +38,8 @@ class SampleConf(StrictModel):
 
 
 class PipelineConf(StrictModel):
-    steps: list[Literal["prepare", "annotate"]] = Field(default_factory=lambda: ["prepare", "annotate"], min_length=1)
+    steps: list[Literal["prepare", "annotate", "train_classifier", "classify"]] = Field(
+        default_factory=lambda: ["prepare", "annotate", "train_classifier", "classify"], min_length=1)
     sample: SampleConf = Field(default_factory=SampleConf)
 
 
@@ -44,14 +50,19 @@ class PipelineJobConf(JobConf):
     nlp: NlpConf = Field(default_factory=NlpConf)
     tokenize: TokenOptions = Field(default_factory=TokenOptions)
     ner: EntityOptions = Field(default_factory=EntityOptions)
+    classifier: ClassifierConf = Field(default_factory=ClassifierConf)
+    classify: ClassifyConf = Field(default_factory=ClassifyConf)
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.io.quarantine:
             problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
         steps = self.pipeline.steps
-        if "annotate" in steps and "prepare" in steps and steps.index("annotate") < steps.index("prepare"):
-            problems.append(f"'pipeline.steps' {steps}: annotate reads prepare's output, so prepare must come first")
+        order = ["prepare", "annotate", "train_classifier", "classify"]
+        if steps != sorted(steps, key=order.index):
+            problems.append(f"'pipeline.steps' {steps}: steps run in the order {order} (each reads an earlier one's output)")
+        if "classify" in steps and "train_classifier" not in steps and not self.classify.model_uri:
+            problems.append("'pipeline.steps' has classify without train_classifier: set classify.model_uri")
         return problems
 
 
@@ -71,6 +82,10 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
         "quarantined": reasons,
         "example": [r.asDict() for r in df.select("doc_id", "title", "label", "text").limit(2).collect()],
     }
+    if "classify" in steps and Path(f"{root}/classified").exists():
+        classified = spark.read.parquet(f"{root}/classified")
+        summary["classify"] = {r["label"]: r["count"] for r in classified.groupBy("label").count().orderBy("label").collect()
+                               if r["label"] is not None}
     if "annotate" in steps:
         annotated = spark.read.parquet(f"{root}/annotated")
         totals = annotated.agg(F.sum("n_tokens").alias("tokens"), F.count("error").alias("errors")).first()
@@ -90,6 +105,7 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
     metrics: dict[str, float] = {}
     prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
     common = {"spark": conf.spark, "mlflow": conf.mlflow}
+    model_uri: str | None = None
     for step in conf.pipeline.steps:
         if step == "prepare":
             step_conf = PrepareJobConf(io={"input": source, "output": prepared, "quarantine": quarantine},
@@ -97,6 +113,21 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
         elif step == "annotate":
             step_conf = AnnotateJobConf(io={"input": prepared, "output": f"{root}/annotated"},
                                         nlp=conf.nlp, tokenize=conf.tokenize, ner=conf.ner, **common)
+        elif step == "train_classifier":
+            labels = spark.read.parquet(prepared).where("label is not null").select("label").distinct().count()
+            if labels < 2:
+                logger.warning("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
+                continue
+            step_conf = TrainClassifierJobConf(io={"input": prepared, "output": f"{root}/classifier"},
+                                               classifier=conf.classifier, **common)
+            model_uri = f"{root}/classifier/model"
+        elif step == "classify":
+            uri = conf.classify.model_uri or model_uri
+            if uri is None:
+                logger.warning("pipeline: skipping classify: no model was trained and classify.model_uri is not set")
+                continue
+            step_conf = ClassifyJobConf(io={"input": prepared, "output": f"{root}/classified"},
+                                        classify=conf.classify.model_copy(update={"model_uri": uri}), **common)
         step_metrics = run_job(step, step_conf, spark)
         metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)

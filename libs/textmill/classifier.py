@@ -1,0 +1,289 @@
+"""Torch text classifiers, the streaming data they train on, and the training loop.
+
+Models:
+
+- ``LinearClassifier`` (``linear``, fastText style): hashed word unigram + bigram ids ->
+  ``EmbeddingBag`` (mean) -> linear layer; softmax in the loss / at prediction.
+- ``GRUClassifier`` (``gru``): word or character ids -> embedding -> dropout -> GRU
+  (optionally bidirectional) -> linear head. Batches are padded and packed with
+  ``pack_padded_sequence(enforce_sorted=False)``: PyTorch sorts the batch by length for the
+  GRU and restores the input order in the final hidden state, inside the model, so outputs
+  always line up with inputs and labels.
+
+``ParquetExamples`` streams featurized rows (``ids``, ``label_id``) from Parquet files one
+Arrow record batch at a time through a shuffle buffer, so training memory is bounded by
+the buffer, not by the corpus. With ``rank``/``world`` each process reads its own shard of
+the files (data-parallel training). ``train`` runs the same loop on CPU or CUDA (autocast
+and pinned memory there). Called on the driver, or in each TorchDistributor process.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
+from torch.utils.data import DataLoader, IterableDataset
+
+from textmill.featurize import PAD
+
+logger = logging.getLogger(__name__)
+
+
+class LinearClassifier(nn.Module):
+    input_kind = "bag"
+
+    def __init__(self, n_ids: int, dim: int, n_classes: int, sparse: bool = True) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(n_ids, dim, mode="mean", sparse=sparse)
+        self.head = nn.Linear(dim, n_classes)
+        nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(ids, offsets))
+
+
+class GRUClassifier(nn.Module):
+    input_kind = "sequence"
+
+    def __init__(self, n_ids: int, dim: int, n_classes: int, hidden: int = 128, bidirectional: bool = True,
+                 dropout: float = 0.3, layers: int = 1) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_ids, dim, padding_idx=PAD)
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.bidirectional = bidirectional
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_classes)
+
+    def forward(self, padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        embedded = self.dropout(self.embedding(padded))
+        # enforce_sorted=False: sorted by length for the GRU, and h_n comes back in input order.
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, hidden = self.gru(packed)
+        last = torch.cat([hidden[-2], hidden[-1]], dim=1) if self.bidirectional else hidden[-1]
+        return self.head(self.dropout(last))
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; saved as JSON next to the weights."""
+
+    kind: str = "linear"
+    n_ids: int = 2_000_000
+    n_classes: int = 2
+    dim: int = 64
+    hidden: int = 128
+    bidirectional: bool = True
+    dropout: float = 0.3
+    layers: int = 1
+
+    def build(self) -> nn.Module:
+        if self.kind == "linear":
+            return LinearClassifier(self.n_ids, self.dim, self.n_classes)
+        return GRUClassifier(self.n_ids, self.dim, self.n_classes, self.hidden, self.bidirectional, self.dropout, self.layers)
+
+
+def collate(examples: list[tuple[list[int], int]], kind: str) -> dict[str, torch.Tensor]:
+    """Tensors for a batch: flat ids + offsets (bag) or padded ids + lengths (sequence)."""
+    labels = torch.tensor([label for _, label in examples], dtype=torch.long)
+    if kind == "bag":
+        lengths = [len(ids) for ids, _ in examples]
+        offsets = torch.tensor([0] + list(np.cumsum(lengths[:-1])), dtype=torch.long)
+        ids = torch.tensor([i for seq, _ in examples for i in seq], dtype=torch.long)
+        return {"ids": ids, "offsets": offsets, "labels": labels}
+    seqs = [torch.tensor(ids, dtype=torch.long) for ids, _ in examples]
+    return {"padded": pad_sequence(seqs, batch_first=True, padding_value=PAD),
+            "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.long), "labels": labels}
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+class ParquetExamples(IterableDataset):
+    """(ids, label_id) examples streamed from Parquet files, shuffled through a bounded buffer."""
+
+    def __init__(self, files: list[str], shuffle: bool = True, seed: int = 0, buffer_size: int = 20_000,
+                 batch_rows: int = 4096, rank: int = 0, world: int = 1) -> None:
+        self.files = sorted(files)[rank::world]
+        self.shuffle = shuffle
+        self.seed = seed
+        self.buffer_size = buffer_size
+        self.batch_rows = batch_rows
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[list[int], int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        files = list(self.files)
+        if self.shuffle:
+            rng.shuffle(files)
+        buffer: list[tuple[list[int], int]] = []
+        for path in files:
+            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows, columns=["ids", "label_id"]):
+                ids, labels = record_batch.column(0).to_pylist(), record_batch.column(1).to_pylist()
+                if not self.shuffle:
+                    yield from zip(ids, labels)
+                    continue
+                buffer.extend(zip(ids, labels))
+                while len(buffer) >= self.buffer_size:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 13
+    weight_decay: float = 0.0
+    buffer_size: int = 20_000
+    threads: int | None = None
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+
+
+def _cycle(loader: DataLoader, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+    produced = 0
+    while produced < steps:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            produced += 1
+            if produced >= steps:
+                return
+        if empty:
+            return
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _optimizers(model: nn.Module, spec: ModelSpec, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    raw = model.module if hasattr(model, "module") else model
+    if spec.kind == "linear":
+        # Sparse embedding rows: only the rows a batch touches are updated (2M buckets x dim otherwise).
+        return [torch.optim.SparseAdam(list(raw.embedding.parameters()), lr=lr),
+                torch.optim.Adam(list(raw.head.parameters()), lr=lr, weight_decay=weight_decay)]
+    return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels = [], []
+    for batch in batches:
+        out = model(**{k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()})
+        logits.append(out.float().cpu().numpy())
+        labels.append(batch["labels"].numpy())
+    if not logits:
+        return np.zeros((0, 0)), np.zeros(0, dtype=int)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def scores(matrix: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support from a confusion matrix."""
+    tp = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1).astype(float)
+    predicted = matrix.sum(axis=0).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    total = matrix.sum()
+    return {"accuracy": float(tp.sum() / total) if total else 0.0, "macro_f1": float(f1.mean()) if len(f1) else 0.0,
+            "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "support": support.astype(int).tolist()}
+
+
+def train(
+    spec: ModelSpec,
+    settings: TrainSettings,
+    train_files: list[str],
+    val_files: list[str],
+    n_train_rows: int,
+    rank: int = 0,
+    world: int = 1,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``spec`` on the featurized Parquet files; evaluate on ``val_files`` after each epoch (rank 0)."""
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    device = pick_device()
+    if device.type == "cpu":
+        torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // world))
+    model = spec.build().to(device)
+    distributed = world > 1
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    optimizers = _optimizers(model, spec, settings.lr, settings.weight_decay)
+    kind = "bag" if spec.kind == "linear" else "sequence"
+    data = ParquetExamples(train_files, shuffle=True, seed=settings.seed, buffer_size=settings.buffer_size, rank=rank, world=world)
+    loader_args = {"batch_size": settings.batch_size, "collate_fn": lambda ex: collate(ex, kind), "pin_memory": device.type == "cuda"}
+    loader = DataLoader(data, **loader_args)
+    val_loader = DataLoader(ParquetExamples(val_files, shuffle=False), **loader_args)
+    steps_per_epoch = max(1, math.ceil(n_train_rows / world / settings.batch_size))
+    if settings.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
+    total_steps = steps_per_epoch * settings.epochs
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: max(0.0, 1.0 - step / total_steps)) for o in optimizers]
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    loss_fn = nn.CrossEntropyLoss()
+    history: list[dict[str, float]] = []
+    for epoch in range(settings.epochs):
+        data.epoch = epoch
+        model.train()
+        started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        # Every rank takes exactly steps_per_epoch steps (DDP needs the same number of
+        # all-reduces everywhere); a rank whose shard runs out early starts it again.
+        for batch in _cycle(loader, steps_per_epoch):
+            inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
+            labels = batch["labels"].to(device, non_blocking=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+                loss = loss_fn(model(**inputs).float(), labels)
+            loss.backward()
+            for opt, sched in zip(optimizers, schedulers):
+                opt.step()
+                sched.step()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            steps += 1
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_examples": seen,
+                  "epoch_seconds": time.perf_counter() - started}
+        if rank == 0:
+            logits, labels = predict_logits(model, iter(val_loader), device)
+            if len(labels):
+                result = scores(confusion(labels, logits.argmax(axis=1), spec.n_classes))
+                record.update({"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]})
+            logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs,
+                        ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
+        history.append(record)
+    raw = model.module if distributed else model
+    return TrainResult(model=raw.cpu(), history=history, device=device.type)

@@ -1,0 +1,178 @@
+"""The ``classify`` job: score a Parquet corpus with a trained classifier, optionally evaluate.
+
+The model is named by an MLflow URI (``models:/name@champion``, ``runs:/<id>/model``) or a
+local path (an MLflow model directory, or a textmill model directory). The driver
+resolves it to a local copy once and ships it to the executors with ``addFile``; an
+iterator pandas UDF loads it once per Python worker and scores Arrow batches.
+
+Output: ``doc_id, label, probability, probabilities map<string,double>, error`` (+ keep
+columns). Null or empty texts get a null label and an error; rows out == rows in. With
+``classify.evaluate: true`` the job also compares ``label`` with the input's label column
+and logs accuracy, macro-F1 and a confusion matrix.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import io, models
+from textmill.config import JobConf, StrictModel
+from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "classify/v1"
+OUTPUT_SCHEMA = "label string, probability double, probabilities map<string,double>, error string"
+
+
+class ClassifyConf(StrictModel):
+    model_uri: str | None = Field(None, description="models:/name@alias, runs:/<id>/model, or a local path (required)")
+    text_column: str = "text"
+    batch_size: int = Field(1024, gt=0, description="texts per model call")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000)")
+    keep_columns: list[str] = Field(default_factory=list)
+    evaluate: bool = Field(False, description="compare with label_column and log accuracy, macro-F1, confusion matrix")
+    label_column: str = "label"
+
+
+class ClassifyJobConf(JobConf):
+    classify: ClassifyConf = Field(default_factory=ClassifyConf)
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        clash = sorted(set(self.classify.keep_columns) & {"doc_id", "label", "probability", "probabilities", "error"})
+        if clash:
+            problems.append(f"'classify.keep_columns' may not carry {clash}: those names are output columns")
+        if not self.classify.model_uri:
+            problems.append("'classify.model_uri' is required but was not set (null); e.g. --set classify.model_uri=models:/news@champion")
+        return problems
+
+
+JOB_CONF = ClassifyJobConf
+
+
+class ModelNotFoundError(TextmillError):
+    """The classifier model URI or path cannot be resolved."""
+
+
+def resolve_model(uri: str, into: str) -> Path:
+    """A local MLflow-model or textmill-model directory for ``uri`` (downloaded if remote)."""
+    local = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    is_mlflow_uri = uri.startswith(("models:/", "runs:/")) or ("://" in uri and not uri.startswith("file://"))
+    if not is_mlflow_uri:
+        if not local.exists():
+            raise ModelNotFoundError(f"classify.model_uri: no model at {uri!r}")
+        return local
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelNotFoundError(f"classify.model_uri {uri!r} cannot be resolved: {exc.message}") from exc
+
+
+def load_scorer(path: str):
+    """An object with ``predict(list[str]) -> DataFrame``: the pyfunc, or a bare textmill model directory."""
+    from textmill.pyfunc_classifier import CONFIG, TextClassifier
+
+    if (Path(path) / CONFIG).exists():
+        return TextClassifier(path)
+    pyfunc = mlflow.pyfunc.load_model(path)
+    return _PyfuncScorer(pyfunc)
+
+
+class _PyfuncScorer:
+    def __init__(self, pyfunc) -> None:
+        self.pyfunc = pyfunc
+
+    def predict(self, texts: list[str]) -> pd.DataFrame:
+        return self.pyfunc.predict(pd.DataFrame({"text": texts}))
+
+
+def make_classify_udf(file_name: str, batch_size: int, report=None):
+    """Iterator pandas UDF: text -> struct<label, probability, probabilities, error>; model once per worker."""
+
+    @F.pandas_udf(OUTPUT_SCHEMA)
+    def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        path = SparkFiles.get(file_name)
+        key = ("classifier", path)
+        scorer = models.get_or_load(key, lambda: load_scorer(path))
+        for texts in batches:
+            values = [t if isinstance(t, str) else None for t in texts]
+            ok = [i for i, t in enumerate(values) if t is not None and t.strip()]
+            out = pd.DataFrame({"label": [None] * len(values), "probability": [np.nan] * len(values),
+                                "probabilities": [None] * len(values),
+                                "error": ["null text" if t is None else "empty text" for t in values]})
+            for start in range(0, len(ok), batch_size):
+                rows = ok[start : start + batch_size]
+                pred = scorer.predict([values[i] for i in rows])
+                out.loc[rows, "label"] = pred["label"].to_numpy()
+                out.loc[rows, "probability"] = pred["probability"].to_numpy()
+                out.loc[rows, "probabilities"] = pd.Series(list(pred["probabilities"]), index=rows)
+                out.loc[rows, "error"] = None
+            yield out
+        if report is not None:
+            report.add({models.worker_id(): {"loads": models.load_count(key), "peak_rss_mb": models.peak_rss_mb()}})
+
+    return classify
+
+
+def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
+    c = conf.classify
+    io.require_input(spark, conf.io.input)
+    source = spark.read.parquet(conf.io.input)
+    wanted = ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else [])
+    missing = [x for x in wanted if x not in source.columns]
+    if missing:
+        raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in {conf.io.input}; available: {', '.join(source.columns)}")
+    with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
+        model_dir = resolve_model(c.model_uri, tmp)
+        load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
+        spark.sparkContext.addFile(str(model_dir), recursive=True)
+        rows_in = source.count()
+        partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
+        report = spark.sparkContext.accumulator({}, models.WorkerReport())
+        scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+                  .select("doc_id", make_classify_udf(model_dir.name, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
+                          *c.keep_columns))
+        scored = scored.select("doc_id", "_tm_p.*", *c.keep_columns)
+        with io.staged_outputs(spark, conf.io.output) as (staged,):
+            scored.write.parquet(staged)
+            written = spark.read.parquet(staged)
+            rows_out = written.count()
+            if rows_out != rows_in:
+                raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
+            rows_error = written.where(F.col("error").isNotNull()).count()
+            metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions}
+            if c.evaluate:
+                truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
+                metrics.update(_evaluate(written.join(truth, "doc_id")))
+            io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
+                                            "model_uri": c.model_uri})
+    metrics.update(models.summarize_workers(report.value))
+    mlflow.log_dict({"workers": report.value}, "workers.json")
+    return metrics
+
+
+def _evaluate(scored_with_truth) -> dict[str, float]:
+    """Accuracy, macro-F1 and the confusion matrix of ``label`` against ``_tm_true``."""
+    from textmill.classifier import confusion, scores
+
+    pairs = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull()).groupBy("_tm_true", "label").count().collect()
+    labels = sorted({r["_tm_true"] for r in pairs} | {r["label"] for r in pairs})
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for r in pairs:
+        matrix[index[r["_tm_true"]], index[r["label"]]] += r["count"]
+    result = scores(matrix) if len(labels) else {"accuracy": 0.0, "macro_f1": 0.0}
+    mlflow.log_dict({"labels": labels, "confusion_matrix": matrix.tolist(), **result}, "evaluation/report.json")
+    return {"eval_accuracy": result["accuracy"], "eval_macro_f1": result["macro_f1"], "eval_rows": int(matrix.sum())}

@@ -1,0 +1,404 @@
+"""The ``train_classifier`` job: labelled Parquet in, a tracked and optionally registered model out.
+
+Steps (Spark does the data work, torch the training):
+
+1. read ``text`` + ``label`` (``prepare`` output); rows with null/empty text or a null label
+   go to ``<output>/quarantine`` with a reason (rows_in == train + val + quarantined);
+2. split: a separate ``classifier.validation_path``, or an exact stratified split: per
+   label, the ``round(fraction x count)`` rows with the smallest ``xxhash64(doc_id, seed)``;
+3. featurize on executors with a pandas UDF (the same ``Featurizer`` the model serves
+   with); for ``word_ids`` the vocabulary is counted map-reduce style first; rows are
+   written shuffled, as several files, to ``<output>/features/{train,val}``;
+4. train from those files in streamed chunks, in this process or, with
+   ``distributed.num_processes > 1``, through ``TorchDistributor`` (DDP, gloo on CPU), each
+   process reading its own shard of files;
+5. log per-epoch and final metrics, a confusion-matrix PNG, a training-curve PNG, a
+   per-class report and the label map, and the model as an MLflow pyfunc; optionally
+   register it and move the ``champion`` alias only if it beats the current champion.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from textmill import io
+from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
+from textmill.config import JobConf, StrictModel
+from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.featurize import Featurizer
+
+logger = logging.getLogger(__name__)
+
+
+class ModelConf(StrictModel):
+    kind: Literal["linear", "gru"] = Field("linear", description="linear (fastText style) | gru")
+    features: Literal["hashed_ngrams", "word_ids", "char_ids"] | None = Field(
+        None, description="default: hashed_ngrams for linear, word_ids for gru")
+    dim: int = Field(100, gt=0, description="embedding size")
+    n_buckets: int = Field(2_000_000, gt=0, description="hash buckets (linear)")
+    ngrams: Literal[1, 2] = Field(2, description="word n-grams hashed (linear)")
+    max_tokens: int = Field(1000, gt=0, description="tokens (or characters) kept per text")
+    hidden: int = Field(128, gt=0, description="GRU hidden size")
+    bidirectional: bool = True
+    dropout: float = Field(0.3, ge=0, lt=1)
+    layers: int = Field(1, gt=0)
+    vocab_size: int = Field(50_000, gt=0, description="word_ids: most frequent words kept")
+    min_count: int = Field(2, gt=0, description="word_ids: minimum count to enter the vocabulary")
+
+
+class TrainingConf(StrictModel):
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(0.02, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 13
+    shuffle_buffer: int = Field(20_000, gt=0, description="examples held for shuffling while streaming")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; default cores / processes")
+
+
+class RegistryConf(StrictModel):
+    name: str | None = Field(None, description="registered model name; null = do not register")
+    metric: Literal["val_macro_f1", "val_accuracy"] = "val_macro_f1"
+    alias: str = "champion"
+
+
+class DistributedConf(StrictModel):
+    num_processes: int = Field(1, gt=0, description=">1: TorchDistributor DDP (gloo on CPU)")
+    local_mode: bool = Field(True, description="processes on the driver (true) or on executors (false)")
+
+
+class ClassifierConf(StrictModel):
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    validation_path: str | None = Field(None, description="separate validation Parquet; overrides the fraction")
+    model: ModelConf = Field(default_factory=ModelConf)
+    training: TrainingConf = Field(default_factory=TrainingConf)
+    distributed: DistributedConf = Field(default_factory=DistributedConf)
+    registry: RegistryConf = Field(default_factory=RegistryConf)
+    feature_files: int | None = Field(None, gt=0, description="Parquet files per split; default max(4, 2 x processes)")
+
+
+class TrainClassifierJobConf(JobConf):
+    required: ClassVar[tuple[str, ...]] = ("io.input", "io.output")
+    classifier: ClassifierConf = Field(default_factory=ClassifierConf)
+
+
+JOB_CONF = TrainClassifierJobConf
+
+
+class LabelError(TextmillError):
+    """The training data has too few labels or classes to train on."""
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def featurizer_for(model: ModelConf) -> Featurizer:
+    kind = model.features or ("hashed_ngrams" if model.kind == "linear" else "word_ids")
+    if model.kind == "linear" and kind != "hashed_ngrams":
+        raise TextmillError(f"classifier.model.features={kind!r} does not fit the linear model; use hashed_ngrams")
+    return Featurizer(kind=kind, n_buckets=model.n_buckets, ngrams=model.ngrams, max_tokens=model.max_tokens)
+
+
+def build_vocabulary(train_df: DataFrame, text_column: str, featurizer: Featurizer, size: int, min_count: int) -> list[str]:
+    """Most frequent tokens of the training split, counted on the executors."""
+    options = featurizer.to_dict()
+
+    @F.pandas_udf("array<string>")
+    def tokens(texts: pd.Series) -> pd.Series:
+        f = Featurizer.from_dict(options)
+        return pd.Series([f.tokens(t) for t in texts])
+
+    counts = (train_df.select(F.explode(tokens(F.col(text_column))).alias("token")).groupBy("token").count()
+              .where(F.col("count") >= min_count).orderBy(F.desc("count"), "token").limit(size))
+    return [r["token"] for r in counts.collect()]
+
+
+def make_featurize_udf(options: dict[str, Any]):
+    @F.pandas_udf("array<int>")
+    def featurize(texts: pd.Series) -> pd.Series:
+        featurizer = Featurizer.from_dict(options)
+        return pd.Series(featurizer.ids_batch(texts))
+
+    return featurize
+
+
+def stratified_split(df: DataFrame, label_column: str, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """Exact per-label split: the round(fraction x n_label) rows with the smallest seeded hash go to validation."""
+    key = F.xxhash64(F.col("doc_id"), F.lit(seed))
+    by_label = Window.partitionBy(label_column)
+    ranked = df.withColumn("_tm_rank", F.row_number().over(by_label.orderBy(key, "doc_id"))).withColumn(
+        "_tm_n", F.count(F.lit(1)).over(by_label))
+    is_val = F.col("_tm_rank") <= F.round(F.col("_tm_n") * fraction)
+    return ranked.where(~is_val).drop("_tm_rank", "_tm_n"), ranked.where(is_val).drop("_tm_rank", "_tm_n")
+
+
+def _labelled(df: DataFrame, c: ClassifierConf) -> tuple[DataFrame, DataFrame]:
+    """(good rows, quarantined rows with a reason)."""
+    reason = (F.when(F.col(c.text_column).isNull(), "null_text")
+              .when(F.length(F.trim(F.col(c.text_column))) == 0, "empty_text")
+              .when(F.col(c.label_column).isNull(), "null_label"))
+    marked = df.withColumn("_tm_reason", reason)
+    good = marked.where(F.col("_tm_reason").isNull()).drop("_tm_reason")
+    bad = marked.where(F.col("_tm_reason").isNotNull()).select(
+        "doc_id", F.col("_tm_reason").alias("reason"), F.to_json(F.struct(*[F.col(x) for x in df.columns])).alias("raw"))
+    return good, bad
+
+
+def _read_checked(spark: SparkSession, path: str, c: ClassifierConf, key: str) -> DataFrame:
+    io.require_input(spark, path, key)
+    df = spark.read.parquet(path)
+    missing = [x for x in ("doc_id", c.text_column, c.label_column) if x not in df.columns]
+    if missing:
+        raise ColumnNotFoundError(f"{key}: column(s) {', '.join(missing)} not in {path}; available: {', '.join(df.columns)}")
+    return df.withColumn(c.label_column, F.col(c.label_column).cast("string"))
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_files: list[str], n_train: int) -> dict | None:
+    """Body of each TorchDistributor process: DDP over gloo, its own shard of the files."""
+    import torch.distributed as dist
+
+    from textmill.classifier import ModelSpec, TrainSettings, train
+
+    dist.init_process_group("gloo")
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        result = train(ModelSpec(**spec), TrainSettings(**settings), train_files, val_files, n_train, rank=rank, world=world)
+        if rank != 0:
+            return None
+        return {"state": {k: v.clone() for k, v in result.model.state_dict().items()}, "history": result.history,
+                "device": result.device}
+    finally:
+        dist.destroy_process_group()
+
+
+def _plots(out: Path, matrix: np.ndarray, labels: list[str], history: list[dict]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="black")
+    ax.set_title("validation confusion matrix")
+    fig.tight_layout()
+    cm_path = out / "confusion_matrix.png"
+    fig.savefig(cm_path, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    if all("val_accuracy" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="s", color="tab:green", label="val accuracy")
+        ax2.plot(epochs, [h["val_macro_f1"] for h in history], marker="^", color="tab:red", label="val macro-F1")
+        ax2.set_ylabel("validation")
+        ax2.legend(loc="center right")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    curve_path = out / "training_curve.png"
+    fig.savefig(curve_path, dpi=100)
+    plt.close(fig)
+    return [cm_path, curve_path]
+
+
+def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str | None):
+    """Log the model directory as an MLflow pyfunc with a signature; returns the ModelInfo."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Map, Schema
+
+    import textmill
+    from textmill.pyfunc_classifier import TextClassifierPyfunc
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.string)]),  # one text column, by position: a Series, a list or a DataFrame
+        outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability"),
+                        ColSpec(Map(DataType.double), "probabilities")]),
+    )
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=TextClassifierPyfunc(),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(textmill.__file__).parent)],
+        signature=signature,
+        input_example=pd.DataFrame({"text": input_example}),
+        pip_requirements=["torch==2.13.0", "pandas", "numpy", "pydantic>=2", "pyyaml"],
+        registered_model_name=registered_name,
+    )
+
+
+def promote_if_better(name: str, version: str, metric: str, value: float, alias: str) -> dict[str, Any]:
+    """Move ``alias`` to ``version`` only if ``value`` beats the current holder's; return the decision."""
+    client = mlflow.MlflowClient()
+    current = None
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    decision: dict[str, Any] = {"model": name, "version": version, "metric": metric, "value": value, "alias": alias}
+    if current is not None:
+        previous = client.get_run(current.run_id).data.metrics.get(metric)
+        decision.update({"previous_version": current.version, "previous_value": previous})
+        if previous is not None and value <= previous:
+            decision["promoted"] = False
+            decision["reason"] = f"{metric}={value:.4f} does not beat version {current.version}'s {previous:.4f}"
+            return decision
+    client.set_registered_model_alias(name, alias, version)
+    decision["promoted"] = True
+    decision["reason"] = "no previous champion" if current is None else f"{metric} improved on version {current.version}"
+    return decision
+
+
+def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
+    c = conf.classifier
+    out = conf.io.output.rstrip("/")
+    source = _read_checked(spark, conf.io.input, c, "io.input")
+    good, bad = _labelled(source, c)
+    if c.validation_path:
+        train_df = good
+        val_good, val_bad = _labelled(_read_checked(spark, c.validation_path, c, "classifier.validation_path"), c)
+        val_df, bad = val_good, bad.unionByName(val_bad)
+    else:
+        train_df, val_df = stratified_split(good, c.label_column, c.validation_fraction, c.training.seed)
+    labels = sorted(r[0] for r in train_df.unionByName(val_df).select(c.label_column).distinct().collect())
+    if len(labels) < 2:
+        raise LabelError(f"classifier.label_column {c.label_column!r} has {len(labels)} distinct value(s) {labels}; need at least 2")
+
+    featurizer = featurizer_for(c.model)
+    if featurizer.kind == "word_ids":
+        featurizer.vocab = build_vocabulary(train_df, c.text_column, featurizer, c.model.vocab_size, c.model.min_count)
+        featurizer = Featurizer.from_dict(featurizer.to_dict())
+        logger.info("vocabulary: %d words", len(featurizer.vocab))
+    featurize = make_featurize_udf(featurizer.to_dict())
+    label_ids = F.create_map(*[F.lit(x) for i, label in enumerate(labels) for x in (label, i)])
+    n_files = c.feature_files or max(4, 2 * c.distributed.num_processes)
+
+    def features(df: DataFrame, seed: int) -> DataFrame:
+        # Shuffled across files so a streaming reader sees mixed labels.
+        return (df.select(featurize(F.col(c.text_column)).alias("ids"), label_ids[F.col(c.label_column)].alias("label_id"))
+                .withColumn("_tm_order", F.xxhash64(F.col("ids"), F.lit(seed)))
+                .repartition(n_files, "_tm_order").sortWithinPartitions("_tm_order").drop("_tm_order"))
+
+    rows_in = source.count() + (spark.read.parquet(c.validation_path).count() if c.validation_path else 0)
+    feature_dir = f"{out}/features"
+    with io.staged_outputs(spark, feature_dir, f"{out}/quarantine") as (staged, staged_bad):
+        features(train_df, c.training.seed).write.parquet(f"{staged}/train")
+        features(val_df, c.training.seed + 1).write.parquet(f"{staged}/val")
+        bad.write.parquet(staged_bad)
+        n_train, n_val = io.count_parquet(spark, f"{staged}/train"), io.count_parquet(spark, f"{staged}/val")
+        n_bad = io.count_parquet(spark, staged_bad)
+        if rows_in != n_train + n_val + n_bad:
+            raise AccountingError(f"rows_in={rows_in} but train={n_train} + val={n_val} + quarantined={n_bad}")
+    if n_val == 0:
+        raise LabelError("the validation split is empty; raise classifier.validation_fraction or give validation_path")
+    logger.info("train_classifier: %d train, %d validation, %d quarantined rows; %d labels", n_train, n_val, n_bad, len(labels))
+
+    local_features = _local_dir(feature_dir)
+    train_files = sorted(glob.glob(f"{local_features}/train/*.parquet"))
+    val_files = sorted(glob.glob(f"{local_features}/val/*.parquet"))
+    spec = ModelSpec(kind=c.model.kind, n_ids=featurizer.n_ids, n_classes=len(labels), dim=c.model.dim, hidden=c.model.hidden,
+                     bidirectional=c.model.bidirectional, dropout=c.model.dropout, layers=c.model.layers)
+    t = c.training
+    settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, weight_decay=t.weight_decay,
+                             buffer_size=t.shuffle_buffer, threads=t.threads)
+    mlflow.log_params({"data.n_train": n_train, "data.n_val": n_val, "data.labels": json.dumps(labels), "model.n_ids": featurizer.n_ids})
+
+    def log_epoch(epoch: int, record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    if c.distributed.num_processes > 1:
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        logger.info("training with TorchDistributor: %d processes (%s)", c.distributed.num_processes,
+                    "local" if c.distributed.local_mode else "executors")
+        distributor = TorchDistributor(num_processes=c.distributed.num_processes, local_mode=c.distributed.local_mode, use_gpu=False)
+        state = distributor.run(_distributed_train, asdict(spec), asdict(settings), train_files, val_files, n_train)
+        if state is None:
+            raise TextmillError("distributed training returned no model from rank 0; see the TorchDistributor log above")
+        model = spec.build()
+        model.load_state_dict(state["state"])
+        history, device = state["history"], state["device"]
+        for record in history:
+            log_epoch(record["epoch"], record)
+    else:
+        result = train(spec, settings, train_files, val_files, n_train, on_epoch=log_epoch)
+        model, history, device = result.model, result.history, result.device
+    return _finish(conf, model, spec, featurizer, labels, history, device, val_files,
+                   {"rows_in": rows_in, "rows_train": n_train, "rows_val": n_val, "rows_quarantined": n_bad})
+
+
+def _local_dir(path: str) -> str:
+    """Training reads the feature files with pyarrow; they must be on a local or mounted path."""
+    local = path[len("file:"):] if path.startswith("file:") else path
+    if "://" in local:
+        raise TextmillError(f"io.output must be a local or mounted path for training (got {path!r})")
+    return local
+
+
+def _finish(conf: TrainClassifierJobConf, model, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
+            history: list[dict], device: str, val_files: list[str], counts: dict[str, int]) -> dict[str, float]:
+    from torch.utils.data import DataLoader
+
+    from textmill.classifier import ParquetExamples, collate, predict_logits
+    from textmill.pyfunc_classifier import TextClassifier, save_model_dir
+
+    c = conf.classifier
+    kind = "bag" if spec.kind == "linear" else "sequence"
+    loader = DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind))
+    import torch
+
+    logits, y_true = predict_logits(model, iter(loader), torch.device("cpu"))
+    matrix = confusion(y_true, logits.argmax(axis=1), len(labels))
+    report = scores(matrix)
+    per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
+                         "support": report["support"][i]} for i, label in enumerate(labels)}
+    model_dir = Path(_local_dir(conf.io.output)) / "model"
+    save_model_dir(model_dir, model, spec, featurizer, labels)
+    example = TextClassifier(model_dir).predict(["an example text"])  # the saved directory really loads
+    logger.info("saved model to %s (example prediction %s)", model_dir, example.iloc[0].to_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in _plots(Path(tmp), matrix, labels, history):
+            mlflow.log_artifact(str(path), "evaluation")
+    mlflow.log_dict({"labels": per_class, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                     "confusion_matrix": matrix.tolist()}, "evaluation/report.json")
+    mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
+    info = log_pyfunc(model_dir, ["A short example text to classify."], c.registry.name)
+    metrics: dict[str, float] = {**counts, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
+                                 "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+    mlflow.set_tags({"textmill.model_uri": info.model_uri, "textmill.train_device": device})
+    if c.registry.name:
+        version = str(info.registered_model_version)
+        mlflow.log_metrics({"val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]})
+        decision = promote_if_better(c.registry.name, version, c.registry.metric, metrics[c.registry.metric], c.registry.alias)
+        mlflow.log_dict(decision, "registry_decision.json")
+        mlflow.set_tags({"textmill.registered_version": version, "textmill.promoted": str(decision["promoted"]).lower()})
+        logger.info("registry: %s", decision["reason"])
+        metrics["promoted"] = float(decision["promoted"])
+    return metrics

@@ -1,0 +1,91 @@
+"""The classifier as a self-contained model directory and as an MLflow pyfunc.
+
+A model directory holds ``textmill_classifier.json`` (format version, ModelSpec, Featurizer,
+labels) and ``weights.pt``. ``TextClassifier`` loads one and predicts batches of texts;
+``TextClassifierPyfunc`` wraps it for MLflow (``mlflow.pyfunc.load_model``, ``mlflow models
+serve``, and textmill's ``classify`` job). ``predict`` takes a pandas Series, a list, or a
+DataFrame (column ``text``, else the first column) and returns a DataFrame with ``label``,
+``probability`` and ``probabilities`` ({label: p}), one row per input, batched inside.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from textmill.classifier import ModelSpec, collate, model_inputs
+from textmill.featurize import Featurizer
+
+FORMAT = "textmill-classifier/v1"
+CONFIG = "textmill_classifier.json"
+WEIGHTS = "weights.pt"
+
+
+def save_model_dir(path: str | Path, model: torch.nn.Module, spec: ModelSpec, featurizer: Featurizer, labels: list[str]) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path / WEIGHTS)
+    config = {"format": FORMAT, "spec": asdict(spec), "featurizer": featurizer.to_dict(), "labels": labels}
+    (path / CONFIG).write_text(json.dumps(config))
+    return path
+
+
+class TextClassifier:
+    """A loaded model directory: texts in, labels and class probabilities out."""
+
+    def __init__(self, path: str | Path, batch_size: int = 512) -> None:
+        config = json.loads((Path(path) / CONFIG).read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} model directory (format={config.get('format')!r})")
+        self.spec = ModelSpec(**config["spec"])
+        self.featurizer = Featurizer.from_dict(config["featurizer"])
+        self.labels: list[str] = config["labels"]
+        self.model = self.spec.build()
+        self.model.load_state_dict(torch.load(Path(path) / WEIGHTS, map_location="cpu"))
+        self.model.eval()
+        self.kind = "bag" if self.spec.kind == "linear" else "sequence"
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str | None]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            batch = collate([(self.featurizer.ids(t), 0) for t in chunk], self.kind)
+            out.append(torch.softmax(self.model(**model_inputs(batch)).float(), dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
+
+    def predict(self, texts: list[str | None]) -> pd.DataFrame:
+        probs = self.probabilities(texts)
+        best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        return pd.DataFrame({
+            "label": [self.labels[i] for i in best],
+            "probability": probs[np.arange(len(best)), best] if len(best) else [],
+            "probabilities": [dict(zip(self.labels, map(float, row))) for row in probs],
+        })
+
+
+def texts_from(model_input: Any) -> list[str | None]:
+    if isinstance(model_input, pd.DataFrame):
+        column = model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]
+        return [t if isinstance(t, str) else None for t in column]
+    if isinstance(model_input, (pd.Series, list, tuple, np.ndarray)):
+        return [t if isinstance(t, str) else None for t in model_input]
+    if isinstance(model_input, str):
+        return [model_input]
+    raise TypeError(f"expected texts as a Series, list or DataFrame, got {type(model_input).__name__}")
+
+
+class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    # No type hints on these two: MLflow would try to derive a (conflicting) signature from them.
+    def load_context(self, context):
+        self.classifier = TextClassifier(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        return self.classifier.predict(texts_from(model_input))

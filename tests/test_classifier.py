@@ -1,0 +1,216 @@
+"""Classifier: stable hashing, GRU pack/unpack order, split, train -> register -> classify, serving, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from textmill.classifier import GRUClassifier, collate, model_inputs
+from textmill.featurize import Featurizer
+from textmill.jobs import run_job
+from textmill.pipelines.train_classifier import stratified_split
+from textmill.sample import TOPICS, _document
+
+from test_prepare import REPO
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_hashed_features_are_stable_across_processes():
+    featurizer = Featurizer(n_buckets=1000)
+    text = "The Quick brown fox <br />jumps!"
+    here = featurizer.ids(text)
+    # The same ids from another interpreter with a different hash seed.
+    code = ("import json, sys; from textmill.featurize import Featurizer; "
+            "print(json.dumps(Featurizer(n_buckets=1000).ids(sys.argv[1])))")
+    for seed in ("1", "987"):
+        proc = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        assert json.loads(proc.stdout) == here
+    tokens = ["the", "quick", "brown", "fox", "jumps", "!"]
+    assert featurizer.tokens(text) == tokens
+    assert here[:6] == [zlib.crc32(t.encode()) % 1000 for t in tokens]
+    assert len(here) == 6 + 5  # unigrams + bigrams
+
+
+def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
+    torch.manual_seed(0)
+    model = GRUClassifier(n_ids=50, dim=8, n_classes=3, hidden=6, bidirectional=True, dropout=0.0).eval()
+    rng = random.Random(1)
+    examples = [([rng.randrange(2, 50) for _ in range(length)], 0) for length in [3, 9, 1, 6, 12, 2, 7]]
+    with torch.no_grad():
+        alone = torch.cat([model(**model_inputs(collate([ex], "sequence"))) for ex in examples])
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        shuffled = model(**model_inputs(collate([examples[i] for i in order], "sequence")))
+    # Row k of the shuffled batch is example order[k], computed as if it were alone (no padding leaks in).
+    assert torch.allclose(shuffled, alone[order], atol=1e-5)
+    assert not torch.allclose(shuffled, alone, atol=1e-3)
+
+
+def test_stratified_split_is_exact_per_label_and_seeded(spark):
+    rows = [(f"d{i:03d}", "text", "a" if i < 70 else "b") for i in range(100)]
+    df = spark.createDataFrame(rows, "doc_id string, text string, label string")
+    train, val = stratified_split(df, "label", 0.2, seed=5)
+    counts = {r["label"]: r["count"] for r in val.groupBy("label").count().collect()}
+    assert counts == {"a": 14, "b": 6}
+    assert train.count() == 80
+    assert {r.doc_id for r in val.collect()} == {r.doc_id for r in stratified_split(df, "label", 0.2, seed=5)[1].collect()}
+    assert {r.doc_id for r in val.collect()} != {r.doc_id for r in stratified_split(df, "label", 0.2, seed=6)[1].collect()}
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, spark):
+    """A small labelled corpus with learnable topics, plus rows the trainer must quarantine."""
+    path = tmp_path_factory.mktemp("labelled") / "prepared"
+    rng = random.Random(11)
+    topics = sorted(TOPICS)
+    rows = [(f"t{i:04d}", _document(rng, topics[i % 4])[1], topics[i % 4]) for i in range(480)]
+    rows += [("bad-null", None, "World"), ("bad-empty", "  ", "Sports"), ("bad-label", "some text", None)]
+    spark.createDataFrame(rows, "doc_id string, text string, label string").write.parquet(str(path))
+    return path, len(rows)
+
+
+@pytest.fixture(scope="module")
+def trained(labelled, spark, mlflow_uri, tmp_path_factory):
+    """Train once, register as champion; returns (conf builder, run metrics)."""
+    path, _ = labelled
+    base = tmp_path_factory.mktemp("train")
+
+    def conf(output: str, **classifier):
+        return {"io": {"input": str(path), "output": str(base / output)},
+                "classifier": {"validation_fraction": 0.25, "model": {"dim": 16, "n_buckets": 50_000},
+                               "training": {"epochs": 3, "batch_size": 16, "lr": 0.05}, "registry": {"name": "topics"},
+                               **classifier},
+                "spark": {"ui_enabled": False},
+                "mlflow": {"tracking_uri": mlflow_uri, "experiment": "classifier-e2e",
+                           "artifact_location": (base / "art").as_uri()}}
+
+    metrics = run_job("train_classifier", conf("first"), spark)
+    return conf, metrics
+
+
+def test_training_logs_metrics_artifacts_and_registers_the_champion(trained, labelled, mlflow_uri):
+    _, metrics = trained
+    _, n_rows = labelled
+    assert metrics["rows_in"] == n_rows == metrics["rows_train"] + metrics["rows_val"] + metrics["rows_quarantined"]
+    assert metrics["rows_quarantined"] == 3 and metrics["rows_val"] == 120
+    assert metrics["val_accuracy"] > 0.9 and metrics["promoted"] == 1.0
+
+    client = MlflowClient(mlflow_uri)
+    version = client.get_model_version_by_alias("topics", "champion")
+    run = client.get_run(version.run_id)
+    history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert [m.step for m in history if m.step > 0] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    assert run.data.params["classifier.model.kind"] == "linear"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert names == {"evaluation/confusion_matrix.png", "evaluation/training_curve.png", "evaluation/report.json"}
+    label_map = json.loads(Path(client.download_artifacts(run.info.run_id, "label_map.json")).read_text())
+    assert label_map == {"0": "Business", "1": "Sci_Tech", "2": "Sports", "3": "World"}
+    assert json.loads(Path(client.download_artifacts(run.info.run_id, "registry_decision.json")).read_text())["promoted"] is True
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/topics@champion")
+    assert [c.type.name for c in model.metadata.signature.inputs.inputs] == ["string"]
+    texts = ["Shares of the carmaker fell as the central bank raised inflation forecasts and earnings missed.",
+             "The striker scored twice and the home side won the championship match."]
+    for given in (pd.Series(texts), pd.DataFrame({"text": texts})):
+        out = model.predict(given)
+        assert list(out["label"]) == ["Business", "Sports"]
+        assert all(abs(sum(p.values()) - 1) < 1e-5 for p in out["probabilities"])
+
+
+def test_a_worse_model_does_not_take_the_champion_alias(trained, spark, mlflow_uri):
+    conf, _ = trained
+    metrics = run_job("train_classifier", conf("worse", training={"epochs": 1, "batch_size": 16, "lr": 1e-5}), spark)
+    assert metrics["promoted"] == 0.0
+    client = MlflowClient(mlflow_uri)
+    versions = client.search_model_versions("name='topics'")
+    champion = client.get_model_version_by_alias("topics", "champion")
+    assert len(versions) >= 2 and str(champion.version) == "1"
+    run = client.search_runs([client.get_experiment_by_name("classifier-e2e").experiment_id], order_by=["start_time DESC"])[0]
+    decision = json.loads(Path(client.download_artifacts(run.info.run_id, "registry_decision.json")).read_text())
+    assert decision["promoted"] is False and "does not beat version 1" in decision["reason"]
+
+
+def test_classify_scores_every_row_and_evaluates(trained, labelled, spark, job_conf, tmp_path, mlflow_uri):
+    path, n_rows = labelled
+    out = tmp_path / "scored"
+    conf = job_conf(io={"input": str(path), "output": str(out)},
+                    classify={"model_uri": "models:/topics@champion", "evaluate": True})
+    metrics = run_job("classify", conf, spark)
+    df = spark.read.parquet(str(out))
+    assert df.columns == ["doc_id", "label", "probability", "probabilities", "error"]
+    assert dict(df.dtypes)["probabilities"] == "map<string,double>"
+    rows = {r.doc_id: r for r in df.collect()}
+    assert len(rows) == n_rows == metrics["rows_out"] == metrics["rows_in"]
+    assert rows["bad-null"].error == "null text" and rows["bad-null"].label is None
+    assert rows["bad-empty"].error == "empty text"
+    assert rows["bad-label"].error is None and rows["bad-label"].label in TOPICS
+    assert metrics["rows_error"] == 2
+    assert metrics["eval_accuracy"] > 0.9 and metrics["eval_rows"] == n_rows - 3
+    assert metrics["max_model_loads_per_worker"] == 1
+
+
+@pytest.mark.slow
+def test_two_process_distributed_training_is_close_to_single_process(trained, spark):
+    conf, single = trained
+    metrics = run_job("train_classifier", conf("ddp", distributed={"num_processes": 2}, registry={"name": None}), spark)
+    assert metrics["rows_train"] == single["rows_train"]
+    assert metrics["val_accuracy"] >= single["val_accuracy"] - 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, as with an activated venv.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", "models:/topics@champion", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
+                              stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+                time.sleep(1)
+        body = json.dumps({"inputs": ["The striker scored twice in the final match of the season.",
+                                      "Researchers unveiled a faster processor for the web browser."]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            predictions = json.load(response)["predictions"]
+        assert [p["label"] for p in predictions] == ["Sports", "Sci_Tech"]
+        assert set(predictions[0]["probabilities"]) == set(TOPICS)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
