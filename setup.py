@@ -33,6 +33,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
 ]
 
 setup(

@@ -34,6 +34,8 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     annotated = spark.read.parquet(str(tmp_path / "run" / "annotated"))
     assert annotated.count() == n_docs and annotated.where("error is not null").count() == 0
     assert annotated.columns == ["doc_id", "tokens", "n_tokens", "entities", "entity_counts", "error", "label"]
+    doc_vectors = spark.read.parquet(str(tmp_path / "run" / "doc_vectors"))
+    assert doc_vectors.count() == n_docs and doc_vectors.where("vector is null").count() == 0
     classified = spark.read.parquet(str(tmp_path / "run" / "classified"))
     assert classified.count() == n_docs and classified.where("label is null").count() == 0
 
@@ -57,6 +59,7 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     assert sum(summary["quarantined"].values()) == len(BROKEN_LINES)
     assert summary["annotate"]["row_errors"] == 0 and "PERSON" in summary["annotate"]["top_entity_types"]
     assert sum(summary["classify"].values()) == n_docs
+    assert summary["embeddings"]["dim"] == 32 and summary["embeddings"]["vocab_size"] > 50
 
 
 def test_pyfiles_zip_is_importable_on_its_own(tmp_path):

@@ -45,6 +45,8 @@ JOBS: dict[str, Job] = {
         Job("annotate", "textmill.pipelines.annotate", "prepare output -> tokens and entities from one parse"),
         Job("train_classifier", "textmill.pipelines.train_classifier", "labelled Parquet -> torch classifier in MLflow"),
         Job("classify", "textmill.pipelines.classify", "Parquet + classifier -> labels and probabilities"),
+        Job("train_embeddings", "textmill.pipelines.train_embeddings", "tokens -> word vectors (sgns or ppmi_svd) + subwords"),
+        Job("embed_docs", "textmill.pipelines.embed_docs", "tokens or text + word vectors -> document vectors"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
     ]
 }

@@ -28,7 +28,7 @@ BBC = require(SHARED / "bbc_news")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--gru-epochs", type=int, default=3)
+    parser.add_argument("--gru-epochs", type=int, default=2)
     parser.add_argument("--skip-gru", action="store_true")
     args = parser.parse_args()
 
@@ -67,7 +67,7 @@ def main() -> None:
         result["bbc_linear"] = trained("bbc_linear", "bbc", 0.2, {"kind": "linear"}, {"epochs": 8, "batch_size": 16})
         if not args.skip_gru:
             result["imdb_gru"] = trained("imdb_gru", "imdb", 0.1,
-                                         {"kind": "gru", "dim": 64, "hidden": 64, "max_tokens": 300, "vocab_size": 30000},
+                                         {"kind": "gru", "dim": 64, "hidden": 64, "max_tokens": 256, "vocab_size": 30000},
                                          {"epochs": args.gru_epochs, "lr": 0.003})
 
         # Batch scoring: textmill classify on local[*] vs one process calling predict on the same texts.

@@ -6,7 +6,8 @@ run under this job's run, writing to ``<io.output>/<step output>``, and finishes
 summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
 prints and logs as ``summary.json``. Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
 (when the prepared sample has at least two labels) -> ``classify`` (with the model just
-trained, or ``classify.model_uri``).
+trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
+``embed_docs``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from textmill.jobs import run_job
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions
 from textmill.pipelines.annotate import AnnotateJobConf
 from textmill.pipelines.classify import ClassifyConf, ClassifyJobConf
+from textmill.pipelines.embed_docs import EmbedConf, EmbedDocsJobConf
+from textmill.pipelines.train_embeddings import EmbeddingsConf, TrainEmbeddingsJobConf
 from textmill.pipelines.train_classifier import ClassifierConf, TrainClassifierJobConf
 from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
 from textmill.sample import write_sample_csv
@@ -38,8 +41,9 @@ class SampleConf(StrictModel):
 
 
 class PipelineConf(StrictModel):
-    steps: list[Literal["prepare", "annotate", "train_classifier", "classify"]] = Field(
-        default_factory=lambda: ["prepare", "annotate", "train_classifier", "classify"], min_length=1)
+    steps: list[Literal["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"]] = Field(
+        default_factory=lambda: ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"],
+        min_length=1)
     sample: SampleConf = Field(default_factory=SampleConf)
 
 
@@ -52,17 +56,21 @@ class PipelineJobConf(JobConf):
     ner: EntityOptions = Field(default_factory=EntityOptions)
     classifier: ClassifierConf = Field(default_factory=ClassifierConf)
     classify: ClassifyConf = Field(default_factory=ClassifyConf)
+    embeddings: EmbeddingsConf = Field(default_factory=EmbeddingsConf)
+    embed: EmbedConf = Field(default_factory=EmbedConf)
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.io.quarantine:
             problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
         steps = self.pipeline.steps
-        order = ["prepare", "annotate", "train_classifier", "classify"]
+        order = ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"]
         if steps != sorted(steps, key=order.index):
             problems.append(f"'pipeline.steps' {steps}: steps run in the order {order} (each reads an earlier one's output)")
         if "classify" in steps and "train_classifier" not in steps and not self.classify.model_uri:
             problems.append("'pipeline.steps' has classify without train_classifier: set classify.model_uri")
+        if "embed_docs" in steps and "train_embeddings" not in steps and not self.embed.embeddings:
+            problems.append("'pipeline.steps' has embed_docs without train_embeddings: set embed.embeddings")
         return problems
 
 
@@ -86,6 +94,13 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
         classified = spark.read.parquet(f"{root}/classified")
         summary["classify"] = {r["label"]: r["count"] for r in classified.groupBy("label").count().orderBy("label").collect()
                                if r["label"] is not None}
+    if "train_embeddings" in steps and Path(f"{root}/embeddings/export").exists():
+        from textmill.docvectors import load_embeddings
+
+        vectors, _, manifest = load_embeddings(f"{root}/embeddings/export")
+        probes = [w for w in ("profits", "match", "software", "election") if w in vectors.index]
+        summary["embeddings"] = {"vocab_size": manifest["vocab_size"], "dim": manifest["dim"], "neighbours": {
+            w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=4, exclude=[w])] for w in probes}}
     if "annotate" in steps:
         annotated = spark.read.parquet(f"{root}/annotated")
         totals = annotated.agg(F.sum("n_tokens").alias("tokens"), F.count("error").alias("errors")).first()
@@ -128,6 +143,15 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
                 continue
             step_conf = ClassifyJobConf(io={"input": prepared, "output": f"{root}/classified"},
                                         classify=conf.classify.model_copy(update={"model_uri": uri}), **common)
+        elif step == "train_embeddings":
+            # Tokens from annotate when it ran, else the prepared text.
+            tokens = f"{root}/annotated" if "annotate" in conf.pipeline.steps else prepared
+            step_conf = TrainEmbeddingsJobConf(io={"input": tokens, "output": f"{root}/embeddings"},
+                                               embeddings=conf.embeddings, **common)
+        elif step == "embed_docs":
+            step_conf = EmbedDocsJobConf(io={"input": prepared, "output": f"{root}/doc_vectors"},
+                                         embed=conf.embed.model_copy(update={"embeddings": conf.embed.embeddings or f"{root}/embeddings"}),
+                                         **common)
         step_metrics = run_job(step, step_conf, spark)
         metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)

@@ -1,0 +1,311 @@
+"""Word-embedding maths: vocabulary, subsampling, negatives, SGNS steps, PPMI-SVD, subwords.
+
+Pure numpy/torch, no Spark: ``pipelines/train_embeddings`` runs these on the driver and in
+Spark tasks, and tests call them directly.
+
+- ``keep_probabilities``: Mikolov's subsampling, as in word2vec.c:
+  ``p_keep(w) = (sqrt(f / (s T)) + 1) * (s T) / f`` for count ``f``, total ``T``, ``sample`` s.
+- ``negative_distribution``: the unigram^0.75 distribution negatives are drawn from.
+- ``train_sgns_partition``: one Spark task's share of a round. It starts from the round's
+  weights, streams its sentences in chunks, builds (center, context) pairs with word2vec's
+  dynamic window, and applies the SGNS gradients a batch of pairs at a time with
+  ``index_add_`` (no autograd, no per-pair Python loop). The batch shares its negative
+  samples (``sgns_step``), which turns the negative scores into one matrix product. It returns, per word row,
+  the updated vector times the number of updates the row got, and those counts, so the
+  driver can average rows weighted by how much each partition trained them. Memory:
+  the two ``vocab x dim`` matrices, a chunk of pairs and a batch: never the corpus.
+- ``ppmi_svd``: positive PMI (context-distribution smoothing 0.75) of a sparse
+  co-occurrence matrix, then a truncated SVD with a fixed start vector: deterministic.
+- ``char_ngrams`` / ``fnv1a_32``, ``fit_subwords`` and ``SubwordVectors``: fastText-style
+  n-grams of ``<word>`` (3-6 chars) hashed into buckets; bucket vectors are fitted by least
+  squares so that the mean of a word's n-gram vectors reproduces its vector; an unseen
+  word gets the mean of its n-gram vectors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
+    """Probability of keeping each occurrence of a word (1.0 when ``sample`` is 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if sample <= 0:
+        return np.ones_like(counts)
+    threshold = sample * counts.sum()
+    return np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts)
+
+
+def negative_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
+    weights = np.asarray(counts, dtype=np.float64) ** power
+    return weights / weights.sum()
+
+
+def dynamic_window_pairs(ids: np.ndarray, sentence_ids: np.ndarray, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(center, context) pairs within each sentence, word2vec style: each center draws a
+    window b in [1, window] and pairs with the words at distance <= b on both sides."""
+    n = len(ids)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    reach = rng.integers(1, window + 1, size=n)
+    centers, contexts = [], []
+    for offset in range(1, window + 1):
+        left = np.arange(n - offset)
+        right = left + offset
+        same = sentence_ids[left] == sentence_ids[right]
+        # right is a context of left when left's window reaches it, and vice versa.
+        fwd = same & (reach[left] >= offset)
+        bwd = same & (reach[right] >= offset)
+        centers += [ids[left[fwd]], ids[right[bwd]]]
+        contexts += [ids[right[fwd]], ids[left[bwd]]]
+    return np.concatenate(centers), np.concatenate(contexts)
+
+
+@dataclass
+class SgnsSettings:
+    dim: int = 100
+    window: int = 5
+    negative: int = 5
+    sample: float = 1e-3
+    batch_pairs: int = 1024
+    shared_negatives: int = 64
+    chunk_tokens: int = 200_000
+    threads: int = 1
+
+
+def sgns_step(w_in: torch.Tensor, w_out: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor,
+              negatives: torch.Tensor, k: int, lr: float) -> float:
+    """One batched SGNS update in place, with negatives shared by the batch; returns the batch loss.
+
+    Every (center, context) pair of the batch is scored against the same ``K = len(negatives)``
+    negative words, each weighted ``k / K``: in expectation the same gradient as ``k``
+    negatives drawn per pair, but the negative scores are one matrix-matrix product
+    (B x d by d x K) instead of B x k dot products, and only B + B + K rows are gathered and
+    updated per batch.
+    """
+    c = torch.index_select(w_in, 0, centers)            # B x d
+    o = torch.index_select(w_out, 0, contexts)          # B x d
+    n = torch.index_select(w_out, 0, negatives)         # K x d
+    weight = k / len(negatives)
+    pos = torch.sigmoid((c * o).sum(1))                 # B
+    neg = torch.sigmoid(c @ n.T)                        # B x K
+    g_pos = (pos - 1.0).unsqueeze(1)
+    grad_c = g_pos * o + weight * (neg @ n)
+    grad_o = g_pos * c
+    grad_n = weight * (neg.T @ c)
+    w_in.index_add_(0, centers, grad_c, alpha=-lr)
+    w_out.index_add_(0, contexts, grad_o, alpha=-lr)
+    w_out.index_add_(0, negatives, grad_n, alpha=-lr)
+    return float(-(torch.log(pos + 1e-7).mean() + weight * torch.log(1.0 - neg + 1e-7).sum(1).mean()))
+
+
+def train_sgns_partition(
+    sentences: Iterable[np.ndarray],
+    w_in0: np.ndarray,
+    w_out0: np.ndarray,
+    keep: np.ndarray,
+    negative_probs: np.ndarray,
+    settings: SgnsSettings,
+    lr_start: float,
+    lr_end: float,
+    expected_tokens: int,
+    seed: int,
+) -> dict:
+    """Train on one partition's sentences; see the module docstring for what comes back."""
+    torch.set_num_threads(settings.threads)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    w_in = torch.from_numpy(np.array(w_in0, dtype=np.float32, copy=True))
+    w_out = torch.from_numpy(np.array(w_out0, dtype=np.float32, copy=True))
+    updates_in = torch.zeros(len(w_in), dtype=torch.float32)
+    updates_out = torch.zeros(len(w_out), dtype=torch.float32)
+    neg_probs = torch.from_numpy(negative_probs.astype(np.float32))
+    keep_p = np.asarray(keep)
+    seen_tokens, pairs_done, loss_sum, batches = 0, 0, 0.0, 0
+    for ids, sentence_ids in _chunks(sentences, settings.chunk_tokens):
+        seen_tokens += len(ids)
+        kept = rng.random(len(ids)) < keep_p[ids]
+        centers, contexts = dynamic_window_pairs(ids[kept], sentence_ids[kept], settings.window, rng)
+        if len(centers) == 0:
+            continue
+        order = rng.permutation(len(centers))
+        centers_t = torch.from_numpy(centers[order])
+        contexts_t = torch.from_numpy(contexts[order])
+        progress = min(1.0, seen_tokens / max(expected_tokens, 1))
+        lr = max(lr_end, lr_start - (lr_start - lr_end) * progress)
+        for start in range(0, len(centers_t), settings.batch_pairs):
+            cb = centers_t[start : start + settings.batch_pairs]
+            ob = contexts_t[start : start + settings.batch_pairs]
+            nb = torch.multinomial(neg_probs, settings.shared_negatives, replacement=True, generator=gen)
+            loss_sum += sgns_step(w_in, w_out, cb, ob, nb, settings.negative, lr)
+            batches += 1
+            updates_in.index_add_(0, cb, torch.ones(len(cb)))
+            updates_out.index_add_(0, ob, torch.ones(len(ob)))
+            updates_out.index_add_(0, nb, torch.full((len(nb),), len(cb) * settings.negative / len(nb)))
+        pairs_done += len(centers)
+    weights_in = updates_in.unsqueeze(1)
+    weights_out = updates_out.unsqueeze(1)
+    return {
+        "in_weighted": (w_in * weights_in).numpy(), "in_updates": updates_in.numpy(),
+        "out_weighted": (w_out * weights_out).numpy(), "out_updates": updates_out.numpy(),
+        "pairs": pairs_done, "tokens": seen_tokens, "loss_sum": loss_sum, "batches": batches,
+    }
+
+
+def _chunks(sentences: Iterable[np.ndarray], chunk_tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Concatenate sentences into chunks of about ``chunk_tokens`` ids, with sentence numbers."""
+    ids: list[np.ndarray] = []
+    marks: list[np.ndarray] = []
+    size, number = 0, 0
+    for sentence in sentences:
+        if len(sentence) == 0:
+            continue
+        ids.append(sentence)
+        marks.append(np.full(len(sentence), number, dtype=np.int64))
+        number += 1
+        size += len(sentence)
+        if size >= chunk_tokens:
+            yield np.concatenate(ids), np.concatenate(marks)
+            ids, marks, size = [], [], 0
+    if ids:
+        yield np.concatenate(ids), np.concatenate(marks)
+
+
+def combine(current: np.ndarray, weighted_sum: np.ndarray, updates: np.ndarray) -> np.ndarray:
+    """Rows trained in a round become the update-weighted mean of the partitions' rows; others stay."""
+    trained = updates > 0
+    out = current.copy()
+    out[trained] = weighted_sum[trained] / updates[trained, None]
+    return out
+
+
+# ---------------------------------------------------------------------------- count-based
+
+
+def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int) -> "scipy.sparse.csr_matrix":
+    """Symmetric window co-occurrence counts of one partition, weighted 1/distance (as GloVe/word2vec)."""
+    import scipy.sparse as sp
+
+    rows, cols, vals = [], [], []
+    for ids, sentence_ids in _chunks(sentences, 200_000):
+        n = len(ids)
+        for offset in range(1, window + 1):
+            left = np.arange(max(0, n - offset))
+            right = left + offset
+            same = sentence_ids[left] == sentence_ids[right]
+            a, b = ids[left[same]], ids[right[same]]
+            weight = np.full(len(a), 1.0 / offset)
+            rows += [a, b]
+            cols += [b, a]
+            vals += [weight, weight]
+    if not rows:
+        return sp.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
+    matrix = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(vocab_size, vocab_size))
+    return matrix.tocsr()
+
+
+def ppmi_svd(counts, dim: int, smoothing: float = 0.75) -> np.ndarray:
+    """Word vectors U * sqrt(S) from the truncated SVD of the PPMI matrix (deterministic)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    total = counts.sum()
+    word = np.asarray(counts.sum(axis=1)).ravel()
+    context = np.asarray(counts.sum(axis=0)).ravel() ** smoothing
+    context /= context.sum()
+    coo = counts.tocoo()
+    with np.errstate(divide="ignore"):
+        pmi = np.log(coo.data * 1.0 / total) - np.log(word[coo.row] / total) - np.log(context[coo.col])
+    positive = pmi > 0
+    ppmi = sp.csr_matrix((pmi[positive], (coo.row[positive], coo.col[positive])), shape=counts.shape)
+    k = min(dim, min(ppmi.shape) - 1)
+    if k < 1 or ppmi.nnz == 0:
+        return np.zeros((counts.shape[0], dim), dtype=np.float32)
+    v0 = np.full(min(ppmi.shape), 1.0 / math.sqrt(min(ppmi.shape)))
+    u, s, _ = svds(ppmi, k=k, v0=v0, solver="arpack")
+    order = np.argsort(-s)
+    vectors = u[:, order] * np.sqrt(s[order])
+    # Fix each component's sign (the SVD is unique only up to sign) for reproducible output.
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1, signs)
+    if vectors.shape[1] < dim:
+        vectors = np.hstack([vectors, np.zeros((vectors.shape[0], dim - vectors.shape[1]))])
+    return vectors.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- subwords
+
+
+def fnv1a_32(data: bytes) -> int:
+    h = FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def char_ngrams(word: str, min_n: int = 3, max_n: int = 6) -> list[str]:
+    token = f"<{word}>"
+    return [token[i : i + n] for n in range(min_n, max_n + 1) for i in range(len(token) - n + 1)]
+
+
+def ngram_buckets(word: str, buckets: int, min_n: int = 3, max_n: int = 6) -> list[int]:
+    return [fnv1a_32(g.encode("utf-8")) % buckets for g in char_ngrams(word, min_n, max_n)]
+
+
+def fit_subwords(words: list[str], vectors: np.ndarray, buckets: int, min_n: int = 3, max_n: int = 6,
+                 l2: float = 1e-4, steps: int = 300, lr: float = 0.05, seed: int = 0) -> np.ndarray:
+    """Bucket vectors Z minimising sum_w ||mean(Z[ngrams(w)]) - v_w||^2 + l2 ||Z||^2 (full-batch Adam)."""
+    rows, cols, vals = [], [], []
+    for i, word in enumerate(words):
+        ids = ngram_buckets(word, buckets, min_n, max_n)
+        rows += [i] * len(ids)
+        cols += ids
+        vals += [1.0 / len(ids)] * len(ids)
+    a = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals, dtype=torch.float32),
+                                (len(words), buckets)).coalesce().to_sparse_csr()
+    target = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    z = torch.zeros(buckets, target.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = ((a @ z - target) ** 2).sum(1).mean() + l2 * (z ** 2).sum() / len(words)
+        loss.backward()
+        optimizer.step()
+    return z.detach().numpy()
+
+
+class SubwordVectors:
+    """Word vectors with a fastText-style fallback for unseen words."""
+
+    def __init__(self, words: list[str], vectors: np.ndarray, ngram_vectors: np.ndarray | None,
+                 min_n: int = 3, max_n: int = 6) -> None:
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.ngram_vectors = None if ngram_vectors is None else np.asarray(ngram_vectors, dtype=np.float32)
+        self.min_n, self.max_n = min_n, max_n
+        self.dim = self.vectors.shape[1]
+
+    def vector_for(self, word: str) -> np.ndarray | None:
+        """Mean of the word's n-gram vectors plus its own vector when known; None if nothing is known."""
+        parts = []
+        if self.ngram_vectors is not None:
+            parts = [self.ngram_vectors[b] for b in ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)]
+        i = self.index.get(word)
+        if i is not None:
+            parts.append(self.vectors[i])
+        return np.mean(parts, axis=0) if parts else None
+
+    def most_similar(self, vector: np.ndarray, topn: int = 10, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        norms = np.linalg.norm(self.vectors, axis=1) * (np.linalg.norm(vector) + 1e-12) + 1e-12
+        sims = self.vectors @ vector / norms
+        skip = {self.index[w] for w in exclude if w in self.index}
+        best = [i for i in np.argsort(-sims) if i not in skip][:topn]
+        return [(self.words[i], float(sims[i])) for i in best]

@@ -1,0 +1,119 @@
+"""The ``embed_docs`` job: one vector per document from trained word vectors.
+
+Input: Parquet with ``doc_id`` and ``tokens`` (tokenize output) or ``text``. The export
+directory of ``train_embeddings`` is shipped with ``addFile`` and loaded once per Python
+worker by an iterator pandas UDF. Output: ``doc_id, vector array<float>, n_known int,
+error`` (rows out == rows in; a document with no known token gets a null vector and
+``error = "no known tokens"``). These vectors feed the nearest-neighbour index.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import pandas as pd
+from pydantic import Field
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import io, models
+from textmill.config import JobConf, StrictModel
+from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "embed_docs/v1"
+
+
+class EmbedConf(StrictModel):
+    embeddings: str | None = Field(None, description="train_embeddings output directory (or its export/) (required)")
+    tokens_column: str = "tokens"
+    text_column: str = "text"
+    sif: bool = Field(True, description="weight words by a / (a + p(w))")
+    sif_a: float = Field(1e-3, gt=0)
+    subword_fallback: bool = Field(True, description="unseen words use their character n-gram vectors")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000)")
+
+
+class EmbedDocsJobConf(JobConf):
+    embed: EmbedConf = Field(default_factory=EmbedConf)
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        if not self.embed.embeddings:
+            problems.append("'embed.embeddings' is required but was not set (null); point it at train_embeddings' output")
+        return problems
+
+
+JOB_CONF = EmbedDocsJobConf
+
+
+def export_dir(path: str) -> Path:
+    base = Path(path[len("file:"):] if path.startswith("file:") else path)
+    for candidate in (base, base / "export"):
+        if (candidate / "embeddings.json").is_file():
+            return candidate
+    raise InputNotFoundError(f"embed.embeddings: no embeddings.json in {base} or {base / 'export'}")
+
+
+def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, subword_fallback: bool, report=None):
+    @F.pandas_udf("vector array<float>, n_known int, error string")
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from textmill.docvectors import DocumentEmbedder
+        from textmill.featurize import Featurizer
+
+        path = SparkFiles.get(file_name)
+        key = ("embeddings", path, sif, sif_a, subword_fallback)
+        embedder = models.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
+        featurizer = Featurizer(lowercase=embedder.lowercase, max_tokens=10**9)
+        for batch in batches:
+            vectors, known, errors = [], [], []
+            for value in batch:
+                if value is None:
+                    vectors.append(None), known.append(0), errors.append("null input")
+                    continue
+                tokens = list(value) if from_tokens else featurizer.tokens(value)
+                vector, n = embedder.embed_tokens(tokens)
+                vectors.append(vector.tolist() if vector is not None else None)
+                known.append(n)
+                errors.append(None if vector is not None else "no known tokens")
+            yield pd.DataFrame({"vector": vectors, "n_known": known, "error": errors})
+        if report is not None:
+            report.add({models.worker_id(): {"loads": models.load_count(key), "peak_rss_mb": models.peak_rss_mb()}})
+
+    return embed
+
+
+def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
+    c = conf.embed
+    io.require_input(spark, conf.io.input)
+    source = spark.read.parquet(conf.io.input)
+    from_tokens = c.tokens_column in source.columns
+    column = c.tokens_column if from_tokens else c.text_column
+    if "doc_id" not in source.columns or column not in source.columns:
+        raise ColumnNotFoundError(f"embed_docs needs doc_id and {c.tokens_column!r} or {c.text_column!r}; "
+                                  f"available: {', '.join(source.columns)}")
+    export = export_dir(c.embeddings)
+    spark.sparkContext.addFile(str(export), recursive=True)
+    rows_in = source.count()
+    partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
+    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    udf = make_embed_udf(export.name, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
+    out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+           .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
+    with io.staged_outputs(spark, conf.io.output) as (staged,):
+        out.write.parquet(staged)
+        written = spark.read.parquet(staged)
+        rows_out = written.count()
+        if rows_out != rows_in:
+            raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
+        rows_error = written.where(F.col("error").isNotNull()).count()
+        io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
+                                        "embeddings": str(export)})
+    mlflow.log_dict({"workers": report.value}, "workers.json")
+    return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
+            **models.summarize_workers(report.value)}

@@ -1,0 +1,319 @@
+"""The ``train_embeddings`` job: word vectors trained map-reduce style on Spark.
+
+1. Tokens: the input's ``tokens`` column (``tokenize`` output), or its ``text`` tokenized on
+   the executors with the classifier's regex tokenizer (lower-cased, HTML tags dropped).
+2. Vocabulary (map-reduce): token counts with Spark; ``min_count`` and ``max_vocab`` apply.
+   The job refuses, before training, a ``vocab x dim`` that does not fit ``max_memory_mb``.
+3. ``sgns`` (default): every round, each partition trains on its shard of the round in a
+   Spark task, starting from the broadcast weights (``embeddings.train_sgns_partition``);
+   ``treeReduce`` sums the tasks' update-weighted rows on the executors, and the driver
+   turns the sum into the next weights: a row becomes the mean of the partitions' versions
+   of it, weighted by how many updates each partition gave it. The driver holds the two
+   weight matrices and one reduced sum, never one copy per partition.
+   ``ppmi_svd``: windowed co-occurrence counts per partition, summed with ``treeReduce``,
+   then PPMI and a truncated SVD on the driver (deterministic).
+4. Subword vectors for unseen words (fastText-style n-grams, fitted by least squares).
+5. Outputs under ``io.output`` (all versioned by ``export/embeddings.json``): Parquet
+   ``vectors/`` (word, count, vector), ``vocab/`` (word, count), ``export/`` (word2vec text,
+   float16 .npy + vocab.tsv, n-gram .npy, TensorBoard projector TSVs), all logged to MLflow
+   with an ``embedder`` pyfunc that turns texts into document vectors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import embeddings as emb
+from textmill import io
+from textmill.config import JobConf, StrictModel
+from textmill.errors import ColumnNotFoundError, TextmillError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "textmill-embeddings/v1"
+
+
+class EmbeddingsMemoryError(TextmillError):
+    """The vocabulary x dimension would not fit the configured memory."""
+
+
+class SubwordConf(StrictModel):
+    enabled: bool = Field(True, description="fit n-gram vectors for unseen words")
+    buckets: int = Field(200_000, gt=0, description="FNV-1a hash buckets for character n-grams")
+    min_n: int = Field(3, gt=0)
+    max_n: int = Field(6, gt=0)
+    steps: int = Field(300, gt=0, description="full-batch Adam steps of the least-squares fit")
+
+
+class EmbeddingsConf(StrictModel):
+    method: Literal["sgns", "ppmi_svd"] = Field("sgns", description="sgns | ppmi_svd")
+    tokens_column: str = Field("tokens", description="used when the input has it")
+    text_column: str = Field("text", description="tokenized on the executors when there is no tokens column")
+    lowercase: bool = True
+    dim: int = Field(100, gt=0)
+    window: int = Field(5, gt=0)
+    negative: int = Field(5, gt=0, description="negative samples per pair (sgns)")
+    epochs: int = Field(5, gt=0, description="passes over the corpus (sgns)")
+    rounds_per_epoch: int = Field(1, gt=0, description="weight averages per epoch (sgns)")
+    min_count: int = Field(5, gt=0)
+    max_vocab: int | None = Field(200_000, gt=0)
+    sample: float = Field(1e-3, ge=0, description="subsampling threshold; 0 = off")
+    lr: float = Field(0.025, gt=0, description="start learning rate, decays linearly over all rounds")
+    lr_min: float = Field(0.0001, gt=0)
+    batch_pairs: int = Field(4096, gt=0, description="(center, context) pairs per vectorised update")
+    partitions: int | None = Field(None, gt=0, description="default: default parallelism")
+    seed: int = 1
+    max_memory_mb: int = Field(4096, gt=0, description="refuse a vocab x dim whose training state needs more")
+    projector_top_n: int = Field(5000, gt=0, description="words in the TensorBoard projector files")
+    subword: SubwordConf = Field(default_factory=SubwordConf)
+
+
+class TrainEmbeddingsJobConf(JobConf):
+    embeddings: EmbeddingsConf = Field(default_factory=EmbeddingsConf)
+
+
+JOB_CONF = TrainEmbeddingsJobConf
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def token_column(df: DataFrame, c: EmbeddingsConf) -> DataFrame:
+    """``doc_id, tokens`` from a tokens column or from text."""
+    if c.tokens_column in df.columns:
+        tokens = F.col(c.tokens_column)
+        if c.lowercase:
+            tokens = F.transform(tokens, lambda t: F.lower(t))
+        return df.select("doc_id", tokens.alias("tokens"))
+    if c.text_column not in df.columns:
+        raise ColumnNotFoundError(f"neither {c.tokens_column!r} nor {c.text_column!r} is a column of the input; "
+                                  f"available: {', '.join(df.columns)}")
+    lowercase = c.lowercase
+
+    @F.pandas_udf("array<string>")
+    def tokenize(texts: pd.Series) -> pd.Series:
+        from textmill.featurize import Featurizer
+
+        featurizer = Featurizer(lowercase=lowercase, max_tokens=10**9)
+        return pd.Series([featurizer.tokens(t) for t in texts])
+
+    return df.select("doc_id", tokenize(F.col(c.text_column)).alias("tokens"))
+
+
+def count_vocabulary(tokens: DataFrame, min_count: int, max_vocab: int | None) -> pd.DataFrame:
+    counts = (tokens.select(F.explode("tokens").alias("word")).groupBy("word").count()
+              .where(F.col("count") >= min_count).orderBy(F.desc("count"), "word"))
+    if max_vocab:
+        counts = counts.limit(max_vocab)
+    return counts.toPandas()
+
+
+def training_memory_mb(vocab: int, dim: int) -> float:
+    """Per task and on the driver: two weight matrices + two update-weighted copies, float32."""
+    return 4 * vocab * dim * 4 / 2**20
+
+
+def make_ids_udf(words: list[str]):
+    index = {w: i for i, w in enumerate(words)}
+
+    @F.pandas_udf("array<int>")
+    def to_ids(tokens: pd.Series) -> pd.Series:
+        return pd.Series([[index[t] for t in toks if t in index] if toks is not None else [] for toks in tokens])
+
+    return to_ids
+
+
+def _sentences(rows) -> list:
+    return (np.asarray(r["ids"], dtype=np.int64) for r in rows)
+
+
+def _sum_results(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: EmbeddingsConf, total_tokens: int,
+               partitions: int) -> tuple[np.ndarray, list[dict]]:
+    sc = spark.sparkContext
+    vocab = len(counts)
+    rng = np.random.default_rng(c.seed)
+    w_in = ((rng.random((vocab, c.dim), dtype=np.float32) - 0.5) / c.dim).astype(np.float32)
+    w_out = np.zeros((vocab, c.dim), dtype=np.float32)
+    keep = emb.keep_probabilities(counts, c.sample).astype(np.float32)
+    negative_probs = emb.negative_distribution(counts)
+    settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs)
+    rounds = c.epochs * c.rounds_per_epoch
+    history = []
+    for step in range(rounds):
+        epoch, r = divmod(step, c.rounds_per_epoch)
+        lr_start = max(c.lr_min, c.lr * (1 - step / rounds))
+        lr_end = max(c.lr_min, c.lr * (1 - (step + 1) / rounds))
+        b_in, b_out = sc.broadcast(w_in), sc.broadcast(w_out)
+        expected = max(1, total_tokens // (partitions * c.rounds_per_epoch))
+        seed = c.seed * 1_000_003 + step * 1009
+
+        def task(index, rows, b_in=b_in, b_out=b_out, seed=seed, lr_start=lr_start, lr_end=lr_end):
+            from textmill.embeddings import train_sgns_partition
+
+            yield train_sgns_partition(_sentences(rows), b_in.value, b_out.value, keep, negative_probs, settings,
+                                       lr_start, lr_end, expected, seed + index)
+
+        started = time.perf_counter()
+        shard = ids.where(F.col("round") == r).select("ids")
+        total = shard.rdd.mapPartitionsWithIndex(task).treeReduce(_sum_results, depth=2)
+        w_in = emb.combine(w_in, total.pop("in_weighted"), total["in_updates"])
+        w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
+        b_in.destroy()
+        b_out.destroy()
+        seconds = time.perf_counter() - started
+        record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
+                  "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
+        history.append(record)
+        mlflow.log_metrics({"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1)
+        logger.info("sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs", step + 1, rounds, epoch + 1,
+                    record["pairs"], record["loss"], seconds)
+    return w_in, history
+
+
+def train_ppmi_svd(ids: DataFrame, vocab: int, c: EmbeddingsConf) -> np.ndarray:
+    window = c.window
+
+    def task(rows):
+        from textmill.embeddings import cooccurrence_counts
+
+        yield cooccurrence_counts(_sentences(rows), vocab, window)
+
+    counts = ids.select("ids").rdd.mapPartitions(task).treeReduce(lambda a, b: a + b, depth=2)
+    logger.info("ppmi_svd: %d non-zero co-occurrences", counts.nnz)
+    return emb.ppmi_svd(counts, c.dim)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def write_exports(directory: Path, words: list[str], counts: np.ndarray, vectors: np.ndarray,
+                  ngram_vectors: np.ndarray | None, c: EmbeddingsConf, extra: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "vectors.f16.npy", vectors.astype(np.float16))
+    (directory / "vocab.tsv").write_text("".join(f"{w}\t{int(n)}\n" for w, n in zip(words, counts)), encoding="utf-8")
+    if ngram_vectors is not None:
+        np.save(directory / "ngrams.f16.npy", ngram_vectors.astype(np.float16))
+    with (directory / "vectors.w2v.txt").open("w", encoding="utf-8") as fh:
+        fh.write(f"{len(words)} {vectors.shape[1]}\n")
+        for word, vector in zip(words, vectors):
+            fh.write(word + " " + " ".join(f"{x:.6f}" for x in vector) + "\n")
+    projector = directory / "projector"
+    projector.mkdir(exist_ok=True)
+    top = min(c.projector_top_n, len(words))
+    np.savetxt(projector / "vectors.tsv", vectors[:top], delimiter="\t", fmt="%.5f")
+    (projector / "metadata.tsv").write_text("word\tcount\n" + "".join(f"{w}\t{int(n)}\n" for w, n in zip(words[:top], counts[:top])),
+                                            encoding="utf-8")
+    manifest = {"format": FORMAT, "textmill_version": textmill.__version__, "method": c.method, "dim": int(vectors.shape[1]),
+                "vocab_size": len(words), "lowercase": c.lowercase,
+                "subword": {"enabled": ngram_vectors is not None, "buckets": c.subword.buckets, "min_n": c.subword.min_n,
+                            "max_n": c.subword.max_n},
+                "files": {"vectors": "vectors.f16.npy", "vocab": "vocab.tsv", "ngrams": "ngrams.f16.npy" if ngram_vectors is not None else None,
+                          "word2vec_text": "vectors.w2v.txt", "projector": "projector/"},
+                **extra}
+    (directory / "embeddings.json").write_text(json.dumps(manifest, indent=2))
+
+
+def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
+    c = conf.embeddings
+    out = Path(conf.io.output[len("file:"):] if conf.io.output.startswith("file:") else conf.io.output)
+    if "://" in str(conf.io.output) and not conf.io.output.startswith("file:"):
+        raise TextmillError(f"io.output must be a local or mounted path for the exports (got {conf.io.output!r})")
+    io.require_input(spark, conf.io.input)
+    source = spark.read.parquet(conf.io.input)
+    if "doc_id" not in source.columns:
+        raise ColumnNotFoundError(f"column doc_id not in {conf.io.input}; available: {', '.join(source.columns)}")
+    tokens = token_column(source, c).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rows_in = tokens.count()
+        vocab_df = count_vocabulary(tokens, c.min_count, c.max_vocab)
+        words = vocab_df["word"].tolist()
+        counts = vocab_df["count"].to_numpy(dtype=np.int64)
+        if len(words) < 2:
+            raise TextmillError(f"the vocabulary has {len(words)} word(s) with min_count={c.min_count}; lower min_count or add text")
+        need = training_memory_mb(len(words), c.dim)
+        if need > c.max_memory_mb:
+            raise EmbeddingsMemoryError(
+                f"vocabulary {len(words):,} x dim {c.dim} needs about {need:,.0f} MB per task and on the driver "
+                f"(4 float32 matrices), over embeddings.max_memory_mb={c.max_memory_mb:,}; lower max_vocab or dim, "
+                f"or raise max_memory_mb")
+        partitions = c.partitions or spark.sparkContext.defaultParallelism
+        ids = (tokens.select("doc_id", make_ids_udf(words)(F.col("tokens")).alias("ids"))
+               .withColumn("round", F.pmod(F.xxhash64("doc_id", F.lit(c.seed)), F.lit(c.rounds_per_epoch)))
+               .repartition(partitions, "doc_id").sortWithinPartitions("doc_id")
+               .persist(StorageLevel.MEMORY_AND_DISK))
+        totals = ids.agg(F.sum(F.size("ids")).alias("tokens"), F.count(F.lit(1)).alias("docs"),
+                         F.sum((F.size("ids") == 0).cast("int")).alias("empty")).first()
+        total_tokens = int(totals["tokens"] or 0)
+        logger.info("train_embeddings: %d docs, %d in-vocabulary tokens, vocabulary %d, %s on %d partitions",
+                    totals["docs"], total_tokens, len(words), c.method, partitions)
+        started = time.perf_counter()
+        if c.method == "sgns":
+            vectors, history = train_sgns(spark, ids, counts, c, total_tokens, partitions)
+        else:
+            vectors, history = train_ppmi_svd(ids, len(words), c), []
+        train_seconds = time.perf_counter() - started
+        ids.unpersist()
+    finally:
+        tokens.unpersist()
+
+    ngram_vectors = None
+    if c.subword.enabled:
+        fit_started = time.perf_counter()
+        ngram_vectors = emb.fit_subwords(words, vectors, c.subword.buckets, c.subword.min_n, c.subword.max_n,
+                                         steps=c.subword.steps, seed=c.seed)
+        logger.info("subword vectors fitted in %.1fs", time.perf_counter() - fit_started)
+
+    with tempfile.TemporaryDirectory(prefix="textmill-embeddings-") as tmp:
+        export = Path(tmp) / "export"
+        write_exports(export, words, counts, vectors, ngram_vectors, c,
+                      {"training": {"epochs": c.epochs, "window": c.window, "negative": c.negative, "min_count": c.min_count,
+                                    "sample": c.sample, "partitions": partitions, "seed": c.seed, "history": history}})
+        frame = pd.DataFrame({"word": words, "count": counts, "vector": list(vectors.astype(np.float32))})
+        with io.staged_outputs(spark, str(out / "vectors"), str(out / "vocab")) as (staged_vectors, staged_vocab):
+            spark.createDataFrame(frame, "word string, count long, vector array<float>").write.parquet(staged_vectors)
+            spark.createDataFrame(frame[["word", "count"]], "word string, count long").write.parquet(staged_vocab)
+        final_export = out / "export"
+        if final_export.exists():
+            shutil.rmtree(final_export)
+        shutil.copytree(export, final_export)
+    mlflow.log_artifacts(str(final_export), "embeddings")
+    log_embedder(final_export)
+    words_per_second = total_tokens * (c.epochs if c.method == "sgns" else 1) / max(train_seconds, 1e-9)
+    return {"rows_in": rows_in, "vocab_size": len(words), "tokens": total_tokens, "empty_docs": int(totals["empty"] or 0),
+            "train_seconds": train_seconds, "words_per_second": words_per_second, "partitions": partitions}
+
+
+def log_embedder(export: Path):
+    """Log the ``embedder`` pyfunc: texts -> document vectors (mean of word vectors, SIF-weighted)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    from textmill.docvectors import EmbedderPyfunc
+
+    signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
+                               outputs=Schema([ColSpec(Array(DataType.float), "vector")]))
+    return mlflow.pyfunc.log_model(name="embedder", python_model=EmbedderPyfunc(), artifacts={"embeddings": str(export)},
+                                   code_paths=[str(Path(textmill.__file__).parent)], signature=signature,
+                                   pip_requirements=["numpy", "pandas", "pydantic>=2", "pyyaml"])

@@ -1,0 +1,220 @@
+"""Word embeddings: vocabulary, subsampling/negatives maths, training, subwords, exports, embed_docs."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from textmill import embeddings as emb
+from textmill.docvectors import DocumentEmbedder, load_embeddings
+from textmill.jobs import run_job
+from textmill.pipelines.train_embeddings import EmbeddingsMemoryError, count_vocabulary
+
+ANIMALS = ["cat", "dog", "horse", "cow", "sheep", "elephant"]
+VEHICLES = ["car", "truck", "bus", "train", "bicycle", "tractor"]
+
+
+def topic_corpus(n_docs: int = 600, seed: int = 4) -> list[tuple[str, str]]:
+    """Two topics whose words only co-occur within their topic."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n_docs):
+        words, verbs = (ANIMALS, ["eats", "sleeps", "runs"]) if i % 2 == 0 else (VEHICLES, ["drives", "stops", "parks"])
+        sentence = []
+        for _ in range(rng.randint(6, 14)):
+            sentence += [rng.choice(words), rng.choice(verbs)]
+        docs.append((f"d{i:04d}", " ".join(sentence)))
+    return docs
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ---------------------------------------------------------------------------- maths
+
+
+def test_vocabulary_counts_match_a_hand_count(spark):
+    df = spark.createDataFrame([("a", ["the", "cat", "the"]), ("b", ["the", "dog"]), ("c", ["cat", "bird"]), ("d", [])],
+                               "doc_id string, tokens array<string>")
+    vocab = count_vocabulary(df, min_count=2, max_vocab=None)
+    assert list(zip(vocab["word"], vocab["count"])) == [("the", 3), ("cat", 2)]
+    assert list(count_vocabulary(df, 1, 2)["word"]) == ["the", "cat"]
+
+
+def test_subsampling_follows_mikolovs_formula():
+    counts = np.array([1000, 100, 10, 1])
+    keep = emb.keep_probabilities(counts, sample=1e-2)
+    t = 1e-2 * counts.sum()
+    expected = [min(1.0, (np.sqrt(f / t) + 1) * t / f) for f in counts]
+    assert np.allclose(keep, expected)
+    assert keep[0] < keep[1] <= 1.0 and keep[-1] == 1.0
+    assert np.all(emb.keep_probabilities(counts, 0) == 1.0)
+
+
+def test_negatives_are_drawn_from_unigram_to_the_three_quarters():
+    counts = np.array([810, 160, 10])
+    probs = emb.negative_distribution(counts)
+    assert np.allclose(probs, counts ** 0.75 / (counts ** 0.75).sum())
+    draws = torch.multinomial(torch.tensor(probs, dtype=torch.float32), 200_000, replacement=True,
+                              generator=torch.Generator().manual_seed(0))
+    assert np.allclose(np.bincount(draws.numpy(), minlength=3) / 200_000, probs, atol=0.01)
+
+
+def test_window_pairs_stay_inside_sentences():
+    ids = np.array([1, 2, 3, 4, 5, 6])
+    sentence = np.array([0, 0, 0, 1, 1, 1])
+    centers, contexts = emb.dynamic_window_pairs(ids, sentence, window=5, rng=np.random.default_rng(0))
+    pairs = set(zip(centers.tolist(), contexts.tolist()))
+    assert pairs and all((a <= 3) == (b <= 3) for a, b in pairs)
+    centers, contexts = emb.dynamic_window_pairs(ids, np.zeros(6, int), window=1, rng=np.random.default_rng(0))
+    assert sorted(zip(centers.tolist(), contexts.tolist())) == sorted(
+        [(a, a + 1) for a in range(1, 6)] + [(a + 1, a) for a in range(1, 6)])
+
+
+def test_combine_averages_rows_by_updates_and_keeps_untouched_rows():
+    current = np.zeros((3, 2))
+    weighted = np.array([[2.0, 4.0], [0.0, 0.0], [3.0, 3.0]])
+    updates = np.array([2.0, 0.0, 3.0])
+    assert np.allclose(emb.combine(current, weighted, updates), [[1, 2], [0, 0], [1, 1]])
+
+
+def test_fnv1a_matches_the_reference_values():
+    # Published FNV-1a 32-bit test vectors.
+    assert emb.fnv1a_32(b"") == 0x811C9DC5
+    assert emb.fnv1a_32(b"a") == 0xE40C292C
+    assert emb.fnv1a_32(b"foobar") == 0xBF9CF968
+    assert emb.char_ngrams("cat", 3, 4) == ["<ca", "cat", "at>", "<cat", "cat>"]
+
+
+# ---------------------------------------------------------------------------- the job
+
+
+@pytest.fixture(scope="module")
+def corpus(spark, tmp_path_factory):
+    path = tmp_path_factory.mktemp("emb") / "prepared"
+    rows = topic_corpus() + [("empty", "zzz qqq"), ("tiny", "cat"), ("blank", "")]
+    spark.createDataFrame(rows, "doc_id string, text string").write.parquet(str(path))
+    return path
+
+
+def train(spark, job_conf, corpus, out: Path, **embeddings):
+    settings = {"dim": 16, "window": 3, "epochs": 3, "min_count": 3, "negative": 4, "lr": 0.05, "sample": 0,
+                "batch_pairs": 256, "subword": {"buckets": 20_000, "steps": 200}, **embeddings}
+    return run_job("train_embeddings", job_conf(io={"input": str(corpus), "output": str(out)}, embeddings=settings), spark)
+
+
+@pytest.fixture(scope="module")
+def sgns(spark, corpus, tmp_path_factory, mlflow_uri):
+    out = tmp_path_factory.mktemp("sgns") / "embeddings"
+    conf = lambda **s: {"spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "emb-tests"}, **s}
+    metrics = train(spark, conf, corpus, out, partitions=3, rounds_per_epoch=2)
+    return out, metrics, conf
+
+
+def test_sgns_puts_related_words_closer_than_unrelated(sgns):
+    out, metrics, _ = sgns
+    vectors, counts, manifest = load_embeddings(out / "export")
+    v = {w: vectors.vectors[vectors.index[w]] for w in ANIMALS + VEHICLES}
+    within = np.mean([cos(v[a], v[b]) for a in ANIMALS for b in ANIMALS if a != b])
+    across = np.mean([cos(v[a], v[b]) for a in ANIMALS for b in VEHICLES])
+    assert within > across + 0.3, (within, across)
+    assert metrics["vocab_size"] == len(vectors.words) == 18  # 12 nouns + 6 verbs; zzz/qqq under min_count
+    assert manifest["method"] == "sgns" and manifest["dim"] == 16
+
+
+def test_unseen_words_and_misspellings_get_sensible_vectors(sgns):
+    out, _, _ = sgns
+    vectors, _, _ = load_embeddings(out / "export")
+    assert vectors.vector_for("qwxz") is not None  # no known word: still a vector from its n-grams
+    for typo, word in [("elephnt", "elephant"), ("tractr", "tractor"), ("bicycles", "bicycle")]:
+        assert typo not in vectors.index
+        nearest = vectors.most_similar(vectors.vector_for(typo), topn=1)[0][0]
+        assert nearest == word, (typo, nearest)
+
+
+def test_every_export_format_round_trips(sgns, spark):
+    from gensim.models import KeyedVectors
+
+    out, _, _ = sgns
+    vectors, counts, _ = load_embeddings(out / "export")
+    kv = KeyedVectors.load_word2vec_format(str(out / "export" / "vectors.w2v.txt"), binary=False)
+    assert kv.index_to_key == vectors.words
+    assert np.allclose(kv["dog"], vectors.vectors[vectors.index["dog"]], atol=1e-3)
+    parquet = {r.word: (r["count"], np.array(r.vector)) for r in spark.read.parquet(str(out / "vectors")).collect()}
+    assert set(parquet) == set(vectors.words)
+    assert np.allclose(parquet["cat"][1], vectors.vectors[vectors.index["cat"]], atol=1e-2)  # float16 export vs float32
+    assert parquet["cat"][0] == counts[vectors.index["cat"]]
+    assert np.load(out / "export" / "vectors.f16.npy").dtype == np.float16
+    meta = (out / "export" / "projector" / "metadata.tsv").read_text().splitlines()
+    assert meta[0] == "word\tcount" and len(meta) - 1 == len(np.loadtxt(out / "export" / "projector" / "vectors.tsv", ndmin=2))
+    assert {r.word for r in spark.read.parquet(str(out / "vocab")).collect()} == set(vectors.words)
+
+
+def test_embedder_pyfunc_turns_texts_into_document_vectors(sgns, mlflow_uri):
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("emb-tests").experiment_id], order_by=["start_time ASC"])[0]
+    mlflow.set_tracking_uri(mlflow_uri)
+    embedder = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/embedder")
+    out = embedder.predict(pd.Series(["the cat eats", "a truck drives", "zzz"]))
+    a, b = np.array(out["vector"][0]), np.array(out["vector"][1])
+    assert len(a) == 16 and cos(a, b) < 0.9
+    assert {p.path for p in client.list_artifacts(run.info.run_id, "embeddings")} >= {
+        "embeddings/vectors.w2v.txt", "embeddings/vectors.f16.npy", "embeddings/vocab.tsv", "embeddings/embeddings.json"}
+
+
+def test_ppmi_svd_is_deterministic_and_meaningful(spark, corpus, tmp_path, job_conf):
+    first = train(spark, job_conf, corpus, tmp_path / "p1", method="ppmi_svd", dim=4, subword={"enabled": False})
+    train(spark, job_conf, corpus, tmp_path / "p2", method="ppmi_svd", dim=4, subword={"enabled": False}, partitions=5)
+    a = np.load(tmp_path / "p1" / "export" / "vectors.f16.npy")
+    b = np.load(tmp_path / "p2" / "export" / "vectors.f16.npy")
+    assert np.array_equal(a, b)
+    vectors, _, _ = load_embeddings(tmp_path / "p1" / "export")
+    v = lambda w: vectors.vectors[vectors.index[w]]
+    assert cos(v("cat"), v("dog")) > cos(v("cat"), v("car"))
+    assert first["vocab_size"] == 18
+
+
+def test_sgns_rerun_with_same_seed_is_reproducible(spark, corpus, tmp_path, job_conf):
+    for name in ("r1", "r2"):
+        train(spark, job_conf, corpus, tmp_path / name, epochs=1, partitions=2, subword={"enabled": False})
+    a = np.load(tmp_path / "r1" / "export" / "vectors.f16.npy").astype(np.float32)
+    b = np.load(tmp_path / "r2" / "export" / "vectors.f16.npy").astype(np.float32)
+    assert np.allclose(a, b, atol=1e-3)
+
+
+def test_tiny_corpus_more_partitions_than_documents_works(spark, tmp_path, job_conf):
+    src = tmp_path / "tiny"
+    spark.createDataFrame([("a", "cat dog"), ("b", "dog cat"), ("c", "")], "doc_id string, text string").write.parquet(str(src))
+    metrics = train(spark, job_conf, src, tmp_path / "out", min_count=1, window=5, partitions=8, epochs=1)
+    assert metrics["vocab_size"] == 2 and metrics["empty_docs"] == 1
+
+
+def test_a_vocabulary_too_large_for_memory_is_refused_up_front(spark, corpus, tmp_path, job_conf):
+    with pytest.raises(EmbeddingsMemoryError, match=r"vocabulary 18 x dim 100000 needs about 27 MB .* over embeddings.max_memory_mb=1"):
+        train(spark, job_conf, corpus, tmp_path / "big", dim=100_000, max_memory_mb=1)
+    assert not (tmp_path / "big").exists()
+
+
+def test_embed_docs_gives_one_vector_per_document(sgns, corpus, spark, job_conf, tmp_path):
+    out, _, _ = sgns
+    metrics = run_job("embed_docs", job_conf(io={"input": str(corpus), "output": str(tmp_path / "docvec")},
+                                             embed={"embeddings": str(out)}), spark)
+    rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "docvec")).collect()}
+    assert len(rows) == metrics["rows_in"] == metrics["rows_out"] == 603
+    assert rows["blank"].vector is None and rows["blank"].error == "no known tokens"
+    assert metrics["rows_error"] == 1
+    assert len(rows["d0000"].vector) == 16 and rows["d0000"].error is None
+    # 'zzz qqq' has no vocabulary word, but subword fallback still finds n-gram vectors for it.
+    assert rows["empty"].vector is not None and rows["empty"].n_known == 2
+    animal, vehicle = np.array(rows["d0000"].vector), np.array(rows["d0001"].vector)
+    assert cos(animal, np.array(rows["d0002"].vector)) > cos(animal, vehicle)
+    assert metrics["max_model_loads_per_worker"] == 1
+
+    strict = DocumentEmbedder(out / "export", subword_fallback=False)
+    assert strict.embed_tokens(["zzz", "qqq"]) == (None, 0)
