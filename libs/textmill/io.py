@@ -14,9 +14,14 @@ same path replaces the old output whole. Used by the pipelines on the driver.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator, Literal
 
@@ -137,6 +142,28 @@ def staged_outputs(spark: SparkSession, *finals: str) -> Iterator[list[str]]:
     finally:
         for tmp in staged:
             delete_path(spark, tmp)
+
+
+_SHIPPED_ROOT: list[str] = []
+
+
+def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
+    """Send a local directory (a model, an index) to every executor; returns the name for SparkFiles.get.
+
+    SparkContext.addFile refuses a second, different directory under the same base name in
+    one session (two models both called ``model``), so each call ships a copy under a
+    unique name. The copies live in a temp folder removed when the driver exits (executors
+    may fetch them at any time until then).
+    """
+    if not _SHIPPED_ROOT:
+        _SHIPPED_ROOT.append(tempfile.mkdtemp(prefix="textmill-shipped-"))
+        atexit.register(shutil.rmtree, _SHIPPED_ROOT[0], True)
+    source = Path(path).resolve()
+    name = f"{source.name}-{uuid.uuid4().hex[:10]}"
+    copy = Path(_SHIPPED_ROOT[0]) / name
+    shutil.copytree(source, copy)
+    spark.sparkContext.addFile(str(copy), recursive=True)
+    return name
 
 
 def write_marker(spark: SparkSession, directory: str, content: dict) -> None:

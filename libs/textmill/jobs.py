@@ -47,6 +47,9 @@ JOBS: dict[str, Job] = {
         Job("classify", "textmill.pipelines.classify", "Parquet + classifier -> labels and probabilities"),
         Job("train_embeddings", "textmill.pipelines.train_embeddings", "tokens -> word vectors (sgns or ppmi_svd) + subwords"),
         Job("embed_docs", "textmill.pipelines.embed_docs", "tokens or text + word vectors -> document vectors"),
+        Job("build_index", "textmill.pipelines.build_index", "id + vector -> sharded Annoy index, recall measured"),
+        Job("neighbors", "textmill.pipelines.neighbors", "index + queries -> k nearest neighbours (scatter-gather)"),
+        Job("cluster", "textmill.pipelines.cluster", "kNN graph -> Chinese Whispers clusters, no k"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
     ]
 }

@@ -137,12 +137,12 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         model_dir = resolve_model(c.model_uri, tmp)
         load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
-        spark.sparkContext.addFile(str(model_dir), recursive=True)
+        shipped = io.ship_directory(spark, model_dir)
         rows_in = source.count()
         partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
         report = spark.sparkContext.accumulator({}, models.WorkerReport())
         scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-                  .select("doc_id", make_classify_udf(model_dir.name, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
+                  .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
                           *c.keep_columns))
         scored = scored.select("doc_id", "_tm_p.*", *c.keep_columns)
         with io.staged_outputs(spark, conf.io.output) as (staged,):

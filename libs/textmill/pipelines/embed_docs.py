@@ -98,11 +98,11 @@ def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
         raise ColumnNotFoundError(f"embed_docs needs doc_id and {c.tokens_column!r} or {c.text_column!r}; "
                                   f"available: {', '.join(source.columns)}")
     export = export_dir(c.embeddings)
-    spark.sparkContext.addFile(str(export), recursive=True)
+    shipped = io.ship_directory(spark, export)
     rows_in = source.count()
     partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
     report = spark.sparkContext.accumulator({}, models.WorkerReport())
-    udf = make_embed_udf(export.name, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
+    udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
     out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
            .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
     with io.staged_outputs(spark, conf.io.output) as (staged,):

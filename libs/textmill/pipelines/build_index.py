@@ -1,0 +1,246 @@
+"""The ``build_index`` job: a sharded Annoy index built across the cluster, recall measured.
+
+Input: any Parquet with an id column and ``vector array<float>`` (``embed_docs`` output,
+``train_embeddings``' ``vectors/``, ...). Before any build the job checks, with the count
+and an example id: vectors of the wrong dimension, NaN or infinite values, duplicate ids
+(rows with a null vector are skipped and counted). Items get dense ids in id order; each
+of the S shards is built in its own Spark task (``groupBy(shard).applyInPandas``) with a
+fixed seed, ``n_trees`` (default round(ln n_shard)) and ``on_disk_build``, and written to
+``<output>/shards/``. The manifest and the id mapping are written next to them, the
+whole directory is staged, published and logged to MLflow.
+
+Recall: on ``recall.queries`` sampled items, the exact top k by blocked brute force is
+compared with the index's answer at the configured ``search_k``; ``recall_at_k`` is
+logged. With ``tune.target_recall`` the job tries growing ``n_trees`` and ``search_k``
+until the target is reached, keeps the cheapest setting that reaches it, and logs the
+trade-off curve as a plot.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+import time
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from textmill import ann, io
+from textmill.config import JobConf, StrictModel
+from textmill.errors import ColumnNotFoundError, TextmillError
+
+logger = logging.getLogger(__name__)
+
+
+MAX_LOGGED_BYTES = 512 * 2**20
+
+
+class IndexInputError(TextmillError):
+    """The vectors cannot be indexed (wrong dimension, NaN/inf, duplicate ids)."""
+
+
+class RecallConf(StrictModel):
+    queries: int = Field(1000, gt=0, description="sampled items used as queries")
+    k: int = Field(10, gt=0)
+
+
+class TuneConf(StrictModel):
+    target_recall: float | None = Field(None, gt=0, le=1, description="null = no tuning")
+    max_trees: int = Field(256, gt=0)
+    search_k_factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+                                        description="search_k = factor x k x n_trees")
+
+
+class IndexConf(StrictModel):
+    id_column: str = Field("id", description="id column of the input (e.g. doc_id or word)")
+    vector_column: str = "vector"
+    metric: Literal["angular", "euclidean", "manhattan", "dot"] = "angular"
+    dim: int | None = Field(None, gt=0, description="expected dimension; default: the first vector's")
+    shards: int | None = Field(None, gt=0, description="default: default parallelism (about one per core)")
+    n_trees: int | None = Field(None, gt=0, description="default round(ln n) per shard")
+    search_k: int | None = Field(None, gt=0, description="default k x n_trees (Annoy's default)")
+    seed: int = 42
+    on_disk_build: bool = Field(True, description="build trees straight into the file (less RAM)")
+    recall: RecallConf = Field(default_factory=RecallConf)
+    tune: TuneConf = Field(default_factory=TuneConf)
+
+
+class BuildIndexJobConf(JobConf):
+    index: IndexConf = Field(default_factory=IndexConf)
+
+
+JOB_CONF = BuildIndexJobConf
+
+
+def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
+    """(id, vector) rows to index, their dimension, rows skipped for a null vector; raises IndexInputError."""
+    for name in (c.id_column, c.vector_column):
+        if name not in df.columns:
+            raise ColumnNotFoundError(f"index.{'id' if name == c.id_column else 'vector'}_column {name!r} not in the input; "
+                                      f"available: {', '.join(df.columns)}")
+    rows = df.select(F.col(c.id_column).cast("string").alias("id"), F.col(c.vector_column).alias("vector"))
+    skipped = rows.where(F.col("vector").isNull()).count()
+    rows = rows.where(F.col("vector").isNotNull())
+    dim = c.dim
+    if dim is None:
+        first = rows.select(F.size("vector").alias("d")).first()
+        dim = first["d"] if first else 0
+    bad_value = F.exists("vector", lambda x: F.isnan(x) | (x == float("inf")) | (x == float("-inf")) | x.isNull())
+    checks = rows.agg(
+        F.sum((F.size("vector") != dim).cast("int")).alias("wrong_dim"),
+        F.first(F.when(F.size("vector") != dim, F.col("id")), ignorenulls=True).alias("wrong_dim_id"),
+        F.sum(bad_value.cast("int")).alias("bad"),
+        F.first(F.when(bad_value, F.col("id")), ignorenulls=True).alias("bad_id"),
+        F.sum(F.col("id").isNull().cast("int")).alias("null_ids"),
+        F.count(F.lit(1)).alias("rows"),
+    ).first()
+    problems = []
+    if checks["wrong_dim"]:
+        problems.append(f"{checks['wrong_dim']} vector(s) do not have dimension {dim}, e.g. id {checks['wrong_dim_id']!r}")
+    if checks["bad"]:
+        problems.append(f"{checks['bad']} vector(s) contain NaN or infinite values, e.g. id {checks['bad_id']!r}")
+    if checks["null_ids"]:
+        problems.append(f"{checks['null_ids']} row(s) have a null id")
+    duplicates = rows.groupBy("id").count().where(F.col("count") > 1)
+    n_dup = duplicates.count()
+    if n_dup:
+        problems.append(f"{n_dup} id(s) occur more than once, e.g. {duplicates.orderBy('id').first()['id']!r}")
+    if not checks["rows"]:
+        problems.append("no vectors to index")
+    if problems:
+        raise IndexInputError("cannot build the index: " + "; ".join(problems))
+    return rows, dim, skipped
+
+
+def build_shards(spark: SparkSession, items: DataFrame, directory: str, dim: int, metric: str, n_trees: int | None,
+                 seed: int, on_disk: bool) -> list[dict]:
+    def build(frame: pd.DataFrame) -> pd.DataFrame:
+        from textmill.ann import build_shard, default_trees, shard_file
+
+        shard = int(frame["shard"].iloc[0])
+        trees = n_trees or default_trees(len(frame))
+        seconds = build_shard(f"{directory}/{shard_file(shard)}", dim, metric, trees, seed + shard,
+                              frame["local"].tolist(), frame["vector"].tolist(), on_disk)
+        return pd.DataFrame({"shard": [shard], "file": [shard_file(shard)], "items": [len(frame)],
+                             "n_trees": [trees], "seconds": [seconds]})
+
+    result = items.groupBy("shard").applyInPandas(build, "shard int, file string, items long, n_trees int, seconds double")
+    return sorted((r.asDict() for r in result.collect()), key=lambda r: r["shard"])
+
+
+def measure_recall(index: ann.ShardedIndex, vectors: np.ndarray, sample: np.ndarray, k: int,
+                   search_ks: list[int]) -> list[dict]:
+    exact = ann.exact_topk(vectors[sample], vectors, k, index.manifest.metric, exclude=sample)
+    points = []
+    for search_k in search_ks:
+        started = time.perf_counter()
+        found = [index.search(vectors[q], k, search_k, exclude=int(q))[0] for q in sample]
+        seconds = time.perf_counter() - started
+        points.append({"search_k": search_k, "recall": ann.recall_at_k(found, exact),
+                       "queries_per_second": len(sample) / max(seconds, 1e-9)})
+    return points
+
+
+def _plot(curves: dict[int, list[dict]], target: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for trees, points in sorted(curves.items()):
+        ax.plot([p["queries_per_second"] for p in points], [p["recall"] for p in points], marker="o", label=f"{trees} trees")
+    if target:
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target}")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries / second (driver, one thread)")
+    ax.set_ylabel("recall@k")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
+    c = conf.index
+    out = conf.io.output[len("file:"):] if conf.io.output.startswith("file:") else conf.io.output
+    if "://" in out:
+        raise TextmillError(f"io.output must be a local or mounted (shared) path for the index files (got {conf.io.output!r})")
+    io.require_input(spark, conf.io.input)
+    rows, dim, skipped = checked_vectors(spark.read.parquet(conf.io.input), c)
+    shards = c.shards or spark.sparkContext.defaultParallelism
+    ordered = rows.orderBy("id").rdd.zipWithIndex().map(lambda pair: (pair[1], pair[0]["id"], pair[0]["vector"]))
+    items = spark.createDataFrame(ordered, "item long, id string, vector array<float>").select(
+        "item", "id", "vector", (F.col("item") % shards).cast("int").alias("shard"), (F.col("item") / shards).cast("long").alias("local"))
+    items.cache()
+    n_items = items.count()
+    vectors = np.array([r.vector for r in items.orderBy("item").select("vector").collect()], dtype=np.float32)
+    rng = np.random.default_rng(c.seed)
+    sample = np.sort(rng.choice(n_items, size=min(c.recall.queries, n_items), replace=False))
+    k = min(c.recall.k, max(1, n_items - 1))
+
+    # Candidates are built beside the output: tasks write shards there, so on a cluster it must be shared storage.
+    staging = Path(out).resolve().parent / f"{Path(out).name}.__textmill_build-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        tried: dict[int, list[dict]] = {}
+        chosen = None
+        trees_options = [c.n_trees] if not c.tune.target_recall else sorted({
+            t for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2 ** p for p in range(1, 9)]
+            if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))})
+        build_seconds = 0.0
+        for trees in trees_options:
+            candidate = staging / f"trees-{trees}"
+            started = time.perf_counter()
+            built = build_shards(spark, items, str(candidate), dim, c.metric, trees, c.seed, c.on_disk_build)
+            build_seconds = time.perf_counter() - started
+            n_trees = built[0]["n_trees"]
+            manifest = ann.Manifest(dim=dim, metric=c.metric, n_trees=n_trees, seed=c.seed, search_k=c.search_k or k * n_trees,
+                                    shards=[{"file": b["file"], "items": b["items"]} for b in built], n_items=n_items,
+                                    build_seconds=build_seconds)
+            manifest.save(candidate)
+            index = ann.ShardedIndex(candidate)
+            search_ks = [manifest.search_k] if not c.tune.target_recall else [f * k * n_trees for f in c.tune.search_k_factors]
+            points = measure_recall(index, vectors, sample, k, search_ks)
+            tried[n_trees] = points
+            logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
+            good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
+            if good:
+                best = max(good, key=lambda p: p["queries_per_second"]) if c.tune.target_recall else good[0]
+                chosen = (candidate, manifest, best)
+                break
+            chosen = (candidate, manifest, max(points, key=lambda p: p["recall"]))
+        candidate, manifest, best = chosen
+        manifest.search_k = best["search_k"]
+        manifest.recall = {"k": k, "queries": len(sample), "search_k": best["search_k"], "recall": best["recall"],
+                           "queries_per_second_driver": best["queries_per_second"],
+                           "target": c.tune.target_recall, "reached": c.tune.target_recall is None or best["recall"] >= c.tune.target_recall,
+                           "tried": {str(t): p for t, p in tried.items()}}
+        manifest.save(candidate)
+        if c.tune.target_recall and not manifest.recall["reached"]:
+            logger.warning("recall target %.3f not reached: best %.3f with %d trees", c.tune.target_recall, best["recall"], manifest.n_trees)
+        with io.staged_outputs(spark, str(Path(out).resolve())) as (staged,):
+            shutil.copytree(candidate, staged)
+            items.select("item", "id", "shard", "local").write.parquet(f"{staged}/mapping")
+        plot = staging / "recall_tradeoff.png"
+        _plot(tried, c.tune.target_recall, plot)
+        mlflow.log_artifact(str(plot), "index")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        items.unpersist()
+    mlflow.log_dict(manifest.__dict__, "index/manifest.json")
+    size = sum(f.stat().st_size for f in Path(out).resolve().rglob("*") if f.is_file())
+    mlflow.set_tag("textmill.index_path", str(Path(out).resolve()))
+    if size <= MAX_LOGGED_BYTES:
+        mlflow.log_artifacts(str(Path(out).resolve()), "index/files")
+    else:
+        logger.warning("index is %.0f MB: logged its path (tag textmill.index_path), not its files", size / 2**20)
+    return {"rows_in": n_items + skipped, "items": n_items, "skipped_null_vectors": skipped, "shards": shards,
+            "n_trees": manifest.n_trees, "search_k": manifest.search_k, f"recall_at_{k}": best["recall"],
+            "build_seconds": build_seconds, "dim": dim}

@@ -1,0 +1,133 @@
+"""The ``cluster`` job: Chinese Whispers over the kNN graph, on Spark DataFrames, no k to choose.
+
+Edges come from ``neighbors`` output (``items`` mode), made symmetric; an edge's weight is
+the cosine similarity (``1 - d^2 / 2`` for Annoy's angular distance ``d``), and edges under
+``min_weight`` are dropped. Every node starts in its own class. Each iteration a seeded
+random half of the nodes (hash of node, iteration and seed) is updated: each takes the
+class with the highest summed edge weight among its neighbours (ties: the smallest class
+id). Updating a random subset per round, instead of all nodes at once, is the distributed
+stand-in for the sequential random visiting order; it avoids the oscillations of fully
+synchronous updates. It stops when a full sweep changes nothing (converged) or at
+``max_iterations``; both are reported. Nothing is collected to the driver but counts.
+
+Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
+``<output>_sizes`` (``cluster_id, size``). MLflow: clusters, singleton share, iterations,
+converged, and a size histogram plot.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+from pydantic import Field
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+import textmill
+from textmill import io
+from textmill.config import JobConf, StrictModel
+from textmill.errors import AccountingError, ColumnNotFoundError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "cluster/v1"
+
+
+class ClusterConf(StrictModel):
+    min_weight: float = Field(0.0, ge=-1, le=1, description="drop edges whose cosine similarity is below this")
+    max_iterations: int = Field(30, gt=0)
+    update_fraction: float = Field(0.5, gt=0, le=1, description="share of nodes updated per iteration")
+    seed: int = 7
+    distance: str = Field("angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight")
+
+
+class ClusterJobConf(JobConf):
+    cluster: ClusterConf = Field(default_factory=ClusterConf)
+
+
+JOB_CONF = ClusterJobConf
+
+
+def edges_from_neighbors(neighbors: DataFrame, c: ClusterConf) -> DataFrame:
+    """Symmetric weighted edges ``src, dst, weight`` (max weight when both directions exist)."""
+    exploded = neighbors.select(F.col("id").alias("src"), F.explode_outer("neighbors").alias("n")).where(F.col("n").isNotNull())
+    distance = F.col("n.distance")
+    weight = (1 - distance * distance / 2) if c.distance == "angular" else distance
+    directed = exploded.select("src", F.col("n.id").alias("dst"), weight.alias("weight")).where(F.col("src") != F.col("dst"))
+    both = directed.unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight"))
+    return both.groupBy("src", "dst").agg(F.max("weight").alias("weight")).where(F.col("weight") >= c.min_weight)
+
+
+def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf) -> tuple[DataFrame, int, bool]:
+    """(``id, label``, iterations run, converged)."""
+    labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
+    edges = edges.localCheckpoint()
+    converged, unchanged_rounds, iterations = False, 0.0, 0
+    for iteration in range(1, c.max_iterations + 1):
+        iterations = iteration
+        votes = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
+                 .groupBy("src", "dst_label").agg(F.sum("weight").alias("score")))
+        best = (votes.withColumn("rank", F.row_number().over(Window.partitionBy("src").orderBy(F.desc("score"), "dst_label")))
+                .where("rank = 1").select(F.col("src").alias("id"), F.col("dst_label").alias("best")))
+        active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(1000 * c.update_fraction)
+        updated = (labels.join(best, "id", "left")
+                   .select("id", "label", F.when(active & F.col("best").isNotNull(), F.col("best")).otherwise(F.col("label")).alias("new"),
+                           F.when(F.col("best").isNotNull(), F.col("best") != F.col("label")).otherwise(F.lit(False)).alias("wants")))
+        updated = updated.localCheckpoint()
+        counts = updated.agg(F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
+                             F.sum(F.col("wants").cast("int")).alias("unsettled")).first()
+        labels = updated.select("id", F.col("new").alias("label"))
+        logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration,
+                    counts["changed"] or 0, counts["unsettled"] or 0)
+        # Converged when every node already holds its neighbourhood's best class.
+        if not counts["changed"] and not counts["unsettled"]:
+            converged = True
+            break
+    return labels, iterations, converged
+
+
+def _histogram(sizes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(sizes, bins=min(50, max(1, len(set(sizes)))), log=True)
+    ax.set_xlabel("cluster size")
+    ax.set_ylabel("clusters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
+    c = conf.cluster
+    io.require_input(spark, conf.io.input)
+    neighbors = spark.read.parquet(conf.io.input)
+    if "id" not in neighbors.columns or "neighbors" not in neighbors.columns:
+        raise ColumnNotFoundError(f"cluster needs neighbors output (id, neighbors); available: {', '.join(neighbors.columns)}")
+    nodes = neighbors.select("id").distinct()
+    rows_in = nodes.count()
+    labels, iterations, converged = chinese_whispers(nodes, edges_from_neighbors(neighbors, c), c)
+    sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
+    numbered = sizes.withColumn("cluster_id", F.row_number().over(Window.orderBy(F.desc("size"), "label")) - 1)
+    result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
+    sizes_path = f"{conf.io.output.rstrip('/')}_sizes"
+    with io.staged_outputs(spark, conf.io.output, sizes_path) as (staged, staged_sizes):
+        result.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "id").sortWithinPartitions("id").write.parquet(staged)
+        numbered.select(F.col("cluster_id").cast("int"), "size").orderBy("cluster_id").write.parquet(staged_sizes)
+        rows_out = io.count_parquet(spark, staged)
+        if rows_out != rows_in:
+            raise AccountingError(f"nodes in={rows_in} but rows out={rows_out}; nothing was published")
+        io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out})
+    size_list = [r["size"] for r in spark.read.parquet(sizes_path).collect()]
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "cluster_sizes.png"
+        _histogram(size_list, plot)
+        mlflow.log_artifact(str(plot), "cluster")
+    singletons = sum(1 for s in size_list if s == 1)
+    return {"rows_in": rows_in, "rows_out": rows_out, "clusters": len(size_list), "singleton_share": singletons / max(len(size_list), 1),
+            "largest_cluster": max(size_list, default=0), "iterations": iterations, "converged": float(converged)}

@@ -1,0 +1,137 @@
+"""Annoy index: sharded build, manifest, input errors, scatter-gather kNN vs brute force, Chinese Whispers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from textmill import ann
+from textmill.jobs import run_job
+from textmill.pipelines.build_index import IndexInputError
+
+from test_prepare import REPO, load_job
+
+
+def write_vectors(spark, path, vectors: np.ndarray, ids=None):
+    ids = ids or [f"v{i:04d}" for i in range(len(vectors))]
+    spark.createDataFrame([(i, [float(x) for x in v]) for i, v in zip(ids, vectors)], "id string, vector array<float>").write.parquet(str(path))
+    return ids
+
+
+def blobs(n_per: int = 40, centers: int = 5, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(centers, dim)) * 10
+    labels = np.repeat(np.arange(centers), n_per)
+    return (means[labels] + rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def random_index(spark, tmp_path_factory, mlflow_uri):
+    base = tmp_path_factory.mktemp("ann")
+    vectors = np.random.default_rng(1).normal(size=(600, 8)).astype(np.float32)
+    ids = write_vectors(spark, base / "vectors", vectors)
+    conf = {"io": {"input": str(base / "vectors"), "output": str(base / "index")},
+            "index": {"shards": 3, "n_trees": 10, "search_k": 20_000, "recall": {"queries": 100, "k": 5}},
+            "spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "ann-tests"}}
+    metrics = run_job("build_index", conf, spark)
+    return base, vectors, ids, metrics, conf
+
+
+def test_sharded_build_writes_a_manifest_that_round_trips(random_index, spark):
+    base, vectors, ids, metrics, _ = random_index
+    manifest = ann.Manifest.load(base / "index")
+    assert (manifest.dim, manifest.metric, manifest.n_trees, manifest.n_items) == (8, "angular", 10, 600)
+    assert [s["items"] for s in manifest.shards] == [200, 200, 200]
+    assert all((base / "index" / s["file"]).is_file() for s in manifest.shards)
+    manifest.save(base / "copy") if (base / "copy").mkdir() is None else None
+    assert ann.Manifest.load(base / "copy") == manifest
+    mapping = {r.item: r.id for r in spark.read.parquet(str(base / "index" / "mapping")).collect()}
+    assert mapping == dict(enumerate(sorted(ids)))
+    assert metrics["recall_at_5"] >= 0.99 and manifest.recall["recall"] == metrics["recall_at_5"]
+
+
+def test_scatter_gather_neighbours_match_brute_force(random_index, spark, job_conf, tmp_path):
+    base, vectors, ids, _, _ = random_index
+    metrics = run_job("neighbors", job_conf(io={"input": str(base / "vectors"), "output": str(tmp_path / "knn")},
+                                            neighbors={"index": str(base / "index"), "k": 5, "partitions": 6}), spark)
+    rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "knn")).collect()}
+    assert len(rows) == 600 == metrics["rows_out"] == metrics["rows_in"]
+    exact = ann.exact_topk(vectors, vectors, 5, "angular", exclude=np.arange(600))
+    found = [[ids.index(n.id) for n in rows[i].neighbors] for i in ids]
+    assert ann.recall_at_k(found, exact) >= 0.99
+    assert all(i not in [n.id for n in rows[i].neighbors] for i in ids)  # the item itself is excluded
+    d = [n.distance for n in rows["v0000"].neighbors]
+    assert d == sorted(d)
+    # The shards were loaded once per Python worker, though 6 partitions ran.
+    assert metrics["max_model_loads_per_worker"] == 1
+
+
+def test_query_mode_takes_new_vectors(random_index, spark, job_conf, tmp_path):
+    base, vectors, ids, _, _ = random_index
+    write_vectors(spark, tmp_path / "queries", np.vstack([vectors[:3] + 1e-3, np.zeros((1, 8))]), ["q0", "q1", "q2", "q3"])
+    spark.createDataFrame([("q4", None)], "id string, vector array<float>").write.mode("append").parquet(str(tmp_path / "queries"))
+    run_job("neighbors", job_conf(io={"input": str(tmp_path / "queries"), "output": str(tmp_path / "out")},
+                                  neighbors={"index": str(base / "index"), "k": 3, "mode": "queries"}), spark)
+    rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    assert [rows[f"q{i}"].neighbors[0].id for i in range(3)] == ids[:3]
+    assert rows["q4"].error == "null vector" and rows["q4"].neighbors is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("dim", r"1 vector\(s\) do not have dimension 4, e.g. id 'b'"),
+    ("nan", r"2 vector\(s\) contain NaN or infinite values, e.g. id 'b'"),
+    ("dup", r"1 id\(s\) occur more than once, e.g. 'a'"),
+])
+def test_bad_vectors_fail_before_the_build(bad, message, spark, job_conf, tmp_path):
+    rows = {"dim": [("a", [1.0, 0, 0, 0]), ("b", [1.0, 0, 0]), ("c", [0, 1.0, 0, 0])],
+            "nan": [("a", [1.0, 0, 0, 0]), ("b", [float("nan"), 0, 0, 0]), ("c", [float("inf"), 1, 0, 0])],
+            "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])]}[bad]
+    rows = [(i, [float(x) for x in v]) for i, v in rows]
+    spark.createDataFrame(rows, "id string, vector array<float>").write.parquet(str(tmp_path / "v"))
+    with pytest.raises(IndexInputError, match=message):
+        run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")}), spark)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_auto_tune_reaches_the_target_recall(spark, job_conf, tmp_path):
+    vectors = np.random.default_rng(3).normal(size=(1500, 16)).astype(np.float32)
+    write_vectors(spark, tmp_path / "v", vectors)
+    metrics = run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")},
+                                              index={"shards": 2, "recall": {"queries": 200, "k": 10},
+                                                     "tune": {"target_recall": 0.95}}), spark)
+    manifest = ann.Manifest.load(tmp_path / "idx")
+    assert metrics["recall_at_10"] >= 0.95 and manifest.recall["reached"] is True
+    assert manifest.search_k == metrics["search_k"] and len(manifest.recall["tried"]) >= 1
+
+
+def test_build_index_neighbors_cluster_end_to_end_recovers_planted_clusters(spark, mlflow_uri, tmp_path):
+    vectors, labels = blobs()
+    ids = write_vectors(spark, tmp_path / "vectors", vectors)
+    common = ["--env", "local", "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=ann-e2e"]
+    assert load_job("build_index").main(["--conf", str(REPO / "conf" / "build_index.yaml"), *common,
+                                         "--set", f"io.input={tmp_path / 'vectors'}", "--set", f"io.output={tmp_path / 'index'}",
+                                         "--set", "index.shards=2"]) == 0
+    assert load_job("neighbors").main(["--conf", str(REPO / "conf" / "neighbors.yaml"), *common,
+                                       "--set", f"io.input={tmp_path / 'vectors'}", "--set", f"io.output={tmp_path / 'knn'}",
+                                       "--set", f"neighbors.index={tmp_path / 'index'}", "--set", "neighbors.k=8"]) == 0
+    assert load_job("cluster").main(["--conf", str(REPO / "conf" / "cluster.yaml"), *common,
+                                     "--set", f"io.input={tmp_path / 'knn'}", "--set", f"io.output={tmp_path / 'clusters'}"]) == 0
+    found = {r.id: r.cluster_id for r in spark.read.parquet(str(tmp_path / "clusters")).collect()}
+    assert len(found) == len(ids)
+    for blob in range(5):
+        members = {found[ids[i]] for i in np.flatnonzero(labels == blob)}
+        assert len(members) == 1, (blob, members)
+    assert len(set(found.values())) == 5
+    sizes = [r["size"] for r in spark.read.parquet(str(tmp_path / "clusters_sizes")).collect()]
+    assert sorted(sizes) == [40] * 5
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("ann-e2e").experiment_id])
+    cluster_run = next(r for r in runs if r.data.tags["textmill.job"] == "cluster")
+    assert cluster_run.data.metrics["clusters"] == 5 and cluster_run.data.metrics["converged"] == 1.0
+    assert cluster_run.data.metrics["singleton_share"] == 0.0
+    index_run = next(r for r in runs if r.data.tags["textmill.job"] == "build_index")
+    manifest = json.loads(open(client.download_artifacts(index_run.info.run_id, "index/manifest.json")).read())
+    assert manifest["n_items"] == 200
