@@ -60,6 +60,9 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     assert summary["annotate"]["row_errors"] == 0 and "PERSON" in summary["annotate"]["top_entity_types"]
     assert sum(summary["classify"].values()) == n_docs
     assert summary["embeddings"]["dim"] == 32 and summary["embeddings"]["vocab_size"] > 50
+    clusters = spark.read.parquet(str(tmp_path / "run" / "clusters"))
+    assert clusters.count() == n_docs and summary["clusters"]["count"] >= 1
+    assert spark.read.parquet(str(tmp_path / "run" / "neighbors")).count() == n_docs
 
 
 def test_pyfiles_zip_is_importable_on_its_own(tmp_path):

@@ -18,6 +18,7 @@ python tests/benchmarks/bench_embeddings.py [--partitions 2 4 8] [--spark-ml-ite
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import SHARED, report, require, timer
+from common import REPO, SHARED, report, require, timer
 
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
 WORDSIM = require(SHARED / "wordsim" / "wordsim353.tsv")
@@ -133,6 +134,11 @@ def main() -> None:
 
         for n in args.partitions:
             result[f"textmill_sgns_{n}_partitions"] = textmill_run(f"sgns{n}", partitions=n)
+            if n == args.partitions[0]:
+                # Kept for bench_ann.py, which indexes these word vectors.
+                keep = REPO / "out" / "benchmarks" / "word_vectors" / "export"
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(tmp_path / f"sgns{n}" / "export", keep)
         if not args.skip_ppmi:
             result["textmill_ppmi_svd"] = textmill_run("ppmi", method="ppmi_svd", max_vocab=30_000, partitions=2)
 

@@ -7,7 +7,7 @@ summary (counts, labels, lengths, quarantine reasons, tokens and entity types) t
 prints and logs as ``summary.json``. Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
 (when the prepared sample has at least two labels) -> ``classify`` (with the model just
 trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
-``embed_docs``.
+``embed_docs`` -> ``build_index`` -> ``neighbors`` (the documents' kNN graph) -> ``cluster``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ from textmill.config import JobConf, StrictModel
 from textmill.jobs import run_job
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions
 from textmill.pipelines.annotate import AnnotateJobConf
+from textmill.pipelines.build_index import BuildIndexJobConf, IndexConf
 from textmill.pipelines.classify import ClassifyConf, ClassifyJobConf
+from textmill.pipelines.cluster import ClusterConf, ClusterJobConf
+from textmill.pipelines.neighbors import NeighborsConf, NeighborsJobConf
 from textmill.pipelines.embed_docs import EmbedConf, EmbedDocsJobConf
 from textmill.pipelines.train_embeddings import EmbeddingsConf, TrainEmbeddingsJobConf
 from textmill.pipelines.train_classifier import ClassifierConf, TrainClassifierJobConf
@@ -35,15 +38,19 @@ from textmill.sample import write_sample_csv
 logger = logging.getLogger(__name__)
 
 
+STEP_ORDER = ("prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs",
+              "build_index", "neighbors", "cluster")
+Step = Literal["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs",
+               "build_index", "neighbors", "cluster"]
+
+
 class SampleConf(StrictModel):
     n_docs: int = Field(2000, gt=0, description="generated documents when io.input is null")
     seed: int = 7
 
 
 class PipelineConf(StrictModel):
-    steps: list[Literal["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"]] = Field(
-        default_factory=lambda: ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"],
-        min_length=1)
+    steps: list[Step] = Field(default_factory=lambda: list(STEP_ORDER), min_length=1)
     sample: SampleConf = Field(default_factory=SampleConf)
 
 
@@ -58,13 +65,16 @@ class PipelineJobConf(JobConf):
     classify: ClassifyConf = Field(default_factory=ClassifyConf)
     embeddings: EmbeddingsConf = Field(default_factory=EmbeddingsConf)
     embed: EmbedConf = Field(default_factory=EmbedConf)
+    index: IndexConf = Field(default_factory=lambda: IndexConf(id_column="doc_id"))
+    neighbors: NeighborsConf = Field(default_factory=lambda: NeighborsConf(id_column="doc_id"))
+    cluster: ClusterConf = Field(default_factory=ClusterConf)
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.io.quarantine:
             problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
         steps = self.pipeline.steps
-        order = ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs"]
+        order = list(STEP_ORDER)
         if steps != sorted(steps, key=order.index):
             problems.append(f"'pipeline.steps' {steps}: steps run in the order {order} (each reads an earlier one's output)")
         if "classify" in steps and "train_classifier" not in steps and not self.classify.model_uri:
@@ -101,6 +111,9 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
         probes = [w for w in ("profits", "match", "software", "election") if w in vectors.index]
         summary["embeddings"] = {"vocab_size": manifest["vocab_size"], "dim": manifest["dim"], "neighbours": {
             w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=4, exclude=[w])] for w in probes}}
+    if "cluster" in steps and Path(f"{root}/clusters").exists():
+        sizes = [r["size"] for r in spark.read.parquet(f"{root}/clusters_sizes").orderBy("cluster_id").collect()]
+        summary["clusters"] = {"count": len(sizes), "largest": sizes[:5], "singletons": sum(1 for x in sizes if x == 1)}
     if "annotate" in steps:
         annotated = spark.read.parquet(f"{root}/annotated")
         totals = annotated.agg(F.sum("n_tokens").alias("tokens"), F.count("error").alias("errors")).first()
@@ -152,6 +165,14 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
             step_conf = EmbedDocsJobConf(io={"input": prepared, "output": f"{root}/doc_vectors"},
                                          embed=conf.embed.model_copy(update={"embeddings": conf.embed.embeddings or f"{root}/embeddings"}),
                                          **common)
+        elif step == "build_index":
+            step_conf = BuildIndexJobConf(io={"input": f"{root}/doc_vectors", "output": f"{root}/index"}, index=conf.index, **common)
+        elif step == "neighbors":
+            step_conf = NeighborsJobConf(io={"input": f"{root}/doc_vectors", "output": f"{root}/neighbors"},
+                                         neighbors=conf.neighbors.model_copy(update={"index": f"{root}/index", "mode": "items"}),
+                                         **common)
+        elif step == "cluster":
+            step_conf = ClusterJobConf(io={"input": f"{root}/neighbors", "output": f"{root}/clusters"}, cluster=conf.cluster, **common)
         step_metrics = run_job(step, step_conf, spark)
         metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)

@@ -1,0 +1,156 @@
+"""Nearest neighbours: textmill build_index + neighbors vs one Annoy index vs brute force vs Spark LSH.
+
+Datasets (same vectors for every method):
+- ``clustered_100k``: 100,000 vectors, dim 100, a mixture of 1,000 Gaussian clusters (seeded);
+- ``word_vectors``: textmill's IMDB word vectors, when ``out/benchmarks/word_vectors/export``
+  exists (written by bench_embeddings.py).
+
+For each: textmill ``build_index`` (2 shards, auto-tuned to recall@10 >= 0.95) and the
+all-items kNN graph with ``neighbors`` on ``local[*]``; a single Annoy index in one process
+with the same total trees, ``search_k`` raised until its recall matches textmill's; exact
+blocked brute force (numpy matrix products); ``BucketedRandomProjectionLSH.approxSimilarityJoin``
+for 1,000 sampled queries on unit vectors. Recall@10 is measured on the same 1,000 queries.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import REPO, report, timer
+
+K = 10
+
+
+def clustered(n: int = 100_000, dim: int = 100, centers: int = 1000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(centers, dim)).astype(np.float32)
+    return (means[rng.integers(0, centers, n)] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool) -> dict:
+    from annoy import AnnoyIndex
+
+    from textmill import ann
+    from textmill.jobs import run_job
+
+    n, dim = vectors.shape
+    ids = [f"x{i:07d}" for i in range(n)]  # sorted order == row order, so item i is row i
+    src = tmp / f"{name}_vectors"
+    src.mkdir()
+    pq.write_table(pa.table({"id": ids, "vector": list(vectors)}), src / "part-0.parquet")
+    rng = np.random.default_rng(1)
+    sample = np.sort(rng.choice(n, size=1000, replace=False))
+    exact_sample = ann.exact_topk(vectors[sample], vectors, K, "angular", exclude=sample)
+    base = {"spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench-ann"}}
+    result: dict = {"items": n, "dim": dim}
+
+    started = time.perf_counter()
+    built = run_job("build_index", {**base, "io": {"input": str(src), "output": str(tmp / f"{name}_index")},
+                                    "index": {"shards": 2, "recall": {"queries": 1000, "k": K}, "tune": {"target_recall": 0.95}}}, spark)
+    build_wall = time.perf_counter() - started
+    manifest = ann.Manifest.load(tmp / f"{name}_index")
+    started = time.perf_counter()
+    run_job("neighbors", {**base, "io": {"input": str(src), "output": str(tmp / f"{name}_knn")},
+                          "neighbors": {"index": str(tmp / f"{name}_index"), "k": K}}, spark)
+    knn_wall = time.perf_counter() - started
+    rows = {r.id: [int(x.id[1:]) for x in r.neighbors] for r in spark.read.parquet(str(tmp / f"{name}_knn"))
+            .where(spark.read.parquet(str(tmp / f"{name}_knn")).id.isin([ids[i] for i in sample])).collect()}
+    textmill_recall = ann.recall_at_k([rows[ids[i]] for i in sample], exact_sample)
+    result["textmill"] = {"shards": 2, "n_trees_per_shard": manifest.n_trees, "search_k": manifest.search_k,
+                          "build_job_seconds": round(build_wall, 1), "build_index_metric_seconds": round(built["build_seconds"], 1),
+                          "knn_all_items_seconds": round(knn_wall, 1), "queries_per_second": round(n / knn_wall),
+                          "recall_at_10": round(textmill_recall, 4)}
+
+    # One Annoy index in one process: same total trees, search_k raised until recall matches textmill's.
+    single = AnnoyIndex(dim, "angular")
+    single.set_seed(42)
+    with timer(t := {}, "build_seconds"):
+        for i, v in enumerate(vectors):
+            single.add_item(i, v)
+        single.build(manifest.n_trees * 2, n_jobs=1)
+    chosen = None
+    for factor in (1, 2, 4, 8, 16, 32, 64):
+        search_k = factor * K * manifest.n_trees * 2
+        found = [single.get_nns_by_item(int(i), K + 1, search_k=search_k)[1:] for i in sample]
+        recall = ann.recall_at_k(found, exact_sample)
+        chosen = (search_k, recall)
+        if recall >= textmill_recall:
+            break
+    search_k, recall = chosen
+    started = time.perf_counter()
+    for i in range(n):
+        single.get_nns_by_item(i, K + 1, search_k=search_k)
+    single_seconds = time.perf_counter() - started
+    result["single_annoy_one_process"] = {"n_trees": manifest.n_trees * 2, "search_k": search_k, "recall_at_10": round(recall, 4),
+                                          "build_seconds": t["build_seconds"], "knn_all_items_seconds": round(single_seconds, 1),
+                                          "queries_per_second": round(n / single_seconds)}
+
+    with timer(b := {}, "knn_all_items_seconds"):
+        ann.exact_topk(vectors, vectors, K, "angular", exclude=np.arange(n))
+    result["exact_brute_force_numpy"] = {**b, "queries_per_second": round(n / b["knn_all_items_seconds"]), "recall_at_10": 1.0}
+
+    if not skip_lsh:
+        from pyspark.ml.feature import BucketedRandomProjectionLSH
+        from pyspark.ml.linalg import Vectors
+        from pyspark.sql import functions as F
+
+        unit = ann.normalize(vectors)
+        frame = spark.createDataFrame([(i, Vectors.dense(v.tolist())) for i, v in enumerate(unit)], "item long, features vector").cache()
+        frame.count()
+        queries = frame.where(F.col("item").isin([int(i) for i in sample]))
+        # Threshold: the 90th percentile of the true 10th-neighbour distance, so most true neighbours qualify.
+        tenth = np.linalg.norm(unit[sample] - unit[exact_sample[:, -1]], axis=1)
+        threshold = float(np.quantile(tenth, 0.9))
+        lsh = {"bucket_length": 1.0, "hash_tables": 8, "threshold": round(threshold, 3)}
+        started = time.perf_counter()
+        model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", bucketLength=1.0, numHashTables=8, seed=1).fit(frame)
+        pairs = (model.approxSimilarityJoin(queries, frame, threshold, distCol="d")
+                 .select(F.col("datasetA.item").alias("q"), F.col("datasetB.item").alias("c"), "d").where("q != c").collect())
+        lsh_seconds = time.perf_counter() - started
+        by_query: dict[int, list] = {}
+        for q, c, d in pairs:
+            by_query.setdefault(q, []).append((d, c))
+        found = [[c for _, c in sorted(by_query.get(int(i), []))[:K]] for i in sample]
+        frame.unpersist()
+        result["spark_bucketed_random_projection_lsh"] = {**lsh, "queries": 1000, "seconds": round(lsh_seconds, 1),
+                                                          "queries_per_second": round(1000 / lsh_seconds, 1),
+                                                          "recall_at_10": round(ann.recall_at_k(found, exact_sample), 4)}
+    result["ratio_textmill_over_single_annoy_queries_per_second"] = round(
+        result["textmill"]["queries_per_second"] / result["single_annoy_one_process"]["queries_per_second"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--skip-lsh", action="store_true")
+    args = parser.parse_args()
+
+    from textmill.config import SparkConf
+    from textmill.session import get_spark
+
+    spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-ann")
+    spark.sparkContext.setLogLevel("ERROR")
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["clustered_100k"] = run_dataset(spark, "clustered", clustered(args.n), Path(tmp), args.skip_lsh)
+        words = REPO / "out" / "benchmarks" / "word_vectors" / "export"
+        if (words / "embeddings.json").exists():
+            from textmill.docvectors import load_embeddings
+
+            vectors, _, _ = load_embeddings(words)
+            result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh)
+        else:
+            result["word_vectors"] = f"skipped: {words} not found (run bench_embeddings.py first)"
+    spark.stop()
+    report("ann", result)
+
+
+if __name__ == "__main__":
+    main()
