@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import pandas as pd
 from pydantic import Field
@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from textmill.config import StrictModel
-from textmill.errors import ColumnNotFoundError, InputNotFoundError, OutputError
+from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,29 @@ def read_marker(spark: SparkSession, directory: str) -> dict | None:
         return json.loads(spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
     finally:
         stream.close()
+
+
+def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
+                 check=None) -> tuple[int, int, Any]:
+    """Write ``df`` (one row per input row, with an ``error`` column) staged, then publish it.
+
+    Before publishing: rows out must equal ``rows_in`` (else AccountingError, nothing
+    published); ``check(written)`` may inspect the written rows and raise. Returns
+    (rows_out, rows with an error, what ``check`` returned).
+    """
+    import textmill
+
+    with staged_outputs(spark, output) as (staged,):
+        df.write.parquet(staged)
+        written = spark.read.parquet(staged)
+        rows_out = written.count()
+        if rows_out != rows_in:
+            raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
+        rows_error = written.where(F.col("error").isNotNull()).count()
+        checked = check(written) if check is not None else None
+        write_marker(spark, staged, {**marker, "textmill_version": textmill.__version__, "rows": rows_out,
+                                     "columns": written.columns})
+    return rows_out, rows_error, checked
 
 
 def count_parquet(spark: SparkSession, path: str) -> int:

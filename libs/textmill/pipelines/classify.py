@@ -25,10 +25,9 @@ from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-import textmill
 from textmill import io, models
 from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.errors import ColumnNotFoundError, TextmillError
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +144,15 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
                   .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
                           *c.keep_columns))
         scored = scored.select("doc_id", "_tm_p.*", *c.keep_columns)
-        with io.staged_outputs(spark, conf.io.output) as (staged,):
-            scored.write.parquet(staged)
-            written = spark.read.parquet(staged)
-            rows_out = written.count()
-            if rows_out != rows_in:
-                raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
-            rows_error = written.where(F.col("error").isNotNull()).count()
-            metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions}
-            if c.evaluate:
-                truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
-                metrics.update(_evaluate(written.join(truth, "doc_id")))
-            io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
-                                            "model_uri": c.model_uri})
+        def evaluate(written):
+            truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
+            return _evaluate(written.join(truth, "doc_id"))
+
+        rows_out, rows_error, evaluation = io.publish_rows(spark, scored, conf.io.output, rows_in,
+                                                           {"schema": SCHEMA_VERSION, "model_uri": c.model_uri},
+                                                           check=evaluate if c.evaluate else None)
+    metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
+                                 **(evaluation or {})}
     metrics.update(models.summarize_workers(report.value))
     mlflow.log_dict({"workers": report.value}, "workers.json")
     return metrics

@@ -19,10 +19,9 @@ from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-import textmill
 from textmill import io, models
 from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.errors import ColumnNotFoundError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +104,8 @@ def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
     udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
     out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
            .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
-    with io.staged_outputs(spark, conf.io.output) as (staged,):
-        out.write.parquet(staged)
-        written = spark.read.parquet(staged)
-        rows_out = written.count()
-        if rows_out != rows_in:
-            raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
-        rows_error = written.where(F.col("error").isNotNull()).count()
-        io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
-                                        "embeddings": str(export)})
+    rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
+                                              {"schema": SCHEMA_VERSION, "embeddings": str(export)})
     mlflow.log_dict({"workers": report.value}, "workers.json")
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
             **models.summarize_workers(report.value)}

@@ -23,10 +23,9 @@ from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-import textmill
 from textmill import ann, io, models
 from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.errors import ColumnNotFoundError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +112,8 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     udf = make_neighbors_udf(shipped, c.k, c.search_k, c.exclude_self and c.mode == "items", report)
     result = (queries.repartitionByRange(partitions, "id").sortWithinPartitions("id")
               .select("id", udf(F.col("id"), F.col("vector")).alias("_n")).select("id", "_n.*"))
-    with io.staged_outputs(spark, conf.io.output) as (staged,):
-        result.write.parquet(staged)
-        written = spark.read.parquet(staged)
-        rows_out = written.count()
-        if rows_out != rows_in:
-            raise AccountingError(f"queries in={rows_in} but rows out={rows_out}; nothing was published")
-        rows_error = written.where(F.col("error").isNotNull()).count()
-        io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
-                                        "index": str(directory), "k": c.k})
+    rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
+                                              {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k})
     mlflow.log_dict({"workers": report.value}, "workers.json")
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
             **models.summarize_workers(report.value)}
