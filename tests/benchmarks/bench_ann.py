@@ -59,8 +59,8 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
     run_job("neighbors", {**base, "io": {"input": str(src), "output": str(tmp / f"{name}_knn")},
                           "neighbors": {"index": str(tmp / f"{name}_index"), "k": K}}, spark)
     knn_wall = time.perf_counter() - started
-    rows = {r.id: [int(x.id[1:]) for x in r.neighbors] for r in spark.read.parquet(str(tmp / f"{name}_knn"))
-            .where(spark.read.parquet(str(tmp / f"{name}_knn")).id.isin([ids[i] for i in sample])).collect()}
+    knn = spark.read.parquet(str(tmp / f"{name}_knn"))
+    rows = {r.id: [int(x.id[1:]) for x in r.neighbors] for r in knn.where(knn.id.isin([ids[i] for i in sample])).collect()}
     textmill_recall = ann.recall_at_k([rows[ids[i]] for i in sample], exact_sample)
     result["textmill"] = {"shards": 2, "n_trees_per_shard": manifest.n_trees, "search_k": manifest.search_k,
                           "build_job_seconds": round(build_wall, 1), "build_index_metric_seconds": round(built["build_seconds"], 1),
@@ -97,11 +97,13 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
 
     if not skip_lsh:
         from pyspark.ml.feature import BucketedRandomProjectionLSH
-        from pyspark.ml.linalg import Vectors
+        from pyspark.ml.linalg import Vectors, VectorUDT
         from pyspark.sql import functions as F
+        from pyspark.sql import types as T
 
         unit = ann.normalize(vectors)
-        frame = spark.createDataFrame([(i, Vectors.dense(v.tolist())) for i, v in enumerate(unit)], "item long, features vector").cache()
+        schema = T.StructType([T.StructField("item", T.LongType()), T.StructField("features", VectorUDT())])
+        frame = spark.createDataFrame([(i, Vectors.dense(v.tolist())) for i, v in enumerate(unit)], schema).cache()
         frame.count()
         queries = frame.where(F.col("item").isin([int(i) for i in sample]))
         # Threshold: the 90th percentile of the true 10th-neighbour distance, so most true neighbours qualify.

@@ -39,7 +39,8 @@ def load_tokens() -> list[list[str]]:
     from textmill.featurize import Featurizer
 
     featurizer = Featurizer(max_tokens=10**9)
-    return [featurizer.tokens(line) for line in UNSUP.read_text(encoding="utf-8").splitlines()]
+    # One review per line; split on "\n" only (str.splitlines also breaks on \x1c, \u2028 ... inside reviews).
+    return [featurizer.tokens(line) for line in UNSUP.read_text(encoding="utf-8").split("\n") if line]
 
 
 def evaluate(words: list[str], vectors: np.ndarray) -> dict:
