@@ -14,6 +14,7 @@ for 1,000 sampled queries on unit vectors. Recall@10 is measured on the same 1,0
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def clustered(n: int = 100_000, dim: int = 100, centers: int = 1000, seed: int =
     return (means[rng.integers(0, centers, n)] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
-def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool) -> dict:
+def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool, bucket_length: float = 0.05) -> dict:
     from annoy import AnnoyIndex
 
     from textmill import ann
@@ -109,9 +110,10 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
         # Threshold: the 90th percentile of the true 10th-neighbour distance, so most true neighbours qualify.
         tenth = np.linalg.norm(unit[sample] - unit[exact_sample[:, -1]], axis=1)
         threshold = float(np.quantile(tenth, 0.9))
-        lsh = {"bucket_length": 1.0, "hash_tables": 8, "threshold": round(threshold, 3)}
+        lsh = {"bucket_length": bucket_length, "hash_tables": 8, "threshold": round(threshold, 3)}
         started = time.perf_counter()
-        model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", bucketLength=1.0, numHashTables=8, seed=1).fit(frame)
+        model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", bucketLength=bucket_length,
+                                            numHashTables=8, seed=1).fit(frame)
         pairs = (model.approxSimilarityJoin(queries, frame, threshold, distCol="d")
                  .select(F.col("datasetA.item").alias("q"), F.col("datasetB.item").alias("c"), "d").where("q != c").collect())
         lsh_seconds = time.perf_counter() - started
@@ -132,6 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--skip-lsh", action="store_true")
+    parser.add_argument("--lsh-bucket-length", type=float, default=0.05,
+                        help="on unit vectors; 1.0 puts nearly everything in one bucket (a full cross join)")
+    parser.add_argument("--skip-words", action="store_true")
     args = parser.parse_args()
 
     from textmill.config import SparkConf
@@ -141,13 +146,16 @@ def main() -> None:
     spark.sparkContext.setLogLevel("ERROR")
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        result["clustered_100k"] = run_dataset(spark, "clustered", clustered(args.n), Path(tmp), args.skip_lsh)
+        result["clustered_100k"] = run_dataset(spark, "clustered", clustered(args.n), Path(tmp), args.skip_lsh, args.lsh_bucket_length)
+        print(json.dumps(result["clustered_100k"]), flush=True)  # partial result, in case the next dataset fails
         words = REPO / "out" / "benchmarks" / "word_vectors" / "export"
-        if (words / "embeddings.json").exists():
+        if args.skip_words:
+            result["word_vectors"] = "skipped (--skip-words)"
+        elif (words / "embeddings.json").exists():
             from textmill.docvectors import load_embeddings
 
             vectors, _, _ = load_embeddings(words)
-            result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh)
+            result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh, args.lsh_bucket_length)
         else:
             result["word_vectors"] = f"skipped: {words} not found (run bench_embeddings.py first)"
     spark.stop()
