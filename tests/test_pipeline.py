@@ -81,3 +81,23 @@ def test_job_files_do_not_shadow_the_standard_library():
     # spark-submit puts the script's folder first on sys.path: jobs/tokenize.py would hide `tokenize`.
     clashes = [p.name for p in (REPO / "jobs").glob("*.py") if p.stem in sys.stdlib_module_names]
     assert clashes == []
+
+
+def test_notebook_widgets_fall_back_to_defaults_outside_databricks():
+    from textmill.notebook import widget
+
+    assert widget({}, "input", "out/x") == "out/x"
+
+    class Widgets:  # the two dbutils.widgets calls a notebook makes, recorded
+        def __init__(self):
+            self.values = {"input": "dbfs:/corpus"}
+
+        def text(self, name, default):
+            self.values.setdefault(name, default)
+
+        def get(self, name):
+            return self.values[name]
+
+    dbutils = type("DBUtils", (), {"widgets": Widgets()})()
+    assert widget({"dbutils": dbutils}, "input", "out/x") == "dbfs:/corpus"
+    assert widget({"dbutils": dbutils}, "output", "out/y") == "out/y"

@@ -80,6 +80,12 @@ class WorkerReport(AccumulatorParam):
         return acc
 
 
+def report_worker(report: Any, key: tuple, **extra: Any) -> None:
+    """Add this worker's load count for ``key``, its peak RSS and ``extra`` to a WorkerReport accumulator."""
+    if report is not None:
+        report.add({worker_id(): {"loads": load_count(key), "peak_rss_mb": peak_rss_mb(), **extra}})
+
+
 def summarize_workers(report: dict[str, dict]) -> dict[str, float]:
     """Metrics for MLflow from a WorkerReport value."""
     if not report:

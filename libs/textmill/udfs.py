@@ -59,13 +59,7 @@ def make_annotate_udf(
         for batch in batches:
             results = annotator.annotate([t if isinstance(t, str) else None for t in batch])
             yield pd.DataFrame(result_columns(results, token_opts, entity_opts))
-        if report is not None:
-            report.add({models.worker_id(): {
-                "loads": models.load_count(pipeline_plan.cache_key),
-                "peak_rss_mb": models.peak_rss_mb(),
-                "device": device,
-                "textmill_from": models.__file__,
-            }})
+        models.report_worker(report, pipeline_plan.cache_key, device=device, textmill_from=models.__file__)
 
     return annotate
 

@@ -119,8 +119,7 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
                 out.loc[rows, "probabilities"] = pd.Series(list(pred["probabilities"]), index=rows)
                 out.loc[rows, "error"] = None
             yield out
-        if report is not None:
-            report.add({models.worker_id(): {"loads": models.load_count(key), "peak_rss_mb": models.peak_rss_mb()}})
+        models.report_worker(report, key)
 
     return classify
 

@@ -81,8 +81,7 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
                 known.append(n)
                 errors.append(None if vector is not None else "no known tokens")
             yield pd.DataFrame({"vector": vectors, "n_known": known, "error": errors})
-        if report is not None:
-            report.add({models.worker_id(): {"loads": models.load_count(key), "peak_rss_mb": models.peak_rss_mb()}})
+        models.report_worker(report, key)
 
     return embed
 

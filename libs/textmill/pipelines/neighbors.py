@@ -83,8 +83,7 @@ def make_neighbors_udf(file_name: str, k: int, search_k: int | None, exclude_sel
                 out.append([{"id": loaded.ids[i], "distance": float(d)} for i, d in zip(items, distances)])
                 errors.append(None)
             yield pd.DataFrame({"neighbors": out, "error": errors})
-        if report is not None:
-            report.add({models.worker_id(): {"loads": models.load_count(key), "peak_rss_mb": models.peak_rss_mb()}})
+        models.report_worker(report, key)
 
     return neighbors
 
