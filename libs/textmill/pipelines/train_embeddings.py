@@ -52,6 +52,10 @@ class EmbeddingsMemoryError(TextmillError):
     """The vocabulary x dimension would not fit the configured memory."""
 
 
+class EmbeddingsDivergedError(TextmillError):
+    """SGNS training produced non-finite weights."""
+
+
 class SubwordConf(StrictModel):
     enabled: bool = Field(True, description="fit n-gram vectors for unseen words")
     buckets: int = Field(200_000, gt=0, description="FNV-1a hash buckets for character n-grams")
@@ -182,6 +186,10 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
         w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
         b_in.destroy()
         b_out.destroy()
+        if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
+            raise EmbeddingsDivergedError(
+                f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr} and batch_pairs={c.batch_pairs}; "
+                "lower embeddings.lr or embeddings.batch_pairs (small vocabularies put many updates on the same rows per batch)")
         seconds = time.perf_counter() - started
         record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
                   "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
