@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +136,27 @@ def test_build_index_neighbors_cluster_end_to_end_recovers_planted_clusters(spar
     index_run = next(r for r in runs if r.data.tags["textmill.job"] == "build_index")
     manifest = json.loads(open(client.download_artifacts(index_run.info.run_id, "index/manifest.json")).read())
     assert manifest["n_items"] == 200
+
+
+def test_chinese_whispers_plan_estimate_stays_small_over_many_rounds(spark):
+    # Regression: each round's checkpoint kept the planner's size estimate, and a join multiplied
+    # it, so the estimate squared every round and rounds slowed from ~1 s to minutes after ~20.
+    from textmill.pipelines.cluster import ClusterConf, chinese_whispers
+
+    rng = np.random.default_rng(3)
+    n = 300
+    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
+                                   zip(rng.integers(0, n, 3000), rng.integers(0, n, 3000), rng.random(3000)) if i != j],
+                                  "src string, dst string, weight double")
+    nodes = spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string")
+    conf = ClusterConf(max_iterations=12, update_fraction=0.05)
+    labels, iterations, converged = chinese_whispers(nodes, edges, conf)
+    assert iterations == 12 and not converged
+    assert labels.count() == n
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        digits = len(str(labels._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+    finally:
+        sys.set_int_max_str_digits(previous)
+    assert digits < 300, f"the planner's size estimate has {digits} digits"
