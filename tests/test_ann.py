@@ -69,15 +69,54 @@ def test_scatter_gather_neighbours_match_brute_force(random_index, spark, job_co
     assert metrics["max_model_loads_per_worker"] == 1
 
 
+def test_items_mode_reports_ids_missing_from_the_index(random_index, spark, job_conf, tmp_path):
+    base, _, ids, _, _ = random_index
+    spark.createDataFrame([(ids[5],), ("nowhere",), (None,)], "id string").write.parquet(str(tmp_path / "ids"))
+    metrics = run_job("neighbors", job_conf(io={"input": str(tmp_path / "ids"), "output": str(tmp_path / "out")},
+                                            neighbors={"index": str(base / "index"), "k": 4}), spark)
+    rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    assert len(rows[ids[5]].neighbors) == 4 and ids[5] not in [n.id for n in rows[ids[5]].neighbors]
+    assert rows["nowhere"].error == "id not in the index" and rows["nowhere"].neighbors is None
+    assert rows[None].error == "null id"
+    assert metrics["rows_in"] == metrics["rows_out"] == 3 and metrics["rows_error"] == 2
+
+
 def test_query_mode_takes_new_vectors(random_index, spark, job_conf, tmp_path):
     base, vectors, ids, _, _ = random_index
     write_vectors(spark, tmp_path / "queries", np.vstack([vectors[:3] + 1e-3, np.zeros((1, 8))]), ["q0", "q1", "q2", "q3"])
-    spark.createDataFrame([("q4", None)], "id string, vector array<float>").write.mode("append").parquet(str(tmp_path / "queries"))
-    run_job("neighbors", job_conf(io={"input": str(tmp_path / "queries"), "output": str(tmp_path / "out")},
-                                  neighbors={"index": str(base / "index"), "k": 3, "mode": "queries"}), spark)
+    spark.createDataFrame([("q4", None), ("q5", [1.0, 2.0]), ("q6", [float("nan")] + [0.0] * 7), ("q7", [1.0, None] + [0.0] * 6)],
+                          "id string, vector array<float>").write.mode("append").parquet(str(tmp_path / "queries"))
+    metrics = run_job("neighbors", job_conf(io={"input": str(tmp_path / "queries"), "output": str(tmp_path / "out")},
+                                            neighbors={"index": str(base / "index"), "k": 3, "mode": "queries"}), spark)
     rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert [rows[f"q{i}"].neighbors[0].id for i in range(3)] == ids[:3]
+    assert all(len(rows[f"q{i}"].neighbors) == 3 and rows[f"q{i}"].error is None for i in range(4))
     assert rows["q4"].error == "null vector" and rows["q4"].neighbors is None
+    assert rows["q5"].error == "vector of dimension 2, index has 8" and rows["q5"].neighbors is None
+    assert rows["q6"].error == rows["q7"].error == "vector contains NaN or infinite values"
+    assert metrics["rows_in"] == metrics["rows_out"] == 8 and metrics["rows_error"] == 4
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
+def test_batched_search_merges_shards_to_the_exact_top_k(metric, tmp_path):
+    vectors = np.random.default_rng(5).normal(size=(300, 6)).astype(np.float32)
+    shards = []
+    for shard in range(3):
+        local = np.arange(shard, 300, 3)
+        ann.build_shard(str(tmp_path / ann.shard_file(shard)), 6, metric, 5, 1, list(range(len(local))), vectors[local].tolist())
+        shards.append({"shard": shard, "file": ann.shard_file(shard), "items": len(local)})
+    ann.Manifest(dim=6, metric=metric, n_trees=5, seed=1, search_k=100_000, shards=shards, n_items=300).save(tmp_path)
+    index = ann.ShardedIndex(tmp_path)
+    queries = np.arange(0, 300, 7)
+    items, distances = index.search_batch(vectors[queries], 4, exclude=queries)
+    assert (items == ann.exact_topk(vectors[queries], vectors, 4, metric, exclude=queries)).all()
+    assert not (items == queries[:, None]).any()
+    nearest_first = np.diff(-distances if metric == "dot" else distances, axis=1)
+    assert (nearest_first >= 0).all()
+    one_items, one_distances = index.search(vectors[7], 4, exclude=7)
+    assert one_items == items[1].tolist() and np.allclose(one_distances, distances[1])
+    by_item, by_item_distances = index.search_batch(None, 4, exclude=queries, items=queries)  # as items mode queries
+    assert (by_item == items).all() and np.allclose(by_item_distances, distances)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -24,7 +24,6 @@ from textmill.jobs import run_job
 from textmill.pipelines.train_classifier import stratified_split
 from textmill.sample import TOPICS, _document
 
-from test_prepare import REPO
 
 
 # ---------------------------------------------------------------------------- units

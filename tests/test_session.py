@@ -1,4 +1,4 @@
-"""The SparkSession helper and the Java check: one clear sentence when Java is missing or old."""
+"""The SparkSession helper, the Java check (one clear sentence when Java is missing or old) and io's input helpers."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from textmill.errors import JavaError
+from textmill import io
+from textmill.errors import ColumnNotFoundError, InputNotFoundError, JavaError
 from textmill.session import check_java, get_spark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +59,20 @@ def test_get_spark_reuses_the_active_session(spark):
     assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
     assert spark.conf.get("spark.sql.execution.arrow.pyspark.enabled") == "true"
     assert spark.sparkContext.master == "local[2]"
+
+
+def test_task_partitions_fill_every_core_in_each_wave(spark):
+    cores = spark.sparkContext.defaultParallelism
+    assert io.task_partitions(spark, 10, 20_000) == 2 * cores
+    many = io.task_partitions(spark, 20_000 * 2 * cores + 1, 20_000)
+    assert many % cores == 0 and many >= 2 * cores + 1
+    assert io.task_partitions(spark, 10**9, 20_000, given=3) == 3
+
+
+def test_read_input_names_missing_columns_and_what_is_there(spark, tmp_path):
+    spark.createDataFrame([("a", "x")], "doc_id string, body string").write.parquet(str(tmp_path / "in"))
+    assert io.read_input(spark, str(tmp_path / "in"), ["doc_id", "body"]).count() == 1
+    with pytest.raises(ColumnNotFoundError, match=r"column\(s\) text, label not in the input; available: doc_id, body \(a hint\)"):
+        io.read_input(spark, str(tmp_path / "in"), ["doc_id", "text", "label"], "a hint")
+    with pytest.raises(InputNotFoundError, match="io.input: nothing exists at"):
+        io.read_input(spark, str(tmp_path / "missing"), ["doc_id"])

@@ -6,9 +6,11 @@ n_trees, seed, search_k, shard files and item counts, build time, measured recal
 dense integer ids ``0..n-1`` in id order; item ``i`` lives in shard ``i % S`` at local id
 ``i // S``.
 
-``build_shard`` runs inside a Spark task (one per shard); ``ShardedIndex`` is loaded once
-per Python worker (``textmill.models``), memory-maps every shard, searches them all and
-merges to the global top k (scatter-gather). ``exact_topk`` is the blocked brute force
+``build_shard`` runs inside a Spark task (one per shard); ``ShardedIndex`` memory-maps
+every shard, searches them all and merges to the global top k (scatter-gather), a batch of
+queries at a time; ``IndexSearcher`` (loaded once per Python worker by ``neighbors``) adds
+the item -> id table and answers Arrow batches. This module imports no Spark or MLflow, so
+workers that unpickle it start fast. ``exact_topk`` is the blocked brute force
 (matrix-matrix products, a block of queries at a time) that recall is measured against.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 FORMAT = "textmill-annoy/v1"
 METRICS = ("angular", "euclidean", "manhattan", "dot")
@@ -94,18 +99,108 @@ class ShardedIndex:
             self.shards.append(index)
 
     def search(self, vector: Sequence[float], k: int, search_k: int | None = None, exclude: int | None = None) -> tuple[list[int], list[float]]:
-        """Global top ``k`` (items, distances) over every shard; ``exclude`` drops one item (the query itself)."""
+        """Global top ``k`` (items, distances) for one vector; ``exclude`` drops one item (the query itself)."""
+        items, distances = self.search_batch(np.asarray(vector, dtype=np.float32)[None, :], k, search_k,
+                                             None if exclude is None else np.array([exclude]))
+        found = items[0] >= 0
+        return items[0][found].tolist(), distances[0][found].tolist()
+
+    def search_batch(self, vectors: np.ndarray | None, k: int, search_k: int | None = None,
+                     exclude: np.ndarray | None = None, items: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Global top ``k`` for each query: (items int64, distances float32), both ``(n, k)``.
+
+        Queries are the rows of ``vectors``, or, with ``items``, those indexed items (their own
+        shard is searched by item and the other shards with the stored vector, which skips
+        every copy through numpy). Each shard is searched for ``k`` (+1 when excluding)
+        candidates; the merge to the global top k is one sort over all queries' candidates at
+        once (by distance, then item, so ties are deterministic; for ``dot``, by descending dot
+        product). ``exclude[i]`` (an item, or -1) is dropped from row i. Rows with fewer than
+        ``k`` results are padded with item -1 and distance inf.
+        """
         search_k = self.manifest.search_k if search_k is None else search_k
         want = k + (1 if exclude is not None else 0)
-        items: list[int] = []
-        distances: list[float] = []
+        shards = self.n_shards
+        if items is not None:
+            query_items = items.tolist()
+            rows = [self.shards[item % shards].get_item_vector(item // shards) for item in query_items] if shards > 1 else []
+        else:
+            query_items = None
+            rows = np.asarray(vectors, dtype=np.float32).tolist()  # plain lists: annoy converts them fastest
+        n = len(query_items) if query_items is not None else len(rows)
+        found_items = np.full((n, shards * want), -1, dtype=np.int64)
+        distances = np.full((n, shards * want), np.inf, dtype=np.float32)
         for shard_no, index in enumerate(self.shards):
-            local, dist = index.get_nns_by_vector(vector, want, search_k=search_k, include_distances=True)
-            items.extend(l * self.n_shards + shard_no for l in local)
-            distances.extend(dist)
-        order = sorted(range(len(items)), key=lambda i: (distances[i], items[i]))
-        merged = [(items[i], distances[i]) for i in order if items[i] != exclude][:k]
-        return [m[0] for m in merged], [m[1] for m in merged]
+            column = shard_no * want
+            for row in range(n):
+                if query_items is not None and query_items[row] % shards == shard_no:
+                    local, dist = index.get_nns_by_item(query_items[row] // shards, want, search_k, True)
+                else:
+                    local, dist = index.get_nns_by_vector(rows[row], want, search_k, True)
+                found_items[row, column : column + len(local)] = local
+                distances[row, column : column + len(local)] = dist
+            block = found_items[:, column : column + want]
+            found_items[:, column : column + want] = np.where(block >= 0, block * shards + shard_no, -1)
+        # Annoy's "dot" returns the dot product itself (larger is nearer); every other metric a distance.
+        key = -distances if self.manifest.metric == "dot" else distances.copy()
+        key[found_items < 0] = np.inf
+        if exclude is not None:
+            key[found_items == np.asarray(exclude, dtype=np.int64)[:, None]] = np.inf
+        order = np.lexsort((found_items, key), axis=1)[:, :k]  # n_shards * want >= k columns
+        found_items, distances = np.take_along_axis(found_items, order, 1), np.take_along_axis(distances, order, 1)
+        missing = ~np.isfinite(np.take_along_axis(key, order, 1))
+        found_items[missing], distances[missing] = -1, np.inf
+        return found_items, distances
+
+
+class IndexSearcher:
+    """A worker's copy of an index directory: every shard memory-mapped, plus the item -> id
+    table, answering Arrow batches of queries (``mode`` ``items``: ids of indexed items;
+    ``queries``: ``id, vector`` rows) with ``id, neighbors, error`` batches."""
+
+    def __init__(self, path: str) -> None:
+        self.index = ShardedIndex(path)
+        mapping = pq.read_table(Path(path) / "mapping", columns=["item", "id"]).sort_by("item")
+        self.ids = mapping.column("id").combine_chunks().cast(pa.string())
+
+    def neighbors(self, batch: pa.RecordBatch, k: int, search_k: int | None, mode: str, exclude_self: bool) -> pa.RecordBatch:
+        """One Arrow batch of queries in, ``id, neighbors, error`` out."""
+        query_ids = batch.column("id").cast(pa.string())
+        errors: list[str | None] = [None] * len(batch)
+        exclude = None
+        if mode == "items":
+            items = pc.fill_null(pc.index_in(query_ids, value_set=self.ids), -1).to_numpy().astype(np.int64)
+            good = items >= 0
+            for row in np.flatnonzero(~good):
+                errors[row] = "id not in the index" if query_ids[row].is_valid else "null id"
+            exclude = items[good] if exclude_self else None
+            found_items, distances = self.index.search_batch(None, k, search_k, exclude, items=items[good])
+        else:
+            matrix, good = self._query_vectors(batch.column("vector"), errors)
+            found_items, distances = self.index.search_batch(matrix, k, search_k)
+        found = found_items >= 0
+        counts = np.zeros(len(batch), dtype=np.int32)
+        counts[good] = found.sum(axis=1)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        values = pa.StructArray.from_arrays([self.ids.take(pa.array(found_items[found])), pa.array(distances[found], pa.float32())],
+                                            names=["id", "distance"])
+        neighbors = pa.ListArray.from_arrays(offsets, values, mask=pa.array(~good))
+        return pa.RecordBatch.from_arrays([query_ids, neighbors, pa.array(errors, pa.string())], names=["id", "neighbors", "error"])
+
+    def _query_vectors(self, vectors: pa.Array, errors: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix of the usable vectors, mask of usable rows); ``errors`` gets each other row's reason."""
+        dim = self.index.manifest.dim
+        lengths = pc.fill_null(pc.list_value_length(vectors), -1).to_numpy()
+        sized = lengths == dim
+        values = vectors.filter(pa.array(sized)).flatten().to_numpy(zero_copy_only=False)  # null elements become NaN
+        matrix = np.asarray(values, dtype=np.float32).reshape(-1, dim)
+        finite = np.isfinite(matrix).all(axis=1)
+        good = sized.copy()
+        good[sized] = finite
+        for row in np.flatnonzero(~good):
+            errors[row] = ("null vector" if lengths[row] < 0 else
+                           f"vector of dimension {lengths[row]}, index has {dim}" if lengths[row] != dim else
+                           "vector contains NaN or infinite values")
+        return matrix[finite], good
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # scipy is imported lazily, only where co-occurrence counts are built
+    import scipy.sparse as sp
 
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
 
@@ -188,7 +191,7 @@ def combine(current: np.ndarray, weighted_sum: np.ndarray, updates: np.ndarray) 
 # ---------------------------------------------------------------------------- count-based
 
 
-def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int) -> "scipy.sparse.csr_matrix":
+def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int) -> "sp.csr_matrix":
     """Symmetric window co-occurrence counts of one partition, weighted 1/distance (as GloVe/word2vec)."""
     import scipy.sparse as sp
 

@@ -81,6 +81,31 @@ def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None
         raise InputNotFoundError(f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)")
 
 
+def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "", key: str = "io.input") -> DataFrame:
+    """The Parquet at ``path``, after checking that it exists and has ``columns`` (else one clear error)."""
+    require_input(spark, path, key)
+    df = spark.read.parquet(path)
+    check_columns(df, columns, hint)
+    return df
+
+
+def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
+                                  + (f" ({hint})" if hint else ""))
+
+
+def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, given: int | None = None) -> int:
+    """``given``, else max(2 x parallelism, rows / rows_per_partition) rounded up to a multiple of the
+    parallelism, so the last wave of tasks does not leave cores idle."""
+    if given:
+        return given
+    parallelism = spark.sparkContext.defaultParallelism
+    wanted = max(2 * parallelism, -(-rows // rows_per_partition))
+    return parallelism * -(-wanted // parallelism)
+
+
 def list_files(spark: SparkSession, path: str) -> list[tuple[str, int]]:
     """(uri, size) of every file under a path or glob, recursively; hidden files (_x, .x) skipped."""
     fs, hpath = _hadoop_fs(spark, path)

@@ -80,6 +80,11 @@ class WorkerReport(AccumulatorParam):
         return acc
 
 
+def new_worker_report(spark: Any) -> Any:
+    """A WorkerReport accumulator for one job's UDFs (created on the driver)."""
+    return spark.sparkContext.accumulator({}, WorkerReport())
+
+
 def report_worker(report: Any, key: tuple, **extra: Any) -> None:
     """Add this worker's load count for ``key``, its peak RSS and ``extra`` to a WorkerReport accumulator."""
     if report is not None:

@@ -24,7 +24,6 @@ from typing import Any, Iterable, Literal
 
 from pydantic import Field
 
-from textmill import models
 from textmill.config import StrictModel
 from textmill.errors import TextmillError
 
@@ -43,7 +42,7 @@ class NlpConf(StrictModel):
     long_text: Literal["split", "error"] = Field("split", description="what to do with a text longer than max_length")
     sort_by_length: bool = Field(True, description="feed each batch to nlp.pipe in length order (results keep input order)")
     gpu: bool = Field(False, description="spacy.prefer_gpu() on executors; falls back to CPU when there is none")
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000)")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism")
     on_error: Literal["record", "fail"] = Field("record", description="record: error column; fail: fail the job on any row error")
     text_column: str = Field("text", description="input column with the text")
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")

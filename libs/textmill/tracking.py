@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
+def log_workers(report: dict[str, dict], **extra: Any) -> dict[str, float]:
+    """Log a WorkerReport's value (and ``extra``) as ``workers.json``; return its summary metrics."""
+    from textmill.models import summarize_workers
+
+    if mlflow.active_run() is not None:
+        mlflow.log_dict({"workers": report, **extra}, "workers.json")
+    return summarize_workers(report)
+
+
 def resolve_tracking_uri(conf_uri: str | None) -> str:
     if conf_uri:
         return conf_uri

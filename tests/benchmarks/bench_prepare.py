@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa

@@ -15,16 +15,14 @@ count row errors (or fail on them), and return metrics including the worker repo
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-import mlflow
 from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io, models
+from textmill import io, models, tracking
 from textmill.config import JobConf
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions, output_schema, plan_pipeline
@@ -34,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "annotate/v1"
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+INPUT_HINT = "the input should be prepare output; see nlp.text_column and nlp.keep_columns"
 
 
 class RowErrorsError(TextmillError):
@@ -60,7 +61,7 @@ def with_annotations(
     nlp = nlp or NlpConf()
     if tokens is None and entities is None:
         raise ValueError("with_annotations needs tokens, entities or both")
-    _check_columns(df, ["doc_id", nlp.text_column, *nlp.keep_columns])
+    io.check_columns(df, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
     produced = {"doc_id"} | {part.split()[0] for part in output_schema(tokens, entities).split(", ")}
     clash = sorted(set(nlp.keep_columns) & produced)
     if clash:
@@ -92,28 +93,13 @@ def with_entities(df: DataFrame, nlp: NlpConf | None = None, options: EntityOpti
     return with_annotations(df, nlp, None, options or EntityOptions(), report)
 
 
-def _check_columns(df: DataFrame, wanted: list[str]) -> None:
-    missing = [c for c in wanted if c not in df.columns]
-    if missing:
-        raise ColumnNotFoundError(
-            f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)} "
-            "(the input should be prepare output; see nlp.text_column and nlp.keep_columns)"
-        )
-
-
-def default_partitions(spark: SparkSession, rows: int) -> int:
-    return max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / 20_000))
-
-
 def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
     nlp: NlpConf = conf.nlp
-    io.require_input(spark, conf.io.input)
-    source = spark.read.parquet(conf.io.input)
-    _check_columns(source, ["doc_id", nlp.text_column, *nlp.keep_columns])
+    source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
     plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)  # fail on the driver before any Spark job
     rows_in = source.count()
-    partitions = nlp.partitions or default_partitions(spark, rows_in)
-    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    partitions = io.task_partitions(spark, rows_in, 20_000, nlp.partitions)
+    report = models.new_worker_report(spark)
     logger.info("annotating %d documents in %d partitions with %s", rows_in, partitions, nlp.model)
     # Range partitions by doc_id: balanced, deterministic, and the output comes out sorted.
     spread = source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
@@ -143,16 +129,13 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
 
     if examples:
         logger.warning("%d row(s) have an error, e.g. %s", totals["errors"], examples)
-    workers = report.value
-    if mlflow.active_run() is not None:
-        mlflow.log_dict({"workers": workers, "error_examples": examples}, "workers.json")
     metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": totals["rows"], "rows_error": totals["errors"],
                                  "partitions": partitions}
     if tokens is not None:
         metrics["tokens"] = totals["tokens"] or 0
     if entities is not None:
         metrics["entities"] = totals["entities"] or 0
-    metrics.update(models.summarize_workers(workers))
+    metrics.update(tracking.log_workers(report.value, error_examples=examples))
     return metrics
 
 

@@ -25,9 +25,9 @@ from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from textmill import io, models
+from textmill import io, models, tracking
 from textmill.config import JobConf, StrictModel
-from textmill.errors import ColumnNotFoundError, TextmillError
+from textmill.errors import TextmillError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ClassifyConf(StrictModel):
     model_uri: str | None = Field(None, description="models:/name@alias, runs:/<id>/model, or a local path (required)")
     text_column: str = "text"
     batch_size: int = Field(1024, gt=0, description="texts per model call")
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000)")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000), rounded up to a multiple of the parallelism")
     keep_columns: list[str] = Field(default_factory=list)
     evaluate: bool = Field(False, description="compare with label_column and log accuracy, macro-F1, confusion matrix")
     label_column: str = "label"
@@ -126,19 +126,14 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
 
 def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     c = conf.classify
-    io.require_input(spark, conf.io.input)
-    source = spark.read.parquet(conf.io.input)
-    wanted = ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else [])
-    missing = [x for x in wanted if x not in source.columns]
-    if missing:
-        raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in {conf.io.input}; available: {', '.join(source.columns)}")
+    source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else []))
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         model_dir = resolve_model(c.model_uri, tmp)
         load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
         shipped = io.ship_directory(spark, model_dir)
         rows_in = source.count()
-        partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
-        report = spark.sparkContext.accumulator({}, models.WorkerReport())
+        partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
+        report = models.new_worker_report(spark)
         scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
                   .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
                           *c.keep_columns))
@@ -152,14 +147,13 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
                                                            check=evaluate if c.evaluate else None)
     metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
                                  **(evaluation or {})}
-    metrics.update(models.summarize_workers(report.value))
-    mlflow.log_dict({"workers": report.value}, "workers.json")
+    metrics.update(tracking.log_workers(report.value))
     return metrics
 
 
 def _evaluate(scored_with_truth) -> dict[str, float]:
     """Accuracy, macro-F1 and the confusion matrix of ``label`` against ``_tm_true``."""
-    from textmill.classifier import confusion, scores
+    from textmill.classifier import scores
 
     pairs = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull()).groupBy("_tm_true", "label").count().collect()
     labels = sorted({r["_tm_true"] for r in pairs} | {r["label"] for r in pairs})

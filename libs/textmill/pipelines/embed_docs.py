@@ -12,14 +12,13 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-import mlflow
 import pandas as pd
 from pydantic import Field
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from textmill import io, models
+from textmill import io, models, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, InputNotFoundError
 
@@ -35,7 +34,7 @@ class EmbedConf(StrictModel):
     sif: bool = Field(True, description="weight words by a / (a + p(w))")
     sif_a: float = Field(1e-3, gt=0)
     subword_fallback: bool = Field(True, description="unseen words use their character n-gram vectors")
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000)")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000), rounded up to a multiple of the parallelism")
 
 
 class EmbedDocsJobConf(JobConf):
@@ -88,23 +87,20 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
 
 def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
     c = conf.embed
-    io.require_input(spark, conf.io.input)
-    source = spark.read.parquet(conf.io.input)
+    source = io.read_input(spark, conf.io.input, ["doc_id"])
     from_tokens = c.tokens_column in source.columns
     column = c.tokens_column if from_tokens else c.text_column
-    if "doc_id" not in source.columns or column not in source.columns:
-        raise ColumnNotFoundError(f"embed_docs needs doc_id and {c.tokens_column!r} or {c.text_column!r}; "
-                                  f"available: {', '.join(source.columns)}")
+    if column not in source.columns:
+        raise ColumnNotFoundError(f"embed_docs needs {c.tokens_column!r} or {c.text_column!r}; available: {', '.join(source.columns)}")
     export = export_dir(c.embeddings)
     shipped = io.ship_directory(spark, export)
     rows_in = source.count()
-    partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 50_000))
-    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
+    report = models.new_worker_report(spark)
     udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
     out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
            .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
     rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "embeddings": str(export)})
-    mlflow.log_dict({"workers": report.value}, "workers.json")
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
-            **models.summarize_workers(report.value)}
+            **tracking.log_workers(report.value)}

@@ -5,9 +5,12 @@ shared storage) and loaded once per Python worker: every shard memory-mapped, pl
 item -> id table. Each query searches every shard and the results are merged into the
 global top k, without the query itself when ``exclude_self`` is on.
 
-Modes: ``items`` (``io.input`` is the indexed vectors themselves: the all-items kNN graph,
-each item without itself) or ``queries`` (``io.input`` holds new ``id, vector`` rows). Output: ``id, neighbors array<struct<id:string,
-distance:float>>, error``; rows out == queries in.
+Modes: ``items`` (``io.input`` holds ids of indexed items, typically the indexed vectors
+themselves: the all-items kNN graph, each item without itself; only the id column is read,
+each item's vector comes from the memory-mapped index, so no vectors are shuffled) or
+``queries`` (``io.input`` holds new ``id, vector`` rows). Work is Arrow batch by Arrow batch
+(``mapInArrow``): the search loop is the only per-row Python. Output: ``id, neighbors
+array<struct<id:string, distance:float>>, error``; rows out == queries in.
 """
 from __future__ import annotations
 
@@ -15,33 +18,31 @@ import logging
 from pathlib import Path
 from typing import Iterator, Literal
 
-import mlflow
-import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, io, models
+from textmill import ann, io, models, tracking
 from textmill.config import JobConf, StrictModel
-from textmill.errors import ColumnNotFoundError, InputNotFoundError
+from textmill.errors import InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "neighbors/v1"
-OUTPUT = "neighbors array<struct<id:string,distance:float>>, error string"
+OUTPUT = "id string, neighbors array<struct<id:string,distance:float>>, error string"
 
 
 class NeighborsConf(StrictModel):
     index: str | None = Field(None, description="build_index output directory (required)")
-    mode: Literal["items", "queries"] = Field("items", description="items: kNN graph of the index; queries: io.input rows")
+    mode: Literal["items", "queries"] = Field("items", description="items: io.input ids are indexed items (the kNN graph); queries: new io.input vectors")
     k: int = Field(10, gt=0)
     search_k: int | None = Field(None, gt=0, description="default: the manifest's (tuned) search_k")
     exclude_self: bool = Field(True, description="drop the query's own item from its neighbours")
     id_column: str = "id"
     vector_column: str = "vector"
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000)")
+    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism")
 
 
 class NeighborsJobConf(JobConf):
@@ -57,32 +58,19 @@ class NeighborsJobConf(JobConf):
 JOB_CONF = NeighborsJobConf
 
 
-class _LoadedIndex:
-    def __init__(self, path: str) -> None:
-        self.index = ann.ShardedIndex(path)
-        mapping = pd.read_parquet(Path(path) / "mapping", columns=["item", "id"]).sort_values("item")
-        self.ids = mapping["id"].to_numpy()
-        self.items = {key: item for item, key in zip(mapping["item"], mapping["id"])}
+def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report=None):
+    """The ``mapInArrow`` function: loads the shipped index once per Python worker, then searches batch by batch.
 
+    Everything it calls lives in light modules (``textmill.ann``, ``textmill.models``): a
+    class from this module would make each worker import it, and with it MLflow (~2 s).
+    """
 
-def make_neighbors_udf(file_name: str, k: int, search_k: int | None, exclude_self: bool, report=None):
-    @F.pandas_udf(OUTPUT)
-    def neighbors(ids: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def neighbors(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         path = SparkFiles.get(file_name)
         key = ("annoy", path)
-        loaded = models.get_or_load(key, lambda: _LoadedIndex(path))
-        for query_ids, vectors in ids:
-            out, errors = [], []
-            for query_id, vector in zip(query_ids, vectors):
-                if vector is None or len(vector) != loaded.index.manifest.dim:
-                    out.append(None)
-                    errors.append("null vector" if vector is None else f"vector of dimension {len(vector)}, index has {loaded.index.manifest.dim}")
-                    continue
-                self_item = loaded.items.get(query_id) if exclude_self else None
-                items, distances = loaded.index.search(np.asarray(vector, dtype=np.float32), k, search_k, exclude=self_item)
-                out.append([{"id": loaded.ids[i], "distance": float(d)} for i, d in zip(items, distances)])
-                errors.append(None)
-            yield pd.DataFrame({"neighbors": out, "error": errors})
+        loaded = models.get_or_load(key, lambda: ann.IndexSearcher(path))
+        for batch in batches:
+            yield loaded.neighbors(batch, k, search_k, mode, exclude_self)
         models.report_worker(report, key)
 
     return neighbors
@@ -98,21 +86,16 @@ def index_dir(path: str) -> Path:
 def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     c = conf.neighbors
     directory = index_dir(c.index)
-    io.require_input(spark, conf.io.input)
-    queries = spark.read.parquet(conf.io.input)
-    for name in (c.id_column, c.vector_column):
-        if name not in queries.columns:
-            raise ColumnNotFoundError(f"neighbors: column {name!r} not in {conf.io.input}; available: {', '.join(queries.columns)}")
-    queries = queries.select(F.col(c.id_column).cast("string").alias("id"), F.col(c.vector_column).alias("vector"))
+    queries = io.read_input(spark, conf.io.input, [c.id_column] + ([c.vector_column] if c.mode == "queries" else []),
+                            f"{c.mode} mode; see neighbors.id_column and neighbors.vector_column")
+    queries = queries.select(F.col(c.id_column).cast("string").alias("id"), *([F.col(c.vector_column).alias("vector")] if c.mode == "queries" else []))
     shipped = io.ship_directory(spark, directory)
     rows_in = queries.count()
-    partitions = c.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-rows_in // 20_000))
-    report = spark.sparkContext.accumulator({}, models.WorkerReport())
-    udf = make_neighbors_udf(shipped, c.k, c.search_k, c.exclude_self and c.mode == "items", report)
-    result = (queries.repartitionByRange(partitions, "id").sortWithinPartitions("id")
-              .select("id", udf(F.col("id"), F.col("vector")).alias("_n")).select("id", "_n.*"))
+    partitions = io.task_partitions(spark, rows_in, 20_000, c.partitions)
+    report = models.new_worker_report(spark)
+    search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report)
+    result = queries.repartitionByRange(partitions, "id").sortWithinPartitions("id").mapInArrow(search, OUTPUT)
     rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k})
-    mlflow.log_dict({"workers": report.value}, "workers.json")
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
-            **models.summarize_workers(report.value)}
+            **tracking.log_workers(report.value)}

@@ -21,8 +21,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import math
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
