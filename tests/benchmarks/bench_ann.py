@@ -5,7 +5,7 @@ Datasets (same vectors for every method):
 - ``word_vectors``: textmill's IMDB word vectors, when ``out/benchmarks/word_vectors/export``
   exists (written by bench_embeddings.py).
 
-For each: textmill ``build_index`` (2 shards, auto-tuned to recall@10 >= 0.95) and the
+For each: textmill ``build_index`` (``--shards``, default 2, auto-tuned to recall@10 >= 0.95) and the
 all-items kNN graph with ``neighbors`` on ``local[*]``, run twice (the first job in a session
 pays one-time warm-up costs; the second is the steady state), plus the same sharded search
 in this one process (its cost per query without Spark); a single Annoy index in one process
@@ -37,7 +37,7 @@ def clustered(n: int = 100_000, dim: int = 100, centers: int = 1000, seed: int =
 
 
 def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool, bucket_length: float = 0.05,
-                skip_exact_all: bool = False) -> dict:
+                skip_exact_all: bool = False, shards: int = 2) -> dict:
     from annoy import AnnoyIndex
 
     from textmill import ann
@@ -56,7 +56,7 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
 
     started = time.perf_counter()
     built = run_job("build_index", {**base, "io": {"input": str(src), "output": str(tmp / f"{name}_index")},
-                                    "index": {"shards": 2, "recall": {"queries": 1000, "k": K}, "tune": {"target_recall": 0.95}}}, spark)
+                                    "index": {"shards": shards, "recall": {"queries": 1000, "k": K}, "tune": {"target_recall": 0.95}}}, spark)
     build_wall = time.perf_counter() - started
     manifest = ann.Manifest.load(tmp / f"{name}_index")
     # The first neighbors job in a session pays one-time costs (JVM code generation, Python
@@ -70,7 +70,7 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
     knn = spark.read.parquet(str(tmp / f"{name}_knn_cold"))
     rows = {r.id: [int(x.id[1:]) for x in r.neighbors] for r in knn.where(knn.id.isin([ids[i] for i in sample])).collect()}
     textmill_recall = ann.recall_at_k([rows[ids[i]] for i in sample], exact_sample)
-    result["textmill"] = {"shards": 2, "n_trees_per_shard": manifest.n_trees, "search_k": manifest.search_k,
+    result["textmill"] = {"shards": shards, "n_trees_per_shard": manifest.n_trees, "search_k": manifest.search_k,
                           "build_job_seconds": round(build_wall, 1), "build_index_metric_seconds": round(built["build_seconds"], 1),
                           "knn_all_items_seconds_first_job": round(knn_walls[0], 1), "knn_all_items_seconds_second_job": round(knn_walls[1], 1),
                           "queries_per_second": round(n / knn_walls[0]), "queries_per_second_second_job": round(n / knn_walls[1]),
@@ -88,10 +88,10 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
     with timer(t := {}, "build_seconds"):
         for i, v in enumerate(vectors):
             single.add_item(i, v)
-        single.build(manifest.n_trees * 2, n_jobs=1)
+        single.build(manifest.n_trees * shards, n_jobs=1)
     chosen = None
     for factor in (1, 2, 4, 8, 16, 32, 64):
-        search_k = factor * K * manifest.n_trees * 2
+        search_k = factor * K * manifest.n_trees * shards
         found = [single.get_nns_by_item(int(i), K + 1, search_k=search_k)[1:] for i in sample]
         recall = ann.recall_at_k(found, exact_sample)
         chosen = (search_k, recall)
@@ -102,7 +102,7 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
     for i in range(n):
         single.get_nns_by_item(i, K + 1, search_k=search_k)
     single_seconds = time.perf_counter() - started
-    result["single_annoy_one_process"] = {"n_trees": manifest.n_trees * 2, "search_k": search_k, "recall_at_10": round(recall, 4),
+    result["single_annoy_one_process"] = {"n_trees": manifest.n_trees * shards, "search_k": search_k, "recall_at_10": round(recall, 4),
                                           "build_seconds": t["build_seconds"], "knn_all_items_seconds": round(single_seconds, 1),
                                           "queries_per_second": round(n / single_seconds)}
 
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--lsh-bucket-length", type=float, default=0.05,
                         help="on unit vectors; 1.0 puts nearly everything in one bucket (a full cross join)")
     parser.add_argument("--skip-words", action="store_true")
+    parser.add_argument("--shards", type=int, default=2, help="build_index shards (queries search every shard)")
     parser.add_argument("--skip-exact-all", action="store_true", help="skip the all-items brute force (minutes); recall still uses exact answers")
     args = parser.parse_args()
 
@@ -166,7 +167,7 @@ def main() -> None:
     spark.sparkContext.setLogLevel("ERROR")
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        result["clustered_100k"] = run_dataset(spark, "clustered", clustered(args.n), Path(tmp), args.skip_lsh, args.lsh_bucket_length, args.skip_exact_all)
+        result["clustered_100k"] = run_dataset(spark, "clustered", clustered(args.n), Path(tmp), args.skip_lsh, args.lsh_bucket_length, args.skip_exact_all, args.shards)
         print(json.dumps(result["clustered_100k"]), flush=True)  # partial result, in case the next dataset fails
         words = REPO / "out" / "benchmarks" / "word_vectors" / "export"
         if args.skip_words:
@@ -175,7 +176,7 @@ def main() -> None:
             from textmill.docvectors import load_embeddings
 
             vectors, _, _ = load_embeddings(words)
-            result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh, args.lsh_bucket_length, args.skip_exact_all)
+            result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh, args.lsh_bucket_length, args.skip_exact_all, args.shards)
         else:
             result["word_vectors"] = f"skipped: {words} not found (run bench_embeddings.py first)"
     spark.stop()
