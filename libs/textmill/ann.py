@@ -154,7 +154,8 @@ class ShardedIndex:
 
 class IndexSearcher:
     """A worker's copy of an index directory: every shard memory-mapped, plus the item -> id
-    table, answering Arrow batches of queries (``mode`` ``items``: ids of indexed items;
+    table, answering Arrow batches of queries (``mode`` ``items``: ``id, item`` rows, the item
+    looked up beforehand by a join with ``mapping/``, null when the id is not indexed;
     ``queries``: ``id, vector`` rows) with ``id, neighbors, error`` batches."""
 
     def __init__(self, path: str) -> None:
@@ -168,7 +169,7 @@ class IndexSearcher:
         errors: list[str | None] = [None] * len(batch)
         exclude = None
         if mode == "items":
-            items = pc.fill_null(pc.index_in(query_ids, value_set=self.ids), -1).to_numpy().astype(np.int64)
+            items = pc.fill_null(batch.column("item"), -1).to_numpy().astype(np.int64)
             good = items >= 0
             for row in np.flatnonzero(~good):
                 errors[row] = "id not in the index" if query_ids[row].is_valid else "null id"

@@ -88,7 +88,12 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     directory = index_dir(c.index)
     queries = io.read_input(spark, conf.io.input, [c.id_column] + ([c.vector_column] if c.mode == "queries" else []),
                             f"{c.mode} mode; see neighbors.id_column and neighbors.vector_column")
-    queries = queries.select(F.col(c.id_column).cast("string").alias("id"), *([F.col(c.vector_column).alias("vector")] if c.mode == "queries" else []))
+    if c.mode == "items":
+        # Spark looks the items up (a broadcast join, usually), not each worker per batch.
+        mapping = spark.read.parquet(str(directory / "mapping")).select("id", "item")
+        queries = queries.select(F.col(c.id_column).cast("string").alias("id")).join(mapping, "id", "left")
+    else:
+        queries = queries.select(F.col(c.id_column).cast("string").alias("id"), F.col(c.vector_column).alias("vector"))
     shipped = io.ship_directory(spark, directory)
     rows_in = queries.count()
     partitions = io.task_partitions(spark, rows_in, 20_000, c.partitions)
