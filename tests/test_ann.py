@@ -199,3 +199,14 @@ def test_chinese_whispers_plan_estimate_stays_small_over_many_rounds(spark):
     finally:
         sys.set_int_max_str_digits(previous)
     assert digits < 300, f"the planner's size estimate has {digits} digits"
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_distributed_exact_top_k_matches_brute_force_on_the_driver(metric, spark):
+    from textmill.pipelines.build_index import exact_sample_topk
+
+    vectors = np.random.default_rng(8).normal(size=(400, 5)).astype(np.float32)
+    items = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(vectors)], "item long, vector array<float>").repartition(4)
+    sample = np.array([0, 3, 77, 150, 399])
+    exact = exact_sample_topk(spark, items, sample, 6, metric)
+    assert (exact == ann.exact_topk(vectors[sample], vectors, 6, metric, exclude=sample)).all()

@@ -210,12 +210,27 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 def exact_topk(queries: np.ndarray, data: np.ndarray, k: int, metric: str, exclude: np.ndarray | None = None,
                block: int = 1024) -> np.ndarray:
-    """Exact top-k item indices by blocked brute force (a block of queries x all items per product)."""
+    """Exact top-k row indices of ``data`` by blocked brute force; ``exclude[i]``: a row dropped for query i."""
+    return exact_topk_scored(queries, data, k, metric, exclude=exclude, block=block)[0]
+
+
+def exact_topk_scored(queries: np.ndarray, data: np.ndarray, k: int, metric: str, data_ids: np.ndarray | None = None,
+                      exclude: np.ndarray | None = None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by blocked brute force (a block of queries x all of ``data`` per matrix product).
+
+    Returns (ids, scores), both ``(len(queries), min(k, len(data)))``, nearest first; a lower
+    score is nearer and scores of one metric compare across calls, so partial results over
+    parts of the data merge by score. ``data_ids`` names the rows (default 0..n-1);
+    ``exclude[i]`` is an id dropped from query i's answer.
+    """
     queries = np.asarray(queries, dtype=np.float32)
     data = np.asarray(data, dtype=np.float32)
+    data_ids = np.arange(len(data)) if data_ids is None else np.asarray(data_ids)
     if metric == "angular":
         queries, data = normalize(queries), normalize(data)
-    result = np.zeros((len(queries), k), dtype=np.int64)
+    k = min(k, len(data))
+    ids = np.zeros((len(queries), k), dtype=np.int64)
+    scores = np.zeros((len(queries), k), dtype=np.float32)
     data_sq = (data ** 2).sum(1)
     for start in range(0, len(queries), block):
         q = queries[start : start + block]
@@ -226,11 +241,12 @@ def exact_topk(queries: np.ndarray, data: np.ndarray, k: int, metric: str, exclu
         else:  # manhattan: no matrix form; a block at a time keeps memory bounded
             score = np.abs(q[:, None, :] - data[None, :, :]).sum(2)
         if exclude is not None:
-            score[np.arange(len(q)), exclude[start : start + block]] = np.inf
-        top = np.argpartition(score, k, axis=1)[:, :k]
-        order = np.take_along_axis(score, top, 1).argsort(1)
-        result[start : start + block] = np.take_along_axis(top, order, 1)
-    return result
+            score[data_ids[None, :] == np.asarray(exclude)[start : start + block, None]] = np.inf
+        top = np.argpartition(score, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.take_along_axis(score, top, 1).argsort(1, kind="stable"), 1)
+        ids[start : start + block] = data_ids[top]
+        scores[start : start + block] = np.take_along_axis(score, top, 1)
+    return ids, scores
 
 
 def recall_at_k(approx: Sequence[Sequence[int]], exact: np.ndarray) -> float:

@@ -9,9 +9,10 @@ fixed seed, ``n_trees`` (default round(ln n_shard)) and ``on_disk_build``, and w
 ``<output>/shards/``. The manifest and the id mapping are written next to them, the
 whole directory is staged, published and logged to MLflow.
 
-Recall: on ``recall.queries`` sampled items, the exact top k by blocked brute force is
-compared with the index's answer at the configured ``search_k``; ``recall_at_k`` is
-logged. With ``tune.target_recall`` the job tries growing ``n_trees`` and ``search_k``
+Recall: on ``recall.queries`` sampled items, the exact top k by blocked brute force
+(computed map-reduce style: the sample's vectors are broadcast, each partition keeps its
+top k per query, the driver merges; all vectors never reach the driver) is compared with
+the index's answer at the configured ``search_k``; ``recall_at_k`` is logged. With ``tune.target_recall`` the job tries growing ``n_trees`` and ``search_k``
 until the target is reached, keeps the cheapest setting that reaches it, and logs the
 trade-off curve as a plot.
 """
@@ -27,6 +28,7 @@ from typing import Literal
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -134,15 +136,48 @@ def build_shards(spark: SparkSession, items: DataFrame, directory: str, dim: int
     return sorted((r.asDict() for r in result.collect()), key=lambda r: r["shard"])
 
 
-def measure_recall(index: ann.ShardedIndex, vectors: np.ndarray, sample: np.ndarray, k: int,
-                   search_ks: list[int]) -> list[dict]:
-    exact = ann.exact_topk(vectors[sample], vectors, k, index.manifest.metric, exclude=sample)
+def exact_sample_topk(spark: SparkSession, items: DataFrame, sample: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Exact top-k items of each sampled item, ``(len(sample), k)``, map-reduce style.
+
+    The sample's vectors are broadcast; each partition keeps its own top k per query (blocked
+    matrix products over its Arrow batches) and the driver merges partitions x k candidates
+    per query. Only the sample's vectors and those candidates reach the driver.
+    """
+    rows = items.where(F.col("item").isin([int(i) for i in sample])).select("item", "vector").collect()
+    by_item = {r["item"]: r["vector"] for r in rows}
+    shared = spark.sparkContext.broadcast((np.array([by_item[int(i)] for i in sample], dtype=np.float32), sample))
+
+    def partial_topk(batches):
+        queries, query_items = shared.value
+        best_ids = best_scores = None
+        for batch in batches:
+            data = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+            ids, scores = ann.exact_topk_scored(queries, data.reshape(len(batch), -1), k, metric,
+                                                data_ids=batch.column("item").to_numpy(), exclude=query_items)
+            if best_ids is not None:
+                ids, scores = np.hstack([best_ids, ids]), np.hstack([best_scores, scores])
+                keep = np.argsort(scores, axis=1, kind="stable")[:, :k]
+                ids, scores = np.take_along_axis(ids, keep, 1), np.take_along_axis(scores, keep, 1)
+            best_ids, best_scores = ids, scores
+        if best_ids is not None:
+            yield pa.record_batch([pa.array(np.repeat(np.arange(len(queries)), best_ids.shape[1])), pa.array(best_ids.ravel()),
+                                   pa.array(best_scores.ravel())], names=["query", "item", "score"])
+
+    candidates = items.select("item", "vector").mapInArrow(partial_topk, "query long, item long, score float").toPandas()
+    shared.unpersist()
+    candidates = candidates[np.isfinite(candidates["score"])].sort_values(["query", "score", "item"], kind="stable")
+    return candidates.groupby("query").head(k)["item"].to_numpy().reshape(len(sample), k)
+
+
+def measure_recall(index: ann.ShardedIndex, sample: np.ndarray, exact: np.ndarray, search_ks: list[int]) -> list[dict]:
+    """Recall@k of the index at each ``search_k`` for the sampled items (searched as neighbors' items mode does)."""
+    k = exact.shape[1]
     points = []
     for search_k in search_ks:
         started = time.perf_counter()
-        found = [index.search(vectors[q], k, search_k, exclude=int(q))[0] for q in sample]
+        found, _ = index.search_batch(None, k, search_k, exclude=sample, items=sample)
         seconds = time.perf_counter() - started
-        points.append({"search_k": search_k, "recall": ann.recall_at_k(found, exact),
+        points.append({"search_k": search_k, "recall": ann.recall_at_k([row[row >= 0].tolist() for row in found], exact),
                        "queries_per_second": len(sample) / max(seconds, 1e-9)})
     return points
 
@@ -180,10 +215,10 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         "item", "id", "vector", (F.col("item") % shards).cast("int").alias("shard"), (F.col("item") / shards).cast("long").alias("local"))
     items.cache()
     n_items = items.count()
-    vectors = np.array([r.vector for r in items.orderBy("item").select("vector").collect()], dtype=np.float32)
     rng = np.random.default_rng(c.seed)
     sample = np.sort(rng.choice(n_items, size=min(c.recall.queries, n_items), replace=False))
     k = min(c.recall.k, max(1, n_items - 1))
+    exact = exact_sample_topk(spark, items, sample, k, c.metric)
 
     # Candidates are built beside the output: tasks write shards there, so on a cluster it must be shared storage.
     staging = Path(out).resolve().parent / f"{Path(out).name}.__textmill_build-{uuid.uuid4().hex[:8]}"
@@ -207,7 +242,7 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
             manifest.save(candidate)
             index = ann.ShardedIndex(candidate)
             search_ks = [manifest.search_k] if not c.tune.target_recall else [f * k * n_trees for f in c.tune.search_k_factors]
-            points = measure_recall(index, vectors, sample, k, search_ks)
+            points = measure_recall(index, sample, exact, search_ks)
             tried[n_trees] = points
             logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
             good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
