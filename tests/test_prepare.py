@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill import io
+from textmill import io, storage
 from textmill.config import load_conf
 from textmill.errors import ColumnNotFoundError, InputNotFoundError
 from textmill.jobs import run_job
@@ -237,7 +237,7 @@ def test_failed_job_leaves_the_previous_output_intact(spark, tmp_path):
     final = tmp_path / "out"
     spark.createDataFrame([("old",)], "v string").write.parquet(str(final))
     with pytest.raises(RuntimeError, match="boom"):
-        with io.staged_outputs(spark, str(final)) as (staged,):
+        with storage.staged_outputs(spark, str(final)) as (staged,):
             spark.createDataFrame([("new",)], "v string").write.parquet(staged)
             raise RuntimeError("boom")
     assert [r.v for r in spark.read.parquet(str(final)).collect()] == ["old"]
@@ -252,7 +252,7 @@ def test_output_files_follow_rows_per_file_and_are_sorted_by_doc_id(prepare, spa
     assert metrics["output_files"] == 4 and len(files) == 4
     ids = [r.doc_id for f in files for r in spark.read.parquet(str(f)).collect()]
     assert ids == sorted(ids) and len(ids) == 10
-    assert io.read_marker(spark, str(tmp_path / "out"))["schema"] == "prepare/v1"
+    assert storage.read_marker(spark, str(tmp_path / "out"))["schema"] == "prepare/v1"
 
 
 # ---------------------------------------------------------------------------- end to end

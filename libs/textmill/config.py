@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from textmill.errors import ConfigError
+from textmill.redact import REDACTED, is_secret_key
 
 C = TypeVar("C", bound="JobConf")
 
@@ -33,11 +34,22 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1; in a config that is a typo, not a number.
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            allowed = _unwrap(cls.model_fields[info.field_name].annotation)
+            if bool not in allowed and any(t in (int, float) for t in allowed):
+                raise ValueError("a number, not true/false")
+        return value
+
 
 class IOConf(StrictModel):
     input: str | None = Field(None, description="input path, directory or glob")
     output: str | None = Field(None, description="output path; rewritten whole on every run")
     quarantine: str | None = Field(None, description="quarantine path; default <output>_quarantine")
+    replace_unmarked: bool = Field(False, description="replace an existing output that textmill did not write (no _textmill.json)")
 
 
 class SparkConf(StrictModel):
@@ -47,6 +59,14 @@ class SparkConf(StrictModel):
     driver_memory: str | None = Field(None, description="local mode only; default: a quarter of RAM, 1g-8g")
     ui_enabled: bool = Field(True, description="Spark web UI in local mode")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="extra spark.* settings")
+
+    @field_validator("conf")
+    @classmethod
+    def _named_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unnamed = [k for k in value if not k.strip()]
+        if unnamed:
+            raise ValueError("a mapping of Spark setting names to values, e.g. {spark.sql.shuffle.partitions: 8}")
+        return value
 
 
 class MlflowConf(StrictModel):
@@ -60,10 +80,20 @@ class JobConf(StrictModel):
     """Sections every job has. Subclasses add their own section and list required keys."""
 
     required: ClassVar[tuple[str, ...]] = ("io.input", "io.output")
+    # True when io.output holds several outputs (model, features, ...) rather than being one dataset.
+    container_output: ClassVar[bool] = False
 
     io: IOConf = Field(default_factory=IOConf)
     spark: SparkConf = Field(default_factory=SparkConf)
     mlflow: MlflowConf = Field(default_factory=MlflowConf)
+
+    def input_paths(self) -> list[str]:
+        """Everything the job reads; no output may contain or sit inside one of them."""
+        return [self.io.input] if self.io.input else []
+
+    def output_paths(self) -> dict[str, str]:
+        """Config key -> directory the job writes (checked, locked and published by textmill)."""
+        return {"io.output": self.io.output} if self.io.output else {}
 
     def cross_field_problems(self) -> list[str]:
         """Problems that involve several keys; subclasses extend this."""
@@ -155,7 +185,8 @@ def parse_override(item: str, model: type[BaseModel]) -> dict[str, Any]:
             continue
         sub, is_dict = _field_model(current, part)
         if is_dict:
-            path.append(".".join(parts[i + 1 :]))
+            if i + 1 < len(parts):  # else the value replaces the whole mapping (and must be one)
+                path.append(".".join(parts[i + 1 :]))
             break
         current = sub
     tree: dict[str, Any] = {}
@@ -178,7 +209,9 @@ def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return sorted(current.model_fields) if current is not None else []
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, key: str = "") -> str:
+    if is_secret_key(key):
+        return f"{REDACTED} ({type(value).__name__})"
     text = repr(value)
     if len(text) > 80:
         text = text[:77] + "..."
@@ -195,11 +228,11 @@ def _format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             parent = loc[:-1]
             allowed = ", ".join(_fields_at(model, parent)) or "(none)"
             where = ".".join(parent) or "the top level"
-            problems.append(f"unknown key '{key}' (given {_describe(err['input'])}); allowed keys at {where}: {allowed}")
+            problems.append(f"unknown key '{key}' (given {_describe(err['input'], key)}); allowed keys at {where}: {allowed}")
         elif kind == "missing":
             problems.append(f"'{key}' is required but missing")
         else:
-            problems.append(f"'{key}': given {_describe(err.get('input'))}; expected: {err['msg']}")
+            problems.append(f"'{key}': given {_describe(err.get('input'), key)}; expected: {err['msg']}")
     return problems
 
 
@@ -283,5 +316,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def to_yaml(conf: BaseModel) -> str:
-    return yaml.safe_dump(conf.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def to_yaml(conf: BaseModel | Mapping[str, Any]) -> str:
+    data = conf.model_dump(mode="json") if isinstance(conf, BaseModel) else dict(conf)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

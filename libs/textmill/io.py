@@ -15,15 +15,13 @@ same path replaces the old output whole. Used by the pipelines on the driver.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field
@@ -32,7 +30,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from textmill.config import StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError, OutputError
+from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.storage import check_published_together, hadoop_fs, path_exists, staged_outputs, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +62,6 @@ class TextFilesConf(StrictModel):
 
 # ---------------------------------------------------------------------------- paths
 
-
-def _hadoop_fs(spark: SparkSession, path: str):  # -> (FileSystem, Path), JVM objects
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
-
-
-def path_exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath = _hadoop_fs(spark, path)
-    matches = fs.globStatus(hpath)
-    return matches is not None and len(matches) > 0
-
-
 def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None:
     if not path_exists(spark, path):
         raise InputNotFoundError(f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)")
@@ -84,6 +70,7 @@ def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None
 def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "", key: str = "io.input") -> DataFrame:
     """The Parquet at ``path``, after checking that it exists and has ``columns`` (else one clear error)."""
     require_input(spark, path, key)
+    check_published_together(spark, path)
     df = spark.read.parquet(path)
     check_columns(df, columns, hint)
     return df
@@ -108,7 +95,7 @@ def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, giv
 
 def list_files(spark: SparkSession, path: str) -> list[tuple[str, int]]:
     """(uri, size) of every file under a path or glob, recursively; hidden files (_x, .x) skipped."""
-    fs, hpath = _hadoop_fs(spark, path)
+    fs, hpath = hadoop_fs(spark, path)
     files: list[tuple[str, int]] = []
     for status in fs.globStatus(hpath) or []:
         if status.isFile():
@@ -121,52 +108,6 @@ def list_files(spark: SparkSession, path: str) -> list[tuple[str, int]]:
             if not name.startswith(("_", ".")):
                 files.append((st.getPath().toString(), st.getLen()))
     return files
-
-
-def delete_path(spark: SparkSession, path: str) -> None:
-    fs, hpath = _hadoop_fs(spark, path)
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
-
-
-def publish(spark: SparkSession, staged: str, final: str) -> None:
-    """Move a fully written ``staged`` directory to ``final``, replacing what was there.
-
-    The old output is renamed aside first and deleted only after the new one is in place,
-    so a failure at any point leaves either the old or the new output, never a mix.
-    (Atomic on HDFS and local disks; object stores have no atomic rename.)
-    """
-    fs, final_path = _hadoop_fs(spark, final)
-    staged_path = spark._jvm.org.apache.hadoop.fs.Path(staged)
-    backup = None
-    if fs.exists(final_path):
-        backup = spark._jvm.org.apache.hadoop.fs.Path(f"{final.rstrip('/')}.__textmill_old-{uuid.uuid4().hex[:8]}")
-        if not fs.rename(final_path, backup):
-            raise OutputError(f"could not move the previous output {final!r} aside")
-    else:
-        parent = final_path.getParent()
-        if parent is not None:
-            fs.mkdirs(parent)
-    if not fs.rename(staged_path, final_path):
-        if backup is not None:
-            fs.rename(backup, final_path)
-        raise OutputError(f"could not move the new output into place at {final!r}")
-    if backup is not None:
-        fs.delete(backup, True)
-
-
-@contextmanager
-def staged_outputs(spark: SparkSession, *finals: str) -> Iterator[list[str]]:
-    """Yield temporary sibling paths for ``finals``; publish all of them only if the block succeeds."""
-    token = uuid.uuid4().hex[:8]
-    staged = [f"{f.rstrip('/')}.__textmill_tmp-{token}" for f in finals]
-    try:
-        yield staged
-        for tmp, final in zip(staged, finals):
-            publish(spark, tmp, final)
-    finally:
-        for tmp in staged:
-            delete_path(spark, tmp)
 
 
 _SHIPPED_ROOT: list[str] = []
@@ -191,33 +132,8 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     return name
 
 
-def write_marker(spark: SparkSession, directory: str, content: dict) -> None:
-    """Write ``_textmill.json`` (schema version, row count...) into an output directory.
-
-    Spark readers skip files starting with '_', so the marker never pollutes the data.
-    """
-    fs, hpath = _hadoop_fs(spark, f"{directory.rstrip('/')}/_textmill.json")
-    stream = fs.create(hpath, True)
-    try:
-        stream.write(bytearray(json.dumps(content, indent=2, sort_keys=True).encode("utf-8")))
-    finally:
-        stream.close()
-
-
-def read_marker(spark: SparkSession, directory: str) -> dict | None:
-    fs, hpath = _hadoop_fs(spark, f"{directory.rstrip('/')}/_textmill.json")
-    if not fs.exists(hpath):
-        return None
-    # Spark's readers skip '_' files even when named, so read through the Hadoop stream.
-    stream = fs.open(hpath)
-    try:
-        return json.loads(spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
-
-
 def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
-                 check=None) -> tuple[int, int, Any]:
+                 check=None, replace_unmarked: bool = False) -> tuple[int, int, Any]:
     """Write ``df`` (one row per input row, with an ``error`` column) staged, then publish it.
 
     Before publishing: rows out must equal ``rows_in`` (else AccountingError, nothing
@@ -226,7 +142,7 @@ def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, 
     """
     import textmill
 
-    with staged_outputs(spark, output) as (staged,):
+    with staged_outputs(spark, output, replace_unmarked=replace_unmarked) as (staged,):
         df.write.parquet(staged)
         written = spark.read.parquet(staged)
         rows_out = written.count()
@@ -237,6 +153,8 @@ def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, 
         write_marker(spark, staged, {**marker, "textmill_version": textmill.__version__, "rows": rows_out,
                                      "columns": written.columns})
     return rows_out, rows_error, checked
+
+
 
 
 def count_parquet(spark: SparkSession, path: str) -> int:

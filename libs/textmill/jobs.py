@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pyspark.sql import SparkSession
 
+from textmill import storage
 from textmill.config import JobConf, validate_conf
 from textmill.errors import ConfigError
 from textmill.session import get_spark
@@ -70,8 +71,15 @@ def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | 
     if not isinstance(conf, JobConf):
         conf = validate_conf(job.conf_model, conf)
     spark = spark or get_spark(conf.spark, app_name=f"textmill-{name}")
-    with job_run(name, conf, spark) as tracked:
-        metrics = job.load().run(spark, conf)
-        tracked.log_metrics(metrics)
+    outputs = conf.output_paths()
+    # One writer per output for the whole job; a second run fails at once instead of at publish time.
+    with storage.output_lock(spark, *outputs.values()):
+        for key, path in outputs.items():
+            storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key)
+        if conf.container_output:
+            storage.mark_container(spark, conf.io.output, name)
+        with job_run(name, conf, spark) as tracked:
+            metrics = job.load().run(spark, conf)
+            tracked.log_metrics(metrics)
     logger.info("%s finished: %s", name, {k: metrics[k] for k in list(metrics)[:6]})
     return {**metrics, **tracked.metrics}

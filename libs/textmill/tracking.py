@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 import textmill
 from textmill.config import JobConf, flatten, to_yaml
+from textmill.redact import redact_text, redact_tree
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +114,18 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         tags["textmill.git_commit"] = commit
     if spark is not None:
         tags["spark.version"] = spark.version
-        tags["spark.master"] = spark.sparkContext.master
+        tags["spark.master"] = redact_text(spark.sparkContext.master)
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=conf.mlflow.run_name or job,
         nested=parent is not None,
         tags=tags,
     ) as run:
-        logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, mlflow.get_tracking_uri())
-        mlflow.log_params({k: _param_value(v) for k, v in flatten(conf.model_dump(mode="json")).items()})
-        mlflow.log_text(to_yaml(conf), "config/resolved.yaml")
+        logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, redact_text(mlflow.get_tracking_uri()))
+        # Secrets (spark.conf credentials, passwords in URIs) never reach the store or the artifacts.
+        logged = redact_tree(conf.model_dump(mode="json"))
+        mlflow.log_params({k: _param_value(v) for k, v in flatten(logged).items()})
+        mlflow.log_text(to_yaml(logged), "config/resolved.yaml")
         handle = JobRun(run_id=run.info.run_id, job=job)
         started = time.perf_counter()
         yield handle

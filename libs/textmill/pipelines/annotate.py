@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io, models, tracking
+from textmill import io, models, storage, tracking
 from textmill.config import JobConf
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions, output_schema, plan_pipeline
@@ -108,7 +108,7 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
     previous_batch = spark.conf.get(ARROW_BATCH)
     spark.conf.set(ARROW_BATCH, str(nlp.arrow_batch_size))
     try:
-        with io.staged_outputs(spark, conf.io.output) as (staged,):
+        with storage.staged_outputs(spark, conf.io.output, replace_unmarked=conf.io.replace_unmarked) as (staged,):
             annotated.write.parquet(staged)
             written = spark.read.parquet(staged)
             totals = written.agg(
@@ -122,7 +122,7 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
             examples = [r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
             if totals["errors"] and nlp.on_error == "fail":
                 raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
-            io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
+            storage.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
                                             "rows": totals["rows"], "columns": written.columns, "model": nlp.model})
     finally:
         spark.conf.set(ARROW_BATCH, previous_batch)

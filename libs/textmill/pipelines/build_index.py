@@ -33,7 +33,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, io
+from textmill import ann, io, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -260,7 +260,7 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         manifest.save(candidate)
         if c.tune.target_recall and not manifest.recall["reached"]:
             logger.warning("recall target %.3f not reached: best %.3f with %d trees", c.tune.target_recall, best["recall"], manifest.n_trees)
-        with io.staged_outputs(spark, str(Path(out).resolve())) as (staged,):
+        with storage.staged_outputs(spark, str(Path(out).resolve()), replace_unmarked=conf.io.replace_unmarked) as (staged,):
             shutil.copytree(candidate, staged)
             items.select("item", "id", "shard", "local").write.parquet(f"{staged}/mapping")
         plot = staging / "recall_tradeoff.png"

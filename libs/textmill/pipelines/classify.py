@@ -48,6 +48,11 @@ class ClassifyConf(StrictModel):
 class ClassifyJobConf(JobConf):
     classify: ClassifyConf = Field(default_factory=ClassifyConf)
 
+    def input_paths(self) -> list[str]:
+        uri = self.classify.model_uri
+        local = uri and not uri.startswith(("models:/", "runs:/")) and ("://" not in uri or uri.startswith("file:"))
+        return super().input_paths() + ([uri] if local else [])
+
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         clash = sorted(set(self.classify.keep_columns) & {"doc_id", "label", "probability", "probabilities", "error"})
@@ -144,7 +149,7 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
 
         rows_out, rows_error, evaluation = io.publish_rows(spark, scored, conf.io.output, rows_in,
                                                            {"schema": SCHEMA_VERSION, "model_uri": c.model_uri},
-                                                           check=evaluate if c.evaluate else None)
+                                                           check=evaluate if c.evaluate else None, replace_unmarked=conf.io.replace_unmarked)
     metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
                                  **(evaluation or {})}
     metrics.update(tracking.log_workers(report.value))

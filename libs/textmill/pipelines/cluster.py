@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io
+from textmill import io, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError
 
@@ -45,6 +45,13 @@ class ClusterConf(StrictModel):
 
 class ClusterJobConf(JobConf):
     cluster: ClusterConf = Field(default_factory=ClusterConf)
+
+    def output_paths(self) -> dict[str, str]:
+        return {**super().output_paths(), "io.output (sizes)": sizes_path(self)} if self.io.output else {}
+
+
+def sizes_path(conf: JobConf) -> str:
+    return f"{conf.io.output.rstrip('/')}_sizes"
 
 
 JOB_CONF = ClusterJobConf
@@ -122,15 +129,14 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = sizes.withColumn("cluster_id", F.row_number().over(Window.orderBy(F.desc("size"), "label")) - 1)
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
-    sizes_path = f"{conf.io.output.rstrip('/')}_sizes"
-    with io.staged_outputs(spark, conf.io.output, sizes_path) as (staged, staged_sizes):
+    with storage.staged_outputs(spark, conf.io.output, sizes_path(conf), replace_unmarked=conf.io.replace_unmarked) as (staged, staged_sizes):
         result.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "id").sortWithinPartitions("id").write.parquet(staged)
         numbered.select(F.col("cluster_id").cast("int"), "size").orderBy("cluster_id").write.parquet(staged_sizes)
         rows_out = io.count_parquet(spark, staged)
         if rows_out != rows_in:
             raise AccountingError(f"nodes in={rows_in} but rows out={rows_out}; nothing was published")
-        io.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out})
-    size_list = [r["size"] for r in spark.read.parquet(sizes_path).collect()]
+        storage.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out})
+    size_list = [r["size"] for r in spark.read.parquet(sizes_path(conf)).collect()]
     with tempfile.TemporaryDirectory() as tmp:
         plot = Path(tmp) / "cluster_sizes.png"
         _histogram(size_list, plot)

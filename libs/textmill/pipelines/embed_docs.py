@@ -40,6 +40,9 @@ class EmbedConf(StrictModel):
 class EmbedDocsJobConf(JobConf):
     embed: EmbedConf = Field(default_factory=EmbedConf)
 
+    def input_paths(self) -> list[str]:
+        return super().input_paths() + ([self.embed.embeddings] if self.embed.embeddings else [])
+
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if not self.embed.embeddings:
@@ -101,6 +104,6 @@ def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
     out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
            .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
     rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
-                                              {"schema": SCHEMA_VERSION, "embeddings": str(export)})
+                                              {"schema": SCHEMA_VERSION, "embeddings": str(export)}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
             **tracking.log_workers(report.value)}

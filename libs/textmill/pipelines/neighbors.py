@@ -48,6 +48,9 @@ class NeighborsConf(StrictModel):
 class NeighborsJobConf(JobConf):
     neighbors: NeighborsConf = Field(default_factory=NeighborsConf)
 
+    def input_paths(self) -> list[str]:
+        return super().input_paths() + ([self.neighbors.index] if self.neighbors.index else [])
+
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if not self.neighbors.index:
@@ -101,6 +104,6 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report)
     result = queries.repartitionByRange(partitions, "id").sortWithinPartitions("id").mapInArrow(search, OUTPUT)
     rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
-                                              {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k})
+                                              {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
             **tracking.log_workers(report.value)}

@@ -56,6 +56,7 @@ class PipelineConf(StrictModel):
 
 class PipelineJobConf(JobConf):
     required: ClassVar[tuple[str, ...]] = ("io.output",)
+    container_output: ClassVar[bool] = True  # sample/, prepared/, annotated/, ... one per step
     pipeline: PipelineConf = Field(default_factory=PipelineConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
     nlp: NlpConf = Field(default_factory=NlpConf)

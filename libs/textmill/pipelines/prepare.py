@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io
+from textmill import io, storage
 from textmill.cleaning import CleaningConf
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
@@ -87,6 +87,9 @@ class PrepareConf(StrictModel):
 class PrepareJobConf(JobConf):
     prepare: PrepareConf = Field(default_factory=PrepareConf)
 
+    def output_paths(self) -> dict[str, str]:
+        return {**super().output_paths(), "io.quarantine": quarantine_path(self)} if self.io.output else {}
+
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         clash = sorted(set(self.prepare.columns.extra) & set(OUTPUT_COLUMNS))
@@ -96,6 +99,10 @@ class PrepareJobConf(JobConf):
         if p.format == "csv" and not p.csv.header and not p.csv.columns:
             problems.append("'prepare.csv.columns' must list the column names when 'prepare.csv.header' is false")
         return problems
+
+
+def quarantine_path(conf: JobConf) -> str:
+    return conf.io.quarantine or f"{conf.io.output.rstrip('/')}_quarantine"
 
 
 # ---------------------------------------------------------------------------- extract
@@ -240,7 +247,7 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     """Run ``prepare``; returns the metrics (rows_in/out/quarantined, per-reason counts, files)."""
     p = conf.prepare
     input_path, output = conf.io.input, conf.io.output
-    quarantine = conf.io.quarantine or f"{output.rstrip('/')}_quarantine"
+    quarantine = quarantine_path(conf)
     io.require_input(spark, input_path)
     files = io.list_files(spark, input_path)
     if not files:
@@ -271,7 +278,7 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
         bad = prepared.where(F.col(_REASON).isNotNull()).select(
             "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw")
         )
-        with io.staged_outputs(spark, output, quarantine) as (tmp_out, tmp_bad):
+        with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (tmp_out, tmp_bad):
             good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(tmp_out)
             bad.repartition(n_bad).sortWithinPartitions("source", "raw").write.parquet(tmp_bad)
             rows_out = io.count_parquet(spark, tmp_out)
@@ -283,8 +290,8 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
                 )
             marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
                       "columns": good.columns, "input": input_path}
-            io.write_marker(spark, tmp_out, marker)
-            io.write_marker(spark, tmp_bad, {**marker, "rows": rows_quarantined, "columns": bad.columns,
+            storage.write_marker(spark, tmp_out, marker)
+            storage.write_marker(spark, tmp_bad, {**marker, "rows": rows_quarantined, "columns": bad.columns,
                                              "schema": SCHEMA_VERSION + "-quarantine"})
     finally:
         prepared.unpersist()

@@ -33,7 +33,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from textmill import io
+from textmill import io, storage
 from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
@@ -93,7 +93,11 @@ class ClassifierConf(StrictModel):
 
 class TrainClassifierJobConf(JobConf):
     required: ClassVar[tuple[str, ...]] = ("io.input", "io.output")
+    container_output: ClassVar[bool] = True  # features/, quarantine/, model/
     classifier: ClassifierConf = Field(default_factory=ClassifierConf)
+
+    def input_paths(self) -> list[str]:
+        return super().input_paths() + ([self.classifier.validation_path] if self.classifier.validation_path else [])
 
 
 JOB_CONF = TrainClassifierJobConf
@@ -306,7 +310,7 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
 
     rows_in = source.count() + (spark.read.parquet(c.validation_path).count() if c.validation_path else 0)
     feature_dir = f"{out}/features"
-    with io.staged_outputs(spark, feature_dir, f"{out}/quarantine") as (staged, staged_bad):
+    with storage.staged_outputs(spark, feature_dir, f"{out}/quarantine", replace_unmarked=conf.io.replace_unmarked) as (staged, staged_bad):
         features(train_df, c.training.seed).write.parquet(f"{staged}/train")
         features(val_df, c.training.seed + 1).write.parquet(f"{staged}/val")
         bad.write.parquet(staged_bad)

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import mlflow
 import numpy as np
@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 import textmill
 from textmill import embeddings as emb
-from textmill import io
+from textmill import io, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -87,6 +87,7 @@ class EmbeddingsConf(StrictModel):
 
 
 class TrainEmbeddingsJobConf(JobConf):
+    container_output: ClassVar[bool] = True  # vectors/, vocab/, export/
     embeddings: EmbeddingsConf = Field(default_factory=EmbeddingsConf)
 
 
@@ -298,7 +299,7 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
                       {"training": {"epochs": c.epochs, "window": c.window, "negative": c.negative, "min_count": c.min_count,
                                     "sample": c.sample, "partitions": partitions, "seed": c.seed, "history": history}})
         frame = pd.DataFrame({"word": words, "count": counts, "vector": list(vectors.astype(np.float32))})
-        with io.staged_outputs(spark, str(out / "vectors"), str(out / "vocab")) as (staged_vectors, staged_vocab):
+        with storage.staged_outputs(spark, str(out / "vectors"), str(out / "vocab"), replace_unmarked=conf.io.replace_unmarked) as (staged_vectors, staged_vocab):
             spark.createDataFrame(frame, "word string, count long, vector array<float>").write.parquet(staged_vectors)
             spark.createDataFrame(frame[["word", "count"]], "word string, count long").write.parquet(staged_vocab)
         final_export = out / "export"

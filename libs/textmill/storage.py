@@ -1,0 +1,428 @@
+"""Where outputs live: refusing unsafe output paths, locking them, and publishing atomically.
+
+Every textmill output directory carries ``_textmill.json`` (the ownership marker: schema,
+rows, the run that published it). Rules, enforced here for every job:
+
+- an output may not contain, or sit inside, one of the job's inputs;
+- an existing file, or a non-empty directory without the marker, is never replaced unless
+  the user sets ``io.replace_unmarked: true``;
+- one writer at a time: ``<output>.__textmill_lock`` names the writer (host, pid, start);
+  a second writer fails at once with that name; a lock left by a killed process on this
+  host is taken over; leftovers of killed runs (``__textmill_tmp-*``, ``__textmill_old-*``,
+  ``__textmill_build-*``) are cleaned up, and a previous output left aside is restored;
+- outputs written together (``prepare``'s output and quarantine) are published as one
+  unit: each marker names the publish and its siblings, and ``check_published_together``
+  tells readers when a killed publish left siblings from different runs;
+- the final rename cannot nest a directory inside an existing one.
+
+All functions take Hadoop filesystem paths (local, HDFS, ...) and run on the driver.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+from pyspark.sql import SparkSession
+
+from textmill.errors import OutputError
+from textmill.redact import redact_tree
+
+logger = logging.getLogger(__name__)
+
+MARKER = "_textmill.json"
+LOCK_SUFFIX = ".__textmill_lock"
+TMP_TAG, OLD_TAG, BUILD_TAG = "__textmill_tmp-", "__textmill_old-", "__textmill_build-"
+REPLACE_HINT = "choose another io.output, or set io.replace_unmarked: true to replace it anyway"
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def hadoop_fs(spark: SparkSession, path: str):  # -> (FileSystem, Path), JVM objects
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+
+
+def qualified(spark: SparkSession, path: str) -> str:
+    """The fully qualified URI of ``path`` (``file:/abs/path``, ``hdfs://nn/path``), no trailing slash."""
+    fs, hpath = hadoop_fs(spark, path)
+    return fs.makeQualified(hpath).toString().rstrip("/") or "/"
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = hadoop_fs(spark, path)
+    matches = fs.globStatus(hpath)
+    return matches is not None and len(matches) > 0
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    fs, hpath = hadoop_fs(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file:"):] if uri.startswith("file:") else uri
+
+
+def _inside(parent: str, child: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _input_locations(spark: SparkSession, path: str) -> list[str]:
+    """What an input path names: every match of a glob, or the path itself."""
+    fs, hpath = hadoop_fs(spark, path)
+    matches = fs.globStatus(hpath) or []
+    found = [fs.makeQualified(m.getPath()).toString().rstrip("/") for m in matches]
+    return found or [qualified(spark, path)]
+
+
+# ---------------------------------------------------------------------------- markers
+
+
+def _read_text(spark: SparkSession, path: str) -> str | None:
+    """A small file's text, or None when it does not exist (local files without Hadoop's checksums)."""
+    uri = qualified(spark, path)
+    if uri.startswith("file:"):
+        try:
+            with open(_local_path(uri), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    fs, hpath = hadoop_fs(spark, path)
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def _write_text(spark: SparkSession, path: str, text: str, exclusive: bool = False) -> bool:
+    """Write a small file; with ``exclusive``, only if it does not exist yet (returns False then)."""
+    uri = qualified(spark, path)
+    if uri.startswith("file:"):
+        local = _local_path(uri)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        try:
+            fd = os.open(local, os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC), 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return True
+    fs, hpath = hadoop_fs(spark, path)
+    try:
+        stream = fs.create(hpath, not exclusive)
+    except Exception as exc:  # noqa: BLE001 - py4j wraps FileAlreadyExistsException
+        if exclusive and ("FileAlreadyExists" in str(exc) or fs.exists(hpath)):
+            return False
+        raise
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    return True
+
+
+def write_marker(spark: SparkSession, directory: str, content: dict) -> None:
+    """Write ``_textmill.json`` (schema version, row count...) into an output directory.
+
+    Spark readers skip files starting with '_', so the marker never pollutes the data.
+    Values that look like credentials (a password in a URI) are redacted.
+    """
+    _write_text(spark, f"{directory.rstrip('/')}/{MARKER}", json.dumps(redact_tree(content), indent=2, sort_keys=True))
+
+
+def read_marker(spark: SparkSession, directory: str) -> dict | None:
+    text = _read_text(spark, f"{directory.rstrip('/')}/{MARKER}")
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"{directory}: {MARKER} is damaged ({exc}); rerun the job that writes it") from exc
+
+
+def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replace_unmarked: bool = False,
+                 key: str = "io.output") -> None:
+    """Refuse ``output`` if it overlaps an input, or holds a file or data textmill did not write."""
+    target = qualified(spark, output)
+    for given in inputs:
+        for location in _input_locations(spark, given):
+            if _inside(target, location) or _inside(location, target):
+                relation = ("is" if target == location else "contains" if _inside(target, location) else "is inside")
+                raise OutputError(f"{key} {output!r} {relation} the input {location}: the output is replaced whole, "
+                                  "which would delete the input; write the output somewhere else")
+    fs, hpath = hadoop_fs(spark, output)
+    if not fs.exists(hpath):
+        return
+    if fs.getFileStatus(hpath).isFile():
+        if replace_unmarked:
+            logger.warning("%s %s is a file; replacing it (io.replace_unmarked is true)", key, output)
+            return
+        raise OutputError(f"{key} {output!r} is an existing file, and textmill replaces its output whole; {REPLACE_HINT}")
+    if read_marker(spark, output) is not None:
+        return
+    contents = fs.listStatus(hpath)
+    if len(contents) == 0:
+        return
+    if replace_unmarked:
+        logger.warning("%s %s was not written by textmill (no %s); replacing it (io.replace_unmarked is true)", key, output, MARKER)
+        return
+    example = contents[0].getPath().getName()
+    raise OutputError(f"{key} {output!r} is a directory that textmill did not write (no {MARKER}; it holds "
+                      f"{len(contents)} entr{'y' if len(contents) == 1 else 'ies'}, e.g. {example!r}) and would be "
+                      f"replaced whole; {REPLACE_HINT}")
+
+
+def mark_container(spark: SparkSession, directory: str, job: str) -> None:
+    """Claim a directory a job writes several outputs into (checked with ``check_output`` first)."""
+    import textmill
+
+    fs, hpath = hadoop_fs(spark, directory)
+    fs.mkdirs(hpath)
+    if read_marker(spark, directory) is None:
+        write_marker(spark, directory, {"kind": "container", "job": job, "textmill_version": textmill.__version__})
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+_held: dict[str, tuple[int, int]] = {}  # lock path -> (thread id, depth) for this process
+_held_guard = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_lock(spark: SparkSession, lock: str) -> dict:
+    try:
+        return json.loads(_read_text(spark, lock) or "{}")
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("lock %s is unreadable (%s)", lock, exc)
+        return {}
+
+
+def _acquire(spark: SparkSession, output: str) -> str:
+    lock = f"{output.rstrip('/')}{LOCK_SUFFIX}"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "writer": uuid.uuid4().hex[:12]}
+    for _ in range(2):
+        if _write_text(spark, lock, json.dumps(me), exclusive=True):
+            return lock
+        holder = _read_lock(spark, lock)
+        stale = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+        if not stale:
+            who = f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('started', '?')}"
+            raise OutputError(f"{output!r} is being written by another textmill run ({who}); wait for it to finish, "
+                              f"or, if no such run is alive, delete {lock}")
+        logger.warning("taking over the lock on %s left by pid %s, which is no longer running", output, holder.get("pid"))
+        delete_path(spark, lock)
+    raise OutputError(f"could not lock {output!r}: {lock} keeps reappearing (another writer?)")
+
+
+@contextmanager
+def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
+    """Hold the write lock on each output for the block (re-entrant in one thread)."""
+    taken: list[str] = []
+    mine: list[str] = []
+    try:
+        for output in sorted(set(o.rstrip("/") for o in outputs)):
+            lock = qualified(spark, f"{output}{LOCK_SUFFIX}")
+            with _held_guard:
+                holder = _held.get(lock)
+                if holder is not None and holder[0] == threading.get_ident():
+                    _held[lock] = (holder[0], holder[1] + 1)
+                    taken.append(lock)
+                    continue
+                if holder is not None:
+                    raise OutputError(f"{output!r} is being written by another job in this process; run them one after the other")
+            _acquire(spark, output)
+            with _held_guard:
+                _held[lock] = (threading.get_ident(), 1)
+            taken.append(lock)
+            mine.append(output)
+        for output in mine:
+            _clean_leftovers(spark, output)
+        yield
+    finally:
+        for lock in taken:
+            with _held_guard:
+                thread, depth = _held[lock]
+                if depth > 1:
+                    _held[lock] = (thread, depth - 1)
+                    continue
+                del _held[lock]
+            delete_path(spark, lock)
+
+
+def _clean_leftovers(spark: SparkSession, output: str) -> None:
+    """Remove what killed runs left beside ``output``; put a previous output left aside back first."""
+    fs, hpath = hadoop_fs(spark, output)
+    parent = hpath.getParent()
+    if parent is None or not fs.exists(parent):
+        return
+    name = hpath.getName()
+    tags = tuple(f"{name}.{tag}" for tag in (TMP_TAG, OLD_TAG, BUILD_TAG))
+    leftovers = [s.getPath() for s in fs.listStatus(parent) if s.getPath().getName().startswith(tags)]
+    if not leftovers:
+        return
+    aside = [p for p in leftovers if p.getName().startswith(f"{name}.{OLD_TAG}")]
+    if not fs.exists(hpath) and len(aside) == 1:
+        # Killed after moving the previous output aside and before the new one was in place.
+        if fs.rename(aside[0], hpath):
+            logger.warning("restored the previous output of %s from %s (a run was killed while publishing)", output, aside[0].getName())
+            leftovers.remove(aside[0])
+    for path in leftovers:
+        logger.warning("removing %s, left by a run that did not finish", path.toString())
+        fs.delete(path, True)
+
+
+# ---------------------------------------------------------------------------- publishing
+
+
+def _rename_no_nest(spark: SparkSession, source, target) -> None:
+    """Rename ``source`` to ``target``; fail (never nest inside it) if ``target`` exists."""
+    jvm = spark._jvm
+    hadoop_conf = spark._jsc.hadoopConfiguration()
+    try:
+        context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(target.toUri(), hadoop_conf)
+    except Exception as exc:  # noqa: BLE001 - no FileContext binding for this scheme: checked rename below
+        logger.debug("no FileContext for %s (%s); using FileSystem.rename", target, exc)
+        context = None
+    if context is not None:
+        options = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+        options[0] = jvm.org.apache.hadoop.fs.Options.Rename.NONE
+        try:
+            context.rename(source, target, options)
+            return
+        except Exception as exc:  # noqa: BLE001 - py4j wraps the Java exception
+            raise OutputError(f"could not move the new output into place at {target.toString()}: "
+                              f"{str(exc).splitlines()[0][:300]}") from exc
+    fs = target.getFileSystem(hadoop_conf)
+    if fs.exists(target) or not fs.rename(source, target):
+        raise OutputError(f"could not move the new output into place at {target.toString()} (it exists, or the rename failed)")
+
+
+def _replaceable(spark: SparkSession, final: str, replace_unmarked: bool) -> None:
+    fs, hpath = hadoop_fs(spark, final)
+    if replace_unmarked or not fs.exists(hpath):
+        return
+    if fs.getFileStatus(hpath).isFile() or (read_marker(spark, final) is None and len(fs.listStatus(hpath)) > 0):
+        raise OutputError(f"{final!r} holds data textmill did not write (no {MARKER}); {REPLACE_HINT}")
+
+
+def publish_all(spark: SparkSession, pairs: list[tuple[str, str]], replace_unmarked: bool = False, token: str | None = None) -> None:
+    """Move fully written staged directories to their finals, replacing what was there.
+
+    Every old output is moved aside first, then every new one is renamed into place, then
+    the old ones are deleted, so a failure leaves the old outputs or the new ones; a kill
+    in between is repaired by the next run (``_clean_leftovers``) and detected by readers
+    (``check_published_together``). Atomic per directory on HDFS and local disks; object
+    stores have no atomic rename.
+    """
+    token = token or uuid.uuid4().hex[:8]
+    for _, final in pairs:
+        _replaceable(spark, final, replace_unmarked)
+    moved: list[tuple[object, object, object]] = []  # (fs, final, backup)
+    for _, final in pairs:
+        fs, final_path = hadoop_fs(spark, final)
+        if fs.exists(final_path):
+            backup = spark._jvm.org.apache.hadoop.fs.Path(f"{final.rstrip('/')}.{OLD_TAG}{token}")
+            if not fs.rename(final_path, backup):
+                _restore(moved)
+                raise OutputError(f"could not move the previous output {final!r} aside")
+            moved.append((fs, final_path, backup))
+        elif final_path.getParent() is not None:
+            fs.mkdirs(final_path.getParent())
+    placed = []
+    try:
+        for staged, final in pairs:
+            _, final_path = hadoop_fs(spark, final)
+            _rename_no_nest(spark, spark._jvm.org.apache.hadoop.fs.Path(staged), final_path)
+            placed.append((staged, final_path))
+    except Exception:
+        for staged, final_path in placed:  # put the new ones back where they came from, the old ones back in place
+            final_path.getFileSystem(spark._jsc.hadoopConfiguration()).rename(final_path, spark._jvm.org.apache.hadoop.fs.Path(staged))
+        _restore(moved)
+        raise
+    for fs, _, backup in moved:
+        fs.delete(backup, True)
+
+
+def _restore(moved: list) -> None:
+    for fs, final_path, backup in moved:
+        fs.rename(backup, final_path)
+
+
+def publish(spark: SparkSession, staged: str, final: str, replace_unmarked: bool = False) -> None:
+    publish_all(spark, [(staged, final)], replace_unmarked)
+
+
+@contextmanager
+def staged_outputs(spark: SparkSession, *finals: str, replace_unmarked: bool = False) -> Iterator[list[str]]:
+    """Yield temporary sibling paths for ``finals``; publish all of them as one unit only if the block succeeds.
+
+    The finals are locked for the block. Each published directory gets a marker naming this
+    publish and its siblings (a marker the block wrote is kept and extended).
+    """
+    import textmill
+
+    token = uuid.uuid4().hex[:8]
+    staged = [f"{f.rstrip('/')}.{TMP_TAG}{token}" for f in finals]
+    with output_lock(spark, *finals):
+        _warn_if_torn(spark, list(finals))
+        try:
+            yield staged
+            for tmp, final in zip(staged, finals):
+                marker = read_marker(spark, tmp) or {"textmill_version": textmill.__version__}
+                marker.update({"publish_id": token, "published_with": [f for f in finals if f != final]})
+                write_marker(spark, tmp, marker)
+            publish_all(spark, list(zip(staged, finals)), replace_unmarked, token)
+        finally:
+            for tmp in staged:
+                delete_path(spark, tmp)
+
+
+def _torn(spark: SparkSession, path: str) -> list[str]:
+    """Siblings of ``path`` that exist but were published by a different run."""
+    marker = read_marker(spark, path) or {}
+    torn = []
+    for sibling in marker.get("published_with", []):
+        other = read_marker(spark, sibling) if path_exists(spark, sibling) else None
+        if other is not None and other.get("publish_id") != marker.get("publish_id"):
+            torn.append(sibling)
+    return torn
+
+
+def _warn_if_torn(spark: SparkSession, finals: list[str]) -> None:
+    for final in finals:
+        if path_exists(spark, final) and _torn(spark, final):
+            logger.warning("%s and %s were published by different runs (a run was killed while publishing); "
+                           "this run replaces them together", final, ", ".join(_torn(spark, final)))
+            return
+
+
+def check_published_together(spark: SparkSession, path: str) -> None:
+    """Fail if ``path`` and the outputs published with it come from different runs."""
+    torn = _torn(spark, path)
+    if torn:
+        raise OutputError(f"{path} and {', '.join(torn)} were published by different runs (a run was killed while "
+                          "publishing them); rerun the job that writes them")
