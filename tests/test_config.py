@@ -117,3 +117,146 @@ def test_env_overlays_validate():
     for env in ("local", "cluster"):
         conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare.yaml", env=env, overrides=["io.input=x", "io.output=y"])
         assert conf.spark.master == ("local[*]" if env == "local" else None)
+
+
+def test_bool_is_not_a_number_and_a_mapping_must_be_a_mapping(tmp_path):
+    from textmill.pipelines.annotate import AnnotateJobConf
+
+    with pytest.raises(ConfigError, match=r"'nlp.batch_size': given True \(bool\); expected: .*a number, not true/false"):
+        load_conf(AnnotateJobConf, overrides=["io.input=a", "io.output=b", "nlp.batch_size=true"])
+    with pytest.raises(ConfigError, match=r"'spark.conf': given 5 \(int\); expected: Input should be a valid dictionary"):
+        load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf=5"])
+    job = write(tmp_path / "job.yaml", {"io": {"input": "a", "output": "b"}, "spark": {"conf": 5}, "prepare": {"max_chars": False}})
+    with pytest.raises(ConfigError) as err:
+        load_conf(PrepareJobConf, job)
+    assert "'spark.conf': given 5 (int)" in str(err.value) and "'prepare.max_chars': given False (bool)" in str(err.value)
+    assert load_conf(AnnotateJobConf, overrides=["io.input=a", "io.output=b", "nlp.batch_size=7"]).nlp.batch_size == 7
+    assert load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf={spark.x: 1}"]).spark.conf == {"spark.x": 1}
+
+
+def test_secret_looking_keys_and_uri_passwords_are_redacted():
+    from textmill.redact import REDACTED, redact_text, redact_tree
+
+    conf = {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "S3CR3T", "spark.hadoop.fs.s3a.access.key": "AKIA1",
+                               "spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net": "AZKEY",
+                               "spark.hadoop.fs.s3a.session.token": "TOK", "spark.sql.shuffle.partitions": 8}},
+            "mlflow": {"tracking_uri": "https://alice:pa55word@mlflow.example:5000/path"},
+            "tokenize": {"lowercase": True}, "embeddings": {"tokens_column": "tokens"}}
+    redacted = redact_tree(conf)
+    assert set(redacted["spark"]["conf"].values()) == {REDACTED, 8}
+    assert redacted["mlflow"]["tracking_uri"] == f"https://alice:{REDACTED}@mlflow.example:5000/path"
+    assert redacted["tokenize"] == {"lowercase": True} and redacted["embeddings"] == {"tokens_column": "tokens"}
+    assert redact_text("jdbc and s3a://KEY:SECRET@bucket/x") == f"jdbc and s3a://KEY:{REDACTED}@bucket/x"
+    with pytest.raises(ConfigError) as err:
+        load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf.spark.hadoop.fs.s3a.secret.key=[S3CR3T]"])
+    assert "S3CR3T" not in str(err.value)
+
+
+def test_a_planted_secret_reaches_no_store_artifact_or_log(spark, mlflow_uri, tmp_path, capfd, caplog):
+    import importlib.util
+    import logging
+
+    src = tmp_path / "docs.txt"
+    src.write_text("one\ntwo\n")
+    planted = {"spark.hadoop.fs.s3a.secret.key": "PLANTED-SECRET-7f3a9", "spark.hadoop.fs.s3a.access.key": "PLANTED-ACCESS-c01d"}
+    spec = importlib.util.spec_from_file_location("job_prepare", REPO / "jobs" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    caplog.set_level(logging.DEBUG)
+    artifacts = tmp_path / "art"
+    code = module.main(["--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={src}",
+                        "--set", f"io.output={tmp_path / 'out'}", "--set", "prepare.format=text_lines",
+                        "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=secrets",
+                        "--set", f"mlflow.artifact_location={artifacts.as_uri()}",
+                        *[x for k, v in planted.items() for x in ("--set", f"spark.conf.{k}={v}")]])
+    assert code == 0
+    out, err = capfd.readouterr()
+    places = {"stdout": out, "stderr": err, "log": caplog.text,
+              "sqlite store": Path(mlflow_uri[len("sqlite:///"):]).read_bytes().decode("latin-1")}
+    places.update({str(p): p.read_bytes().decode("latin-1") for p in [*artifacts.rglob("*"), *(tmp_path / "out").rglob("*")]
+                   if p.is_file()})
+    assert any("resolved.yaml" in name for name in places)
+    for secret in planted.values():
+        assert [name for name, text in places.items() if secret in text] == []
+    assert "***redacted***" in places["sqlite store"]
+
+
+def _code_defaults(job: str) -> dict:
+    return flatten(JOBS[job].conf_model.model_validate({}).model_dump(mode="json"))
+
+
+def _same(a, b) -> bool:
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    return float(a) == float(b) if numbers else a == b
+
+
+def test_job_conf_files_hold_the_code_defaults():
+    # The demo pipeline sets its own values; tokenize deliberately defaults to blank:en (README says so).
+    deliberate = {("tokenize", "nlp.model")}
+    wrong = []
+    for job in sorted(set(JOBS) - {"pipeline"}):
+        defaults = _code_defaults(job)
+        for key, value in flatten(yaml.safe_load((REPO / "conf" / f"{job}.yaml").read_text())).items():
+            if key in defaults and not _same(defaults[key], value) and (job, key) not in deliberate:
+                wrong.append(f"conf/{job}.yaml {key}: {value!r}, code default {defaults[key]!r}")
+    assert wrong == []
+
+
+def _readme_key_rows() -> list[tuple[str | None, str, str]]:
+    """(job section, key, default cell) for every row of the README's key | default | meaning tables."""
+    import re
+
+    rows, section, in_table = [], None, False
+    for line in (REPO / "README.md").read_text().splitlines():
+        heading = re.match(r"^###+ (.*)", line)
+        if heading:
+            names = re.findall(r"`(\w+)`", heading.group(1))
+            section = names[0] if names and names[0] in JOBS else None
+        if line.startswith("| key | default |"):
+            in_table = True
+            continue
+        if not line.startswith("|"):
+            in_table = False
+            continue
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if not in_table or len(cells) < 3 or set(cells[0]) <= {"-", " "}:
+            continue
+        keys = re.findall(r"`([^`]+)`", cells[0])
+        values = [cells[1]] if len(keys) == 1 else [v.strip() for v in re.split(r", (?=\S)| / ", cells[1])]
+        if len(values) != len(keys):
+            continue
+        for key, value in zip(keys, values):
+            rows.append((section, key, value))
+    return rows
+
+
+def test_readme_key_tables_state_the_code_defaults():
+    import re
+
+    all_defaults: dict = {}
+    for job in JOBS:
+        if job != "pipeline":
+            for key, value in _code_defaults(job).items():
+                all_defaults.setdefault(key, value)
+    checked, wrong, previous = 0, [], ""
+    for section, key, cell in _readme_key_rows():
+        defaults = _code_defaults(section) if section else all_defaults
+        if key not in defaults:  # `recall.k` after `index.recall.queries`: relative to the row's first key
+            parts = previous.split(".")
+            key = next((".".join(parts[:i] + [key]) for i in range(len(parts), 0, -1) if ".".join(parts[:i] + [key]) in defaults), key)
+        else:
+            previous = key
+        literal = re.fullmatch(r"`([^`<>$]*)`", cell) or re.fullmatch(r"(-?[\d,]+(?:\.\d+)?|true|false|null)", cell)
+        if key not in defaults or defaults[key] is None or literal is None:
+            continue  # derived defaults ("required", "<output>_quarantine", "default parallelism") are prose
+        text = literal.group(1)
+        try:
+            value = yaml.safe_load(text.replace(",", "") if re.fullmatch(r"[\d,.-]+", text) else text)
+        except yaml.YAMLError:
+            value = text
+        value = text if text in (",", '"') else value
+        checked += 1
+        if not _same(defaults[key], value):
+            wrong.append(f"README {key}: {cell}, code default {defaults[key]!r}")
+    assert wrong == []
+    assert checked > 60

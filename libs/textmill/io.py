@@ -44,7 +44,7 @@ InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
 
 
 class CsvConf(StrictModel):
-    header: bool = Field(False, description="first line of each file holds column names")
+    header: bool = Field(True, description="first line of each file holds column names")
     columns: list[str] | None = Field(None, description="column names when header is false")
     delimiter: str = Field(",", min_length=1, max_length=1)
     quote: str = Field('"', min_length=1, max_length=1)

@@ -78,7 +78,7 @@ class EmbeddingsConf(StrictModel):
     sample: float = Field(1e-3, ge=0, description="subsampling threshold; 0 = off")
     lr: float = Field(0.025, gt=0, description="start learning rate, decays linearly over all rounds")
     lr_min: float = Field(0.0001, gt=0)
-    batch_pairs: int = Field(4096, gt=0, description="(center, context) pairs per vectorised update")
+    batch_pairs: int = Field(1024, gt=0, description="(center, context) pairs per vectorised update")
     partitions: int | None = Field(None, gt=0, description="default: default parallelism")
     seed: int = 1
     max_memory_mb: int = Field(4096, gt=0, description="refuse a vocab x dim whose training state needs more")
