@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from textmill import io, storage
 from textmill.config import load_conf
-from textmill.errors import ColumnNotFoundError, InputNotFoundError
+from textmill.errors import ColumnNotFoundError, EmptyInputError, InputNotFoundError
 from textmill.jobs import run_job
 from textmill.pipelines.prepare import OUTPUT_COLUMNS, QUARANTINE_COLUMNS, PrepareJobConf
 
@@ -318,3 +318,131 @@ def test_textmill_run_prepare_cli_end_to_end(tmp_path):
     # The embedded defaults: sqlite:///<cwd>/mlflow.db and <cwd>/mlartifacts.
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
     assert_prepare_run_logged(f"sqlite:///{tmp_path / 'mlflow.db'}", "textmill-prepare", rows_out=2)
+
+
+# ---------------------------------------------------------------------------- inputs that used to lose rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "text_lines"])
+def test_nested_files_are_read_and_counted(prepare, tmp_path, fmt):
+    root = tmp_path / "in"
+    (root / "2026" / "11").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    lines = {"csv": ("text\nalpha\n", "text\nbeta\ngamma\n"), "jsonl": ('{"text": "alpha"}\n', '{"text": "beta"}\n{"text": "gamma"}\n'),
+             "text_lines": ("alpha\n", "beta\ngamma\n")}[fmt]
+    (root / "top.dat").write_text(lines[0])
+    (root / "2026" / "11" / "deep.dat").write_text(lines[1])
+    (root / ".hidden" / "skip.dat").write_text(lines[1])
+    metrics, out, bad = prepare(root, format=fmt)
+    assert sorted(r["text"] for r in out) == ["alpha", "beta", "gamma"] and bad == []
+    assert (metrics["input_files"], metrics["rows_in"]) == (2, 3)
+    assert {r["source"].rsplit("/", 1)[-1] for r in out} == {"top.dat", "deep.dat"}
+
+
+def test_unclosed_quote_in_multiline_csv_is_quarantined_not_merged_silently(prepare, tmp_path):
+    src = tmp_path / "in.csv"
+    records = [f"d{i},Text of record {i},x" for i in range(1, 201)]
+    records[99] = 'd100,"This quote never closes,x'    # reads on through d101 and d102 up to d103's quote
+    records[102] = 'd103,"Quoted text",x'
+    records[149] = 'd150,"Two\nlines, legitimately, with ""quotes""",y'
+    src.write_text("id,text,label\n" + "\n".join(records) + "\n")
+    metrics, out, bad = prepare(src, csv={"multiline": True}, columns={"doc_id": "id", "label": "label"})
+    ids = {r["doc_id"] for r in out}
+    assert "d150" in ids and len(ids) == metrics["rows_out"] == 196
+    assert reasons(bad) == {"malformed_record": 1}
+    damaged = bad[0]
+    assert damaged["doc_id"] == "d100" and "unclosed quote" in damaged["detail"] and "2 of its lines look like records" in damaged["detail"]
+    assert all(f"d{i}," in damaged["raw"] for i in (101, 102, 103))
+    assert metrics["rows_in"] == metrics["rows_out"] + metrics["rows_quarantined"] == 197
+
+
+def test_invalid_utf8_is_quarantined_with_its_exact_bytes_and_every_reader_can_read_the_outputs(prepare, tmp_path):
+    import pandas as pd
+
+    src = tmp_path / "lines"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"good line\nbad \xff\xfe bytes\ncaf\xc3\xa9 ok\n")
+    (src / "b.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "also \xc3\x28 broken"}\n{"text": "broken \xff json\n')
+    metrics, out, bad = prepare(src / "a.txt", format="text_lines")
+    assert sorted(r["text"] for r in out) == ["café ok", "good line"]
+    assert reasons(bad) == {"undecodable_bytes": 1} and bad[0]["detail"] == "bytes that are not valid UTF-8"
+    assert bytes(bad[0]["raw_bytes"]) == b"bad \xff\xfe bytes" and "\ufffd" in bad[0]["raw"]
+    for path in (tmp_path / "out", tmp_path / "out_quarantine"):
+        assert len(pd.read_parquet(path)) in (1, 2)  # pyarrow decodes every string column
+
+    metrics, out, bad = prepare(src / "b.jsonl", output=tmp_path / "j", format="jsonl")
+    assert [r["text"] for r in out] == ["fine"]
+    assert reasons(bad) == {"undecodable_bytes": 2}
+    kept = sorted(bytes(r["raw_bytes"]) for r in bad)
+    assert b"also \xc3\x28 broken" in kept[0] and b"broken \xff json" in kept[1]
+    assert len(pd.read_parquet(tmp_path / "j_quarantine")) == 2
+
+
+def test_whitespace_of_every_kind_is_empty_text(prepare, tmp_path):
+    src = tmp_path / "in.jsonl"
+    blanks = ["\t\t", "\u00a0", "\u2003\u3000", "\n\r\n", "\u2028\u2029", "\x1c\x1f", " \u202f\u205f "]
+    src.write_text("\n".join(json.dumps({"text": t}) for t in blanks + ["real \u200b text"]) + "\n")
+    metrics, out, bad = prepare(src, format="jsonl")
+    assert [r["text"] for r in out] == ["real \u200b text"]
+    assert reasons(bad) == {"empty_text": len(blanks)}
+
+
+def test_blank_means_the_same_in_spark_and_python(spark):
+    from pyspark.sql import functions as F
+
+    from textmill.cleaning import BLANK_REGEX, is_blank
+
+    chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c <= 0xDFFF]
+    df = spark.createDataFrame([(c,) for c in chars], "c string").select("c", F.col("c").rlike(BLANK_REGEX).alias("blank"))
+    spark_blank = {r["c"] for r in df.collect() if r["blank"]}
+    assert spark_blank == {c for c in chars if is_blank(c)}
+    assert len(spark_blank) == 29
+
+
+def test_files_found_but_none_matching_the_glob_fails_and_says_what_matched(prepare, spark, job_conf, tmp_path):
+    root = tmp_path / "20news"
+    (root / "sci.space").mkdir(parents=True)
+    for i in range(3):
+        (root / "sci.space" / f"6100{i}").write_text(f"message {i}")
+    conf = job_conf(io={"input": str(root), "output": str(tmp_path / "out")}, prepare={"format": "text_files"})
+    with pytest.raises(InputNotFoundError, match=r"3 file\(s\) under .*none matches prepare.text_files.glob '\*.txt' \(e.g. '61000'\)"):
+        run_job("prepare", conf, spark)
+    (root / "sci.space" / "readme.txt").write_text("one that matches")
+    metrics, out, _ = prepare(root, format="text_files")
+    assert [r["text"] for r in out] == ["one that matches"]
+    assert (metrics["input_files"], metrics["skipped_input_files"]) == (1, 3)
+    metrics, out, _ = prepare(root, format="text_files", text_files={"glob": "*"})
+    assert metrics["rows_out"] == 4
+
+
+def test_empty_csv_and_jsonl_files_hold_no_records_and_all_empty_is_said(prepare, spark, job_conf, tmp_path):
+    for fmt, content in (("csv", "text\nhello\n"), ("jsonl", '{"text": "hello"}\n')):
+        root = tmp_path / fmt
+        root.mkdir()
+        (root / "a_empty").write_text("")
+        (root / "b_data").write_text(content)
+        metrics, out, _ = prepare(root, output=tmp_path / f"out_{fmt}", format=fmt)
+        assert [r["text"] for r in out] == ["hello"]
+        assert (metrics["input_files"], metrics["empty_input_files"]) == (2, 1)
+        (root / "b_data").write_text("")
+        conf = job_conf(io={"input": str(root), "output": str(tmp_path / f"none_{fmt}")}, prepare={"format": fmt})
+        with pytest.raises(EmptyInputError, match=r"all 2 input file\(s\) under .* are empty \(0 bytes\)"):
+            run_job("prepare", conf, spark)
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("text\n")
+    with pytest.raises(EmptyInputError, match=r"read 1 non-empty file\(s\) .* as csv but found no records \(header lines only"):
+        run_job("prepare", job_conf(io={"input": str(header_only), "output": str(tmp_path / "h")}, prepare={"format": "csv"}), spark)
+
+
+def test_symlinked_directories_are_not_followed(prepare, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not part of the corpus")
+    root = tmp_path / "corpus"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "a.txt").write_text("part of the corpus")
+    (root / "docs" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    metrics, out, _ = prepare(root, format="text_files")
+    assert [r["text"] for r in out] == ["part of the corpus"]
+    assert metrics["skipped_linked_dirs"] == 2

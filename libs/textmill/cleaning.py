@@ -70,3 +70,23 @@ def clean_text(text: str | None, conf: CleaningConf) -> str | None:
     if conf.fold_whitespace:
         text = _WHITESPACE_RUN.sub(" ", text).strip()
     return text
+
+
+# ---------------------------------------------------------------------------- what "empty" means
+# One definition for every job (prepare, train_classifier, classify, the served model): a text
+# is blank when it has no character outside Python's str.isspace, i.e. Unicode White_Space
+# (tabs, newlines, NBSP, EM SPACE, U+3000, ...) plus the separators U+001C..U+001F. The Java
+# regex below matches exactly that set, so Spark and Python agree.
+BLANK_REGEX = r"(?U)^[\s\x{1C}-\x{1F}]*$"
+
+
+def is_blank(text: str | None) -> bool:
+    """True for None, "" and whitespace-only text (``str.isspace``)."""
+    return text is None or not text or text.isspace()
+
+
+def blank_column(column):
+    """Spark Column: true where ``column`` is "" or whitespace only (null stays null)."""
+    from pyspark.sql import functions as F
+
+    return F.regexp_like(column, F.lit(BLANK_REGEX))

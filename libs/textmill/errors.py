@@ -29,6 +29,10 @@ class InputNotFoundError(TextmillError):
     """The configured input path does not exist or matches no files."""
 
 
+class EmptyInputError(InputNotFoundError):
+    """The input exists but holds no records (every file empty, or nothing parsed)."""
+
+
 class ColumnNotFoundError(TextmillError):
     """A configured source column is not in the input."""
 

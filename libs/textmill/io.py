@@ -6,7 +6,9 @@ losing them:
 
 - ``_tm_source``: the file the record came from;
 - ``_tm_malformed``: the raw text of a record the parser could not read (else null);
-- ``_tm_decode_error``: why the bytes could not be decoded (``text_files`` only).
+- ``_tm_decode_error``: why the bytes could not be decoded (``text_files`` only);
+- ``_tm_suspect``: why a record that parsed is still not trustworthy (multi-line CSV: an
+  unclosed quote that seems to have absorbed the records after it).
 
 Writers never leave a half-written output: a job writes to a temporary sibling
 directory, checks it, and only then swaps it into place (``publish``). A rerun on the
@@ -15,11 +17,14 @@ same path replaces the old output whole. Used by the pipelines on the driver.
 from __future__ import annotations
 
 import atexit
+import csv
+import fnmatch
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +43,8 @@ logger = logging.getLogger(__name__)
 SOURCE = "_tm_source"
 MALFORMED = "_tm_malformed"
 DECODE_ERROR = "_tm_decode_error"
-INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR)
+SUSPECT = "_tm_suspect"
+INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR, SUSPECT)
 
 InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
 
@@ -93,21 +99,62 @@ def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, giv
     return parallelism * -(-wanted // parallelism)
 
 
-def list_files(spark: SparkSession, path: str) -> list[tuple[str, int]]:
-    """(uri, size) of every file under a path or glob, recursively; hidden files (_x, .x) skipped."""
+@dataclass
+class InputListing:
+    """The files an input path names, and what was left out (with why)."""
+
+    files: list[tuple[str, int]] = field(default_factory=list)  # (uri, bytes), to be read
+    not_matching: list[str] = field(default_factory=list)       # left out by the file-name glob
+    linked_dirs: list[str] = field(default_factory=list)        # symlinked directories, not followed
+
+    @property
+    def uris(self) -> list[str]:
+        return [uri for uri, _ in self.files]
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> InputListing:
+    """Every file under a path or glob, recursively, in a stable order.
+
+    Hidden files and directories (``_x``, ``.x``) are skipped, as Spark's readers skip them;
+    symlinked directories are not followed (they can lead out of the input, or into loops);
+    with ``name_glob``, only files whose name matches it are kept.
+    """
     fs, hpath = hadoop_fs(spark, path)
-    files: list[tuple[str, int]] = []
+    listing = InputListing()
+
+    def keep(uri: str, name: str, size: int) -> None:
+        if name_glob is None or fnmatch.fnmatchcase(name, name_glob):
+            listing.files.append((uri, size))
+        else:
+            listing.not_matching.append(uri)
+
     for status in fs.globStatus(hpath) or []:
+        root = status.getPath()
         if status.isFile():
-            files.append((status.getPath().toString(), status.getLen()))
+            keep(root.toString(), root.getName(), status.getLen())
             continue
-        it = fs.listFiles(status.getPath(), True)
+        uri = fs.makeQualified(root).toString()
+        if uri.startswith("file:"):
+            for folder, dirs, names in os.walk(uri[len("file:"):], followlinks=False):
+                listing.linked_dirs += [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
+                dirs[:] = sorted(d for d in dirs if not _hidden(d) and not os.path.islink(os.path.join(folder, d)))
+                for name in sorted(n for n in names if not _hidden(n)):
+                    local = os.path.join(folder, name)
+                    if os.path.isfile(local):
+                        keep(f"file:{local}", name, os.path.getsize(local))
+            continue
+        it = fs.listFiles(root, True)
+        prefix = len(root.toUri().getPath().rstrip("/")) + 1
         while it.hasNext():
             st = it.next()
-            name = st.getPath().getName()
-            if not name.startswith(("_", ".")):
-                files.append((st.getPath().toString(), st.getLen()))
-    return files
+            if not any(_hidden(part) for part in st.getPath().toUri().getPath()[prefix:].split("/")):
+                keep(st.getPath().toString(), st.getPath().getName(), st.getLen())
+    listing.files.sort()
+    return listing
 
 
 _SHIPPED_ROOT: list[str] = []
@@ -165,16 +212,47 @@ def count_parquet(spark: SparkSession, path: str) -> int:
 # ---------------------------------------------------------------------------- readers
 
 
-def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None) -> DataFrame:
+def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None,
+                   suspect: Column | None = None) -> DataFrame:
+    none = F.lit(None).cast("string")
     return df.select(
         "*",
         F.col("_metadata.file_path").alias(SOURCE),
-        (malformed if malformed is not None else F.lit(None).cast("string")).alias(MALFORMED),
-        (decode_error if decode_error is not None else F.lit(None).cast("string")).alias(DECODE_ERROR),
+        (malformed if malformed is not None else none).alias(MALFORMED),
+        (decode_error if decode_error is not None else none).alias(DECODE_ERROR),
+        (suspect if suspect is not None else none).alias(SUSPECT),
     )
 
 
-def read_csv(spark: SparkSession, path: str, conf: CsvConf) -> DataFrame:
+def absorbed_records(values: list[str | None], delimiter: str, quote: str) -> str | None:
+    """Why a multi-line CSV record looks like an unclosed quote swallowed the records after it, or None.
+
+    The signs, together: a field with a line break, an odd number of quote characters in it
+    (a well-formed quoted field's quotes come in ``""`` pairs), and at least one of its later
+    lines that parses on its own as a complete record of the same width. A field that only
+    ends up with a bad column count is already reported by Spark's parser as malformed.
+    """
+    width = len(values)
+    for column, value in enumerate(values):
+        if not value or ("\n" not in value and "\r" not in value) or value.count(quote) % 2 == 0:
+            continue
+        lines = value.splitlines()[1:]
+        whole = sum(1 for fields in csv.reader(lines, delimiter=delimiter, quotechar=quote) if len(fields) == width)
+        if whole:
+            return (f"field {column + 1} spans {len(lines) + 1} lines with an unclosed quote; {whole} of its lines look like "
+                    "records it absorbed (fix the quote, or read without prepare.csv.multiline)")
+    return None
+
+
+def make_absorbed_udf(delimiter: str, quote: str):
+    @F.pandas_udf("string")
+    def absorbed(rows: pd.DataFrame) -> pd.Series:
+        return pd.Series([absorbed_records(list(r), delimiter, quote) for r in rows.itertuples(index=False)], dtype=object)
+
+    return absorbed
+
+
+def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataFrame:
     reader = (
         spark.read.option("sep", conf.delimiter)
         .option("quote", conf.quote)
@@ -193,10 +271,13 @@ def read_csv(spark: SparkSession, path: str, conf: CsvConf) -> DataFrame:
     corrupt = "_tm_corrupt_record"
     schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(corrupt, T.StringType())])
     df = reader.schema(schema).option("columnNameOfCorruptRecord", corrupt).csv(path)
-    return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
+    suspect = None
+    if conf.multiline:
+        suspect = F.when(F.col(corrupt).isNull(), make_absorbed_udf(conf.delimiter, conf.quote)(F.struct(*[F.col(n) for n in names])))
+    return _with_internal(df, malformed=F.col(corrupt), suspect=suspect).drop(corrupt)
 
 
-def read_jsonl(spark: SparkSession, path: str) -> DataFrame:
+def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     corrupt = "_tm_corrupt_record"
     # Strings for every primitive, so ids stay '0012' and never become 12 or 12.0.
     df = (
@@ -210,7 +291,7 @@ def read_jsonl(spark: SparkSession, path: str) -> DataFrame:
     return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
 
 
-def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
+def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
     return _with_internal(spark.read.text(path).withColumnRenamed("value", "text"))
 
 
@@ -250,14 +331,10 @@ def make_decode_udf(encodings: list[str], first_line_is_title: bool):
     return decode
 
 
-def read_text_files(spark: SparkSession, path: str, conf: TextFilesConf) -> DataFrame:
-    """One document per file. Columns: text, title (when first_line_is_title), folder, name, relpath."""
-    raw = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", conf.glob)
-        .option("recursiveFileLookup", True)
-        .load(path)
-    )
+def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesConf) -> DataFrame:
+    """One document per file (``list_input`` picks the files). Columns: text, title (when
+    first_line_is_title), folder, name, relpath."""
+    raw = spark.read.format("binaryFile").load(path)
     decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
     # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
     decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))
@@ -273,6 +350,7 @@ def read_text_files(spark: SparkSession, path: str, conf: TextFilesConf) -> Data
         F.col("path").alias(SOURCE),
         F.lit(None).cast("string").alias(MALFORMED),
         F.col("_d.error").alias(DECODE_ERROR),
+        F.lit(None).cast("string").alias(SUSPECT),
     )
     return df
 

@@ -14,27 +14,31 @@ has been checked on the written files. ``prepare_frame`` is the pure DataFrame t
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import operator
+import urllib.parse
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 import textmill
 from textmill import io, storage
-from textmill.cleaning import CleaningConf
+from textmill.cleaning import CleaningConf, blank_column
 from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
 from textmill.udfs import make_clean_udf
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "prepare/v1"
 OUTPUT_COLUMNS = ["doc_id", "text", "title", "label", "source", "n_chars"]
-QUARANTINE_COLUMNS = ["doc_id", "reason", "detail", "source", "raw"]
+QUARANTINE_COLUMNS = ["doc_id", "reason", "detail", "source", "raw", "raw_bytes"]
 REASONS = (
     "malformed_record",
     "undecodable_bytes",
@@ -48,6 +52,7 @@ REASONS = (
 _REASON = "_tm_reason"
 _DETAIL = "_tm_detail"
 _RAW = "_tm_raw"
+_RAW_BYTES = "_tm_raw_bytes"
 
 
 class ColumnsConf(StrictModel):
@@ -108,13 +113,14 @@ def quarantine_path(conf: JobConf) -> str:
 # ---------------------------------------------------------------------------- extract
 
 
-def read_source(spark: SparkSession, path: str, conf: PrepareConf) -> DataFrame:
+def read_source(spark: SparkSession, path: str | list[str], conf: PrepareConf) -> DataFrame:
+    """The source rows of ``path`` (a path, or the exact files to read) in ``conf.format``."""
     if conf.format == "csv":
         return io.read_csv(spark, path, conf.csv)
     if conf.format == "jsonl":
         return io.read_jsonl(spark, path)
     if conf.format == "parquet":
-        return io._with_internal(spark.read.parquet(path))
+        return io._with_internal(spark.read.parquet(*([path] if isinstance(path, str) else path)))
     if conf.format == "text_lines":
         return io.read_text_lines(spark, path)
     return io.read_text_files(spark, path, conf.text_files)
@@ -144,6 +150,18 @@ def _reason_and_detail(conditions: list[tuple[Column, str, Column]]) -> tuple[Co
     return reason, detail
 
 
+def _any_invalid_utf8(columns: list[str], df: DataFrame) -> Column:
+    """True where any of ``columns`` holds bytes that are not valid UTF-8 (nested values via JSON)."""
+    checks = []
+    for name in columns:
+        kind = df.schema[name].dataType
+        if isinstance(kind, T.StringType):
+            checks.append(~F.is_valid_utf8(F.col(name)))
+        elif isinstance(kind, (T.StructType, T.ArrayType, T.MapType)):
+            checks.append(~F.is_valid_utf8(F.to_json(F.col(name))))
+    return functools.reduce(operator.or_, [F.coalesce(c, F.lit(False)) for c in checks], F.lit(False))
+
+
 def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     """Map, clean, id and classify every source row. One output row per input row.
 
@@ -152,8 +170,10 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     """
     c = conf.columns
     src_cols = io.source_columns(source)
-    raw_text = F.col(c.text).cast("string")
-    raw_title = F.col(c.title).cast("string") if c.title else F.lit(None).cast("string")
+    # Invalid UTF-8 never reaches Python (Arrow would fail to decode it): such rows are quarantined
+    # below from the original bytes; the cleaner sees them with U+FFFD instead.
+    raw_text = F.make_valid_utf8(F.col(c.text).cast("string"))
+    raw_title = F.make_valid_utf8(F.col(c.title).cast("string")) if c.title else F.lit(None).cast("string")
     if conf.cleaning.enabled:
         clean = make_clean_udf(conf.cleaning.model_dump())
         text, title = clean(raw_text), (clean(raw_title) if c.title else raw_title)
@@ -172,6 +192,7 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         io.SOURCE,
         io.MALFORMED,
         io.DECODE_ERROR,
+        io.SUSPECT,
         raw_text.alias("_tm_raw_text"),
         text.alias("text_out"),
         title.alias("title_out"),
@@ -182,25 +203,36 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     doc_id = given_id if given_id is not None else content_id
     n_chars = F.length("text_out")
     fffd = "\ufffd"
-    undecodable = F.col(io.DECODE_ERROR).isNotNull()
+    # Spark's text, JSON and Parquet readers do not validate UTF-8: check every source value.
+    invalid_utf8 = _any_invalid_utf8([io.MALFORMED, *src_cols], source)
+    undecodable = F.col(io.DECODE_ERROR).isNotNull() | invalid_utf8
+    undecodable_detail = F.when(invalid_utf8, F.lit("bytes that are not valid UTF-8"))
     if conf.replacement_char_is_error and conf.format != "text_files":
-        undecodable = undecodable | F.coalesce(F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False))
+        fffd_found = F.coalesce(F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False))
+        undecodable = undecodable | fffd_found
+        undecodable_detail = F.coalesce(undecodable_detail, F.when(fffd_found, F.lit("bytes that are not valid text (U+FFFD found)")))
     conditions = [
+        # Bad bytes first: they are why a JSON parser fails, so they are the reason to report.
+        (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), undecodable_detail)),
         (F.col(io.MALFORMED).isNotNull(), "malformed_record", F.lit("the parser could not read this record")),
-        (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), F.lit("bytes that are not valid text (U+FFFD found)"))),
+        (F.col(io.SUSPECT).isNotNull(), "malformed_record", F.col(io.SUSPECT)),
         (F.col("_tm_raw_text").isNull(), "null_text", F.lit(f"column {c.text!r} is null")),
-        (F.length(F.trim("text_out")) == 0, "empty_text", F.lit("no text left after cleaning")),
+        (blank_column(F.col("text_out")), "empty_text", F.lit("no text left after cleaning")),
         (n_chars > conf.max_chars, "text_too_long", F.format_string(f"n_chars=%d > max_chars={conf.max_chars}", n_chars)),
     ]
     if given_id is not None:
-        conditions.append(((given_id.isNull()) | (F.length(F.trim(given_id)) == 0), "null_doc_id", F.lit(f"column {c.doc_id!r} is null or empty")))
+        conditions.append(((given_id.isNull()) | blank_column(given_id), "null_doc_id", F.lit(f"column {c.doc_id!r} is null or empty")))
     if conf.label_map:
         conditions.append(
             (F.col("_tm_label_src").isNotNull() & F.col("label_out").isNull(), "unknown_label",
              F.concat(F.lit("label "), F.col("_tm_label_src"), F.lit(" is not in prepare.label_map")))
         )
     reason, detail = _reason_and_detail(conditions)
-    raw = F.coalesce(F.col(io.MALFORMED), F.to_json(F.struct(*[F.col(x) for x in src_cols])))
+    original = F.coalesce(F.col(io.MALFORMED), F.to_json(F.struct(*[F.col(x) for x in src_cols])))
+    # Every Parquet reader must be able to read the quarantine: text made valid, the exact bytes kept as binary.
+    raw = F.make_valid_utf8(original)
+    invalid_strings = [F.col(x) for x in [io.MALFORMED, *src_cols] if isinstance(source.schema[x].dataType, T.StringType)]
+    raw_bytes = F.coalesce(*[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings], F.lit(None).cast("binary"))
 
     df = df.select(
         "*",
@@ -209,6 +241,7 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         reason.alias(_REASON),
         detail.alias(_DETAIL),
         raw.alias(_RAW),
+        raw_bytes.alias(_RAW_BYTES),
     )
     if conf.duplicates == "quarantine":
         # The first row of a doc_id (by source, title, label, text) stays; later ones are quarantined.
@@ -230,6 +263,7 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         _REASON,
         _DETAIL,
         _RAW,
+        _RAW_BYTES,
     )
 
 
@@ -243,22 +277,65 @@ def _n_files(rows: int, text_bytes: int, files: OutputFilesConf) -> int:
     return max(1, n)
 
 
+def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[list[tuple[str, int]], list[str], io.InputListing]:
+    """(every input file, the files to read, the listing); clear errors when there is nothing to read."""
+    glob = p.text_files.glob if p.format == "text_files" else None
+    listed = io.list_input(spark, input_path, glob)
+    if listed.linked_dirs:
+        logger.warning("%d symlinked director%s under %s not followed, e.g. %s", len(listed.linked_dirs),
+                       "y" if len(listed.linked_dirs) == 1 else "ies", input_path, listed.linked_dirs[0])
+    if listed.not_matching:
+        example = listed.not_matching[0].rsplit("/", 1)[-1]
+        if not listed.files:
+            raise InputNotFoundError(f"io.input: {len(listed.not_matching)} file(s) under {input_path!r}, but none matches "
+                                     f"prepare.text_files.glob {glob!r} (e.g. {example!r}); set prepare.text_files.glob, e.g. '*'")
+        logger.warning("%d file(s) under %s do not match prepare.text_files.glob %r and are skipped, e.g. %s",
+                       len(listed.not_matching), input_path, glob, example)
+    files = listed.files
+    if not files:
+        raise InputNotFoundError(f"io.input: {input_path!r} exists but holds no files"
+                                 + (" (symlinked directories are not followed)" if listed.linked_dirs else ""))
+    # A file is one document in text_files (an empty one is quarantined); elsewhere an empty file holds no records.
+    to_read = [uri for uri, size in files if size > 0 or p.format == "text_files"]
+    if len(to_read) < len(files):
+        logger.warning("%d empty input file(s), e.g. %s: they hold no records", len(files) - len(to_read),
+                       next(uri for uri, size in files if size == 0))
+    if not to_read:
+        raise EmptyInputError(f"io.input: all {len(files)} input file(s) under {input_path!r} are empty (0 bytes); "
+                              "there are no records to prepare")
+    return files, to_read, listed
+
+
+def _check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
+    """Every listed file must be one the reader reads (files counted and rows read agree)."""
+    read = {_file_uri(u) for u in source.inputFiles()}
+    missing = [u for u in to_read if _file_uri(u) not in read]
+    if missing:
+        raise AccountingError(f"{len(missing)} input file(s) would not be read by the {len(read)}-file reader, e.g. {missing[0]}; "
+                              "nothing was written")
+
+
+def _file_uri(uri: str) -> str:
+    uri = urllib.parse.unquote(uri)
+    return "file:/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
+
+
 def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     """Run ``prepare``; returns the metrics (rows_in/out/quarantined, per-reason counts, files)."""
     p = conf.prepare
     input_path, output = conf.io.input, conf.io.output
     quarantine = quarantine_path(conf)
     io.require_input(spark, input_path)
-    files = io.list_files(spark, input_path)
-    if not files:
-        raise InputNotFoundError(f"io.input: {input_path!r} exists but holds no files")
-    empty = [uri for uri, size in files if size == 0]
-    if empty:
-        logger.warning("%d empty input file(s), e.g. %s: they hold no records", len(empty), empty[0])
-
-    source = read_source(spark, input_path, p)
+    files, to_read, listed = _input_files(spark, input_path, p)
+    source = read_source(spark, input_path if p.format == "parquet" else to_read, p)
+    _check_all_files_read(source, to_read)
     check_columns(source, p)
-    logger.info("prepare: reading %d file(s) from %s as %s", len(files), input_path, p.format)
+    logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
+    if p.format == "csv" and p.csv.multiline:
+        logger.warning("prepare.csv.multiline: an unclosed quote makes the parser read on into the next records. Records "
+                       "showing the signs (an odd quote count and absorbed lines that parse as whole records) are "
+                       "quarantined as malformed_record; an absorbed record that does not parse on its own line is not "
+                       "detected, and is then part of its neighbour's text")
     prepared = prepare_frame(source, p).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         stats = {
@@ -268,15 +345,19 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
             .collect()
         }
         rows_in = sum(n for n, _ in stats.values())
+        if rows_in == 0:
+            raise EmptyInputError(f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
+                                  "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else ""))
         rows_good, bytes_good = stats.get(None, (0, 0))
         rows_bad = rows_in - rows_good
         n_out = _n_files(rows_good, bytes_good, p.files)
         n_bad = _n_files(rows_bad, 0, p.files)
         logger.info("prepare: %d rows read, %d good -> %d file(s), %d quarantined", rows_in, rows_good, n_out, rows_bad)
 
-        good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW)
+        good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW, _RAW_BYTES)
         bad = prepared.where(F.col(_REASON).isNotNull()).select(
-            "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw")
+            "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw"),
+            F.col(_RAW_BYTES).alias("raw_bytes")
         )
         with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (tmp_out, tmp_bad):
             good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(tmp_out)
@@ -303,7 +384,9 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "input_files": len(files),
-        "empty_input_files": len(empty),
+        "empty_input_files": len(files) - len(to_read),
+        "skipped_input_files": len(listed.not_matching),
+        "skipped_linked_dirs": len(listed.linked_dirs),
         "output_files": n_out,
     }
     metrics.update({f"quarantined.{r}": reasons.get(r, 0) for r in REASONS})
