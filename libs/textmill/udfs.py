@@ -36,6 +36,7 @@ def make_annotate_udf(
     long_text: str = "split",
     sort_by_length: bool = True,
     report: Any = None,
+    batch_chars: int | None = None,
 ):
     """An iterator pandas UDF: text -> struct of tokens/entities/... and ``error``.
 
@@ -55,7 +56,7 @@ def make_annotate_udf(
         pipeline_plan = PipelinePlan(**plan)
         nlp, device = models.get_or_load(pipeline_plan.cache_key, lambda: load_pipeline(pipeline_plan))
         token_opts, entity_opts = _options(TokenOptions, tokens), _options(EntityOptions, entities)
-        annotator = Annotator(nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length)
+        annotator = Annotator(nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length, batch_chars)
         for batch in batches:
             results = annotator.annotate([t if isinstance(t, str) else None for t in batch])
             yield pd.DataFrame(result_columns(results, token_opts, entity_opts))

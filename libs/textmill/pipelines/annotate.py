@@ -78,6 +78,7 @@ def with_annotations(
         long_text=nlp.long_text,
         sort_by_length=nlp.sort_by_length,
         report=report,
+        batch_chars=nlp.batch_chars,
     )
     annotated = df.select("doc_id", annotate(F.col(nlp.text_column)).alias("_tm_annotations"), *nlp.keep_columns)
     return annotated.select("doc_id", "_tm_annotations.*", *nlp.keep_columns)

@@ -26,6 +26,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from textmill import io, models, tracking
+from textmill.cleaning import is_blank
 from textmill.config import JobConf, StrictModel
 from textmill.errors import TextmillError
 
@@ -112,7 +113,7 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
         scorer = models.get_or_load(key, lambda: load_scorer(path))
         for texts in batches:
             values = [t if isinstance(t, str) else None for t in texts]
-            ok = [i for i, t in enumerate(values) if t is not None and t.strip()]
+            ok = [i for i, t in enumerate(values) if not is_blank(t)]
             out = pd.DataFrame({"label": [None] * len(values), "probability": [np.nan] * len(values),
                                 "probabilities": [None] * len(values),
                                 "error": ["null text" if t is None else "empty text" for t in values]})

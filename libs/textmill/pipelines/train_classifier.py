@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 
 from textmill import io, storage
 from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
+from textmill.cleaning import blank_column
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.featurize import Featurizer
@@ -153,7 +154,7 @@ def stratified_split(df: DataFrame, label_column: str, fraction: float, seed: in
 def _labelled(df: DataFrame, c: ClassifierConf) -> tuple[DataFrame, DataFrame]:
     """(good rows, quarantined rows with a reason)."""
     reason = (F.when(F.col(c.text_column).isNull(), "null_text")
-              .when(F.length(F.trim(F.col(c.text_column))) == 0, "empty_text")
+              .when(blank_column(F.col(c.text_column)), "empty_text")
               .when(F.col(c.label_column).isNull(), "null_label"))
     marked = df.withColumn("_tm_reason", reason)
     good = marked.where(F.col("_tm_reason").isNull()).drop("_tm_reason")
@@ -241,8 +242,9 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
 
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string)]),  # one text column, by position: a Series, a list or a DataFrame
-        outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability"),
-                        ColSpec(Map(DataType.double), "probabilities")]),
+        outputs=Schema([ColSpec(DataType.string, "label", required=False), ColSpec(DataType.double, "probability", required=False),
+                        ColSpec(Map(DataType.double), "probabilities", required=False),
+                        ColSpec(DataType.string, "error", required=False)]),
     )
     return mlflow.pyfunc.log_model(
         name="model",
