@@ -120,15 +120,23 @@ def test_batched_search_merges_shards_to_the_exact_top_k(metric, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("dim", r"1 vector\(s\) do not have dimension 4, e.g. id 'b'"),
+    ("dim", r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 3; e.g. id 'b'"),
+    ("first_dim", r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 2; e.g. id 'a'"),
+    ("empty", r"3 of 3 vector\(s\) are empty \(length 0\)"),
+    ("single", r"1 vector\(s\); nearest neighbours need at least 2"),
+    ("nulls", r"no vectors to index \(2 row\(s\) with a null vector\)"),
     ("nan", r"2 vector\(s\) contain NaN or infinite values, e.g. id 'b'"),
     ("dup", r"1 id\(s\) occur more than once, e.g. 'a'"),
 ])
 def test_bad_vectors_fail_before_the_build(bad, message, spark, job_conf, tmp_path):
     rows = {"dim": [("a", [1.0, 0, 0, 0]), ("b", [1.0, 0, 0]), ("c", [0, 1.0, 0, 0])],
             "nan": [("a", [1.0, 0, 0, 0]), ("b", [float("nan"), 0, 0, 0]), ("c", [float("inf"), 1, 0, 0])],
-            "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])]}[bad]
-    rows = [(i, [float(x) for x in v]) for i, v in rows]
+            "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])],
+            "first_dim": [("a", [1.0, 0]), ("b", [1.0, 0, 0, 0]), ("c", [0, 1.0, 0, 0])],
+            "empty": [("a", []), ("b", []), ("c", [])],
+            "single": [("a", [1.0, 0, 0, 0])],
+            "nulls": [("a", None), ("b", None)]}[bad]
+    rows = [(i, None if v is None else [float(x) for x in v]) for i, v in rows]
     spark.createDataFrame(rows, "id string, vector array<float>").write.parquet(str(tmp_path / "v"))
     with pytest.raises(IndexInputError, match=message):
         run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")}), spark)

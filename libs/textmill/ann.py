@@ -27,7 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from textmill.errors import TextmillError
+
 FORMAT = "textmill-annoy/v1"
+
+
+class IndexCorruptError(TextmillError):
+    """An index directory's manifest or shard files are damaged or do not match."""
 METRICS = ("angular", "euclidean", "manhattan", "dot")
 
 
@@ -77,10 +83,42 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Manifest":
-        data = json.loads((Path(directory) / "manifest.json").read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{directory}: not a {FORMAT} index (format={data.get('format')!r})")
-        return cls(**data)
+        path = Path(directory) / "manifest.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IndexCorruptError(f"{path} cannot be read as JSON ({exc}); rebuild the index with build_index") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise IndexCorruptError(f"{directory}: not a {FORMAT} index (format={found!r})")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise IndexCorruptError(f"{path} does not describe an index ({exc}); rebuild the index with build_index") from exc
+
+
+def check_index(directory: str | Path) -> Manifest:
+    """Load the manifest and every shard once (on the driver), so a damaged index fails in one clear line."""
+    from annoy import AnnoyIndex
+
+    manifest = Manifest.load(directory)
+    for shard in manifest.shards:
+        path = Path(directory) / shard["file"]
+        if not path.is_file():
+            raise IndexCorruptError(f"{directory}: shard file {shard['file']} is missing; rebuild the index with build_index")
+        index = AnnoyIndex(manifest.dim, manifest.metric)
+        try:
+            index.load(str(path))
+            found = index.get_n_items()
+        except (OSError, IOError) as exc:
+            raise IndexCorruptError(f"{directory}: shard file {shard['file']} cannot be loaded ({exc}); "
+                                    "rebuild the index with build_index") from exc
+        finally:
+            index.unload()
+        if found != shard["items"]:
+            raise IndexCorruptError(f"{directory}: shard file {shard['file']} holds {found} items, the manifest says "
+                                    f"{shard['items']} (truncated or replaced?); rebuild the index with build_index")
+    return manifest
 
 
 class ShardedIndex:

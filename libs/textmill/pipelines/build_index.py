@@ -89,10 +89,18 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
     rows = df.select(F.col(c.id_column).cast("string").alias("id"), F.col(c.vector_column).alias("vector"))
     skipped = rows.where(F.col("vector").isNull()).count()
     rows = rows.where(F.col("vector").isNotNull())
-    dim = c.dim
-    if dim is None:
-        first = rows.select(F.size("vector").alias("d")).first()
-        dim = first["d"] if first else 0
+    # Rows per vector length: the expected dimension is the configured one, else the most common
+    # length (not the first row's, which may be the odd one out).
+    lengths = {r["d"]: r["n"] for r in rows.groupBy(F.size("vector").alias("d")).agg(F.count(F.lit(1)).alias("n")).collect()}
+    if not lengths:
+        raise IndexInputError(f"cannot build the index: no vectors to index ({skipped} row(s) with a null vector)")
+    dim = c.dim or max(lengths, key=lambda d: (lengths[d], d))
+    n_vectors = sum(lengths.values())
+    if dim == 0:
+        raise IndexInputError(f"cannot build the index: {lengths[0]} of {n_vectors} vector(s) are empty (length 0); "
+                              "set index.dim if the others are the ones to index")
+    if n_vectors < 2:
+        raise IndexInputError(f"cannot build the index: {n_vectors} vector(s); nearest neighbours need at least 2")
     bad_value = F.exists("vector", lambda x: F.isnan(x) | (x == float("inf")) | (x == float("-inf")) | x.isNull())
     checks = rows.agg(
         F.sum((F.size("vector") != dim).cast("int")).alias("wrong_dim"),
@@ -100,11 +108,13 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
         F.sum(bad_value.cast("int")).alias("bad"),
         F.first(F.when(bad_value, F.col("id")), ignorenulls=True).alias("bad_id"),
         F.sum(F.col("id").isNull().cast("int")).alias("null_ids"),
-        F.count(F.lit(1)).alias("rows"),
     ).first()
     problems = []
     if checks["wrong_dim"]:
-        problems.append(f"{checks['wrong_dim']} vector(s) do not have dimension {dim}, e.g. id {checks['wrong_dim_id']!r}")
+        source = "index.dim" if c.dim else "the most common length"
+        others = ", ".join(f"{n} of length {d}" for d, n in sorted(lengths.items()) if d != dim)
+        problems.append(f"{checks['wrong_dim']} vector(s) do not have dimension {dim} ({source}, {lengths.get(dim, 0)} vector(s)): "
+                        f"{others}; e.g. id {checks['wrong_dim_id']!r}")
     if checks["bad"]:
         problems.append(f"{checks['bad']} vector(s) contain NaN or infinite values, e.g. id {checks['bad_id']!r}")
     if checks["null_ids"]:
@@ -113,8 +123,6 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
     n_dup = duplicates.count()
     if n_dup:
         problems.append(f"{n_dup} id(s) occur more than once, e.g. {duplicates.orderBy('id').first()['id']!r}")
-    if not checks["rows"]:
-        problems.append("no vectors to index")
     if problems:
         raise IndexInputError("cannot build the index: " + "; ".join(problems))
     return rows, dim, skipped

@@ -78,6 +78,11 @@ def resolve_model(uri: str, into: str) -> Path:
     if not is_mlflow_uri:
         if not local.exists():
             raise ModelNotFoundError(f"classify.model_uri: no model at {uri!r}")
+        from textmill.pyfunc_classifier import CONFIG
+
+        if not local.is_dir() or not ((local / "MLmodel").is_file() or (local / CONFIG).is_file()):
+            raise ModelNotFoundError(f"classify.model_uri {uri!r} is not a model directory (no MLmodel or {CONFIG}); "
+                                     "point it at train_classifier's <output>/model, an MLflow model, or models:/name@alias")
         return local
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
@@ -135,7 +140,11 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else []))
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         model_dir = resolve_model(c.model_uri, tmp)
-        load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
+        try:
+            load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
+        except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelNotFoundError(f"classify.model_uri {c.model_uri!r} cannot be loaded as a model: "
+                                     f"{str(exc).splitlines()[0][:300]}") from exc
         shipped = io.ship_directory(spark, model_dir)
         rows_in = source.count()
         partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)

@@ -28,11 +28,15 @@ from pyspark.sql import functions as F
 import textmill
 from textmill import io, storage
 from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError
+from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "cluster/v1"
+
+
+class GraphError(TextmillError):
+    """The kNN graph cannot be clustered as given (neighbours that are not nodes)."""
 
 
 class ClusterConf(StrictModel):
@@ -125,6 +129,12 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         raise ColumnNotFoundError(f"cluster needs neighbors output (id, neighbors); available: {', '.join(neighbors.columns)}")
     nodes = neighbors.select("id").distinct()
     rows_in = nodes.count()
+    strangers = neighbors.select(F.explode("neighbors.id").alias("id")).distinct().join(nodes, "id", "left_anti")
+    n_strangers = strangers.count()
+    if n_strangers:
+        raise GraphError(f"{n_strangers} neighbour id(s) are not nodes of the graph (no row with that id), e.g. "
+                         f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
+                         "in items mode over the same ids it indexed")
     labels, iterations, converged = chinese_whispers(nodes, edges_from_neighbors(neighbors, c), c)
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = sizes.withColumn("cluster_id", F.row_number().over(Window.orderBy(F.desc("size"), "label")) - 1)

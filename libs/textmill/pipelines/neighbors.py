@@ -83,6 +83,7 @@ def index_dir(path: str) -> Path:
     local = Path(path[len("file:"):] if path.startswith("file:") else path)
     if not (local / "manifest.json").is_file():
         raise InputNotFoundError(f"neighbors.index: no manifest.json in {local} (is it build_index output?)")
+    ann.check_index(local)
     return local.resolve()
 
 
