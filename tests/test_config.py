@@ -260,3 +260,55 @@ def test_readme_key_tables_state_the_code_defaults():
             wrong.append(f"README {key}: {cell}, code default {defaults[key]!r}")
     assert wrong == []
     assert checked > 60
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path, capfd, caplog, monkeypatch):
+    import logging
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from textmill.jobs import run_job
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path, env=env,
+                              stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(1)
+        src = tmp_path / "docs.txt"
+        src.write_text("one\ntwo\n")
+        caplog.set_level(logging.DEBUG)
+        conf = {"io": {"input": str(src), "output": str(tmp_path / "out")}, "prepare": {"format": "text_lines"},
+                "spark": {"ui_enabled": False},
+                "mlflow": {"tracking_uri": f"http://alice:PLANTED-PW-91c2@127.0.0.1:{port}", "experiment": "creds"}}
+        assert run_job("prepare", conf, spark)["rows_out"] == 2
+        out, err = capfd.readouterr()
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "PLANTED-PW-91c2"  # MLflow authenticates with it
+        for name, text in {"stdout": out, "stderr": err, "log": caplog.text, "server store": (tmp_path / "server.db").read_bytes().decode("latin-1"),
+                           "server log": (tmp_path / "server.log").read_text()}.items():
+            assert "PLANTED-PW-91c2" not in text, name
+        assert f"http://alice:***redacted***@127.0.0.1:{port}" in (tmp_path / "server.db").read_bytes().decode("latin-1")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        import mlflow
+
+        mlflow.set_tracking_uri(None)

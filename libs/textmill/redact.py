@@ -49,3 +49,11 @@ def redact_value(key: str, value: Any) -> Any:
 def redact_tree(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A copy of a nested config dict with secret values replaced (keys are kept)."""
     return {k: redact_value(f"{prefix}{k}", v) for k, v in data.items()}
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``scheme://user:password@host/...`` -> (``scheme://host/...``, user, password); other URIs unchanged."""
+    match = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*)(:(?P<password>[^@/\s]*))?@(?P<rest>.*)$", uri)
+    if match is None:
+        return uri, None, None
+    return match.group("scheme") + match.group("rest"), match.group("user") or None, match.group("password")

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 import textmill
 from textmill.config import JobConf, flatten, to_yaml
-from textmill.redact import redact_text, redact_tree
+from textmill.redact import redact_text, redact_tree, split_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,16 @@ def log_workers(report: dict[str, dict], **extra: Any) -> dict[str, float]:
 
 
 def resolve_tracking_uri(conf_uri: str | None) -> str:
-    if conf_uri:
-        return conf_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The tracking URI to use. Credentials written into it (``https://user:pw@host``) move to
+    MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD, so no log line or run link can show them."""
+    uri = conf_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    bare, user, password = split_credentials(uri)
+    if user is not None and bare.startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        return bare
+    return uri
 
 
 def ensure_experiment(name: str, artifact_location: str | None) -> str:
