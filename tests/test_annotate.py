@@ -269,3 +269,17 @@ def test_one_huge_document_needs_no_more_memory_than_a_long_one():
         assert entities > chars / 100  # the whole text was parsed, not just its start
         peaks[chars] = peak_kb
     assert peaks[3_000_000] <= 1.5 * peaks[100_000], peaks
+
+
+def test_invalid_utf8_from_outside_prepare_is_a_row_error_not_a_crash(spark, job_conf, tmp_path):
+    from pyspark.sql import functions as F
+
+    source = tmp_path / "foreign"
+    (spark.createDataFrame([("d1", "Paris is nice."), ("d2", None)], "doc_id string, text string")
+     .union(spark.range(1).select(F.lit("d3").alias("doc_id"), F.unhex(F.lit("416263FF20")).cast("string").alias("text")))
+     .write.parquet(str(source)))
+    metrics = run_job("tokenize", job_conf(io={"input": str(source), "output": str(tmp_path / "out")}, nlp={"model": "blank:en"}), spark)
+    rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    assert rows["d1"].error is None and rows["d1"].tokens == ["Paris", "is", "nice", "."]
+    assert (rows["d3"].error, rows["d3"].tokens) == ("text is not valid UTF-8", None)
+    assert rows["d2"].error == "null text" and metrics["rows_out"] == 3 and metrics["rows_error"] == 2

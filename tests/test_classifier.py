@@ -220,3 +220,24 @@ def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_invalid_utf8_is_a_row_error_in_classify_and_quarantined_in_training(trained, spark, job_conf, tmp_path):
+    from pyspark.sql import functions as F
+
+    source = tmp_path / "foreign"
+    (spark.createDataFrame([("d1", "The striker scored twice.", "Sports")], "doc_id string, text string, label string")
+     .union(spark.range(1).select(F.lit("d2").alias("doc_id"), F.unhex(F.lit("476F616CFF")).cast("string").alias("text"),
+                                  F.lit("Sports").alias("label")))
+     .write.parquet(str(source)))
+    run_job("classify", job_conf(io={"input": str(source), "output": str(tmp_path / "scored")},
+                                 classify={"model_uri": "models:/topics@champion"}), spark)
+    rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "scored")).collect()}
+    assert rows["d1"].error is None and rows["d1"].label in TOPICS
+    assert (rows["d2"].label, rows["d2"].error) == (None, "text is not valid UTF-8")
+
+    from textmill.pipelines.train_classifier import ClassifierConf, _labelled
+
+    good, bad = _labelled(spark.read.parquet(str(source)), ClassifierConf())
+    assert [r.doc_id for r in good.collect()] == ["d1"]
+    assert [(r.doc_id, r.reason) for r in bad.collect()] == [("d2", "undecodable_text")]

@@ -218,3 +218,17 @@ def test_embed_docs_gives_one_vector_per_document(sgns, corpus, spark, job_conf,
 
     strict = DocumentEmbedder(out / "export", subword_fallback=False)
     assert strict.embed_tokens(["zzz", "qqq"]) == (None, 0)
+
+
+def test_embed_docs_reports_invalid_utf8_text_as_a_row_error(sgns, spark, job_conf, tmp_path):
+    from pyspark.sql import functions as F
+
+    out, _, _ = sgns
+    source = tmp_path / "foreign"
+    (spark.createDataFrame([("d1", "the cat")], "doc_id string, text string")
+     .union(spark.range(1).select(F.lit("d2").alias("doc_id"), F.unhex(F.lit("636174FF")).cast("string").alias("text")))
+     .write.parquet(str(source)))
+    run_job("embed_docs", job_conf(io={"input": str(source), "output": str(tmp_path / "v")}, embed={"embeddings": str(out)}), spark)
+    rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "v")).collect()}
+    assert rows["d1"].error is None and rows["d1"].vector is not None
+    assert (rows["d2"].vector, rows["d2"].error) == (None, "text is not valid UTF-8")

@@ -89,6 +89,23 @@ def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
                                   + (f" ({hint})" if hint else ""))
 
 
+UTF8_ERROR = "text is not valid UTF-8"
+
+
+def utf8_or_null(column: Column) -> Column:
+    """``column`` where it is valid UTF-8, else null: bytes Arrow cannot decode never reach a Python worker.
+
+    Parquet not written by ``prepare`` may hold invalid UTF-8 (Spark does not validate it).
+    Jobs pass text through this and then report such rows with ``utf8_error``.
+    """
+    return F.when(F.is_valid_utf8(column), column)
+
+
+def utf8_error(valid: Column, error: Column) -> Column:
+    """The row's error: ``UTF8_ERROR`` where ``valid`` (``is_valid_utf8`` of the input) is false."""
+    return F.when(~valid, F.lit(UTF8_ERROR)).otherwise(error)
+
+
 def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, given: int | None = None) -> int:
     """``given``, else max(2 x parallelism, rows / rows_per_partition) rounded up to a multiple of the
     parallelism, so the last wave of tasks does not leave cores idle."""

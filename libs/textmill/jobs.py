@@ -6,6 +6,7 @@ that ``textmill --help`` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from dataclasses import dataclass
@@ -76,9 +77,8 @@ def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | 
     with storage.output_lock(spark, *outputs.values()):
         for key, path in outputs.items():
             storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key)
-        if conf.container_output:
-            storage.mark_container(spark, conf.io.output, name)
-        with job_run(name, conf, spark) as tracked:
+        claim = storage.claimed_container(spark, conf.io.output, name) if conf.container_output else contextlib.nullcontext()
+        with claim, job_run(name, conf, spark) as tracked:
             metrics = job.load().run(spark, conf)
             tracked.log_metrics(metrics)
     logger.info("%s finished: %s", name, {k: metrics[k] for k in list(metrics)[:6]})

@@ -185,14 +185,27 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
                       f"replaced whole; {REPLACE_HINT}")
 
 
-def mark_container(spark: SparkSession, directory: str, job: str) -> None:
-    """Claim a directory a job writes several outputs into (checked with ``check_output`` first)."""
+@contextmanager
+def claimed_container(spark: SparkSession, directory: str, job: str) -> Iterator[None]:
+    """Claim a directory a job writes several outputs into (checked with ``check_output`` first).
+
+    The marker goes in first, so a run killed halfway leaves a directory the next run
+    recognises as its own. A directory this claim created is removed again if the job fails
+    before writing anything into it.
+    """
     import textmill
 
     fs, hpath = hadoop_fs(spark, directory)
+    created = not fs.exists(hpath)
     fs.mkdirs(hpath)
     if read_marker(spark, directory) is None:
         write_marker(spark, directory, {"kind": "container", "job": job, "textmill_version": textmill.__version__})
+    try:
+        yield
+    except BaseException:
+        if created and [s.getPath().getName() for s in fs.listStatus(hpath)] == [MARKER]:
+            fs.delete(hpath, True)
+        raise
 
 
 # ---------------------------------------------------------------------------- locks

@@ -80,8 +80,12 @@ def with_annotations(
         report=report,
         batch_chars=nlp.batch_chars,
     )
-    annotated = df.select("doc_id", annotate(F.col(nlp.text_column)).alias("_tm_annotations"), *nlp.keep_columns)
-    return annotated.select("doc_id", "_tm_annotations.*", *nlp.keep_columns)
+    text = F.col(nlp.text_column)
+    annotated = df.select("doc_id", annotate(io.utf8_or_null(text)).alias("_tm_annotations"),
+                          F.is_valid_utf8(text).alias("_tm_utf8"), *nlp.keep_columns)
+    fields = [f.split()[0] for f in output_schema(tokens, entities).split(", ")]
+    return annotated.select("doc_id", *[io.utf8_error(F.col("_tm_utf8"), F.col("_tm_annotations.error")).alias("error")
+                                        if f == "error" else F.col(f"_tm_annotations.{f}") for f in fields], *nlp.keep_columns)
 
 
 def with_tokens(df: DataFrame, nlp: NlpConf | None = None, options: TokenOptions | None = None, report: Any = None) -> DataFrame:

@@ -150,9 +150,10 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
         partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
         report = models.new_worker_report(spark)
         scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-                  .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(F.col(c.text_column)).alias("_tm_p"),
-                          *c.keep_columns))
-        scored = scored.select("doc_id", "_tm_p.*", *c.keep_columns)
+                  .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
+                          F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *c.keep_columns))
+        scored = scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
+                               io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *c.keep_columns)
         def evaluate(written):
             truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
             return _evaluate(written.join(truth, "doc_id"))

@@ -101,8 +101,11 @@ def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
     partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
     report = models.new_worker_report(spark)
     udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
+    value = F.col(column)
+    valid = F.lit(True) if from_tokens else F.is_valid_utf8(value)  # annotate's tokens are valid text
     out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-           .select("doc_id", udf(F.col(column)).alias("_e")).select("doc_id", "_e.*"))
+           .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
+           .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error")))
     rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "embeddings": str(export)}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,

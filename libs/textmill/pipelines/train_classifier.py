@@ -154,12 +154,14 @@ def stratified_split(df: DataFrame, label_column: str, fraction: float, seed: in
 def _labelled(df: DataFrame, c: ClassifierConf) -> tuple[DataFrame, DataFrame]:
     """(good rows, quarantined rows with a reason)."""
     reason = (F.when(F.col(c.text_column).isNull(), "null_text")
+              .when(~F.is_valid_utf8(F.col(c.text_column)), "undecodable_text")
               .when(blank_column(F.col(c.text_column)), "empty_text")
               .when(F.col(c.label_column).isNull(), "null_label"))
     marked = df.withColumn("_tm_reason", reason)
     good = marked.where(F.col("_tm_reason").isNull()).drop("_tm_reason")
     bad = marked.where(F.col("_tm_reason").isNotNull()).select(
-        "doc_id", F.col("_tm_reason").alias("reason"), F.to_json(F.struct(*[F.col(x) for x in df.columns])).alias("raw"))
+        "doc_id", F.col("_tm_reason").alias("reason"),
+        F.make_valid_utf8(F.to_json(F.struct(*[F.col(x) for x in df.columns]))).alias("raw"))
     return good, bad
 
 
