@@ -60,3 +60,27 @@ def job_conf(tmp_path, mlflow_uri):
         return conf
 
     return build
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, server, log: Path, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers; fail with the server's log if it dies or the time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise AssertionError(log.read_text()[-3000:])
+            time.sleep(1)

@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port, wait_until_serving
 from textmill.classifier import GRUClassifier, collate, model_inputs
 from textmill.featurize import Featurizer
 from textmill.jobs import run_job
@@ -177,12 +176,6 @@ def test_two_process_distributed_training_is_close_to_single_process(trained, sp
     assert metrics["val_accuracy"] >= single["val_accuracy"] - 0.05
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
     port = free_port()
@@ -193,15 +186,7 @@ def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
                                "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
                               stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-                time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         def invoke(payload: dict) -> list[dict]:
             request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
                                              headers={"Content-Type": "application/json"})

@@ -266,17 +266,13 @@ def test_readme_key_tables_state_the_code_defaults():
 def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path, capfd, caplog, monkeypatch):
     import logging
     import os
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
+    from conftest import free_port, wait_until_serving
     from textmill.jobs import run_job
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -285,14 +281,7 @@ def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}/health", server, tmp_path / "server.log")
         src = tmp_path / "docs.txt"
         src.write_text("one\ntwo\n")
         caplog.set_level(logging.DEBUG)

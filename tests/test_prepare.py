@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill import io, storage
+from textmill import storage
 from textmill.config import load_conf
 from textmill.errors import ColumnNotFoundError, EmptyInputError, InputNotFoundError
 from textmill.jobs import run_job
