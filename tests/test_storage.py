@@ -166,3 +166,20 @@ def test_a_previous_output_left_aside_by_a_kill_is_restored(spark, job_conf, tmp
     with storage.output_lock(spark, str(output)):
         assert tree(output) == before
     assert [p.name for p in tmp_path.iterdir() if "__textmill" in p.name] == []
+
+
+def test_an_output_of_another_kind_is_not_mixed_or_replaced(spark, job_conf, tmp_path):
+    from textmill.storage import claimed_container
+
+    source = tmp_path / "in.txt"
+    source.write_text("one\n")
+    prepared = tmp_path / "prepared"
+    run_job("prepare", prepare_conf(job_conf, source, prepared), spark)
+    with pytest.raises(OutputError, match="holds a textmill dataset; replacing it with the outputs of train_embeddings"):
+        run_job("train_embeddings", job_conf(io={"input": str(source), "output": str(prepared)}), spark)
+    container = tmp_path / "embeddings"
+    with claimed_container(spark, str(container), "train_embeddings"):
+        (container / "vocab").mkdir()
+    with pytest.raises(OutputError, match="holds the outputs of textmill's train_embeddings job; replacing it with a dataset"):
+        run_job("prepare", prepare_conf(job_conf, source, container), spark)
+    assert (container / "vocab").is_dir() and spark.read.parquet(str(prepared)).count() == 1

@@ -76,7 +76,8 @@ def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | 
     # One writer per output for the whole job; a second run fails at once instead of at publish time.
     with storage.output_lock(spark, *outputs.values()):
         for key, path in outputs.items():
-            storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key)
+            storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key,
+                                 container_for=name if conf.container_output and key == "io.output" else None)
         claim = storage.claimed_container(spark, conf.io.output, name) if conf.container_output else contextlib.nullcontext()
         with claim, job_run(name, conf, spark) as tracked:
             metrics = job.load().run(spark, conf)

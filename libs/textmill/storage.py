@@ -154,8 +154,12 @@ def read_marker(spark: SparkSession, directory: str) -> dict | None:
 
 
 def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replace_unmarked: bool = False,
-                 key: str = "io.output") -> None:
-    """Refuse ``output`` if it overlaps an input, or holds a file or data textmill did not write."""
+                 key: str = "io.output", container_for: str | None = None) -> None:
+    """Refuse ``output`` if it overlaps an input, or holds a file or data textmill did not write.
+
+    ``container_for`` names the job when ``output`` is a directory of several outputs: it must
+    then be empty, or that job's container; a dataset output must not be someone's container.
+    """
     target = qualified(spark, output)
     for given in inputs:
         for location in _input_locations(spark, given):
@@ -171,7 +175,14 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
             logger.warning("%s %s is a file; replacing it (io.replace_unmarked is true)", key, output)
             return
         raise OutputError(f"{key} {output!r} is an existing file, and textmill replaces its output whole; {REPLACE_HINT}")
-    if read_marker(spark, output) is not None:
+    marker = read_marker(spark, output)
+    if marker is not None:
+        owner = marker.get("job") if marker.get("kind") == "container" else None
+        if owner != container_for:
+            held = f"the outputs of textmill's {owner} job" if owner else "a textmill dataset"
+            raise OutputError(f"{key} {output!r} holds {held}; replacing it with "
+                              f"{'the outputs of ' + container_for if container_for else 'a dataset'} would mix or delete "
+                              "them; choose another path")
         return
     contents = fs.listStatus(hpath)
     if len(contents) == 0:
