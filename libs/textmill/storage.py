@@ -438,9 +438,10 @@ def _torn(spark: SparkSession, path: str) -> list[str]:
 
 def _warn_if_torn(spark: SparkSession, finals: list[str]) -> None:
     for final in finals:
-        if path_exists(spark, final) and _torn(spark, final):
+        torn = _torn(spark, final) if path_exists(spark, final) else []
+        if torn:
             logger.warning("%s and %s were published by different runs (a run was killed while publishing); "
-                           "this run replaces them together", final, ", ".join(_torn(spark, final)))
+                           "this run replaces them together", final, ", ".join(torn))
             return
 
 
