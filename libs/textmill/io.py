@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 
 from textmill.config import StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
-from textmill.storage import check_published_together, hadoop_fs, path_exists, staged_outputs, write_marker
+from textmill.storage import check_published_together, hadoop_fs, local_path, path_exists, staged_outputs, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +124,6 @@ class InputListing:
     not_matching: list[str] = field(default_factory=list)       # left out by the file-name glob
     linked_dirs: list[str] = field(default_factory=list)        # symlinked directories, not followed
 
-    @property
-    def uris(self) -> list[str]:
-        return [uri for uri, _ in self.files]
-
 
 def _hidden(name: str) -> bool:
     return name.startswith(("_", "."))
@@ -156,7 +152,7 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
             continue
         uri = fs.makeQualified(root).toString()
         if uri.startswith("file:"):
-            for folder, dirs, names in os.walk(uri[len("file:"):], followlinks=False):
+            for folder, dirs, names in os.walk(local_path(uri), followlinks=False):
                 listing.linked_dirs += [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
                 dirs[:] = sorted(d for d in dirs if not _hidden(d) and not os.path.islink(os.path.join(folder, d)))
                 for name in sorted(n for n in names if not _hidden(n)):

@@ -69,7 +69,8 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
-def _local_path(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """The local path of a ``file:`` URI (other URIs unchanged)."""
     return uri[len("file:"):] if uri.startswith("file:") else uri
 
 
@@ -93,7 +94,7 @@ def _read_text(spark: SparkSession, path: str) -> str | None:
     uri = qualified(spark, path)
     if uri.startswith("file:"):
         try:
-            with open(_local_path(uri), encoding="utf-8") as f:
+            with open(local_path(uri), encoding="utf-8") as f:
                 return f.read()
         except FileNotFoundError:
             return None
@@ -111,7 +112,7 @@ def _write_text(spark: SparkSession, path: str, text: str, exclusive: bool = Fal
     """Write a small file; with ``exclusive``, only if it does not exist yet (returns False then)."""
     uri = qualified(spark, path)
     if uri.startswith("file:"):
-        local = _local_path(uri)
+        local = local_path(uri)
         os.makedirs(os.path.dirname(local), exist_ok=True)
         try:
             fd = os.open(local, os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC), 0o644)

@@ -277,8 +277,8 @@ def _n_files(rows: int, text_bytes: int, files: OutputFilesConf) -> int:
     return max(1, n)
 
 
-def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[list[tuple[str, int]], list[str], io.InputListing]:
-    """(every input file, the files to read, the listing); clear errors when there is nothing to read."""
+def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[io.InputListing, list[str]]:
+    """(the listing, the files to read); clear errors when there is nothing to read."""
     glob = p.text_files.glob if p.format == "text_files" else None
     listed = io.list_input(spark, input_path, glob)
     if listed.linked_dirs:
@@ -303,7 +303,7 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     if not to_read:
         raise EmptyInputError(f"io.input: all {len(files)} input file(s) under {input_path!r} are empty (0 bytes); "
                               "there are no records to prepare")
-    return files, to_read, listed
+    return listed, to_read
 
 
 def _check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
@@ -326,7 +326,7 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     input_path, output = conf.io.input, conf.io.output
     quarantine = quarantine_path(conf)
     io.require_input(spark, input_path)
-    files, to_read, listed = _input_files(spark, input_path, p)
+    listed, to_read = _input_files(spark, input_path, p)
     source = read_source(spark, input_path if p.format == "parquet" else to_read, p)
     _check_all_files_read(source, to_read)
     check_columns(source, p)
@@ -383,8 +383,8 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
-        "input_files": len(files),
-        "empty_input_files": len(files) - len(to_read),
+        "input_files": len(listed.files),
+        "empty_input_files": len(listed.files) - len(to_read),
         "skipped_input_files": len(listed.not_matching),
         "skipped_linked_dirs": len(listed.linked_dirs),
         "output_files": n_out,
