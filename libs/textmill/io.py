@@ -192,29 +192,31 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     return name
 
 
-def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
-                 check=None, replace_unmarked: bool = False) -> tuple[int, int, Any]:
-    """Write ``df`` (one row per input row, with an ``error`` column) staged, then publish it.
+def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None) -> tuple[int, int, Any]:
+    """Write ``df`` (one row per input row, with an ``error`` column) to the fresh directory ``path``.
 
-    Before publishing: rows out must equal ``rows_in`` (else AccountingError, nothing
-    published); ``check(written)`` may inspect the written rows and raise. Returns
-    (rows_out, rows with an error, what ``check`` returned).
+    Rows out must equal ``rows_in`` (else AccountingError); ``check(written)`` may inspect the
+    written rows and raise. Marks ``path``; returns (rows_out, rows with an error, what
+    ``check`` returned). The caller publishes ``path``.
     """
     import textmill
 
-    with staged_outputs(spark, output, replace_unmarked=replace_unmarked) as (staged,):
-        df.write.parquet(staged)
-        written = spark.read.parquet(staged)
-        rows_out = written.count()
-        if rows_out != rows_in:
-            raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
-        rows_error = written.where(F.col("error").isNotNull()).count()
-        checked = check(written) if check is not None else None
-        write_marker(spark, staged, {**marker, "textmill_version": textmill.__version__, "rows": rows_out,
-                                     "columns": written.columns})
+    df.write.parquet(path)
+    written = spark.read.parquet(path)
+    rows_out = written.count()
+    if rows_out != rows_in:
+        raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
+    rows_error = written.where(F.col("error").isNotNull()).count()
+    checked = check(written) if check is not None else None
+    write_marker(spark, path, {**marker, "textmill_version": textmill.__version__, "rows": rows_out, "columns": written.columns})
     return rows_out, rows_error, checked
 
 
+def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
+                 check=None, replace_unmarked: bool = False) -> tuple[int, int, Any]:
+    """``write_rows`` into a staged directory, then publish it as ``output``."""
+    with staged_outputs(spark, output, replace_unmarked=replace_unmarked) as (staged,):
+        return write_rows(spark, df, staged, rows_in, marker, check)
 
 
 def count_parquet(spark: SparkSession, path: str) -> int:

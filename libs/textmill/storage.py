@@ -346,6 +346,31 @@ def _rename_no_nest(spark: SparkSession, source, target) -> None:
         raise OutputError(f"could not move the new output into place at {target.toString()} (it exists, or the rename failed)")
 
 
+def move(spark: SparkSession, source: str, target: str) -> None:
+    """Rename ``source`` to ``target`` (which must not exist), creating ``target``'s parent."""
+    fs, target_path = hadoop_fs(spark, target)
+    if target_path.getParent() is not None:
+        fs.mkdirs(target_path.getParent())
+    _rename_no_nest(spark, spark._jvm.org.apache.hadoop.fs.Path(source), target_path)
+
+
+def write_text_atomic(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small file so that readers see the old content or the new, never a part."""
+    tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
+    _write_text(spark, tmp, text)
+    uri = qualified(spark, path)
+    if uri.startswith("file:"):
+        os.replace(local_path(qualified(spark, tmp)), local_path(uri))
+        return
+    delete_path(spark, path)
+    move(spark, tmp, path)
+
+
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """A small file's text, or None when it does not exist."""
+    return _read_text(spark, path)
+
+
 def _replaceable(spark: SparkSession, final: str, replace_unmarked: bool) -> None:
     fs, hpath = hadoop_fs(spark, final)
     if replace_unmarked or not fs.exists(hpath):

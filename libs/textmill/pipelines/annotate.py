@@ -7,10 +7,11 @@ per input row: ``doc_id``, the requested outputs, ``error`` (null when fine) and
 ``keep_columns``. The spaCy pipeline is planned on the driver (fails fast if it cannot
 load) and loaded once per executor Python worker.
 
-``run_nlp_job`` is the job body the three jobs share: read ``prepare`` output, annotate,
-write Parquet sorted by ``doc_id`` (staged, then published), check rows out == rows in,
-count row errors (or fail on them), and return metrics including the worker report
-(Python workers, model loads per worker, peak worker RSS).
+``run_nlp_job`` is the job body the three jobs share: read ``prepare`` output, then
+``write_annotations`` (also used by ``watch``): annotate, write Parquet sorted by ``doc_id``,
+check rows out == rows in, count row errors (or fail on them); the job publishes the staged
+output and returns metrics including the worker report (Python workers, model loads per
+worker, peak worker RSS).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import textmill
 from textmill import io, models, storage, tracking
 from textmill.config import JobConf
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
-from textmill.nlp import EntityOptions, NlpConf, TokenOptions, output_schema, plan_pipeline
+from textmill.nlp import EntityOptions, NlpConf, PipelinePlan, TokenOptions, output_schema, plan_pipeline
 from textmill.udfs import make_annotate_udf
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,11 @@ def with_annotations(
     tokens: TokenOptions | None = None,
     entities: EntityOptions | None = None,
     report: Any = None,
+    plan: PipelinePlan | None = None,
 ) -> DataFrame:
-    """Annotate ``df[nlp.text_column]``; see the module docstring for the output columns."""
+    """Annotate ``df[nlp.text_column]``; see the module docstring for the output columns.
+
+    ``plan``: a ``plan_pipeline`` result made earlier (a long-running caller plans once)."""
     nlp = nlp or NlpConf()
     if tokens is None and entities is None:
         raise ValueError("with_annotations needs tokens, entities or both")
@@ -66,7 +70,7 @@ def with_annotations(
     clash = sorted(set(nlp.keep_columns) & produced)
     if clash:
         raise ColumnNotFoundError(f"nlp.keep_columns may not carry {clash}: the job writes columns with those names")
-    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)
+    plan = plan or plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)
     logger.info("spaCy %s: running %s (excluded: %s)", nlp.model,
                 "tokenizer only" if not plan.exclude and not plan.enable else "the planned components", ", ".join(plan.exclude) or "none")
     annotate = make_annotate_udf(
@@ -98,40 +102,39 @@ def with_entities(df: DataFrame, nlp: NlpConf | None = None, options: EntityOpti
     return with_annotations(df, nlp, None, options or EntityOptions(), report)
 
 
-def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
-    nlp: NlpConf = conf.nlp
-    source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
-    plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)  # fail on the driver before any Spark job
-    rows_in = source.count()
+def write_annotations(spark: SparkSession, source: DataFrame, path: str, rows_in: int, nlp: NlpConf,
+                      tokens: TokenOptions | None, entities: EntityOptions | None, report: Any = None,
+                      marker: dict | None = None, plan: PipelinePlan | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Annotate ``source`` (``rows_in`` rows) into the fresh directory ``path``, check rows out ==
+    rows in and ``nlp.on_error``, and mark it. Returns (metrics, up to 3 error examples).
+
+    Shared by the tokenize/ner/annotate jobs and ``watch``; the caller publishes ``path``.
+    """
     partitions = io.task_partitions(spark, rows_in, 20_000, nlp.partitions)
-    report = models.new_worker_report(spark)
     logger.info("annotating %d documents in %d partitions with %s", rows_in, partitions, nlp.model)
     # Range partitions by doc_id: balanced, deterministic, and the output comes out sorted.
     spread = source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-    annotated = with_annotations(spread, nlp, tokens, entities, report)
-
+    annotated = with_annotations(spread, nlp, tokens, entities, report, plan)
     previous_batch = spark.conf.get(ARROW_BATCH)
     spark.conf.set(ARROW_BATCH, str(nlp.arrow_batch_size))
     try:
-        with storage.staged_outputs(spark, conf.io.output, replace_unmarked=conf.io.replace_unmarked) as (staged,):
-            annotated.write.parquet(staged)
-            written = spark.read.parquet(staged)
-            totals = written.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count("error").alias("errors"),
-                *([F.sum("n_tokens").alias("tokens")] if tokens is not None else []),
-                *([F.sum(F.size("entities")).alias("entities")] if entities is not None else []),
-            ).first().asDict()
-            if totals["rows"] != rows_in:
-                raise AccountingError(f"rows_in={rows_in} but rows_out={totals['rows']}; nothing was published")
-            examples = [r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
-            if totals["errors"] and nlp.on_error == "fail":
-                raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
-            storage.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
-                                            "rows": totals["rows"], "columns": written.columns, "model": nlp.model})
+        annotated.write.parquet(path)
     finally:
         spark.conf.set(ARROW_BATCH, previous_batch)
-
+    written = spark.read.parquet(path)
+    totals = written.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count("error").alias("errors"),
+        *([F.sum("n_tokens").alias("tokens")] if tokens is not None else []),
+        *([F.sum(F.size("entities")).alias("entities")] if entities is not None else []),
+    ).first().asDict()
+    if totals["rows"] != rows_in:
+        raise AccountingError(f"rows_in={rows_in} but rows_out={totals['rows']}; nothing was published")
+    examples = [r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
+    if totals["errors"] and nlp.on_error == "fail":
+        raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
+    storage.write_marker(spark, path, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
+                                       "rows": totals["rows"], "columns": written.columns, "model": nlp.model, **(marker or {})})
     if examples:
         logger.warning("%d row(s) have an error, e.g. %s", totals["errors"], examples)
     metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": totals["rows"], "rows_error": totals["errors"],
@@ -140,6 +143,17 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
         metrics["tokens"] = totals["tokens"] or 0
     if entities is not None:
         metrics["entities"] = totals["entities"] or 0
+    return metrics, examples
+
+
+def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
+    nlp: NlpConf = conf.nlp
+    source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
+    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)  # fails on the driver before any Spark job
+    rows_in = source.count()
+    report = models.new_worker_report(spark)
+    with storage.staged_outputs(spark, conf.io.output, replace_unmarked=conf.io.replace_unmarked) as (staged,):
+        metrics, examples = write_annotations(spark, source, staged, rows_in, nlp, tokens, entities, report, plan=plan)
     metrics.update(tracking.log_workers(report.value, error_examples=examples))
     return metrics
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 from pyspark import SparkFiles
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from textmill import io, models, tracking
@@ -50,9 +50,7 @@ class ClassifyJobConf(JobConf):
     classify: ClassifyConf = Field(default_factory=ClassifyConf)
 
     def input_paths(self) -> list[str]:
-        uri = self.classify.model_uri
-        local = uri and not uri.startswith(("models:/", "runs:/")) and ("://" not in uri or uri.startswith("file:"))
-        return super().input_paths() + ([uri] if local else [])
+        return super().input_paths() + local_model_paths(self.classify.model_uri)
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
@@ -65,6 +63,12 @@ class ClassifyJobConf(JobConf):
 
 
 JOB_CONF = ClassifyJobConf
+
+
+def local_model_paths(uri: str | None) -> list[str]:
+    """``[uri]`` when it names a local model directory (an input no output may overlap), else []."""
+    local = uri and not uri.startswith(("models:/", "runs:/")) and ("://" not in uri or uri.startswith("file:"))
+    return [uri] if local else []
 
 
 class ModelNotFoundError(TextmillError):
@@ -135,25 +139,38 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
     return classify
 
 
+def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
+    """Resolve ``model_uri`` (downloaded under ``into``), check it loads here on the driver, and
+    ship it to the executors; returns the name for ``make_classify_udf``."""
+    model_dir = resolve_model(model_uri, into)
+    try:
+        load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
+    except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"classify.model_uri {model_uri!r} cannot be loaded as a model: "
+                                 f"{str(exc).splitlines()[0][:300]}") from exc
+    return io.ship_directory(spark, model_dir)
+
+
+def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partitions: int, report=None) -> DataFrame:
+    """``doc_id, label, probability, probabilities, error`` (+ keep columns), one row per row of
+    ``source``, in ``partitions`` range partitions by ``doc_id``."""
+    scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+              .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
+                      F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *c.keep_columns))
+    return scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
+                         io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *c.keep_columns)
+
+
 def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     c = conf.classify
     source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else []))
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
-        model_dir = resolve_model(c.model_uri, tmp)
-        try:
-            load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
-        except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelNotFoundError(f"classify.model_uri {c.model_uri!r} cannot be loaded as a model: "
-                                     f"{str(exc).splitlines()[0][:300]}") from exc
-        shipped = io.ship_directory(spark, model_dir)
+        shipped = ship_model(spark, c.model_uri, tmp)
         rows_in = source.count()
         partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
         report = models.new_worker_report(spark)
-        scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-                  .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
-                          F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *c.keep_columns))
-        scored = scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
-                               io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *c.keep_columns)
+        scored = with_predictions(source, c, shipped, partitions, report)
+
         def evaluate(written):
             truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
             return _evaluate(written.join(truth, "doc_id"))

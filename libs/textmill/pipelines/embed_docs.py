@@ -15,7 +15,7 @@ from typing import Iterator
 import pandas as pd
 from pydantic import Field
 from pyspark import SparkFiles
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from textmill import io, models, tracking
@@ -88,24 +88,30 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
     return embed
 
 
-def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
-    c = conf.embed
-    source = io.read_input(spark, conf.io.input, ["doc_id"])
+def with_doc_vectors(source: DataFrame, c: EmbedConf, shipped: str, partitions: int, report=None) -> DataFrame:
+    """``doc_id, vector, n_known, error``, one row per row of ``source`` (from ``c.tokens_column``
+    when ``source`` has it, else ``c.text_column``), in ``partitions`` range partitions by ``doc_id``."""
     from_tokens = c.tokens_column in source.columns
     column = c.tokens_column if from_tokens else c.text_column
     if column not in source.columns:
         raise ColumnNotFoundError(f"embed_docs needs {c.tokens_column!r} or {c.text_column!r}; available: {', '.join(source.columns)}")
+    udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
+    value = F.col(column)
+    valid = F.lit(True) if from_tokens else F.is_valid_utf8(value)  # annotate's tokens are valid text
+    return (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+            .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
+            .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error")))
+
+
+def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
+    c = conf.embed
+    source = io.read_input(spark, conf.io.input, ["doc_id"])
     export = export_dir(c.embeddings)
     shipped = io.ship_directory(spark, export)
     rows_in = source.count()
     partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
     report = models.new_worker_report(spark)
-    udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
-    value = F.col(column)
-    valid = F.lit(True) if from_tokens else F.is_valid_utf8(value)  # annotate's tokens are valid text
-    out = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-           .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
-           .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error")))
+    out = with_doc_vectors(source, c, shipped, partitions, report)
     rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "embeddings": str(export)}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,

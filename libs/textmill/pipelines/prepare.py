@@ -267,6 +267,19 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     )
 
 
+def quarantine_seen(prepared: DataFrame, seen_ids: DataFrame, where: str) -> DataFrame:
+    """``prepared`` with every good row whose ``doc_id`` is in ``seen_ids`` (a ``doc_id`` column)
+    quarantined as ``duplicate_doc_id`` ("seen in ``where``"). One row out per row in."""
+    seen = seen_ids.select(F.col("doc_id").alias("_tm_seen")).distinct()
+    joined = prepared.join(seen, prepared["doc_id"] == seen["_tm_seen"], "left")
+    dup = F.col(_REASON).isNull() & F.col("_tm_seen").isNotNull()
+    return joined.select(
+        *[c for c in prepared.columns if c not in (_REASON, _DETAIL)],
+        F.when(dup, F.lit("duplicate_doc_id")).otherwise(F.col(_REASON)).alias(_REASON),
+        F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(f" seen in {where}"))).otherwise(F.col(_DETAIL)).alias(_DETAIL),
+    ).select(*prepared.columns)
+
+
 # ---------------------------------------------------------------------------- load
 
 
@@ -306,7 +319,7 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     return listed, to_read
 
 
-def _check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
+def check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
     """Every listed file must be one the reader reads (files counted and rows read agree)."""
     read = {_file_uri(u) for u in source.inputFiles()}
     missing = [u for u in to_read if _file_uri(u) not in read]
@@ -320,6 +333,61 @@ def _file_uri(uri: str) -> str:
     return "file:/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
 
 
+def warn_multiline(p: PrepareConf) -> None:
+    if p.format == "csv" and p.csv.multiline:
+        logger.warning("prepare.csv.multiline: an unclosed quote makes the parser read on into the next records. Records "
+                       "showing the signs (an odd quote count and absorbed lines that parse as whole records) are "
+                       "quarantined as malformed_record; an absorbed record that does not parse on its own line is not "
+                       "detected, and is then part of its neighbour's text")
+
+
+def reason_stats(prepared: DataFrame) -> dict[str | None, tuple[int, int]]:
+    """{reason (None = good): (rows, text bytes)} of a ``prepare_frame`` result."""
+    return {
+        row[_REASON]: (row["rows"], row["text_bytes"] or 0)
+        for row in prepared.groupBy(_REASON)
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.octet_length("text")).alias("text_bytes"))
+        .collect()
+    }
+
+
+def write_prepared(spark: SparkSession, prepared: DataFrame, stats: dict[str | None, tuple[int, int]], out: str, bad_out: str,
+                   p: PrepareConf, marker: dict) -> dict[str, float]:
+    """Write the good rows of ``prepared`` to ``out`` and the others to ``bad_out`` (both fresh
+    directories), check rows_in == rows_out + rows_quarantined on the written files, and mark both.
+
+    Shared by the ``prepare`` job and ``watch``; the caller publishes. ``prepared`` should be
+    persisted: it is read for the stats and for both writes.
+    """
+    rows_in = sum(n for n, _ in stats.values())
+    rows_good, bytes_good = stats.get(None, (0, 0))
+    n_out = _n_files(rows_good, bytes_good, p.files)
+    n_bad = _n_files(rows_in - rows_good, 0, p.files)
+    good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW, _RAW_BYTES)
+    bad = prepared.where(F.col(_REASON).isNotNull()).select(
+        "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw"),
+        F.col(_RAW_BYTES).alias("raw_bytes")
+    )
+    good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(out)
+    bad.repartition(n_bad).sortWithinPartitions("source", "raw").write.parquet(bad_out)
+    rows_out = io.count_parquet(spark, out)
+    rows_quarantined = io.count_parquet(spark, bad_out)
+    if rows_in != rows_out + rows_quarantined:
+        raise AccountingError(
+            f"prepare: rows_in={rows_in} but rows_out={rows_out} + rows_quarantined={rows_quarantined}; "
+            "nothing was published"
+        )
+    marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, **marker}
+    storage.write_marker(spark, out, {**marker, "rows": rows_out, "columns": good.columns})
+    storage.write_marker(spark, bad_out, {**marker, "rows": rows_quarantined, "columns": bad.columns,
+                                          "schema": SCHEMA_VERSION + "-quarantine"})
+    reasons = {r: stats[r][0] for r in stats if r is not None}
+    metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": rows_quarantined,
+                                 "output_files": n_out}
+    metrics.update({f"quarantined.{r}": reasons.get(r, 0) for r in REASONS})
+    return metrics
+
+
 def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     """Run ``prepare``; returns the metrics (rows_in/out/quarantined, per-reason counts, files)."""
     p = conf.prepare
@@ -328,68 +396,32 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     io.require_input(spark, input_path)
     listed, to_read = _input_files(spark, input_path, p)
     source = read_source(spark, input_path if p.format == "parquet" else to_read, p)
-    _check_all_files_read(source, to_read)
+    check_all_files_read(source, to_read)
     check_columns(source, p)
     logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
-    if p.format == "csv" and p.csv.multiline:
-        logger.warning("prepare.csv.multiline: an unclosed quote makes the parser read on into the next records. Records "
-                       "showing the signs (an odd quote count and absorbed lines that parse as whole records) are "
-                       "quarantined as malformed_record; an absorbed record that does not parse on its own line is not "
-                       "detected, and is then part of its neighbour's text")
+    warn_multiline(p)
     prepared = prepare_frame(source, p).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        stats = {
-            row[_REASON]: (row["rows"], row["text_bytes"] or 0)
-            for row in prepared.groupBy(_REASON)
-            .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.octet_length("text")).alias("text_bytes"))
-            .collect()
-        }
+        stats = reason_stats(prepared)
         rows_in = sum(n for n, _ in stats.values())
         if rows_in == 0:
             raise EmptyInputError(f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
                                   "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else ""))
-        rows_good, bytes_good = stats.get(None, (0, 0))
-        rows_bad = rows_in - rows_good
-        n_out = _n_files(rows_good, bytes_good, p.files)
-        n_bad = _n_files(rows_bad, 0, p.files)
-        logger.info("prepare: %d rows read, %d good -> %d file(s), %d quarantined", rows_in, rows_good, n_out, rows_bad)
-
-        good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW, _RAW_BYTES)
-        bad = prepared.where(F.col(_REASON).isNotNull()).select(
-            "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw"),
-            F.col(_RAW_BYTES).alias("raw_bytes")
-        )
+        logger.info("prepare: %d rows read, %d good, %d to quarantine", rows_in, stats.get(None, (0, 0))[0],
+                    rows_in - stats.get(None, (0, 0))[0])
         with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (tmp_out, tmp_bad):
-            good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(tmp_out)
-            bad.repartition(n_bad).sortWithinPartitions("source", "raw").write.parquet(tmp_bad)
-            rows_out = io.count_parquet(spark, tmp_out)
-            rows_quarantined = io.count_parquet(spark, tmp_bad)
-            if rows_in != rows_out + rows_quarantined:
-                raise AccountingError(
-                    f"prepare: rows_in={rows_in} but rows_out={rows_out} + rows_quarantined={rows_quarantined}; "
-                    "nothing was published"
-                )
-            marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out,
-                      "columns": good.columns, "input": input_path}
-            storage.write_marker(spark, tmp_out, marker)
-            storage.write_marker(spark, tmp_bad, {**marker, "rows": rows_quarantined, "columns": bad.columns,
-                                             "schema": SCHEMA_VERSION + "-quarantine"})
+            metrics = write_prepared(spark, prepared, stats, tmp_out, tmp_bad, p, {"input": input_path})
     finally:
         prepared.unpersist()
 
-    reasons = {r: stats[r][0] for r in stats if r is not None}
-    logger.info("prepare: wrote %d rows to %s and %d to %s %s", rows_out, output, rows_quarantined, quarantine, reasons or "")
-    metrics: dict[str, float] = {
-        "rows_in": rows_in,
-        "rows_out": rows_out,
-        "rows_quarantined": rows_quarantined,
+    logger.info("prepare: wrote %d rows to %s and %d to %s %s", metrics["rows_out"], output, metrics["rows_quarantined"],
+                quarantine, {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("quarantined.") and v} or "")
+    metrics.update({
         "input_files": len(listed.files),
         "empty_input_files": len(listed.files) - len(to_read),
         "skipped_input_files": len(listed.not_matching),
         "skipped_linked_dirs": len(listed.linked_dirs),
-        "output_files": n_out,
-    }
-    metrics.update({f"quarantined.{r}": reasons.get(r, 0) for r in REASONS})
+    })
     return metrics
 
 
