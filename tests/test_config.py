@@ -101,7 +101,7 @@ def test_shipped_conf_files_validate_and_document_every_key(path):
     job = path.stem if path.stem in JOBS else path.stem.split("_")[0]
     model = JOBS[job].conf_model
     required_extra = {"classify": ["classify.model_uri=models:/news@champion"], "embed_docs": ["embed.embeddings=out/e"],
-                      "neighbors": ["neighbors.index=out/i"]}.get(job, [])
+                      "neighbors": ["neighbors.index=out/i"], "watch": ["io.input=null", "watch.inbox=in"]}.get(job, [])
     conf = load_conf(model, path, env="local", overrides=["io.input=x", "io.output=y", *required_extra])
     if path.stem == job:
         # The job's main file documents every key; sections it shares with other jobs (the

@@ -53,6 +53,7 @@ JOBS: dict[str, Job] = {
         Job("neighbors", "textmill.pipelines.neighbors", "index + queries -> k nearest neighbours (scatter-gather)"),
         Job("cluster", "textmill.pipelines.cluster", "kNN graph -> Chinese Whispers clusters, no k"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
+        Job("watch", "textmill.streaming.watch", "new files in an inbox -> prepare (+ annotate, classify, ...) once each"),
     ]
 }
 
