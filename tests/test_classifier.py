@@ -168,6 +168,37 @@ def test_classify_scores_every_row_and_evaluates(trained, labelled, spark, job_c
     assert metrics["max_model_loads_per_worker"] == 1
 
 
+def test_watch_classifies_new_files_with_the_registered_champion(trained, spark, job_conf, tmp_path):
+    import csv
+    import io
+
+    rng = random.Random(5)
+    inbox, out = tmp_path / "inbox", tmp_path / "watched"
+    inbox.mkdir()
+    truth = {}
+    for f in range(2):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "body", "topic"])
+        for i in range(60):
+            topic = sorted(TOPICS)[i % 4]
+            truth[f"n{f}-{i}"] = topic
+            writer.writerow([f"n{f}-{i}", _document(rng, topic)[1], topic])
+        (tmp_path / f"{f}.csv").write_text(buffer.getvalue())
+        os.rename(tmp_path / f"{f}.csv", inbox / f"{f}.csv")
+    conf = job_conf(io={"output": str(out)},
+                    watch={"inbox": str(inbox), "steps": ["prepare", "classify"], "max_files_per_batch": 1},
+                    prepare={"columns": {"doc_id": "id", "text": "body", "label": "topic"}},
+                    classify={"model_uri": "models:/topics@champion"})
+    metrics = run_job("watch", conf, spark)
+    assert (metrics["batches"], metrics["total_rows_out"]) == (2, 120)
+    scored = spark.read.parquet(str(out / "classify")).collect()
+    assert sorted(r.doc_id for r in scored) == sorted(truth) and {r.batch for r in scored} == {0, 1}
+    assert all(r.error is None for r in scored)
+    assert sum(r.label == truth[r.doc_id] for r in scored) / len(scored) > 0.9
+    assert metrics["max_model_loads_per_worker"] == 1  # across both micro-batches
+
+
 @pytest.mark.slow
 def test_two_process_distributed_training_is_close_to_single_process(trained, spark):
     conf, single = trained

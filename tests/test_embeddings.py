@@ -1,6 +1,8 @@
 """Word embeddings: vocabulary, subsampling/negatives maths, training, subwords, exports, embed_docs."""
 from __future__ import annotations
 
+import json
+import os
 import random
 from pathlib import Path
 
@@ -218,6 +220,27 @@ def test_embed_docs_gives_one_vector_per_document(sgns, corpus, spark, job_conf,
 
     strict = DocumentEmbedder(out / "export", subword_fallback=False)
     assert strict.embed_tokens(["zzz", "qqq"]) == (None, 0)
+
+
+def test_watch_embeds_new_documents_from_their_tokens(sgns, spark, job_conf, tmp_path):
+    out, _, _ = sgns
+    inbox, watched = tmp_path / "inbox", tmp_path / "watched"
+    inbox.mkdir()
+    docs = topic_corpus(n_docs=40, seed=9)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+    os.rename(tmp_path / "docs.jsonl", inbox / "docs.jsonl")
+    conf = job_conf(io={"output": str(watched)},
+                    watch={"inbox": str(inbox), "steps": ["prepare", "tokenize", "embed_docs"]},
+                    prepare={"format": "jsonl", "columns": {"doc_id": "id"}}, nlp={"model": "blank:en"},
+                    embed={"embeddings": str(out)})
+    metrics = run_job("watch", conf, spark)
+    assert metrics["total_rows_out"] == 40
+    vectors = {r.doc_id: r for r in spark.read.parquet(str(watched / "embed_docs")).collect()}
+    tokens = {r.doc_id: r for r in spark.read.parquet(str(watched / "tokenize")).collect()}
+    assert set(vectors) == set(tokens) == {i for i, _ in docs}
+    assert all(r.error is None and len(r.vector) == 16 for r in vectors.values())
+    # Embedded from the batch's tokens: as many known words as tokens the vectors know.
+    assert all(0 < vectors[i].n_known <= tokens[i].n_tokens for i in vectors)
 
 
 def test_embed_docs_reports_invalid_utf8_text_as_a_row_error(sgns, spark, job_conf, tmp_path):
