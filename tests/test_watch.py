@@ -170,6 +170,18 @@ def test_archive_moves_processed_files_out_of_the_inbox_and_deletes_none(spark, 
     assert published_ids(spark, out) == Counter({i: 1 for i in ids})
 
 
+def test_an_inbox_that_is_missing_a_file_or_a_glob_is_named(spark, job_conf, tmp_path):
+    from textmill.errors import InputNotFoundError, TextmillError
+
+    (tmp_path / "one.csv").write_text("id,text\n1,a\n")
+    with pytest.raises(InputNotFoundError, match=r"watch.inbox: nothing exists at"):
+        run_job("watch", watch_conf(job_conf, tmp_path / "missing", tmp_path / "out1"), spark)
+    for inbox in (tmp_path / "one.csv", tmp_path / "*.csv"):
+        with pytest.raises(TextmillError, match=r"watch.inbox .* must be one directory"):
+            run_job("watch", watch_conf(job_conf, inbox, tmp_path / "out2"), spark)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
 def test_a_replayed_batch_replaces_its_own_output_everywhere(spark, tmp_path):
     out = tmp_path / "out"
     log = BatchLog(spark, str(out))

@@ -363,7 +363,11 @@ class Watcher:
 def file_stream(spark: SparkSession, conf: WatchJobConf) -> DataFrame:
     """The names and sizes of the files arriving in the inbox, as a stream (contents are not read)."""
     w = conf.watch
-    reader = (spark.readStream.format("binaryFile").schema(_FILE_LISTING)
+    # The stream only lists files; adaptive execution does not apply to it, and Spark warns if it is on.
+    # A session of its own keeps that setting away from the batches' own Spark jobs.
+    listing = spark.newSession()
+    listing.conf.set("spark.sql.adaptive.enabled", "false")
+    reader = (listing.readStream.format("binaryFile").schema(_FILE_LISTING)
               .option("recursiveFileLookup", "true")
               .option("maxFilesPerTrigger", w.max_files_per_batch)
               .option("maxFileAge", w.max_file_age))
@@ -405,8 +409,9 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
     checkpoint = checkpoint_path(conf)
     io.require_input(spark, w.inbox, "watch.inbox")
     fs, inbox = storage.hadoop_fs(spark, w.inbox)
-    if not fs.getFileStatus(inbox).isDirectory():
-        raise TextmillError(f"watch.inbox {w.inbox!r} is a file; it must be the directory that files arrive in")
+    matches = fs.globStatus(inbox) or []
+    if len(matches) != 1 or not matches[0].isDirectory() or matches[0].getPath().getName() != inbox.getName():
+        raise TextmillError(f"watch.inbox {w.inbox!r} must be one directory (the one files arrive in), not a file or a glob")
     run_id = mlflow.active_run().info.run_id
     mlflow.set_tags({"textmill.watch.checkpoint": storage.qualified(spark, checkpoint),
                      "textmill.watch.inbox": storage.qualified(spark, w.inbox)})
