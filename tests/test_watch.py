@@ -157,17 +157,22 @@ def test_bad_rows_are_quarantined_and_a_broken_file_fails_its_batch_until_fixed(
     assert published_ids(spark, out) == Counter({i: 1 for i in ["1", *map(str, range(10, 15)), "20", "21", "22"]})
 
 
-def test_archive_moves_processed_files_out_of_the_inbox_and_deletes_none(spark, job_conf, tmp_path):
+def test_archive_moves_processed_files_and_a_doc_id_seen_in_an_earlier_batch_is_quarantined(spark, job_conf, tmp_path):
     inbox, out, outgoing, archive = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing", tmp_path / "archive"
     inbox.mkdir()
     conf = watch_conf(job_conf, inbox, out, archive=str(archive))
     ids = wave(inbox, outgoing, 0, 2, 5, "a")
     run_job("watch", conf, spark)
     ids |= wave(inbox, outgoing, 100, 1, 5, "b")
-    run_job("watch", conf, spark)  # Spark archives a batch's files once the next batch has started
+    drop_file(inbox, "again.csv", b"id,text\n0,the first document delivered twice\n", outgoing)
+    second = run_job("watch", conf, spark)  # Spark archives a batch's files once the next batch has started
     assert sorted(p.name for p in archive.rglob("*.csv")) == ["a-0.csv", "a-1.csv"]
-    assert sorted(p.name for p in inbox.rglob("*.csv")) == ["b-0.csv"]
+    assert sorted(p.name for p in inbox.rglob("*.csv")) == ["again.csv", "b-0.csv"]
     assert published_ids(spark, out) == Counter({i: 1 for i in ids})
+    # A doc_id an earlier batch published is quarantined, not published twice.
+    assert second["total_rows_quarantined"] == 1
+    [dup] = spark.read.parquet(str(out / "quarantine")).collect()
+    assert (dup.doc_id, dup.reason, dup.detail, dup.batch) == ("0", "duplicate_doc_id", "doc_id 0 seen in an earlier batch", 1)
 
 
 def test_an_inbox_that_is_missing_a_file_or_a_glob_is_named(spark, job_conf, tmp_path):

@@ -267,10 +267,19 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     )
 
 
-def quarantine_seen(prepared: DataFrame, seen_ids: DataFrame, where: str) -> DataFrame:
-    """``prepared`` with every good row whose ``doc_id`` is in ``seen_ids`` (a ``doc_id`` column)
-    quarantined as ``duplicate_doc_id`` ("seen in ``where``"). One row out per row in."""
-    seen = seen_ids.select(F.col("doc_id").alias("_tm_seen")).distinct()
+def repeated_ids(prepared: DataFrame, seen_ids: DataFrame) -> DataFrame:
+    """The distinct ``doc_id`` s of good rows of ``prepared`` that ``seen_ids`` (a ``doc_id``
+    column, e.g. every earlier batch) already holds. The batch's ids are broadcast, so the
+    earlier ids are scanned once and never shuffled."""
+    batch = prepared.where(F.col(_REASON).isNull()).select("doc_id").distinct()
+    return seen_ids.select("doc_id").join(F.broadcast(batch), "doc_id", "left_semi").distinct()
+
+
+def quarantine_seen(prepared: DataFrame, repeated: DataFrame, where: str) -> DataFrame:
+    """``prepared`` with every good row whose ``doc_id`` is in ``repeated`` (a small ``doc_id``
+    column, see ``repeated_ids``) quarantined as ``duplicate_doc_id`` ("seen in ``where``").
+    One row out per row in."""
+    seen = F.broadcast(repeated.select(F.col("doc_id").alias("_tm_seen")).distinct())
     joined = prepared.join(seen, prepared["doc_id"] == seen["_tm_seen"], "left")
     dup = F.col(_REASON).isNull() & F.col("_tm_seen").isNotNull()
     return joined.select(
