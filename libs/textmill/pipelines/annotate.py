@@ -130,7 +130,8 @@ def write_annotations(spark: SparkSession, source: DataFrame, path: str, rows_in
     ).first().asDict()
     if totals["rows"] != rows_in:
         raise AccountingError(f"rows_in={rows_in} but rows_out={totals['rows']}; nothing was published")
-    examples = [r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
+    examples = ([r.asDict() for r in written.where(F.col("error").isNotNull()).select("doc_id", "error").limit(3).collect()]
+                if totals["errors"] else [])
     if totals["errors"] and nlp.on_error == "fail":
         raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
     storage.write_marker(spark, path, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
