@@ -40,6 +40,35 @@ def log_workers(report: dict[str, dict], **extra: Any) -> dict[str, float]:
     return summarize_workers(report)
 
 
+_CODE_COPY: list[str] = []
+
+
+def package_code_path() -> str:
+    """The textmill package directory, for MLflow's ``code_paths`` (logged models import it).
+
+    Under ``spark-submit --py-files textmill.zip`` the package is imported from the zip, which
+    MLflow cannot copy from; it is then extracted once per driver process to a temp folder.
+    """
+    package = Path(textmill.__file__).parent
+    if package.is_dir():
+        return str(package)
+    if not _CODE_COPY:
+        import atexit
+        import shutil
+        import tempfile
+        import zipfile
+
+        archive = getattr(textmill.__spec__.loader, "archive", None)
+        if archive is None:
+            raise RuntimeError(f"textmill was imported from {textmill.__file__}, which is neither a folder nor a zip")
+        target = tempfile.mkdtemp(prefix="textmill-code-")
+        atexit.register(shutil.rmtree, target, True)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target, [n for n in zf.namelist() if n.startswith("textmill/")])
+        _CODE_COPY.append(str(Path(target) / "textmill"))
+    return _CODE_COPY[0]
+
+
 def resolve_tracking_uri(conf_uri: str | None) -> str:
     """The tracking URI to use. Credentials written into it (``https://user:pw@host``) move to
     MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD, so no log line or run link can show them."""

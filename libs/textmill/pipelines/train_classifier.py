@@ -33,7 +33,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from textmill import io, storage
+from textmill import io, storage, tracking
 from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
 from textmill.cleaning import blank_column
 from textmill.config import JobConf, StrictModel
@@ -239,7 +239,6 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-    import textmill
     from textmill.pyfunc_classifier import TextClassifierPyfunc
 
     signature = ModelSignature(
@@ -252,7 +251,7 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
         name="model",
         python_model=TextClassifierPyfunc(),
         artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(textmill.__file__).parent)],
+        code_paths=[tracking.package_code_path()],
         signature=signature,
         input_example=pd.DataFrame({"text": input_example}),
         pip_requirements=["torch==2.13.0", "pandas", "numpy", "pydantic>=2", "pyyaml"],

@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 import textmill
 from textmill import embeddings as emb
-from textmill import io, storage
+from textmill import io, storage, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -323,5 +323,5 @@ def log_embedder(export: Path):
     signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
                                outputs=Schema([ColSpec(Array(DataType.float), "vector")]))
     return mlflow.pyfunc.log_model(name="embedder", python_model=EmbedderPyfunc(), artifacts={"embeddings": str(export)},
-                                   code_paths=[str(Path(textmill.__file__).parent)], signature=signature,
+                                   code_paths=[tracking.package_code_path()], signature=signature,
                                    pip_requirements=["numpy", "pandas", "pydantic>=2", "pyyaml"])

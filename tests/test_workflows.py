@@ -1,0 +1,117 @@
+"""Workflow definitions: the Airflow DAG run for real, the Databricks bundle validated offline.
+
+Airflow gets its own virtualenv (``.venv-airflow/``, built once from
+``jobs/workflows/airflow/requirements.txt`` and reused while that file is unchanged), so its
+pins never touch textmill's. The DAG runs with ``dag.test()`` against ``local[2]`` Spark:
+every task is a real ``spark-submit`` of ``jobs/<job>.py`` with the ``--py-files`` zip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+AIRFLOW_VENV = REPO / ".venv-airflow"
+AIRFLOW_REQUIREMENTS = REPO / "jobs" / "workflows" / "airflow" / "requirements.txt"
+TEXTMILL_BIN = Path(sys.executable).parent
+
+
+def airflow_python() -> Path:
+    """The Airflow virtualenv's Python, built when missing or when the pins changed."""
+    python = AIRFLOW_VENV / "bin" / "python"
+    stamp = AIRFLOW_VENV / ".textmill-requirements"
+    wanted = AIRFLOW_REQUIREMENTS.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    shutil.rmtree(AIRFLOW_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(AIRFLOW_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(AIRFLOW_REQUIREMENTS)], check=True, timeout=900)
+    stamp.write_text(wanted)
+    return python
+
+
+RUN_DAG = textwrap.dedent('''
+    import json, sys
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=sys.argv[1])
+    print(json.dumps({"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "dags": sorted(bag.dag_ids)}))
+    dag = bag.get_dag("textmill_news")
+    upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+    for task in dag.tasks:
+        task.retries = 0  # a failure should fail the test now, not be retried in five minutes
+    run = dag.test(logical_date=pendulum.datetime(2026, 11, 21, tz="UTC"))
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    print(json.dumps({"state": str(run.state), "tasks": states, "upstream": upstream,
+                      "schedule": str(dag.schedule), "catchup": dag.catchup}))
+''')
+
+
+@pytest.mark.slow
+def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
+    from textmill.cli import build_pyfiles
+    from textmill.sample import write_sample_csv
+
+    python = airflow_python()
+    build_pyfiles(REPO / "dist")
+    inbox, data, home = tmp_path / "inbox", tmp_path / "data", tmp_path / "airflow"
+    inbox.mkdir()
+    home.mkdir()
+    # Cluster-wide Spark defaults, as an operator sets them in $SPARK_CONF_DIR/spark-defaults.conf.
+    (tmp_path / "spark-conf").mkdir()
+    (tmp_path / "spark-conf" / "spark-defaults.conf").write_text("spark.sql.shuffle.partitions 4\nspark.ui.enabled false\n")
+    os.rename(write_sample_csv(tmp_path / "incoming" / "news.csv", n_docs=240, seed=3), inbox / "news.csv")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "jobs" / "workflows" / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "AIRFLOW_VAR_TEXTMILL_INBOX": str(inbox),
+        "AIRFLOW_VAR_TEXTMILL_DATA": str(data),
+        # What an Airflow worker that runs textmill has: spark-submit on PATH and textmill's Python for Spark.
+        "PATH": f"{TEXTMILL_BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_CONF_DIR": str(tmp_path / "spark-conf"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    env.pop("PYTHONPATH", None)
+    migrate = subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    proc = subprocess.run([str(python), "-c", RUN_DAG, env["AIRFLOW__CORE__DAGS_FOLDER"]], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=1500)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and len(lines) == 2, (proc.stdout[-3000:], proc.stderr[-5000:])
+    loaded, result = lines
+    assert loaded == {"import_errors": {}, "dags": ["textmill_news"]}
+    logs = {log.parent.name: log.read_text()[-4000:] for log in home.glob("logs/**/attempt=*.log")}
+    assert result["state"] == "success", (result["tasks"], {k: v for k, v in logs.items() if "failed" in v.lower()} or logs)
+    assert set(result["tasks"].values()) == {"success"} and len(result["tasks"]) == 8
+    assert result["upstream"]["classify"] == ["train_classifier"] and result["upstream"]["cluster"] == ["neighbors"]
+    assert result["catchup"] is False
+
+    # Every task's output, checked.
+    watched, day = data / "watched", data / "runs" / "2026-11-21"
+    prepared = spark.read.parquet(str(watched / "prepare"))
+    assert prepared.count() == 240 and spark.read.parquet(str(watched / "quarantine")).count() == 3
+    assert spark.read.parquet(str(watched / "annotate")).count() == 240
+    classified = spark.read.parquet(str(day / "classified")).join(prepared.select("doc_id", prepared.label.alias("truth")), "doc_id")
+    assert classified.count() == 240 and classified.where("label = truth").count() / 240 > 0.8
+    assert (day / "embeddings" / "export" / "embeddings.json").is_file()
+    assert spark.read.parquet(str(day / "doc_vectors")).where("vector is not null").count() == 240
+    assert json.loads((day / "index" / "manifest.json").read_text())["n_items"] == 240
+    neighbors = spark.read.parquet(str(day / "neighbors"))
+    assert neighbors.count() == 240 and neighbors.where("error is null").count() == 240
+    assert spark.read.parquet(str(day / "clusters")).count() == 240
