@@ -34,6 +34,7 @@ TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
+    "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
 ]
 
 setup(

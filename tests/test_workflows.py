@@ -115,3 +115,79 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     neighbors = spark.read.parquet(str(day / "neighbors"))
     assert neighbors.count() == 240 and neighbors.where("error is null").count() == 240
     assert spark.read.parquet(str(day / "clusters")).count() == 240
+
+
+# ---------------------------------------------------------------------------- Databricks
+
+
+BUNDLE = REPO / "jobs" / "workflows" / "databricks" / "databricks.yml"
+
+
+def _bundle() -> dict:
+    import yaml
+
+    return yaml.safe_load(BUNDLE.read_text())
+
+
+def _substitute(text: str, variables: dict[str, str]) -> str:
+    """The bundle's own substitutions as a deploy would make them, with sample runtime values."""
+    text = text.replace("${workspace.file_path}", str(REPO)).replace("{{job.parameters.day}}", "2026-11-21")
+    for name, value in variables.items():
+        text = text.replace(f"${{var.{name}}}", value)
+    assert "${" not in text and "{{" not in text, text
+    return text
+
+
+def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_command(tmp_path):
+    from databricks.bundles.jobs import Job
+
+    from textmill.config import load_conf
+    from textmill.jobs import get_job
+
+    bundle = _bundle()
+    variables = {name: spec["default"] for name, spec in bundle["variables"].items()}
+    jobs = bundle["resources"]["jobs"]
+    assert set(jobs) == {"textmill_news_daily", "textmill_news_on_arrival"}
+    checked = []
+    for key, spec in jobs.items():
+        job = Job.from_dict(spec)  # rejects unknown fields and wrong shapes
+        assert job.as_dict()["name"] == spec["name"]
+        for task in spec["tasks"]:
+            python_file = (BUNDLE.parent / task["spark_python_task"]["python_file"]).resolve()
+            assert python_file.is_file() and python_file.parent == REPO / "jobs", python_file
+            name = "tokenize" if python_file.stem == "tokenize_text" else python_file.stem
+            args = [_substitute(a, variables) for a in task["spark_python_task"]["parameters"]]
+            conf_file = args[args.index("--conf") + 1]
+            env_file = args[args.index("--env") + 1]
+            overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            assert Path(conf_file).is_file() and Path(env_file).is_file()
+            load_conf(get_job(name).conf_model, conf_file, env=env_file, overrides=overrides)  # raises ConfigError
+            for library in task.get("libraries", []):
+                if "whl" in library:
+                    assert (BUNDLE.parent / library["whl"]).parent.resolve() == REPO / "dist"
+            checked.append((key, task["task_key"], name))
+    daily = jobs["textmill_news_daily"]
+    assert daily["schedule"]["quartz_cron_expression"].split()[0] == "0"  # quartz: seconds first
+    keys = [t["task_key"] for t in daily["tasks"]]
+    for task in daily["tasks"]:
+        assert all(dep["task_key"] in keys[: keys.index(task["task_key"])] for dep in task.get("depends_on", []))
+    arrival = jobs["textmill_news_on_arrival"]
+    assert arrival["trigger"]["file_arrival"]["url"] == "${var.inbox}"
+    assert [name for key, _, name in checked if key == "textmill_news_on_arrival"] == ["watch"]
+    assert len(checked) == 9
+
+
+def test_a_wrong_field_or_a_wrong_textmill_key_in_the_bundle_is_caught():
+    from databricks.bundles.jobs import Job
+
+    from textmill.config import load_conf
+    from textmill.errors import ConfigError
+    from textmill.pipelines.classify import ClassifyJobConf
+
+    spec = _bundle()["resources"]["jobs"]["textmill_news_daily"]
+    broken = json.loads(json.dumps(spec))
+    broken["tasks"][0]["spark_python_task"]["python_fil"] = broken["tasks"][0]["spark_python_task"].pop("python_file")
+    with pytest.raises(ValueError, match="python_fil"):
+        Job.from_dict(broken)
+    with pytest.raises(ConfigError, match="classify.model_urii"):
+        load_conf(ClassifyJobConf, REPO / "conf" / "classify.yaml", overrides=["io.input=a", "io.output=b", "classify.model_urii=x"])
