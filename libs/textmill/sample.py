@@ -63,8 +63,9 @@ def _document(rng: random.Random, topic: str) -> tuple[str, str]:
     return title, body
 
 
-def write_sample_csv(path: str | Path, n_docs: int = 2000, seed: int = 7) -> Path:
-    """Write ``n_docs`` generated documents plus ``len(BROKEN_LINES)`` broken lines to ``path``."""
+def write_sample_csv(path: str | Path, n_docs: int = 2000, seed: int = 7, id_prefix: str = "sample") -> Path:
+    """Write ``n_docs`` generated documents (ids ``<id_prefix>-000000``...) plus ``len(BROKEN_LINES)``
+    broken lines to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -76,7 +77,7 @@ def write_sample_csv(path: str | Path, n_docs: int = 2000, seed: int = 7) -> Pat
         for i in range(n_docs):
             topic = topics[i % len(topics)]
             title, body = _document(rng, topic)
-            writer.writerow([f"sample-{i:06d}", title, body, topic])
+            writer.writerow([f"{id_prefix}-{i:06d}", title, body, topic])
         for line in BROKEN_LINES:
             fh.write(line + "\r\n")
     tmp.replace(path)
