@@ -1,8 +1,9 @@
-"""jobs/ner.py through spark-submit on a real Spark standalone cluster (master + 2 workers).
+"""Every job through spark-submit on a real Spark standalone cluster (master + 2 workers).
 
-The cluster runs from the installed pyspark on 127.0.0.1, each worker with 1 core; the job
-gets textmill through the ``--py-files`` zip; the executors' worker report (logged to
-MLflow as workers.json) shows that every Python worker loaded spaCy exactly once.
+The cluster runs from the installed pyspark on 127.0.0.1, each worker with 1 core; the jobs
+get textmill through the ``--py-files`` zip; the executors' worker reports (logged to
+MLflow as workers.json) show that every Python worker loaded each model or index once.
+The cluster is stopped also when the test fails (the fixture's ``finally``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from textmill.cli import build_pyfiles
-
-from test_annotate import real_looking_texts
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
@@ -91,39 +90,47 @@ def cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_ner_job_on_a_standalone_cluster_loads_spacy_once_per_python_worker(cluster, spark, tmp_path):
-    docs = tmp_path / "prepared"
-    texts = real_looking_texts(120)
-    spark.createDataFrame([(f"d{i:04d}", t) for i, t in enumerate(texts)], "doc_id string, text string").write.parquet(str(docs))
+def test_the_whole_chain_runs_on_a_standalone_cluster_and_loads_each_model_once_per_python_worker(cluster, spark, tmp_path):
+    """prepare -> annotate -> train_classifier -> classify -> train_embeddings -> embed_docs -> build_index
+    -> neighbors -> cluster, submitted as jobs/pipeline.py (one spark-submit, each step its own job and
+    nested MLflow run), with a shared local directory as storage."""
     pyfiles = build_pyfiles(tmp_path / "dist")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = tmp_path / "entities"
+    out = tmp_path / "chain"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET")}
     env.update({"SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable})
     cmd = [
-        str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url, "--name", "textmill-ner-it",
+        str(SPARK_HOME / "bin" / "spark-submit"), "--master", cluster.url, "--name", "textmill-chain-it",
         "--total-executor-cores", "2", "--executor-cores", "1", "--executor-memory", "1g",
         "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}",
-        "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1",
+        "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.sql.shuffle.partitions=4",
         "--py-files", str(pyfiles),
-        str(REPO / "jobs" / "ner.py"), "--conf", str(REPO / "conf" / "ner.yaml"), "--env", "cluster",
-        "--set", f"io.input={docs}", "--set", f"io.output={out}", "--set", "nlp.partitions=8",
+        str(REPO / "jobs" / "pipeline.py"), "--conf", str(REPO / "conf" / "pipeline.yaml"), "--env", "cluster",
+        "--set", f"io.output={out}", "--set", "pipeline.sample.n_docs=300", "--set", "nlp.partitions=4",
         "--set", f"mlflow.tracking_uri={tracking}", "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
     ]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    (tmp_path / "submit.log").write_text(proc.stdout + proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert proc.returncode == 0, (errors[-10:], f"full log: {tmp_path / 'submit.log'}")
 
-    result = spark.read.parquet(str(out))
-    assert result.count() == len(texts)
-    assert result.where("error is not null").count() == 0
-    assert result.selectExpr("sum(size(entities))").first()[0] > len(texts)
+    count = lambda name: spark.read.parquet(str(out / name)).count()  # noqa: E731
+    assert count("prepared") == 300 and count("prepared_quarantine") == 3
+    assert count("annotated") == count("classified") == count("doc_vectors") == count("neighbors") == count("clusters") == 300
+    classified = spark.read.parquet(str(out / "classified")).join(spark.read.parquet(str(out / "prepared")).selectExpr("doc_id", "label as truth"), "doc_id")
+    assert classified.where("label = truth").count() / 300 > 0.8
+    assert spark.read.parquet(str(out / "neighbors")).where("error is null").count() == 300
 
     client = MlflowClient(tracking)
-    run = client.search_runs([client.get_experiment_by_name("textmill-ner").experiment_id])[0]
-    assert run.data.tags["spark.master"] == cluster.url
-    workers = json.loads(Path(client.download_artifacts(run.info.run_id, "workers.json")).read_text())["workers"]
-    # Two executors (one core each) ran 8 tasks: at least one Python worker each, each loaded spaCy once.
-    assert len(workers) >= 2, workers
-    assert all(stats["loads"] == 1 for stats in workers.values()), workers
-    assert all(".zip" in stats["textmill_from"] for stats in workers.values()), workers
-    assert run.data.metrics["python_workers"] == len(workers)
+    runs = {r.data.tags["textmill.job"]: r for r in client.search_runs([client.get_experiment_by_name("textmill-pipeline").experiment_id])}
+    assert set(runs) == {"pipeline", "prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs",
+                         "build_index", "neighbors", "cluster"}
+    assert runs["pipeline"].data.tags["spark.master"] == cluster.url
+    # Every job that ships a model or an index to the executors: each Python worker loaded it once.
+    for job in ("annotate", "classify", "embed_docs", "neighbors"):
+        workers = json.loads(Path(client.download_artifacts(runs[job].info.run_id, "workers.json")).read_text())["workers"]
+        assert len(workers) >= 2, (job, workers)  # both executors took part
+        assert all(stats["loads"] == 1 for stats in workers.values()), (job, workers)
+        assert runs[job].data.metrics["max_model_loads_per_worker"] == 1
+    spacy_workers = json.loads(Path(client.download_artifacts(runs["annotate"].info.run_id, "workers.json")).read_text())["workers"]
+    assert all(".zip" in stats["textmill_from"] for stats in spacy_workers.values()), spacy_workers

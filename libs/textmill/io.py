@@ -22,6 +22,7 @@ import fnmatch
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -176,19 +177,22 @@ _SHIPPED_ROOT: list[str] = []
 def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     """Send a local directory (a model, an index) to every executor; returns the name for SparkFiles.get.
 
-    SparkContext.addFile refuses a second, different directory under the same base name in
-    one session (two models both called ``model``), so each call ships a copy under a
-    unique name. The copies live in a temp folder removed when the driver exits (executors
-    may fetch them at any time until then).
+    The directory travels as an uncompressed tar archive (``SparkContext.addArchive``), which
+    executors unpack under that name: ``addFile`` ships directories only in local mode, not to
+    a cluster's executors. Each call ships a copy under a unique name, since one session may
+    ship several models of the same base name. The archives live in a temp folder removed when
+    the driver exits (executors may fetch them at any time until then).
     """
     if not _SHIPPED_ROOT:
         _SHIPPED_ROOT.append(tempfile.mkdtemp(prefix="textmill-shipped-"))
         atexit.register(shutil.rmtree, _SHIPPED_ROOT[0], True)
     source = Path(path).resolve()
     name = f"{source.name}-{uuid.uuid4().hex[:10]}"
-    copy = Path(_SHIPPED_ROOT[0]) / name
-    shutil.copytree(source, copy)
-    spark.sparkContext.addFile(str(copy), recursive=True)
+    archive = Path(_SHIPPED_ROOT[0]) / f"{name}.tar"
+    with tarfile.open(archive, "w") as tar:  # entries relative to the directory (no "./": Spark refuses it)
+        for child in sorted(source.iterdir()):
+            tar.add(child, arcname=child.name)
+    spark.sparkContext.addArchive(f"{archive}#{name}")
     return name
 
 
