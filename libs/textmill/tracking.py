@@ -83,12 +83,17 @@ def resolve_tracking_uri(conf_uri: str | None) -> str:
 
 
 def ensure_experiment(name: str, artifact_location: str | None) -> str:
-    """Experiment id for ``name``, creating it with artifacts under ./mlartifacts (or as configured)."""
+    """Experiment id for ``name``; a new one keeps its artifacts where configured, else under
+    ./mlartifacts with a local store, or where the tracking server says."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = artifact_location or (Path.cwd() / "mlartifacts").as_uri()
+    location = artifact_location
+    if location is None and not mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks")):
+        location = (Path.cwd() / "mlartifacts").as_uri()
+    # With a tracking server, the server decides (proxied artifacts): a path on this machine would
+    # be unreadable for everyone else on the team.
     return client.create_experiment(name, artifact_location=location)
 
 
