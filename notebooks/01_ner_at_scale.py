@@ -20,6 +20,9 @@ from textmill.pipelines.prepare import PrepareJobConf
 from textmill.sample import write_sample_csv
 from textmill.session import get_spark
 
+if "display" not in globals():  # a plain Python run; Databricks provides display
+    from textmill.notebook import display
+
 conf_dir = widget(globals(), "conf_dir", "conf")
 input_path = widget(globals(), "input", "")
 output_root = widget(globals(), "output", "out/notebooks/ner")

@@ -24,6 +24,9 @@ from textmill.pipelines.train_classifier import TrainClassifierJobConf
 from textmill.sample import write_sample_csv
 from textmill.session import get_spark
 
+if "display" not in globals():  # a plain Python run; Databricks provides display
+    from textmill.notebook import display
+
 conf_dir = widget(globals(), "conf_dir", "conf")
 output_root = widget(globals(), "output", "out/notebooks/classifier")
 model_name = widget(globals(), "model_name", "textmill-news-notebook")

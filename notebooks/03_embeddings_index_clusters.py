@@ -22,6 +22,9 @@ from textmill.pipelines.prepare import PrepareJobConf
 from textmill.sample import write_sample_csv
 from textmill.session import get_spark
 
+if "display" not in globals():  # a plain Python run; Databricks provides display
+    from textmill.notebook import display
+
 conf_dir = widget(globals(), "conf_dir", "conf")
 output_root = widget(globals(), "output", "out/notebooks/vectors")
 n_docs = int(widget(globals(), "n_docs", "400"))

@@ -21,6 +21,9 @@ from textmill.sample import write_sample_csv
 from textmill.streaming.watch import WatchJobConf
 from textmill.session import get_spark
 
+if "display" not in globals():  # a plain Python run; Databricks provides display
+    from textmill.notebook import display
+
 conf_dir = widget(globals(), "conf_dir", "conf")
 output_root = widget(globals(), "output", "out/notebooks/watch")
 inbox = widget(globals(), "inbox", f"{output_root}/inbox")

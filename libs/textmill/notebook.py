@@ -2,7 +2,8 @@
 model server for the REST part of the classifier notebook.
 
 ``widget(globals(), "input", default)`` reads a Databricks widget when the notebook runs on
-Databricks (where ``dbutils`` is a notebook global) and returns ``default`` elsewhere.
+Databricks (where ``dbutils`` is a notebook global) and returns ``default`` elsewhere;
+``display`` stands in for Databricks' own when a notebook runs as a plain Python file.
 ``serving(model_uri)`` starts ``mlflow models serve`` on 127.0.0.1 for the block and yields
 its URL: what a Databricks Model Serving endpoint gives you, on your own machine.
 """
@@ -19,6 +20,16 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+
+def display(value: Any) -> None:
+    """Databricks' ``display`` for plain Python: a DataFrame is shown, a figure is noted, the rest printed."""
+    if hasattr(value, "show"):
+        value.show(20, truncate=80)
+    elif hasattr(value, "savefig"):
+        print(f"<figure: {len(value.axes)} plot(s)>")
+    else:
+        print(value)
 
 
 def widget(notebook_globals: Mapping[str, Any], name: str, default: str) -> str:
