@@ -89,7 +89,7 @@ def _input_locations(spark: SparkSession, path: str) -> list[str]:
 # ---------------------------------------------------------------------------- markers
 
 
-def _read_text(spark: SparkSession, path: str) -> str | None:
+def read_text(spark: SparkSession, path: str) -> str | None:
     """A small file's text, or None when it does not exist (local files without Hadoop's checksums)."""
     uri = qualified(spark, path)
     if uri.startswith("file:"):
@@ -145,7 +145,7 @@ def write_marker(spark: SparkSession, directory: str, content: dict) -> None:
 
 
 def read_marker(spark: SparkSession, directory: str) -> dict | None:
-    text = _read_text(spark, f"{directory.rstrip('/')}/{MARKER}")
+    text = read_text(spark, f"{directory.rstrip('/')}/{MARKER}")
     if text is None:
         return None
     try:
@@ -239,7 +239,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_lock(spark: SparkSession, lock: str) -> dict:
     try:
-        return json.loads(_read_text(spark, lock) or "{}")
+        return json.loads(read_text(spark, lock) or "{}")
     except (OSError, json.JSONDecodeError) as exc:
         logger.warning("lock %s is unreadable (%s)", lock, exc)
         return {}
@@ -364,11 +364,6 @@ def write_text_atomic(spark: SparkSession, path: str, text: str) -> None:
         return
     delete_path(spark, path)
     move(spark, tmp, path)
-
-
-def read_text(spark: SparkSession, path: str) -> str | None:
-    """A small file's text, or None when it does not exist."""
-    return _read_text(spark, path)
 
 
 def _replaceable(spark: SparkSession, final: str, replace_unmarked: bool) -> None:

@@ -348,8 +348,9 @@ class Watcher:
         """Published prepare directories of the earlier batches, whose doc_ids this batch may not repeat."""
         if not (self.conf.watch.duplicates_across_batches and self.conf.prepare.duplicates == "quarantine"):
             return []
-        return [self.log.final_dir("prepare", r["batch_id"]) for r in self.log.records()
-                if r["batch_id"] < batch_id and "prepare" in r.get("outputs", [])]
+        # Spark runs batch N only after N-1 is committed, so every earlier prepare directory is a committed batch:
+        # one listing, instead of reading every commit record on each batch.
+        return [self.log.final_dir("prepare", i) for i in self.log.batch_ids("prepare") if i < batch_id]
 
     def _log_batch(self, batch_id: int, files: list, metrics: dict, seconds: float) -> None:
         first = metrics["prepare"]
