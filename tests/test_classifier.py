@@ -199,6 +199,19 @@ def test_watch_classifies_new_files_with_the_registered_champion(trained, spark,
     assert metrics["max_model_loads_per_worker"] == 1  # across both micro-batches
 
 
+def test_mlflow_spark_udf_runs_the_registered_classifier(trained, spark, mlflow_uri):
+    mlflow.set_tracking_uri(mlflow_uri)
+    udf = mlflow.pyfunc.spark_udf(spark, "models:/topics@champion", env_manager="local",
+                                  result_type="label string, probability double, probabilities map<string,double>, error string")
+    texts = ["The striker scored twice in the final match of the season.",
+             "Shares of the carmaker fell as the central bank raised inflation forecasts.", "", None]
+    rows = spark.createDataFrame([(t,) for t in texts], "text string").select(udf("text").alias("p")).collect()
+    expected = mlflow.pyfunc.load_model("models:/topics@champion").predict(pd.DataFrame({"text": texts}))
+    assert [r.p.label for r in rows] == list(expected["label"]) == ["Sports", "Business", None, None]
+    assert [r.p.error for r in rows] == [None, None, "empty text", "null text"]
+    assert rows[0].p.probabilities == pytest.approx(expected["probabilities"][0])
+
+
 @pytest.mark.slow
 def test_two_process_distributed_training_is_close_to_single_process(trained, spark):
     conf, single = trained

@@ -170,6 +170,20 @@ def test_embedder_pyfunc_turns_texts_into_document_vectors(sgns, mlflow_uri):
         "embeddings/vectors.w2v.txt", "embeddings/vectors.f16.npy", "embeddings/vocab.tsv", "embeddings/embeddings.json"}
 
 
+def test_mlflow_spark_udf_runs_the_embedder(sgns, spark, mlflow_uri):
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("emb-tests").experiment_id], order_by=["start_time ASC"])[0]
+    mlflow.set_tracking_uri(mlflow_uri)
+    uri = f"runs:/{run.info.run_id}/embedder"
+    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="vector array<float>", env_manager="local")
+    texts = ["the cat eats", "a truck drives", ""]
+    rows = spark.createDataFrame([(t,) for t in texts], "text string").select("text", udf("text").alias("p")).collect()
+    expected = mlflow.pyfunc.load_model(uri).predict(pd.Series(texts))["vector"]
+    assert [len(v) for v in expected] == [16, 16, 0]  # no word, no vector
+    for row, vector in zip(rows, expected):
+        assert np.allclose(row.p.vector, vector, atol=1e-6) and len(row.p.vector) == len(vector)
+
+
 def test_ppmi_svd_is_deterministic_and_meaningful(spark, corpus, tmp_path, job_conf):
     first = train(spark, job_conf, corpus, tmp_path / "p1", method="ppmi_svd", dim=4, subword={"enabled": False})
     train(spark, job_conf, corpus, tmp_path / "p2", method="ppmi_svd", dim=4, subword={"enabled": False}, partitions=5)

@@ -80,12 +80,14 @@ class DocumentEmbedder:
 
 
 class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
-    # No type hints: MLflow would derive a conflicting signature from them.
     def load_context(self, context):
         self.embedder = DocumentEmbedder(context.artifacts["embeddings"])
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint (Series and lists are accepted too): MLflow infers no signature from it, so the
+    # explicit one stays, and it does not warn about a missing hint.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from textmill.pyfunc_classifier import texts_from
 
         vectors = self.embedder.embed_texts(texts_from(model_input))
-        return pd.DataFrame({"vector": [v.tolist() if v is not None else None for v in vectors]})
+        # A text with no known word gets [] rather than null: mlflow.pyfunc.spark_udf cannot carry a null array.
+        return pd.DataFrame({"vector": [v.tolist() if v is not None else [] for v in vectors]})

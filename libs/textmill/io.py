@@ -171,29 +171,52 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
     return listing
 
 
-_SHIPPED_ROOT: list[str] = []
+_SCRATCH_ROOT: list[str] = []
+LOCAL_SHIPPED = "local:"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder under this driver process's scratch root, removed when the process exits
+    (what executors may read for as long as the driver runs: shipped archives, downloaded models)."""
+    if not _SCRATCH_ROOT:
+        _SCRATCH_ROOT.append(tempfile.mkdtemp(prefix="textmill-scratch-"))
+        atexit.register(shutil.rmtree, _SCRATCH_ROOT[0], True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH_ROOT[0]))
 
 
 def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
-    """Send a local directory (a model, an index) to every executor; returns the name for SparkFiles.get.
+    """Make a local directory (a model, an index) readable by every executor; returns the name
+    that ``shipped_path`` turns back into a directory on an executor.
 
-    The directory travels as an uncompressed tar archive (``SparkContext.addArchive``), which
-    executors unpack under that name: ``addFile`` ships directories only in local mode, not to
-    a cluster's executors. Each call ships a copy under a unique name, since one session may
-    ship several models of the same base name. The archives live in a temp folder removed when
-    the driver exits (executors may fetch them at any time until then).
+    In local mode (``local``, ``local[N]``) executors are threads of this driver: they read the
+    directory where it is, and a model of hundreds of MB is neither archived nor unpacked (the
+    caller keeps the directory until the job ends). Elsewhere the directory travels as an
+    uncompressed tar archive (``SparkContext.addArchive``), which executors unpack under that
+    name: ``addFile`` ships directories only in local mode, not to a cluster's executors. Each
+    call ships a copy under a unique name, since one session may ship several models of the
+    same base name; the archives live in the driver's scratch folder (executors may fetch them
+    at any time until the driver exits).
     """
-    if not _SHIPPED_ROOT:
-        _SHIPPED_ROOT.append(tempfile.mkdtemp(prefix="textmill-shipped-"))
-        atexit.register(shutil.rmtree, _SHIPPED_ROOT[0], True)
     source = Path(path).resolve()
+    master = spark.sparkContext.master
+    if master == "local" or master.startswith("local["):
+        return f"{LOCAL_SHIPPED}{source}"
     name = f"{source.name}-{uuid.uuid4().hex[:10]}"
-    archive = Path(_SHIPPED_ROOT[0]) / f"{name}.tar"
+    archive = scratch_dir("shipped-") / f"{name}.tar"
     with tarfile.open(archive, "w") as tar:  # entries relative to the directory (no "./": Spark refuses it)
         for child in sorted(source.iterdir()):
             tar.add(child, arcname=child.name)
     spark.sparkContext.addArchive(f"{archive}#{name}")
     return name
+
+
+def shipped_path(name: str) -> str:
+    """On an executor: the directory a ``ship_directory`` name stands for."""
+    if name.startswith(LOCAL_SHIPPED):
+        return name[len(LOCAL_SHIPPED):]
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(name)
 
 
 def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None) -> tuple[int, int, Any]:
@@ -207,10 +230,10 @@ def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, mark
 
     df.write.parquet(path)
     written = spark.read.parquet(path)
-    rows_out = written.count()
+    totals = written.agg(F.count(F.lit(1)).alias("rows"), F.count("error").alias("errors")).first()
+    rows_out, rows_error = totals["rows"], totals["errors"]
     if rows_out != rows_in:
         raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
-    rows_error = written.where(F.col("error").isNotNull()).count()
     checked = check(written) if check is not None else None
     write_marker(spark, path, {**marker, "textmill_version": textmill.__version__, "rows": rows_out, "columns": written.columns})
     return rows_out, rows_error, checked

@@ -6,7 +6,7 @@ labels) and ``weights.pt``. ``TextClassifier`` loads one and predicts batches of
 serve``, and textmill's ``classify`` job). ``predict`` takes a pandas Series, a list, or a
 DataFrame (column ``text``, else the first column) and returns a DataFrame with ``label``,
 ``probability``, ``probabilities`` ({label: p}) and ``error`` (null and blank texts get no
-label, as in the ``classify`` job), one row per input, batched inside.
+label and an empty ``probabilities``, as in the ``classify`` job), one row per input, batched inside.
 """
 from __future__ import annotations
 
@@ -48,8 +48,13 @@ class TextClassifier:
         self.spec = ModelSpec(**config["spec"])
         self.featurizer = Featurizer.from_dict(config["featurizer"])
         self.labels: list[str] = config["labels"]
-        self.model = self.spec.build()
-        self.model.load_state_dict(torch.load(Path(path) / WEIGHTS, map_location="cpu"))
+        # Built without memory, then handed the weights memory-mapped: the embedding table (800 MB
+        # at the default 2M buckets) is neither randomly initialised nor copied, loading takes
+        # milliseconds, and Python workers on one machine share its pages.
+        with torch.device("meta"):
+            self.model = self.spec.build()
+        state = torch.load(Path(path) / WEIGHTS, map_location="cpu", mmap=True, weights_only=True)
+        self.model.load_state_dict(state, assign=True)
         self.model.eval()
         self.kind = "bag" if self.spec.kind == "linear" else "sequence"
         self.batch_size = batch_size
@@ -71,7 +76,8 @@ class TextClassifier:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
         out = pd.DataFrame({"label": pd.Series([None] * len(texts), dtype=object),
                             "probability": np.full(len(texts), np.nan),
-                            "probabilities": pd.Series([None] * len(texts), dtype=object),
+                            # {} rather than null: mlflow.pyfunc.spark_udf cannot carry a null map.
+                            "probabilities": pd.Series([{} for _ in texts], dtype=object),
                             "error": pd.Series(["null text" if t is None else "empty text" for t in texts], dtype=object)})
         if scored:
             out.loc[scored, "label"] = [self.labels[i] for i in best]
@@ -93,9 +99,10 @@ def texts_from(model_input: Any) -> list[str | None]:
 
 
 class TextClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    # No type hints on these two: MLflow would try to derive a (conflicting) signature from them.
     def load_context(self, context):
         self.classifier = TextClassifier(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint (Series and lists are accepted too): MLflow infers no signature from it, so the
+    # explicit one stays, and it does not warn about a missing hint.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         return self.classifier.predict(texts_from(model_input))

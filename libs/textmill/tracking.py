@@ -40,6 +40,12 @@ def log_workers(report: dict[str, dict], **extra: Any) -> dict[str, float]:
     return summarize_workers(report)
 
 
+def tag_model_source(prefix: str, source: Mapping[str, Any] | None) -> None:
+    """Tag the active run with the model a job used, e.g. ``textmill.nlp.model_version=3``."""
+    if source and mlflow.active_run() is not None:
+        mlflow.set_tags({f"{prefix}.model_{k}": str(v) for k, v in source.items()})
+
+
 _CODE_COPY: list[str] = []
 
 

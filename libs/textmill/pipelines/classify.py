@@ -1,9 +1,11 @@
 """The ``classify`` job: score a Parquet corpus with a trained classifier, optionally evaluate.
 
 The model is named by an MLflow URI (``models:/name@champion``, ``runs:/<id>/model``) or a
-local path (an MLflow model directory, or a textmill model directory). The driver
-resolves it to a local copy once and ships it to the executors with ``addFile``; an
-iterator pandas UDF loads it once per Python worker and scores Arrow batches.
+local path (an MLflow model directory, or a textmill model directory): textmill's torch
+classifier or a spaCy text categorizer (``train_classifier``'s ``spacy_textcat``). The
+driver pins an alias to its current version, resolves it to a local copy once, checks it
+predicts labels, tags the run with the version, and ships it to the executors; an iterator
+pandas UDF loads it once per Python worker and scores Arrow batches.
 
 Output: ``doc_id, label, probability, probabilities map<string,double>, error`` (+ keep
 columns). Null or empty texts get a null label and an error; rows out == rows in. With
@@ -21,14 +23,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import io, models, tracking
+from textmill import io, models, registry, tracking
 from textmill.cleaning import is_blank
 from textmill.config import JobConf, StrictModel
-from textmill.errors import TextmillError
+from textmill.registry import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -71,27 +72,18 @@ def local_model_paths(uri: str | None) -> list[str]:
     return [uri] if local else []
 
 
-class ModelNotFoundError(TextmillError):
-    """The classifier model URI or path cannot be resolved."""
-
-
-def resolve_model(uri: str, into: str) -> Path:
-    """A local MLflow-model or textmill-model directory for ``uri`` (downloaded if remote)."""
-    local = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-    is_mlflow_uri = uri.startswith(("models:/", "runs:/")) or ("://" in uri and not uri.startswith("file://"))
-    if not is_mlflow_uri:
-        if not local.exists():
-            raise ModelNotFoundError(f"classify.model_uri: no model at {uri!r}")
+def resolve_model(uri: str, into: str) -> tuple[Path, registry.ModelSource]:
+    """A local MLflow-model or textmill-model directory for ``uri`` (downloaded if remote), and
+    the exact version it is (an alias pinned once)."""
+    source = registry.pin(uri, "classify.model_uri")
+    local = registry.download(source, into, "classify.model_uri")
+    if not registry.is_mlflow_uri(uri):
         from textmill.pyfunc_classifier import CONFIG
 
         if not local.is_dir() or not ((local / "MLmodel").is_file() or (local / CONFIG).is_file()):
             raise ModelNotFoundError(f"classify.model_uri {uri!r} is not a model directory (no MLmodel or {CONFIG}); "
                                      "point it at train_classifier's <output>/model, an MLflow model, or models:/name@alias")
-        return local
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=into))
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelNotFoundError(f"classify.model_uri {uri!r} cannot be resolved: {exc.message}") from exc
+    return local, source
 
 
 def load_scorer(path: str):
@@ -117,7 +109,7 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
 
     @F.pandas_udf(OUTPUT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        path = SparkFiles.get(file_name)
+        path = io.shipped_path(file_name)
         key = ("classifier", path)
         scorer = models.get_or_load(key, lambda: load_scorer(path))
         for texts in batches:
@@ -140,14 +132,20 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
 
 
 def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
-    """Resolve ``model_uri`` (downloaded under ``into``), check it loads here on the driver, and
-    ship it to the executors; returns the name for ``make_classify_udf``."""
-    model_dir = resolve_model(model_uri, into)
+    """Resolve ``model_uri`` (downloaded under ``into``), check here on the driver that it loads
+    and predicts labels, tag the run with the version used, and ship it to the executors;
+    returns the name for ``make_classify_udf``."""
+    model_dir, source = resolve_model(model_uri, into)
     try:
-        load_scorer(str(model_dir))  # fails here, on the driver, if the model cannot load
-    except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError) as exc:
+        columns = set(load_scorer(str(model_dir)).predict(["A short text to check the model with."]).columns)
+    except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise ModelNotFoundError(f"classify.model_uri {model_uri!r} cannot be loaded as a model: "
                                  f"{str(exc).splitlines()[0][:300]}") from exc
+    missing = {"label", "probability", "probabilities"} - columns
+    if missing:
+        raise ModelNotFoundError(f"classify.model_uri {model_uri!r} is not a classifier: its predictions have the columns "
+                                 f"{', '.join(sorted(columns))}, not {', '.join(sorted(missing))}")
+    tracking.tag_model_source("textmill.classify", source.as_dict())
     return io.ship_directory(spark, model_dir)
 
 

@@ -14,7 +14,6 @@ from typing import Iterator
 
 import pandas as pd
 from pydantic import Field
-from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -67,7 +66,7 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
         from textmill.docvectors import DocumentEmbedder
         from textmill.featurize import Featurizer
 
-        path = SparkFiles.get(file_name)
+        path = io.shipped_path(file_name)
         key = ("embeddings", path, sif, sif_a, subword_fallback)
         embedder = models.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
         featurizer = Featurizer(lowercase=embedder.lowercase, max_tokens=10**9)

@@ -20,7 +20,6 @@ from typing import Iterator, Literal
 
 import pyarrow as pa
 from pydantic import Field
-from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -69,7 +68,7 @@ def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, e
     """
 
     def neighbors(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        path = SparkFiles.get(file_name)
+        path = io.shipped_path(file_name)
         key = ("annoy", path)
         loaded = models.get_or_load(key, lambda: ann.IndexSearcher(path))
         for batch in batches:
