@@ -52,6 +52,7 @@ JOBS: dict[str, Job] = {
         Job("build_index", "textmill.pipelines.build_index", "id + vector -> sharded Annoy index, recall measured"),
         Job("neighbors", "textmill.pipelines.neighbors", "index + queries -> k nearest neighbours (scatter-gather)"),
         Job("cluster", "textmill.pipelines.cluster", "kNN graph -> Chinese Whispers clusters, no k"),
+        Job("log_spacy_model", "textmill.pipelines.log_spacy_model", "spaCy pipeline -> MLflow model (+ registry alias)"),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
         Job("watch", "textmill.streaming.watch", "new files in an inbox -> prepare (+ annotate, classify, ...) once each"),
     ]
@@ -72,7 +73,8 @@ def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | 
     job = get_job(name)
     if not isinstance(conf, JobConf):
         conf = validate_conf(job.conf_model, conf)
-    spark = spark or get_spark(conf.spark, app_name=f"textmill-{name}")
+    if spark is None and conf.uses_spark:
+        spark = get_spark(conf.spark, app_name=f"textmill-{name}")
     outputs = conf.output_paths()
     # One writer per output for the whole job; a second run fails at once instead of at publish time.
     with storage.output_lock(spark, *outputs.values()):

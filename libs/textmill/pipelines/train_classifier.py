@@ -1,5 +1,8 @@
 """The ``train_classifier`` job: labelled Parquet in, a tracked and optionally registered model out.
 
+Kinds: ``linear`` and ``gru`` (torch), ``spacy_textcat`` (spaCy's text categorizer, logged
+with the spaCy flavor); the same split, metrics, plots, registry rule and ``classify`` support.
+
 Steps (Spark does the data work, torch the training):
 
 1. read ``text`` + ``label`` (``prepare`` output); rows with null/empty text or a null label
@@ -11,9 +14,11 @@ Steps (Spark does the data work, torch the training):
    written shuffled, as several files, to ``<output>/features/{train,val}``;
 4. train from those files in streamed chunks, in this process or, with
    ``distributed.num_processes > 1``, through ``TorchDistributor`` (DDP, gloo on CPU), each
-   process reading its own shard of files;
+   process reading its own shard of files; for ``spacy_textcat`` the files hold ``text,
+   label`` and spaCy's own training loop trains its ``textcat`` (``textmill.spacy_textcat``);
 5. log per-epoch and final metrics, a confusion-matrix PNG, a training-curve PNG, a
-   per-class report and the label map, and the model as an MLflow pyfunc; optionally
+   per-class report and the label map, and the model as an MLflow pyfunc (spaCy flavor +
+   textmill pyfunc for ``spacy_textcat``); optionally
    register it and move the ``champion`` alias only if it beats the current champion.
 """
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from textmill import io, storage, tracking
+from textmill.registry import promote_if_better
 from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
 from textmill.cleaning import blank_column
 from textmill.config import JobConf, StrictModel
@@ -44,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 class ModelConf(StrictModel):
-    kind: Literal["linear", "gru"] = Field("linear", description="linear (fastText style) | gru")
+    kind: Literal["linear", "gru", "spacy_textcat"] = Field("linear", description="linear (fastText style) | gru | spacy_textcat (spaCy's textcat, spaCy's training loop)")
     features: Literal["hashed_ngrams", "word_ids", "char_ids"] | None = Field(
         None, description="default: hashed_ngrams for linear, word_ids for gru")
     dim: int = Field(100, gt=0, description="embedding size")
@@ -80,6 +86,11 @@ class DistributedConf(StrictModel):
     local_mode: bool = Field(True, description="processes on the driver (true) or on executors (false)")
 
 
+class SpacyTrainingConf(StrictModel):
+    config: str = Field("conf/spacy/textcat.cfg", description="spaCy training config for spacy_textcat")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="spaCy config overrides, e.g. {training.optimizer.learn_rate: 0.002}")
+
+
 class ClassifierConf(StrictModel):
     text_column: str = "text"
     label_column: str = "label"
@@ -89,6 +100,7 @@ class ClassifierConf(StrictModel):
     training: TrainingConf = Field(default_factory=TrainingConf)
     distributed: DistributedConf = Field(default_factory=DistributedConf)
     registry: RegistryConf = Field(default_factory=RegistryConf)
+    spacy: SpacyTrainingConf = Field(default_factory=SpacyTrainingConf)
     feature_files: int | None = Field(None, gt=0, description="Parquet files per split; default max(4, 2 x processes)")
 
 
@@ -99,6 +111,12 @@ class TrainClassifierJobConf(JobConf):
 
     def input_paths(self) -> list[str]:
         return super().input_paths() + ([self.classifier.validation_path] if self.classifier.validation_path else [])
+
+    def cross_field_problems(self) -> list[str]:
+        problems = super().cross_field_problems()
+        if self.classifier.model.kind == "spacy_textcat" and self.classifier.distributed.num_processes > 1:
+            problems.append("'classifier.distributed.num_processes' > 1 needs a torch kind (linear, gru); spacy_textcat trains in one process")
+        return problems
 
 
 JOB_CONF = TrainClassifierJobConf
@@ -259,28 +277,6 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
     )
 
 
-def promote_if_better(name: str, version: str, metric: str, value: float, alias: str) -> dict[str, Any]:
-    """Move ``alias`` to ``version`` only if ``value`` beats the current holder's; return the decision."""
-    client = mlflow.MlflowClient()
-    current = None
-    try:
-        current = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        current = None
-    decision: dict[str, Any] = {"model": name, "version": version, "metric": metric, "value": value, "alias": alias}
-    if current is not None:
-        previous = client.get_run(current.run_id).data.metrics.get(metric)
-        decision.update({"previous_version": current.version, "previous_value": previous})
-        if previous is not None and value <= previous:
-            decision["promoted"] = False
-            decision["reason"] = f"{metric}={value:.4f} does not beat version {current.version}'s {previous:.4f}"
-            return decision
-    client.set_registered_model_alias(name, alias, version)
-    decision["promoted"] = True
-    decision["reason"] = "no previous champion" if current is None else f"{metric} improved on version {current.version}"
-    return decision
-
-
 def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     c = conf.classifier
     out = conf.io.output.rstrip("/")
@@ -296,19 +292,24 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     if len(labels) < 2:
         raise LabelError(f"classifier.label_column {c.label_column!r} has {len(labels)} distinct value(s) {labels}; need at least 2")
 
-    featurizer = featurizer_for(c.model)
-    if featurizer.kind == "word_ids":
-        featurizer.vocab = build_vocabulary(train_df, c.text_column, featurizer, c.model.vocab_size, c.model.min_count)
-        featurizer = Featurizer.from_dict(featurizer.to_dict())
-        logger.info("vocabulary: %d words", len(featurizer.vocab))
-    featurize = make_featurize_udf(featurizer.to_dict())
-    label_ids = F.create_map(*[F.lit(x) for i, label in enumerate(labels) for x in (label, i)])
+    spacy_kind = c.model.kind == "spacy_textcat"
+    if spacy_kind:
+        featurizer = None
+        columns = [F.col(c.text_column).alias("text"), F.col(c.label_column).alias("label")]
+    else:
+        featurizer = featurizer_for(c.model)
+        if featurizer.kind == "word_ids":
+            featurizer.vocab = build_vocabulary(train_df, c.text_column, featurizer, c.model.vocab_size, c.model.min_count)
+            featurizer = Featurizer.from_dict(featurizer.to_dict())
+            logger.info("vocabulary: %d words", len(featurizer.vocab))
+        featurize = make_featurize_udf(featurizer.to_dict())
+        label_ids = F.create_map(*[F.lit(x) for i, label in enumerate(labels) for x in (label, i)])
+        columns = [featurize(F.col(c.text_column)).alias("ids"), label_ids[F.col(c.label_column)].alias("label_id")]
     n_files = c.feature_files or max(4, 2 * c.distributed.num_processes)
 
     def features(df: DataFrame, seed: int) -> DataFrame:
         # Shuffled across files so a streaming reader sees mixed labels.
-        return (df.select(featurize(F.col(c.text_column)).alias("ids"), label_ids[F.col(c.label_column)].alias("label_id"))
-                .withColumn("_tm_order", F.xxhash64(F.col("ids"), F.lit(seed)))
+        return (df.withColumn("_tm_order", F.xxhash64(F.col("doc_id"), F.lit(seed))).select(*columns, "_tm_order")
                 .repartition(n_files, "_tm_order").sortWithinPartitions("_tm_order").drop("_tm_order"))
 
     rows_in = source.count() + (spark.read.parquet(c.validation_path).count() if c.validation_path else 0)
@@ -328,16 +329,20 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     local_features = _local_dir(feature_dir)
     train_files = sorted(glob.glob(f"{local_features}/train/*.parquet"))
     val_files = sorted(glob.glob(f"{local_features}/val/*.parquet"))
+    counts = {"rows_in": rows_in, "rows_train": n_train, "rows_val": n_val, "rows_quarantined": n_bad}
+    mlflow.log_params({"data.n_train": n_train, "data.n_val": n_val, "data.labels": json.dumps(labels)})
+
+    def log_epoch(epoch: int, record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    if spacy_kind:
+        return _train_spacy_textcat(conf, labels, train_files, val_files, n_train, counts, log_epoch)
     spec = ModelSpec(kind=c.model.kind, n_ids=featurizer.n_ids, n_classes=len(labels), dim=c.model.dim, hidden=c.model.hidden,
                      bidirectional=c.model.bidirectional, dropout=c.model.dropout, layers=c.model.layers)
     t = c.training
     settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, weight_decay=t.weight_decay,
                              buffer_size=t.shuffle_buffer, threads=t.threads)
-    mlflow.log_params({"data.n_train": n_train, "data.n_val": n_val, "data.labels": json.dumps(labels), "model.n_ids": featurizer.n_ids})
-
-    def log_epoch(epoch: int, record: dict[str, float]) -> None:
-        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-
+    mlflow.log_param("model.n_ids", featurizer.n_ids)
     if c.distributed.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -355,8 +360,31 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     else:
         result = train(spec, settings, train_files, val_files, n_train, on_epoch=log_epoch)
         model, history, device = result.model, result.history, result.device
-    return _finish(conf, model, spec, featurizer, labels, history, device, val_files,
-                   {"rows_in": rows_in, "rows_train": n_train, "rows_val": n_val, "rows_quarantined": n_bad})
+    return _finish_torch(conf, model, spec, featurizer, labels, history, device, val_files, counts)
+
+
+def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_files: list[str], val_files: list[str],
+                         n_train: int, counts: dict[str, int], log_epoch) -> dict[str, float]:
+    from textmill import spacy_models, spacy_textcat
+
+    c = conf.classifier
+    with tempfile.TemporaryDirectory(prefix="textmill-spacy-train-") as work:
+        nlp, history = spacy_textcat.train(c.spacy.config, c.spacy.overrides, train_files, val_files, labels, n_train,
+                                           c.training.epochs, c.training.batch_size, c.training.seed, Path(work),
+                                           on_eval=lambda entry: log_epoch(entry["epoch"], entry))
+    mlflow.log_text(nlp.config.to_str(), "spacy/config.cfg")
+    truth, predicted = spacy_textcat.predict_labels(nlp, val_files)
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = confusion(np.array([index[t] for t in truth]), np.array([index[p] for p in predicted]), len(labels))
+    model_dir = Path(_local_dir(conf.io.output)) / "model"
+    if model_dir.exists():  # a container claimed by this job: the previous run's model
+        import shutil
+
+        shutil.rmtree(model_dir)
+    spacy_models.save_model(nlp, str(model_dir))
+    return _finish(conf, matrix, labels, history, "cpu", counts,
+                   lambda: spacy_models.log_model(nlp, registered_model_name=c.registry.name,
+                                                  input_example=pd.DataFrame({"text": ["A short example text to classify."]})))
 
 
 def _local_dir(path: str) -> str:
@@ -367,34 +395,40 @@ def _local_dir(path: str) -> str:
     return local
 
 
-def _finish(conf: TrainClassifierJobConf, model, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
-            history: list[dict], device: str, val_files: list[str], counts: dict[str, int]) -> dict[str, float]:
+def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
+                  history: list[dict], device: str, val_files: list[str], counts: dict[str, int]) -> dict[str, float]:
+    import torch
     from torch.utils.data import DataLoader
 
     from textmill.classifier import ParquetExamples, collate, predict_logits
     from textmill.pyfunc_classifier import TextClassifier, save_model_dir
 
-    c = conf.classifier
     kind = "bag" if spec.kind == "linear" else "sequence"
     loader = DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind))
-    import torch
-
     logits, y_true = predict_logits(model, iter(loader), torch.device("cpu"))
     matrix = confusion(y_true, logits.argmax(axis=1), len(labels))
-    report = scores(matrix)
-    per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
-                         "support": report["support"][i]} for i, label in enumerate(labels)}
     model_dir = Path(_local_dir(conf.io.output)) / "model"
     save_model_dir(model_dir, model, spec, featurizer, labels)
     example = TextClassifier(model_dir).predict(["an example text"])  # the saved directory really loads
     logger.info("saved model to %s (example prediction %s)", model_dir, example.iloc[0].to_dict())
+    return _finish(conf, matrix, labels, history, device, counts,
+                   lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name))
+
+
+def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str], history: list[dict], device: str,
+            counts: dict[str, int], log_model) -> dict[str, float]:
+    """Every kind's ending: validation report and plots, the model logged (``log_model()``), the registry rule."""
+    c = conf.classifier
+    report = scores(matrix)
+    per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
+                         "support": report["support"][i]} for i, label in enumerate(labels)}
     with tempfile.TemporaryDirectory() as tmp:
         for path in _plots(Path(tmp), matrix, labels, history):
             mlflow.log_artifact(str(path), "evaluation")
     mlflow.log_dict({"labels": per_class, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                      "confusion_matrix": matrix.tolist()}, "evaluation/report.json")
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
-    info = log_pyfunc(model_dir, ["A short example text to classify."], c.registry.name)
+    info = log_model()
     metrics: dict[str, float] = {**counts, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
                                  "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
     mlflow.set_tags({"textmill.model_uri": info.model_uri, "textmill.train_device": device})
