@@ -200,7 +200,9 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     source = Path(path).resolve()
     master = spark.sparkContext.master
     if master == "local" or master.startswith("local["):
-        return f"{LOCAL_SHIPPED}{source}"
+        # The token keeps each ship distinct (the workers' model cache is keyed by this name), so a
+        # model retrained into the same directory is never served from an earlier load.
+        return f"{LOCAL_SHIPPED}{uuid.uuid4().hex[:10]}:{source}"
     name = f"{source.name}-{uuid.uuid4().hex[:10]}"
     archive = scratch_dir("shipped-") / f"{name}.tar"
     with tarfile.open(archive, "w") as tar:  # entries relative to the directory (no "./": Spark refuses it)
@@ -213,7 +215,7 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
 def shipped_path(name: str) -> str:
     """On an executor: the directory a ``ship_directory`` name stands for."""
     if name.startswith(LOCAL_SHIPPED):
-        return name[len(LOCAL_SHIPPED):]
+        return name[len(LOCAL_SHIPPED):].split(":", 1)[1]
     from pyspark import SparkFiles
 
     return SparkFiles.get(name)

@@ -79,7 +79,7 @@ class PipelinePlan:
     enable: tuple[str, ...] = ()
     add_sentencizer: bool = False
     gpu: bool = False
-    shipped: str | None = None  # SparkFiles name of a pipeline resolved from a model URI
+    shipped: str | None = None  # io.ship_directory's name for a pipeline from a directory or model URI
     source: dict | None = None  # that URI pinned: name, version, run_id (for the run's tags)
 
     @property

@@ -32,7 +32,9 @@ WEIGHTS = "weights.pt"
 def save_model_dir(path: str | Path, model: torch.nn.Module, spec: ModelSpec, featurizer: Featurizer, labels: list[str]) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path / WEIGHTS)
+    # A new file, then a rename: a worker that memory-mapped the previous weights keeps reading them.
+    torch.save(model.state_dict(), path / f"{WEIGHTS}.tmp")
+    (path / f"{WEIGHTS}.tmp").replace(path / WEIGHTS)
     config = {"format": FORMAT, "spec": asdict(spec), "featurizer": featurizer.to_dict(), "labels": labels}
     (path / CONFIG).write_text(json.dumps(config))
     return path

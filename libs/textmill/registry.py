@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 
 from textmill.errors import TextmillError
+from textmill.redact import redact_text
 
 _ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
@@ -64,7 +65,7 @@ def pin(uri: str, key: str) -> ModelSource:
             client.get_run(m["run_id"])
             return ModelSource(uri, uri, run_id=m["run_id"])
     except mlflow.exceptions.MlflowException as exc:
-        raise ModelNotFoundError(f"{key} {uri!r} cannot be resolved at {mlflow.get_tracking_uri()}: "
+        raise ModelNotFoundError(f"{key} {uri!r} cannot be resolved at {redact_text(mlflow.get_tracking_uri())}: "
                                  f"{_first_line(exc.message)}") from exc
     return ModelSource(uri=uri, pinned_uri=uri)
 

@@ -110,7 +110,7 @@ def make_classify_udf(file_name: str, batch_size: int, report=None):
     @F.pandas_udf(OUTPUT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         path = io.shipped_path(file_name)
-        key = ("classifier", path)
+        key = ("classifier", file_name)
         scorer = models.get_or_load(key, lambda: load_scorer(path))
         for texts in batches:
             values = [t if isinstance(t, str) else None for t in texts]

@@ -67,7 +67,7 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
         from textmill.featurize import Featurizer
 
         path = io.shipped_path(file_name)
-        key = ("embeddings", path, sif, sif_a, subword_fallback)
+        key = ("embeddings", file_name, sif, sif_a, subword_fallback)
         embedder = models.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
         featurizer = Featurizer(lowercase=embedder.lowercase, max_tokens=10**9)
         for batch in batches:

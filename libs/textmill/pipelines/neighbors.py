@@ -69,7 +69,7 @@ def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, e
 
     def neighbors(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         path = io.shipped_path(file_name)
-        key = ("annoy", path)
+        key = ("annoy", file_name)
         loaded = models.get_or_load(key, lambda: ann.IndexSearcher(path))
         for batch in batches:
             yield loaded.neighbors(batch, k, search_k, mode, exclude_self)
