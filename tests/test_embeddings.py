@@ -94,6 +94,34 @@ def test_fnv1a_matches_the_reference_values():
     assert emb.char_ngrams("cat", 3, 4) == ["<ca", "cat", "at>", "<cat", "cat>"]
 
 
+def test_subword_fit_reaches_the_exact_least_squares_solution():
+    rng = np.random.default_rng(1)
+    letters = "abcdefghij"
+    words = sorted({"".join(rng.choice(list(letters), size=rng.integers(3, 9))) for _ in range(400)})
+    targets = rng.normal(size=(len(words), 6)).astype(np.float32)
+    buckets, l2 = 3_000, 1e-4
+    rows, cols, vals = [], [], []
+    for i, word in enumerate(words):
+        ids = emb.ngram_buckets(word, buckets)
+        rows += [i] * len(ids)
+        cols += ids
+        vals += [1.0 / len(ids)] * len(ids)
+    a = np.zeros((len(words), buckets))
+    np.add.at(a, (rows, cols), vals)
+    # The exact minimiser of mean ||A z - v||^2 + l2 ||z||^2 / V: (A^T A + l2 I) z = A^T v.
+    exact = np.linalg.solve(a.T @ a + l2 * np.eye(buckets), a.T @ targets)
+
+    def loss(z):
+        return ((a @ z - targets) ** 2).sum(1).mean() + l2 * (z ** 2).sum() / len(words)
+
+    fitted = emb.fit_subwords(words, targets, buckets, steps=100, dims_per_solve=4)
+    assert fitted.shape == (buckets, 6) and fitted.dtype == np.float32
+    assert loss(fitted) <= loss(exact) * 1.02
+    assert loss(fitted) < 0.5 * loss(np.zeros_like(exact))
+    unused = np.setdiff1d(np.arange(buckets), cols)
+    assert not fitted[unused].any()  # no word uses them: they stay zero
+
+
 # ---------------------------------------------------------------------------- the job
 
 

@@ -48,7 +48,7 @@ TASKS: dict[str, tuple[str, str, list[str]]] = {
         f"io.input={WATCHED}/prepare", f"io.output={DAY}/classified", f"classify.model_uri=models:/{MODEL}@champion"]),
     "train_embeddings": ("train_embeddings", "conf/train_embeddings.yaml", [
         f"io.input={WATCHED}/annotate", f"io.output={DAY}/embeddings",
-        "embeddings.subword.buckets=50000"]),  # a news vocabulary: fewer n-gram buckets fit in seconds, not minutes
+        "embeddings.subword.buckets=50000"]),  # a news vocabulary: 50,000 n-gram buckets are plenty
     "embed_docs": ("embed_docs", "conf/embed_docs.yaml", [
         f"io.input={WATCHED}/annotate", f"io.output={DAY}/doc_vectors", f"embed.embeddings={DAY}/embeddings"]),
     "build_index": ("build_index", "conf/build_index.yaml", [
