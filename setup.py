@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "pyyaml>=6.0",
     "pydantic>=2.7,<3",
     "matplotlib>=3.8",
+    "scipy>=1.11",  # sparse matrices for ppmi_svd and the subword fit; was only reached through mlflow
 ]
 
 TEST_REQUIRES = [
