@@ -151,8 +151,9 @@ def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
 
 def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partitions: int, report=None) -> DataFrame:
     """``doc_id, label, probability, probabilities, error`` (+ keep columns), one row per row of
-    ``source``, in ``partitions`` range partitions by ``doc_id``."""
-    scored = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+    ``source``, in ``partitions`` hash partitions by ``doc_id``: deterministic on a retry, and no
+    sampling pass or sort as a range partitioning would need (scoring does not need order)."""
+    scored = (source.repartition(partitions, "doc_id")
               .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
                       F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *c.keep_columns))
     return scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
