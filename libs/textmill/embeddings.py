@@ -14,8 +14,9 @@ Spark tasks, and tests call them directly.
   the updated vector times the number of updates the row got, and those counts, so the
   driver can average rows weighted by how much each partition trained them. Memory:
   the two ``vocab x dim`` matrices, a chunk of pairs and a batch: never the corpus.
-- ``ppmi_svd``: positive PMI (context-distribution smoothing 0.75) of a sparse
-  co-occurrence matrix, then a truncated SVD with a fixed start vector: deterministic.
+- ``ppmi_svd`` / ``ppmi_factors``: positive PMI (context-distribution smoothing 0.75) of a
+  sparse co-occurrence matrix, then a truncated SVD with a fixed start vector: deterministic.
+  ``sgns`` starts from these factors by default (see ``pipelines/train_embeddings``).
 - ``char_ngrams`` / ``fnv1a_32``, ``fit_subwords`` and ``SubwordVectors``: fastText-style
   n-grams of ``<word>`` (3-6 chars) hashed into buckets; bucket vectors are fitted by least
   squares so that the mean of a word's n-gram vectors reproduces its vector; an unseen
@@ -191,13 +192,23 @@ def combine(current: np.ndarray, weighted_sum: np.ndarray, updates: np.ndarray) 
 # ---------------------------------------------------------------------------- count-based
 
 
-def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int) -> "sp.csr_matrix":
-    """Symmetric window co-occurrence counts of one partition, weighted 1/distance (as GloVe/word2vec)."""
+def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int,
+                        chunk_tokens: int = 200_000) -> "sp.csr_matrix":
+    """Symmetric window co-occurrence counts of one partition, weighted 1/distance (as GloVe/word2vec).
+
+    Only ids below ``vocab_size`` count (words are numbered by frequency, so that is the
+    ``vocab_size`` most frequent words; the others are dropped before windows are formed,
+    as word2vec drops out-of-vocabulary words). Each chunk is summed into the running sparse
+    matrix before the next is read, so memory follows the distinct pairs, not the corpus.
+    """
     import scipy.sparse as sp
 
-    rows, cols, vals = [], [], []
-    for ids, sentence_ids in _chunks(sentences, 200_000):
+    total = sp.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
+    for ids, sentence_ids in _chunks(sentences, chunk_tokens):
+        inside = ids < vocab_size
+        ids, sentence_ids = ids[inside], sentence_ids[inside]
         n = len(ids)
+        rows, cols, vals = [], [], []
         for offset in range(1, window + 1):
             left = np.arange(max(0, n - offset))
             right = left + offset
@@ -207,40 +218,54 @@ def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window
             rows += [a, b]
             cols += [b, a]
             vals += [weight, weight]
-    if not rows:
-        return sp.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
-    matrix = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(vocab_size, vocab_size))
-    return matrix.tocsr()
+        if rows:
+            total = total + sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                          shape=(vocab_size, vocab_size))
+    return total
 
 
-def ppmi_svd(counts, dim: int, smoothing: float = 0.75) -> np.ndarray:
-    """Word vectors U * sqrt(S) from the truncated SVD of the PPMI matrix (deterministic)."""
+def ppmi_factors(counts, dim: int, smoothing: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """Word and context factors ``U sqrt(S)``, ``V sqrt(S)`` of the truncated SVD of the PPMI matrix.
+
+    Their products approximate the PPMI matrix, the matrix SGNS factorises implicitly (Levy &
+    Goldberg 2014), which is why they also serve as a start for ``sgns``. Deterministic: a
+    fixed ARPACK start vector and each component's sign fixed (on both factors, so their
+    products are unchanged).
+    """
     import scipy.sparse as sp
     from scipy.sparse.linalg import svds
 
     counts = sp.csr_matrix(counts, dtype=np.float64)
+    size = counts.shape[0]
     total = counts.sum()
     word = np.asarray(counts.sum(axis=1)).ravel()
     context = np.asarray(counts.sum(axis=0)).ravel() ** smoothing
-    context /= context.sum()
+    context /= max(context.sum(), 1e-300)
     coo = counts.tocoo()
     with np.errstate(divide="ignore"):
         pmi = np.log(coo.data * 1.0 / total) - np.log(word[coo.row] / total) - np.log(context[coo.col])
     positive = pmi > 0
     ppmi = sp.csr_matrix((pmi[positive], (coo.row[positive], coo.col[positive])), shape=counts.shape)
-    k = min(dim, min(ppmi.shape) - 1)
+    k = min(dim, size - 1)
     if k < 1 or ppmi.nnz == 0:
-        return np.zeros((counts.shape[0], dim), dtype=np.float32)
-    v0 = np.full(min(ppmi.shape), 1.0 / math.sqrt(min(ppmi.shape)))
-    u, s, _ = svds(ppmi, k=k, v0=v0, solver="arpack")
+        return np.zeros((size, dim), dtype=np.float32), np.zeros((size, dim), dtype=np.float32)
+    v0 = np.full(size, 1.0 / math.sqrt(size))
+    u, s, vt = svds(ppmi, k=k, v0=v0, solver="arpack")
     order = np.argsort(-s)
-    vectors = u[:, order] * np.sqrt(s[order])
-    # Fix each component's sign (the SVD is unique only up to sign) for reproducible output.
-    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
-    vectors = vectors * np.where(signs == 0, 1, signs)
-    if vectors.shape[1] < dim:
-        vectors = np.hstack([vectors, np.zeros((vectors.shape[0], dim - vectors.shape[1]))])
-    return vectors.astype(np.float32)
+    root = np.sqrt(s[order])
+    words, contexts = u[:, order] * root, vt[order].T * root
+    signs = np.sign(words[np.abs(words).argmax(axis=0), np.arange(words.shape[1])])
+    signs = np.where(signs == 0, 1, signs)
+    words, contexts = words * signs, contexts * signs
+    if k < dim:
+        pad = np.zeros((size, dim - k))
+        words, contexts = np.hstack([words, pad]), np.hstack([contexts, pad])
+    return words.astype(np.float32), contexts.astype(np.float32)
+
+
+def ppmi_svd(counts, dim: int, smoothing: float = 0.75) -> np.ndarray:
+    """Word vectors ``U sqrt(S)`` of the PPMI matrix (see ``ppmi_factors``)."""
+    return ppmi_factors(counts, dim, smoothing)[0]
 
 
 # ---------------------------------------------------------------------------- subwords

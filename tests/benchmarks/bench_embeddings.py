@@ -3,7 +3,9 @@
 All three see the same tokens (textmill's regex tokenizer, lower-cased, HTML tags dropped)
 and the same settings: dim 100, window 5, negatives 5, epochs 5, min_count 5. Measured:
 
-- textmill ``train_embeddings`` (``sgns``) on ``local[*]``, at 2, 4 and 8 partitions;
+- textmill ``train_embeddings`` (``sgns``, its default PPMI-SVD start) on ``local[*]``, at 2, 4
+  and 8 partitions, and from word2vec's random start (``init: random``) at 8 partitions, the
+  configuration whose quality fell as partitions grew;
 - gensim ``Word2Vec(sg=1, negative=5, workers=2)`` in one process;
 - ``pyspark.ml.feature.Word2Vec`` on ``local[*]`` (2 partitions; hierarchical softmax,
   ``--spark-ml-iter`` iterations, default 1 because it is slow: its words/s is per pass);
@@ -13,7 +15,8 @@ Quality: WordSim-353 Spearman on covered pairs, and Google analogies (3CosAdd ov
 30,000 most frequent words, as gensim's ``evaluate_word_analogies`` does) on covered
 questions. Speed: corpus words x passes / training seconds.
 
-python tests/benchmarks/bench_embeddings.py [--partitions 2 4 8] [--spark-ml-iter 1] [--skip-spark-ml] [--skip-ppmi]
+python tests/benchmarks/bench_embeddings.py [--partitions 2 4 8] [--random-init-partitions 8]
+    [--spark-ml-iter 1] [--skip-spark-ml] [--skip-ppmi]
 """
 from __future__ import annotations
 
@@ -84,6 +87,7 @@ def evaluate(words: list[str], vectors: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--partitions", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--random-init-partitions", type=int, nargs="*", default=[8])
     parser.add_argument("--spark-ml-iter", type=int, default=1)
     parser.add_argument("--skip-spark-ml", action="store_true")
     parser.add_argument("--skip-ppmi", action="store_true")
@@ -128,7 +132,7 @@ def main() -> None:
                                                    "embeddings": {**common, **embeddings}}, spark)
             vectors, _, _ = load_embeddings(out / "export")
             passes = EPOCHS if embeddings.get("method", "sgns") == "sgns" else 1
-            return {"train_seconds": round(metrics["train_seconds"], 1),
+            return {"train_seconds": round(metrics["train_seconds"], 1), "init_seconds": round(metrics["init_seconds"], 1),
                     "words_per_second": round(corpus_words * passes / metrics["train_seconds"]),
                     "partitions": metrics["partitions"], **evaluate(vectors.words, vectors.vectors)}
 
@@ -139,6 +143,8 @@ def main() -> None:
                 keep = REPO / "out" / "benchmarks" / "word_vectors" / "export"
                 shutil.rmtree(keep, ignore_errors=True)
                 shutil.copytree(tmp_path / f"sgns{n}" / "export", keep)
+        for n in args.random_init_partitions:
+            result[f"textmill_sgns_{n}_partitions_random_init"] = textmill_run(f"sgns{n}r", partitions=n, init="random")
         if not args.skip_ppmi:
             result["textmill_ppmi_svd"] = textmill_run("ppmi", method="ppmi_svd", max_vocab=30_000, partitions=2)
 
@@ -167,6 +173,11 @@ def main() -> None:
             "wordsim_gap_vs_gensim": round(t2["wordsim353_spearman"] - g["wordsim353_spearman"], 4),
             "analogy_gap_vs_gensim_points": round(100 * (t2["analogy_accuracy"] - g["analogy_accuracy"]), 2),
         }
+        for n in args.partitions[1:]:
+            tn = result[f"textmill_sgns_{n}_partitions"]
+            result["ratios"][f"wordsim_gap_vs_gensim_{n}_partitions"] = round(tn["wordsim353_spearman"] - g["wordsim353_spearman"], 4)
+            result["ratios"][f"analogy_gap_vs_gensim_points_{n}_partitions"] = round(
+                100 * (tn["analogy_accuracy"] - g["analogy_accuracy"]), 2)
         if "spark_ml_word2vec" in result:
             result["ratios"]["textmill_over_spark_ml_words_per_second"] = round(
                 t2["words_per_second"] / result["spark_ml_word2vec"]["words_per_second"], 3)
