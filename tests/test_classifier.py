@@ -45,6 +45,39 @@ def test_hashed_features_are_stable_across_processes():
     assert len(here) == 6 + 5  # unigrams + bigrams
 
 
+TRICKY_TEXTS = [
+    None, "", "   ", "<br /><br />", "x", "x y", "Hello, World! It's 3.14 <br /><br />great",
+    "Ünïcödé Straße İstanbul ǅ ﬁ", "emoji 🎉🎉 and 👍🏽 ok", "日本語のテキスト、中文。", "a" * 5000 + " b",
+    "don't can't won't ''", "<b>bold</b> <notatag", "tab\tnew\nline\r\n", "combining e\u0301 \u200b zero\x00nul",
+    "ß" * 100 + " " + "é" * 300, "the the the the", "x y",
+]
+
+
+@pytest.mark.parametrize("options", [{}, {"ngrams": 1}, {"n_buckets": 7}, {"max_tokens": 3}, {"n_buckets": 2**31 - 1}])
+def test_vectorised_hashed_ngrams_equal_the_per_text_ids(options):
+    featurizer = Featurizer(**options)
+    rng = random.Random(7)
+    alphabet = "ab é日🎉'<>/.,!\n"
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(300)]
+    texts = TRICKY_TEXTS + fuzz
+    expected = [featurizer.ids(t) for t in texts]
+    assert featurizer.ids_batch(texts) == expected
+    flat, lengths = featurizer.hashed_ngrams_batch(texts)
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert flat.tolist() == [i for e in expected for i in e]
+    assert featurizer.hashed_ngrams_batch([])[0].size == 0
+
+
+def test_bigram_ids_are_the_crc32_of_the_salted_pair():
+    # Checked against zlib directly, not against the per-text code path.
+    featurizer = Featurizer(n_buckets=2**31 - 1)
+    flat, lengths = featurizer.hashed_ngrams_batch(["Straße 日本 🎉", "", "one"])
+    tokens = ["straße", "日本", "🎉"]
+    bigrams = [zlib.crc32(b"\x1f2:" + f"{a} {b}".encode()) % (2**31 - 1) for a, b in zip(tokens, tokens[1:])]
+    assert flat.tolist() == [zlib.crc32(t.encode()) % (2**31 - 1) for t in tokens] + bigrams + [0, zlib.crc32(b"one") % (2**31 - 1)]
+    assert lengths.tolist() == [5, 1, 1]
+
+
 def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
     torch.manual_seed(0)
     model = GRUClassifier(n_ids=50, dim=8, n_classes=3, hidden=6, bidirectional=True, dropout=0.0).eval()

@@ -66,8 +66,12 @@ class TextClassifier:
         out = []
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
-            batch = collate([(self.featurizer.ids(t), 0) for t in chunk], self.kind)
-            out.append(torch.softmax(self.model(**model_inputs(batch)).float(), dim=1).numpy())
+            if self.featurizer.kind == "hashed_ngrams":
+                ids, lengths = self.featurizer.hashed_ngrams_batch(chunk)
+                inputs = {"ids": torch.from_numpy(ids), "offsets": torch.from_numpy(np.cumsum(lengths) - lengths)}
+            else:
+                inputs = model_inputs(collate([(self.featurizer.ids(t), 0) for t in chunk], self.kind))
+            out.append(torch.softmax(self.model(**inputs).float(), dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
     def predict(self, texts: list[str | None]) -> pd.DataFrame:

@@ -12,6 +12,10 @@ Parquet, one warm ``local[*]`` session (Python workers warmed by one small ``cla
   model) and writing the same columns to Parquet;
 - one Python process calling the model's ``predict`` in batches of 1,024.
 
+Featurization alone, side by side on the same texts in chunks of 512 (the model's batch):
+the per-text ``Featurizer.ids`` + ``collate`` path scoring used before, and the vectorised
+``hashed_ngrams_batch`` that scoring and training use now (identical ids).
+
 python tests/benchmarks/bench_scoring.py
 """
 from __future__ import annotations
@@ -81,6 +85,29 @@ def main() -> None:
             scorer.predict(texts[start : start + 1024])
         wall = time.perf_counter() - started
         raw = {"wall_seconds": round(wall, 1), "docs_per_second": round(rows / wall, 1)}
+
+        import numpy as np
+        import torch
+
+        from textmill.classifier import collate
+
+        featurizer = scorer.featurizer
+        started = time.perf_counter()
+        for start in range(0, len(texts), 512):
+            collate([(featurizer.ids(t), 0) for t in texts[start : start + 512]], "bag")
+        per_text = time.perf_counter() - started
+        started = time.perf_counter()
+        for start in range(0, len(texts), 512):
+            ids, lengths = featurizer.hashed_ngrams_batch(texts[start : start + 512])
+            torch.from_numpy(ids), torch.from_numpy(np.cumsum(lengths) - lengths)
+        vectorised = time.perf_counter() - started
+        started = time.perf_counter()
+        for t in texts:
+            featurizer.tokens(t)
+        tokenize_only = time.perf_counter() - started
+        result["featurization"] = {"per_text_ids_and_collate_seconds": round(per_text, 2),
+                                   "vectorised_seconds": round(vectorised, 2), "tokenize_only_seconds": round(tokenize_only, 2),
+                                   "ratio_vectorised_over_per_text": round(per_text / vectorised, 3)}
         result.update({"rows": rows, "textmill_classify": textmill, "mlflow_spark_udf": spark_udf, "raw_single_process_predict": raw,
                        "ratio_textmill_over_raw": round(textmill["docs_per_second"] / raw["docs_per_second"], 3),
                        "ratio_textmill_over_spark_udf": round(textmill["docs_per_second"] / spark_udf["docs_per_second"], 3)})

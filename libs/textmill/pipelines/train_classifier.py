@@ -54,7 +54,7 @@ class ModelConf(StrictModel):
     features: Literal["hashed_ngrams", "word_ids", "char_ids"] | None = Field(
         None, description="default: hashed_ngrams for linear, word_ids for gru")
     dim: int = Field(100, gt=0, description="embedding size")
-    n_buckets: int = Field(2_000_000, gt=0, description="hash buckets (linear)")
+    n_buckets: int = Field(2_000_000, gt=0, lt=2**31, description="hash buckets (linear)")
     ngrams: Literal[1, 2] = Field(2, description="word n-grams hashed (linear)")
     max_tokens: int = Field(1000, gt=0, description="tokens (or characters) kept per text")
     hidden: int = Field(128, gt=0, description="GRU hidden size")
@@ -154,6 +154,10 @@ def make_featurize_udf(options: dict[str, Any]):
     @F.pandas_udf("array<int>")
     def featurize(texts: pd.Series) -> pd.Series:
         featurizer = Featurizer.from_dict(options)
+        if featurizer.kind == "hashed_ngrams":
+            # One numpy array per row: Arrow converts each in one copy, not id by id.
+            ids, lengths = featurizer.hashed_ngrams_batch(texts)
+            return pd.Series(np.split(ids.astype(np.int32), np.cumsum(lengths)[:-1]))
         return pd.Series(featurizer.ids_batch(texts))
 
     return featurize
