@@ -198,12 +198,15 @@ def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window
 
     Only ids below ``vocab_size`` count (words are numbered by frequency, so that is the
     ``vocab_size`` most frequent words; the others are dropped before windows are formed,
-    as word2vec drops out-of-vocabulary words). Each chunk is summed into the running sparse
-    matrix before the next is read, so memory follows the distinct pairs, not the corpus.
+    as word2vec drops out-of-vocabulary words). Chunks are summed into sparse matrices as
+    they are read, so memory follows the distinct pairs, not the corpus; the chunks' matrices
+    are merged into the running total only when together they are as large as it is, so the
+    total is not copied once per chunk.
     """
     import scipy.sparse as sp
 
     total = sp.csr_matrix((vocab_size, vocab_size), dtype=np.float64)
+    pending: list = []
     for ids, sentence_ids in _chunks(sentences, chunk_tokens):
         inside = ids < vocab_size
         ids, sentence_ids = ids[inside], sentence_ids[inside]
@@ -219,9 +222,12 @@ def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window
             cols += [b, a]
             vals += [weight, weight]
         if rows:
-            total = total + sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                          shape=(vocab_size, vocab_size))
-    return total
+            pending.append(sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                         shape=(vocab_size, vocab_size)))
+            if sum(m.nnz for m in pending) >= total.nnz:
+                total = sum(pending, total)
+                pending = []
+    return sum(pending, total)
 
 
 def ppmi_factors(counts, dim: int, smoothing: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
