@@ -78,6 +78,15 @@ def test_bigram_ids_are_the_crc32_of_the_salted_pair():
     assert lengths.tolist() == [5, 1, 1]
 
 
+def test_bigram_ids_after_very_long_tokens_are_the_crc32_of_the_pair():
+    # Z_n is built by squaring: tokens of 1 to 300,000 bytes, all checked against zlib.
+    featurizer = Featurizer(n_buckets=2**31 - 1, max_tokens=10**9)
+    tokens = ["a", "x" * 4097, "é" * 1000, "y" * 300_000, "z"]
+    flat, _ = featurizer.hashed_ngrams_batch([" ".join(tokens)])
+    bigrams = [zlib.crc32(b"\x1f2:" + f"{a} {b}".encode()) % (2**31 - 1) for a, b in zip(tokens, tokens[1:])]
+    assert flat.tolist()[len(tokens):] == bigrams
+
+
 def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
     torch.manual_seed(0)
     model = GRUClassifier(n_ids=50, dim=8, n_classes=3, hidden=6, bidirectional=True, dropout=0.0).eval()

@@ -35,6 +35,7 @@ PAD, UNK = 0, 1
 _TAG = re.compile(r"<[^<>]{0,40}>")
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]")
 _BIGRAM_SALT = b"\x1f2:"
+_MAX_CACHED_TABLES = 4096
 
 
 def crc_bucket(text: str, n_buckets: int, salt: bytes = b"") -> int:
@@ -53,14 +54,29 @@ _CRC_TABLE = _crc_byte_table()
 _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # 256 x 8
 
 
+def _apply(columns: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A GF(2)-linear map on 32-bit CRC states, given by the images of the 32 basis bits, applied to ``x``."""
+    bits = ((x[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool)
+    return np.bitwise_xor.reduce(np.where(bits, columns[None, :], np.uint32(0)), axis=1)
+
+
+_BASIS = np.uint32(1) << np.arange(32, dtype=np.uint32)
+_ONE_ZERO_BYTE = _CRC_TABLE[_BASIS & 0xFF] ^ (_BASIS >> 8)  # Z_1 on each basis bit
+
+
 def _zero_byte_tables(length: int) -> np.ndarray:
     """4 x 256 tables of the linear map ``Z_length``: CRC state -> state after ``length`` zero bytes.
 
     ``Z(x) = T[0][x & 255] ^ T[1][x >> 8 & 255] ^ T[2][x >> 16 & 255] ^ T[3][x >> 24]``.
+    ``Z_length`` is built by squaring (``Z_{2n} = Z_n o Z_n``), in log2(length) steps, so a
+    token of a million bytes costs no more than a short one.
     """
-    columns = np.uint32(1) << np.arange(32, dtype=np.uint32)  # Z applied to each basis bit
-    for _ in range(length):
-        columns = _CRC_TABLE[columns & 0xFF] ^ (columns >> 8)
+    columns, power = _BASIS.copy(), _ONE_ZERO_BYTE.copy()
+    while length:
+        if length & 1:
+            columns = _apply(power, columns)
+        power = _apply(power, power)
+        length >>= 1
     tables = np.zeros((4, 256), dtype=np.uint32)
     for k in range(4):
         picked = np.where(_BYTE_BITS, columns[8 * k : 8 * k + 8][None, :], np.uint32(0))
@@ -170,6 +186,8 @@ class Featurizer:
     def _tables(self, length: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_zero_tables", {})
         if length not in cache:
+            if len(cache) >= _MAX_CACHED_TABLES:  # 4 KB each; only adversarial text has this many token lengths
+                cache.clear()
             cache[length] = _zero_byte_tables(length)
         return cache[length]
 

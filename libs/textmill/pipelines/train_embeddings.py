@@ -88,6 +88,8 @@ class EmbeddingsConf(StrictModel):
     lr: float = Field(0.025, gt=0, description="start learning rate, decays linearly over all rounds")
     lr_min: float = Field(0.0001, gt=0)
     batch_pairs: int = Field(1024, gt=0, description="(center, context) pairs per vectorised update")
+    shared_negatives: int = Field(
+        16, gt=0, description="negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)")
     partitions: int | None = Field(None, gt=0, description="default: default parallelism")
     seed: int = 1
     max_memory_mb: int = Field(4096, gt=0, description="refuse a vocab x dim whose training state needs more")
@@ -192,7 +194,8 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
     sc = spark.sparkContext
     keep = emb.keep_probabilities(counts, c.sample).astype(np.float32)
     negative_probs = emb.negative_distribution(counts)
-    settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs)
+    settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs,
+                                 shared_negatives=c.shared_negatives)
     rounds = c.epochs * c.rounds_per_epoch
     history = []
     for step in range(rounds):
