@@ -87,6 +87,41 @@ def test_bigram_ids_after_very_long_tokens_are_the_crc32_of_the_pair():
     assert flat.tolist()[len(tokens):] == bigrams
 
 
+def test_classify_arrow_output_equals_the_models_predict(tmp_path):
+    # classify builds its Arrow struct without per-row dicts; it must say what predict says.
+    import pyarrow as pa
+
+    from textmill.classifier import ModelSpec
+    from textmill.pipelines.classify import predictions_array
+    from textmill.pyfunc_classifier import TextClassifier, save_model_dir
+
+    torch.manual_seed(3)
+    spec = ModelSpec(kind="linear", n_ids=1000, n_classes=3, dim=8)
+    save_model_dir(tmp_path, spec.build(), spec, Featurizer(n_buckets=1000), ["sport", "tech", "world"])
+    scorer = TextClassifier(tmp_path)
+    texts = ["Chip makers report strong sales", None, "", "  \n", "The match ended in a draw", "Elections abroad", "x"]
+
+    class ThroughPredict:  # the path other models (spaCy's pyfunc) take
+        def predict(self, batch):
+            return scorer.predict(batch)
+
+    expected = scorer.predict(texts)
+    for model in (scorer, ThroughPredict()):
+        got = predictions_array(model, texts, batch_size=2)
+        assert got.type == pa.struct([("label", pa.string()), ("probability", pa.float64()),
+                                      ("probabilities", pa.map_(pa.string(), pa.float64())), ("error", pa.string())])
+        rows = got.to_pylist()
+        for i, row in enumerate(rows):
+            if texts[i] is None or not texts[i].strip():
+                assert row == {"label": None, "probability": None, "probabilities": None, "error": expected["error"][i]}
+            else:
+                assert row["label"] == expected["label"][i] and row["error"] is None
+                assert row["probability"] == pytest.approx(expected["probability"][i], abs=1e-6)
+                assert dict(row["probabilities"]) == pytest.approx(expected["probabilities"][i], abs=1e-6)
+    assert [r["error"] for r in rows] == [None, "null text", "empty text", "empty text", None, None, None]
+    assert len({r["label"] for r in rows if r["label"]}) >= 1
+
+
 def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
     torch.manual_seed(0)
     model = GRUClassifier(n_ids=50, dim=8, n_classes=3, hidden=6, bidirectional=True, dropout=0.0).eval()

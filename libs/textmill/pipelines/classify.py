@@ -22,6 +22,7 @@ from typing import Iterator
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -105,30 +106,62 @@ class _PyfuncScorer:
 
 
 def make_classify_udf(file_name: str, batch_size: int, report=None):
-    """Iterator pandas UDF: text -> struct<label, probability, probabilities, error>; model once per worker."""
+    """Iterator Arrow UDF: text -> struct<label, probability, probabilities, error>; model once per worker."""
 
-    @F.pandas_udf(OUTPUT_SCHEMA)
-    def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    @F.arrow_udf(OUTPUT_SCHEMA)
+    def classify(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         path = io.shipped_path(file_name)
         key = ("classifier", file_name)
         scorer = models.get_or_load(key, lambda: load_scorer(path))
         for texts in batches:
-            values = [t if isinstance(t, str) else None for t in texts]
-            ok = [i for i, t in enumerate(values) if not is_blank(t)]
-            out = pd.DataFrame({"label": [None] * len(values), "probability": [np.nan] * len(values),
-                                "probabilities": [None] * len(values),
-                                "error": ["null text" if t is None else "empty text" for t in values]})
-            for start in range(0, len(ok), batch_size):
-                rows = ok[start : start + batch_size]
-                pred = scorer.predict([values[i] for i in rows])
-                out.loc[rows, "label"] = pred["label"].to_numpy()
-                out.loc[rows, "probability"] = pred["probability"].to_numpy()
-                out.loc[rows, "probabilities"] = pd.Series(list(pred["probabilities"]), index=rows)
-                out.loc[rows, "error"] = None
-            yield out
+            yield predictions_array(scorer, texts.to_pylist(), batch_size)
         models.report_worker(report, key)
 
     return classify
+
+
+def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.StructArray:
+    """``OUTPUT_SCHEMA`` for ``values``: null or blank texts get a null label and an error.
+
+    A torch classifier's probabilities go into the map column as flat Arrow arrays (offsets,
+    label keys, values), so no Python dict is built per row; other models (spaCy's pyfunc)
+    go through their ``predict`` DataFrame.
+    """
+    from textmill.pyfunc_classifier import TextClassifier
+
+    ok = np.fromiter((not is_blank(t) for t in values), dtype=bool, count=len(values))
+    rows = np.flatnonzero(ok)
+    texts = [values[i] for i in rows]
+    errors = pa.array([None if good else ("null text" if t is None else "empty text") for t, good in zip(values, ok)], pa.string())
+    missing = pa.array(~ok)
+    if isinstance(scorer, TextClassifier):
+        labels = pa.array(scorer.labels, pa.string())
+        probs = (np.concatenate([scorer.probabilities(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)])
+                 if texts else np.zeros((0, len(labels))))
+        best = probs.argmax(axis=1)
+        label_index = np.zeros(len(values), dtype=np.int64)
+        label_index[rows] = best
+        probability = np.zeros(len(values))
+        probability[rows] = probs[np.arange(len(rows)), best]
+        sizes = np.where(ok, len(labels), 0)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
+        keys = labels.take(pa.array(np.tile(np.arange(len(labels)), len(rows))))
+        probabilities = pa.MapArray.from_arrays(offsets, keys, pa.array(probs.ravel().astype(np.float64)), mask=missing)
+        label = labels.take(pa.array(label_index, mask=~ok))
+        probability = pa.array(probability, mask=~ok)
+    else:
+        pred = [scorer.predict(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+        pred = pd.concat(pred, ignore_index=True) if pred else pd.DataFrame({"label": [], "probability": [], "probabilities": []})
+        label_list: list = [None] * len(values)
+        probability_list: list = [None] * len(values)
+        maps: list = [None] * len(values)
+        for i, row, p, m in zip(rows, pred["label"], pred["probability"], pred["probabilities"]):
+            label_list[i], probability_list[i], maps[i] = row, float(p), m
+        label = pa.array(label_list, pa.string())
+        probability = pa.array(probability_list, pa.float64())
+        probabilities = pa.array(maps, pa.map_(pa.string(), pa.float64()))
+    return pa.StructArray.from_arrays([label, probability, probabilities, errors],
+                                      names=["label", "probability", "probabilities", "error"])
 
 
 def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
