@@ -10,7 +10,11 @@ process with its own Spark JVM (``local[*]``), so every peak below belongs to on
 - the driver's peak RSS: the Python driver process (``ru_maxrss``) and the Spark driver JVM
   (``VmHWM`` from /proc), to show nothing is collected in proportion to the corpus.
 
-python tests/benchmarks/bench_scale.py [--sizes 60800 1000000]
+With ``--driver-memory 1g`` the driver JVM's heap is capped (``spark.driver_memory``; the
+default is a quarter of RAM): a run that finishes under the cap shows the driver holds
+nothing in proportion to the corpus, whatever its resident size grows to without one.
+
+python tests/benchmarks/bench_scale.py [--sizes 60800 1000000] [--driver-memory 1g]
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def jvm_peak_rss_mb(spark) -> float | None:
     return None
 
 
-def one_size(n: int) -> dict:
+def one_size(n: int, driver_memory: str | None = None) -> dict:
     from textmill.config import load_conf
     from textmill.jobs import get_job, run_job
     from textmill.session import get_spark
@@ -57,6 +61,8 @@ def one_size(n: int) -> dict:
         (tmp / "raw").mkdir()
         write_corpus(tmp / "raw" / "ag.csv", n)
         common = ["spark.ui_enabled=false", "mlflow.experiment=textmill-bench-scale", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}"]
+        if driver_memory:
+            common.append(f"spark.driver_memory={driver_memory}")
         prepare = load_conf(get_job("prepare").conf_model, REPO / "conf" / "prepare_ag_news.yaml", env="local", overrides=[
             *common, f"io.input={tmp / 'raw'}", f"io.output={tmp / 'prepared'}", "prepare.columns.doc_id=id",
             "prepare.csv.columns=[id, class, title, description]"])
@@ -64,7 +70,7 @@ def one_size(n: int) -> dict:
                         overrides=[*common, f"io.input={tmp / 'prepared'}", f"io.output={tmp / 'entities'}"])
         spark = get_spark(prepare.spark, f"textmill-bench-scale-{n}")
         spark.sparkContext.setLogLevel("ERROR")
-        result: dict = {"docs": n}
+        result: dict = {"docs": n, "driver_memory": driver_memory or "default (a quarter of RAM)"}
         started = time.perf_counter()
         p = run_job("prepare", prepare, spark)
         seconds = time.perf_counter() - started
@@ -86,14 +92,16 @@ def one_size(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[60_800, 1_000_000])
+    parser.add_argument("--driver-memory", help="cap the driver JVM heap, e.g. 1g")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_size(args.one)), flush=True)
+        print("RESULT " + json.dumps(one_size(args.one, args.driver_memory)), flush=True)
         return
     runs = []
     for n in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True)
+        cap = ["--driver-memory", args.driver_memory] if args.driver_memory else []
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), *cap], capture_output=True, text=True)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if out.returncode or line is None:
             sys.exit(f"size {n} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
