@@ -11,13 +11,16 @@ import zlib
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, wait_until_serving
-from textmill.classifier import GRUClassifier, collate, model_inputs
+from textmill.classifier import (GRUClassifier, calibration_bins, collate, expected_calibration_error, fit_temperature,
+                                 model_inputs, softmax)
+from textmill.errors import ConfigError
 from textmill.featurize import Featurizer
 from textmill.jobs import run_job
 from textmill.pipelines.train_classifier import stratified_split
@@ -122,6 +125,23 @@ def test_classify_arrow_output_equals_the_models_predict(tmp_path):
     assert len({r["label"] for r in rows if r["label"]}) >= 1
 
 
+def test_temperature_fit_recovers_the_temperature_labels_were_drawn_with():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, size=(20_000, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits, 2.5)])
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+    before = expected_calibration_error(calibration_bins(softmax(logits).max(1), softmax(logits).argmax(1) == labels))
+    after = expected_calibration_error(calibration_bins(softmax(logits, 2.5).max(1), softmax(logits, 2.5).argmax(1) == labels))
+    assert after < 0.02 < 0.1 < before
+
+
+def test_expected_calibration_error_by_hand():
+    table = calibration_bins(np.array([0.95, 0.95, 0.55, 0.55, 1.0]), np.array([1, 0, 1, 1, 1]))
+    assert [b["rows"] for b in table if b["rows"]] == [2, 3]  # 1.0 falls in the last bin
+    # bin 8: confidence 0.55, accuracy 1.0; bin 14: confidence 0.9667, accuracy 0.6667
+    assert expected_calibration_error(table) == pytest.approx((2 * 0.45 + 3 * (0.96667 - 0.66667)) / 5, abs=1e-4)
+
+
 def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
     torch.manual_seed(0)
     model = GRUClassifier(n_ids=50, dim=8, n_classes=3, hidden=6, bidirectional=True, dropout=0.0).eval()
@@ -197,7 +217,13 @@ def test_training_logs_metrics_artifacts_and_registers_the_champion(trained, lab
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
     assert run.data.params["classifier.model.kind"] == "linear"
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert names == {"evaluation/confusion_matrix.png", "evaluation/training_curve.png", "evaluation/report.json"}
+    assert names == {"evaluation/confusion_matrix.png", "evaluation/training_curve.png", "evaluation/report.json",
+                     "evaluation/reliability.png", "evaluation/calibration.json"}
+    calibration = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/calibration.json")).read_text())
+    assert len(calibration["tables"]["calibrated"]) == 15
+    assert sum(b["rows"] for b in calibration["tables"]["calibrated"]) == metrics["rows_val"]
+    assert metrics["val_ece"] <= metrics["val_ece_uncalibrated"] + 1e-9
+    assert run.data.metrics["temperature"] == pytest.approx(metrics["temperature"])
     label_map = json.loads(Path(client.download_artifacts(run.info.run_id, "label_map.json")).read_text())
     assert label_map == {"0": "Business", "1": "Sci_Tech", "2": "Sports", "3": "World"}
     assert json.loads(Path(client.download_artifacts(run.info.run_id, "registry_decision.json")).read_text())["promoted"] is True
@@ -243,6 +269,30 @@ def test_classify_scores_every_row_and_evaluates(trained, labelled, spark, job_c
     assert metrics["rows_error"] == 2
     assert metrics["eval_accuracy"] > 0.9 and metrics["eval_rows"] == n_rows - 3
     assert metrics["max_model_loads_per_worker"] == 1
+    assert 0 <= metrics["eval_ece"] < 0.5
+    assert {f"eval_{m}.{t}" for m in ("precision", "recall", "f1") for t in ("Sports", "World")} <= set(metrics)
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("textmill-classify").experiment_id], order_by=["start_time DESC"])[0]
+    assert run.data.metrics["eval_ece"] == pytest.approx(metrics["eval_ece"])
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/report.json")).read_text())
+    assert sum(b["rows"] for b in report["calibration"]) == metrics["eval_rows"]
+    assert report["labels"]["Sports"]["f1"] == pytest.approx(metrics["eval_f1.Sports"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
+        "evaluation/confusion_matrix.png", "evaluation/reliability.png"}
+
+
+def test_classify_keeps_the_gold_label_under_another_name(trained, labelled, spark, job_conf, tmp_path):
+    path, n_rows = labelled
+    conf = job_conf(io={"input": str(path), "output": str(tmp_path / "kept")},
+                    classify={"model_uri": "models:/topics@champion", "keep_as": {"label": "true_label"}})
+    run_job("classify", conf, spark)
+    df = spark.read.parquet(str(tmp_path / "kept"))
+    assert df.columns == ["doc_id", "label", "probability", "probabilities", "error", "true_label"]
+    source = {r.doc_id: r.label for r in spark.read.parquet(str(path)).collect()}
+    assert {r.doc_id: r.true_label for r in df.collect()} == source and len(source) == n_rows
+    with pytest.raises(ConfigError, match=r"keep_as, e\.g\. \{label: true_label\}"):
+        run_job("classify", job_conf(io={"input": str(path), "output": str(tmp_path / "k2")},
+                                     classify={"model_uri": "models:/topics@champion", "keep_columns": ["label"]}), spark)
 
 
 def test_watch_classifies_new_files_with_the_registered_champion(trained, spark, job_conf, tmp_path):

@@ -219,6 +219,54 @@ def scores(matrix: np.ndarray) -> dict[str, Any]:
             "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "support": support.astype(int).tolist()}
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of ``softmax(logits / T)``
+    (Guo et al. 2017): one scalar, so the predicted labels do not change, only how sure the
+    probabilities say they are. Searched over log T in [-4, 6] (T from 0.02 to 400)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(labels) == 0:
+        return 1.0
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[rows, labels] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    return float(math.exp(minimize_scalar(nll, bounds=(-4.0, 6.0), method="bounded", options={"xatol": 1e-4}).x))
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
+    """Equal-width confidence bins: rows, mean confidence and accuracy of each (empty bins included)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    # A confidence of exactly 1.0 belongs to the last bin.
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        table.append({"lower": b / bins, "upper": (b + 1) / bins, "rows": n,
+                      "confidence": float(confidence[inside].mean()) if n else 0.0,
+                      "accuracy": float(correct[inside].mean()) if n else 0.0})
+    return table
+
+
+def expected_calibration_error(table: list[dict[str, float]]) -> float:
+    """ECE: the row-weighted mean of |accuracy - confidence| over the bins of ``calibration_bins``."""
+    total = sum(b["rows"] for b in table)
+    return float(sum(b["rows"] * abs(b["accuracy"] - b["confidence"]) for b in table) / total) if total else 0.0
+
+
 def train(
     spec: ModelSpec,
     settings: TrainSettings,

@@ -29,13 +29,15 @@ CONFIG = "textmill_classifier.json"
 WEIGHTS = "weights.pt"
 
 
-def save_model_dir(path: str | Path, model: torch.nn.Module, spec: ModelSpec, featurizer: Featurizer, labels: list[str]) -> Path:
+def save_model_dir(path: str | Path, model: torch.nn.Module, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
+                   temperature: float = 1.0) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # A new file, then a rename: a worker that memory-mapped the previous weights keeps reading them.
     torch.save(model.state_dict(), path / f"{WEIGHTS}.tmp")
     (path / f"{WEIGHTS}.tmp").replace(path / WEIGHTS)
-    config = {"format": FORMAT, "spec": asdict(spec), "featurizer": featurizer.to_dict(), "labels": labels}
+    config = {"format": FORMAT, "spec": asdict(spec), "featurizer": featurizer.to_dict(), "labels": labels,
+              "temperature": temperature}
     (path / CONFIG).write_text(json.dumps(config))
     return path
 
@@ -50,6 +52,9 @@ class TextClassifier:
         self.spec = ModelSpec(**config["spec"])
         self.featurizer = Featurizer.from_dict(config["featurizer"])
         self.labels: list[str] = config["labels"]
+        # Probabilities are softmax(logits / temperature), fitted on the validation split
+        # (train_classifier's classifier.calibration); 1.0 for models saved before it existed.
+        self.temperature = float(config.get("temperature", 1.0))
         # Built without memory, then handed the weights memory-mapped: the embedding table (800 MB
         # at the default 2M buckets) is neither randomly initialised nor copied, loading takes
         # milliseconds, and Python workers on one machine share its pages.
@@ -71,7 +76,7 @@ class TextClassifier:
                 inputs = {"ids": torch.from_numpy(ids), "offsets": torch.from_numpy(np.cumsum(lengths) - lengths)}
             else:
                 inputs = model_inputs(collate([(self.featurizer.ids(t), 0) for t in chunk], self.kind))
-            out.append(torch.softmax(self.model(**inputs).float(), dim=1).numpy())
+            out.append(torch.softmax(self.model(**inputs).float() / self.temperature, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
     def predict(self, texts: list[str | None]) -> pd.DataFrame:

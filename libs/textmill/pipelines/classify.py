@@ -35,6 +35,7 @@ from textmill.registry import ModelNotFoundError
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "classify/v1"
+CALIBRATION_BINS = 15
 OUTPUT_SCHEMA = "label string, probability double, probabilities map<string,double>, error string"
 
 
@@ -44,6 +45,7 @@ class ClassifyConf(StrictModel):
     batch_size: int = Field(1024, gt=0, description="texts per model call")
     partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000), rounded up to a multiple of the parallelism")
     keep_columns: list[str] = Field(default_factory=list)
+    keep_as: dict[str, str] = Field(default_factory=dict, description="input columns copied under new names, e.g. {label: true_label}")
     evaluate: bool = Field(False, description="compare with label_column and log accuracy, macro-F1, confusion matrix")
     label_column: str = "label"
 
@@ -56,9 +58,16 @@ class ClassifyJobConf(JobConf):
 
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
-        clash = sorted(set(self.classify.keep_columns) & {"doc_id", "label", "probability", "probabilities", "error"})
+        outputs = {"doc_id", "label", "probability", "probabilities", "error"}
+        clash = sorted(set(self.classify.keep_columns) & outputs)
         if clash:
-            problems.append(f"'classify.keep_columns' may not carry {clash}: those names are output columns")
+            hint = ", ".join(f"{name}: true_{name}" for name in clash)
+            problems.append(f"'classify.keep_columns' may not carry {clash}: those names are output columns; "
+                            f"keep them under other names with classify.keep_as, e.g. {{{hint}}}")
+        renamed = list(self.classify.keep_as.values())
+        taken = sorted((set(renamed) & (outputs | set(self.classify.keep_columns))) | {n for n in renamed if renamed.count(n) > 1})
+        if taken:
+            problems.append(f"'classify.keep_as' names {taken} are already output or kept columns; choose other names")
         if not self.classify.model_uri:
             problems.append("'classify.model_uri' is required but was not set (null); e.g. --set classify.model_uri=models:/news@champion")
         return problems
@@ -185,17 +194,21 @@ def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
 def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partitions: int, report=None) -> DataFrame:
     """``doc_id, label, probability, probabilities, error`` (+ keep columns), one row per row of
     ``source``, in ``partitions`` hash partitions by ``doc_id``: deterministic on a retry, and no
-    sampling pass or sort as a range partitioning would need (scoring does not need order)."""
+    sampling pass or sort as a range partitioning would need (scoring does not need order).
+    ``classify.keep_as`` columns come last, under their new names."""
+    kept = [*c.keep_columns, *[F.col(name).alias(new) for name, new in c.keep_as.items()]]
+    kept_names = [*c.keep_columns, *c.keep_as.values()]
     scored = (source.repartition(partitions, "doc_id")
               .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
-                      F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *c.keep_columns))
+                      F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *kept))
     return scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
-                         io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *c.keep_columns)
+                         io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *kept_names)
 
 
 def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     c = conf.classify
-    source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns] + ([c.label_column] if c.evaluate else []))
+    source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns, *c.keep_as]
+                           + ([c.label_column] if c.evaluate else []))
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         shipped = ship_model(spark, c.model_uri, tmp)
         rows_in = source.count()
@@ -217,15 +230,38 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
 
 
 def _evaluate(scored_with_truth) -> dict[str, float]:
-    """Accuracy, macro-F1 and the confusion matrix of ``label`` against ``_tm_true``."""
-    from textmill.classifier import scores
+    """Accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the calibration
+    (15-bin reliability table and ECE) of ``label``/``probability`` against ``_tm_true``."""
+    from textmill import plots
+    from textmill.classifier import expected_calibration_error, scores
 
-    pairs = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull()).groupBy("_tm_true", "label").count().collect()
+    judged = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull())
+    pairs = judged.groupBy("_tm_true", "label").count().collect()
     labels = sorted({r["_tm_true"] for r in pairs} | {r["label"] for r in pairs})
     index = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for r in pairs:
         matrix[index[r["_tm_true"]], index[r["label"]]] += r["count"]
-    result = scores(matrix) if len(labels) else {"accuracy": 0.0, "macro_f1": 0.0}
-    mlflow.log_dict({"labels": labels, "confusion_matrix": matrix.tolist(), **result}, "evaluation/report.json")
-    return {"eval_accuracy": result["accuracy"], "eval_macro_f1": result["macro_f1"], "eval_rows": int(matrix.sum())}
+    result = scores(matrix) if len(labels) else {"accuracy": 0.0, "macro_f1": 0.0, "precision": [], "recall": [], "f1": [], "support": []}
+    bins = CALIBRATION_BINS
+    by_bin = {r["bin"]: r for r in judged.groupBy(F.least(F.floor(F.col("probability") * bins), F.lit(bins - 1)).cast("int").alias("bin"))
+              .agg(F.count(F.lit(1)).alias("rows"), F.avg("probability").alias("confidence"),
+                   F.avg((F.col("label") == F.col("_tm_true")).cast("double")).alias("accuracy")).collect()}
+    table = [{"lower": b / bins, "upper": (b + 1) / bins, "rows": int(by_bin[b]["rows"]) if b in by_bin else 0,
+              "confidence": float(by_bin[b]["confidence"]) if b in by_bin else 0.0,
+              "accuracy": float(by_bin[b]["accuracy"]) if b in by_bin else 0.0} for b in range(bins)]
+    ece = expected_calibration_error(table)
+    per_class = {label: {"precision": result["precision"][i], "recall": result["recall"][i], "f1": result["f1"][i],
+                         "support": result["support"][i]} for i, label in enumerate(labels)}
+    mlflow.log_dict({"labels": per_class, "label_order": labels, "confusion_matrix": matrix.tolist(),
+                     "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "ece": ece, "calibration": table},
+                    "evaluation/report.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        if len(labels):
+            mlflow.log_artifact(str(plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "confusion matrix")), "evaluation")
+        mlflow.log_artifact(str(plots.reliability(Path(tmp) / "reliability.png", {"probability": table}, "reliability (15 bins)")), "evaluation")
+    metrics = {"eval_accuracy": result["accuracy"], "eval_macro_f1": result["macro_f1"], "eval_ece": ece, "eval_rows": int(matrix.sum())}
+    for label, values in per_class.items():
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+        metrics.update({f"eval_{name}.{safe}": float(values[name]) for name in ("precision", "recall", "f1")})
+    return metrics

@@ -39,12 +39,14 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from textmill import io, storage, tracking
-from textmill.registry import promote_if_better
-from textmill.classifier import ModelSpec, TrainSettings, confusion, scores, train
+from textmill import plots as plots_
+from textmill.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
+                                 scores, softmax, train)
 from textmill.cleaning import blank_column
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.featurize import Featurizer
+from textmill.registry import promote_if_better
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class ClassifierConf(StrictModel):
     label_column: str = "label"
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     validation_path: str | None = Field(None, description="separate validation Parquet; overrides the fraction")
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature", description="temperature: probabilities softmax(logits / T), T fitted on the validation split (torch kinds)")
     model: ModelConf = Field(default_factory=ModelConf)
     training: TrainingConf = Field(default_factory=TrainingConf)
     distributed: DistributedConf = Field(default_factory=DistributedConf)
@@ -215,45 +219,6 @@ def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_f
                 "device": result.device}
     finally:
         dist.destroy_process_group()
-
-
-def _plots(out: Path, matrix: np.ndarray, labels: list[str], history: list[dict]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", color="black")
-    ax.set_title("validation confusion matrix")
-    fig.tight_layout()
-    cm_path = out / "confusion_matrix.png"
-    fig.savefig(cm_path, dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    if all("val_accuracy" in h for h in history):
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [h["val_accuracy"] for h in history], marker="s", color="tab:green", label="val accuracy")
-        ax2.plot(epochs, [h["val_macro_f1"] for h in history], marker="^", color="tab:red", label="val macro-F1")
-        ax2.set_ylabel("validation")
-        ax2.legend(loc="center right")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    curve_path = out / "training_curve.png"
-    fig.savefig(curve_path, dpi=100)
-    plt.close(fig)
-    return [cm_path, curve_path]
 
 
 def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str | None):
@@ -411,30 +376,56 @@ def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featuriz
     loader = DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind))
     logits, y_true = predict_logits(model, iter(loader), torch.device("cpu"))
     matrix = confusion(y_true, logits.argmax(axis=1), len(labels))
+    temperature = fit_temperature(logits, y_true) if conf.classifier.calibration == "temperature" else 1.0
+    calibration = _calibration(logits, y_true, temperature)
+    logger.info("calibration: temperature %.3g, validation ECE %.4f (%.4f before)", temperature,
+                calibration["val_ece"], calibration["val_ece_uncalibrated"])
     model_dir = Path(_local_dir(conf.io.output)) / "model"
-    save_model_dir(model_dir, model, spec, featurizer, labels)
+    save_model_dir(model_dir, model, spec, featurizer, labels, temperature)
     example = TextClassifier(model_dir).predict(["an example text"])  # the saved directory really loads
     logger.info("saved model to %s (example prediction %s)", model_dir, example.iloc[0].to_dict())
     return _finish(conf, matrix, labels, history, device, counts,
-                   lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name))
+                   lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name),
+                   calibration)
+
+
+def _calibration(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict:
+    """Reliability tables and ECE (15 bins) of the validation split, before and after the temperature.
+
+    The temperature is fitted on this same split, so the calibrated ECE here is optimistic;
+    ``classify.evaluate`` measures it on data the model has not seen."""
+    tables = {}
+    for name, t in (("uncalibrated", 1.0), ("calibrated", temperature)):
+        probs = softmax(logits, t)
+        tables[name] = calibration_bins(probs.max(axis=1), probs.argmax(axis=1) == y_true)
+    return {"temperature": temperature, "val_ece": expected_calibration_error(tables["calibrated"]),
+            "val_ece_uncalibrated": expected_calibration_error(tables["uncalibrated"]), "tables": tables}
 
 
 def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str], history: list[dict], device: str,
-            counts: dict[str, int], log_model) -> dict[str, float]:
+            counts: dict[str, int], log_model, calibration: dict | None = None) -> dict[str, float]:
     """Every kind's ending: validation report and plots, the model logged (``log_model()``), the registry rule."""
     c = conf.classifier
     report = scores(matrix)
     per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
                          "support": report["support"][i]} for i, label in enumerate(labels)}
     with tempfile.TemporaryDirectory() as tmp:
-        for path in _plots(Path(tmp), matrix, labels, history):
+        plots = [plots_.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
+                 plots_.training_curve(Path(tmp) / "training_curve.png", history)]
+        if calibration is not None:
+            plots.append(plots_.reliability(Path(tmp) / "reliability.png", calibration["tables"], "validation reliability (15 bins)"))
+        for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
+    if calibration is not None:
+        mlflow.log_dict({k: v for k, v in calibration.items()}, "evaluation/calibration.json")
     mlflow.log_dict({"labels": per_class, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                      "confusion_matrix": matrix.tolist()}, "evaluation/report.json")
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
     info = log_model()
     metrics: dict[str, float] = {**counts, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
                                  "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+    if calibration is not None:
+        metrics.update({k: calibration[k] for k in ("temperature", "val_ece", "val_ece_uncalibrated")})
     mlflow.set_tags({"textmill.model_uri": info.model_uri, "textmill.train_device": device})
     if c.registry.name:
         version = str(info.registered_model_version)
