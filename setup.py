@@ -35,6 +35,7 @@ TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
+    "scikit-learn==1.9.1",  # bench_baselines: tf-idf + LinearSVC, the textbook baseline (already pulled in by mlflow)
     "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
 ]
 
