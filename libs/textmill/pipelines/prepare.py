@@ -409,7 +409,7 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     check_columns(source, p)
     logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
     warn_multiline(p)
-    prepared = prepare_frame(source, p).persist(StorageLevel.MEMORY_AND_DISK)
+    prepared = prepare_frame(source, p).persist(StorageLevel.DISK_ONLY)
     try:
         stats = reason_stats(prepared)
         rows_in = sum(n for n, _ in stats.values())
