@@ -165,7 +165,7 @@ def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.S
         probability_list: list = [None] * len(values)
         maps: list = [None] * len(values)
         for i, row, p, m in zip(rows, pred["label"], pred["probability"], pred["probabilities"]):
-            label_list[i], probability_list[i], maps[i] = row, float(p), m
+            label_list[i], probability_list[i], maps[i] = row, None if p is None or p != p else float(p), m
         label = pa.array(label_list, pa.string())
         probability = pa.array(probability_list, pa.float64())
         probabilities = pa.array(maps, pa.map_(pa.string(), pa.float64()))
