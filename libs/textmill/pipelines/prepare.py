@@ -409,6 +409,9 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     check_columns(source, p)
     logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
     warn_multiline(p)
+    # On disk only: a cached block is a whole input split (up to 128 MB of text), and reading a
+    # spilled MEMORY_AND_DISK block back allocates it in one piece, which ran a 1 GB driver out of
+    # heap at 1M documents; from disk it is streamed (about 0.2 s more on 7,600 rows).
     prepared = prepare_frame(source, p).persist(StorageLevel.DISK_ONLY)
     try:
         stats = reason_stats(prepared)
