@@ -5,12 +5,13 @@ local path (an MLflow model directory, or a textmill model directory): textmill'
 classifier or a spaCy text categorizer (``train_classifier``'s ``spacy_textcat``). The
 driver pins an alias to its current version, resolves it to a local copy once, checks it
 predicts labels, tags the run with the version, and ships it to the executors; an iterator
-pandas UDF loads it once per Python worker and scores Arrow batches.
+Arrow UDF loads it once per Python worker and scores Arrow batches (``predictions_array``).
 
 Output: ``doc_id, label, probability, probabilities map<string,double>, error`` (+ keep
-columns). Null or empty texts get a null label and an error; rows out == rows in. With
-``classify.evaluate: true`` the job also compares ``label`` with the input's label column
-and logs accuracy, macro-F1 and a confusion matrix.
+columns, then ``keep_as`` columns under their new names). Null or empty texts get a null
+label and an error; rows out == rows in. With ``classify.evaluate: true`` the job also
+compares ``label`` with the input's label column and logs accuracy, macro-F1, per-class
+scores, the confusion matrix and the calibration (ECE, reliability diagram).
 """
 from __future__ import annotations
 
