@@ -180,9 +180,18 @@ def test_build_index_neighbors_cluster_end_to_end_recovers_planted_clusters(spar
     cluster_run = next(r for r in runs if r.data.tags["textmill.job"] == "cluster")
     assert cluster_run.data.metrics["clusters"] == 5 and cluster_run.data.metrics["converged"] == 1.0
     assert cluster_run.data.metrics["singleton_share"] == 0.0
+    assert cluster_run.data.metrics["largest_cluster_share"] == pytest.approx(0.2)
     index_run = next(r for r in runs if r.data.tags["textmill.job"] == "build_index")
     manifest = json.loads(open(client.download_artifacts(index_run.info.run_id, "index/manifest.json")).read())
     assert manifest["n_items"] == 200
+
+
+def test_cluster_size_metrics_are_shares_of_nodes():
+    from textmill.pipelines.cluster import size_metrics
+
+    # 10 nodes: one cluster of 6, one of 2, two alone. As a share of clusters singletons would be 0.5.
+    assert size_metrics([6, 2, 1, 1]) == {"clusters": 4, "singleton_share": 0.2, "largest_cluster": 6, "largest_cluster_share": 0.6}
+    assert size_metrics([]) == {"clusters": 0, "singleton_share": 0.0, "largest_cluster": 0, "largest_cluster_share": 0.0}
 
 
 def test_chinese_whispers_plan_estimate_stays_small_over_many_rounds(spark):

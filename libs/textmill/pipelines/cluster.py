@@ -11,7 +11,7 @@ synchronous updates. It stops when a full sweep changes nothing (converged) or a
 ``max_iterations``; both are reported. Nothing is collected to the driver but counts.
 
 Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
-``<output>_sizes`` (``cluster_id, size``). MLflow: clusters, singleton share, iterations,
+``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
 converged, and a size histogram plot.
 """
 from __future__ import annotations
@@ -151,6 +151,14 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         plot = Path(tmp) / "cluster_sizes.png"
         _histogram(size_list, plot)
         mlflow.log_artifact(str(plot), "cluster")
-    singletons = sum(1 for s in size_list if s == 1)
-    return {"rows_in": rows_in, "rows_out": rows_out, "clusters": len(size_list), "singleton_share": singletons / max(len(size_list), 1),
-            "largest_cluster": max(size_list, default=0), "iterations": iterations, "converged": float(converged)}
+    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": iterations, "converged": float(converged)}
+
+
+def size_metrics(sizes: list[int]) -> dict[str, float]:
+    """``clusters``; ``singleton_share``: the share of NODES alone in their cluster (not of
+    clusters); ``largest_cluster`` (nodes) and ``largest_cluster_share`` (its share of nodes)."""
+    nodes = sum(sizes)
+    singletons = sum(1 for size in sizes if size == 1)
+    largest = max(sizes, default=0)
+    return {"clusters": len(sizes), "singleton_share": singletons / max(nodes, 1), "largest_cluster": largest,
+            "largest_cluster_share": largest / max(nodes, 1)}
