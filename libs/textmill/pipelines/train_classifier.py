@@ -38,8 +38,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from textmill import io, storage, tracking
-from textmill import plots as plots_
+from textmill import io, plots, storage, tracking
 from textmill.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
                                  scores, softmax, train)
 from textmill.cleaning import blank_column
@@ -410,14 +409,14 @@ def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str],
     per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
                          "support": report["support"][i]} for i, label in enumerate(labels)}
     with tempfile.TemporaryDirectory() as tmp:
-        plots = [plots_.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
-                 plots_.training_curve(Path(tmp) / "training_curve.png", history)]
+        paths = [plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
+                 plots.training_curve(Path(tmp) / "training_curve.png", history)]
         if calibration is not None:
-            plots.append(plots_.reliability(Path(tmp) / "reliability.png", calibration["tables"], "validation reliability (15 bins)"))
-        for path in plots:
+            paths.append(plots.reliability(Path(tmp) / "reliability.png", calibration["tables"], "validation reliability (15 bins)"))
+        for path in paths:
             mlflow.log_artifact(str(path), "evaluation")
     if calibration is not None:
-        mlflow.log_dict({k: v for k, v in calibration.items()}, "evaluation/calibration.json")
+        mlflow.log_dict(calibration, "evaluation/calibration.json")
     mlflow.log_dict({"labels": per_class, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                      "confusion_matrix": matrix.tolist()}, "evaluation/report.json")
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
