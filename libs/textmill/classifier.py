@@ -249,15 +249,30 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
     """Equal-width confidence bins: rows, mean confidence and accuracy of each (empty bins included)."""
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
-    # A confidence of exactly 1.0 belongs to the last bin.
-    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    index = bin_of(confidence, bins)
+    rows = np.bincount(index, minlength=bins)
+    confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = np.bincount(index, weights=correct, minlength=bins)
+    return calibration_table({b: (int(rows[b]), confidence_sum[b], correct_sum[b]) for b in range(bins) if rows[b]}, bins)
+
+
+def bin_of(confidence, bins: int):
+    """Bin number of each confidence; 1.0 belongs to the last bin. Works on numpy arrays and on
+    Spark columns alike (``F.least``/``F.floor`` for the Spark side), so both count the same way."""
+    if isinstance(confidence, np.ndarray):
+        return np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    from pyspark.sql import functions as F
+
+    return F.least(F.floor(confidence * bins), F.lit(bins - 1)).cast("int")
+
+
+def calibration_table(sums: dict[int, tuple[int, float, float]], bins: int) -> list[dict[str, float]]:
+    """The reliability table from per-bin (rows, sum of confidence, sum of correct), missing bins empty."""
     table = []
     for b in range(bins):
-        inside = index == b
-        n = int(inside.sum())
-        table.append({"lower": b / bins, "upper": (b + 1) / bins, "rows": n,
-                      "confidence": float(confidence[inside].mean()) if n else 0.0,
-                      "accuracy": float(correct[inside].mean()) if n else 0.0})
+        n, confidence_sum, correct_sum = sums.get(b, (0, 0.0, 0.0))
+        table.append({"lower": b / bins, "upper": (b + 1) / bins, "rows": int(n),
+                      "confidence": float(confidence_sum / n) if n else 0.0, "accuracy": float(correct_sum / n) if n else 0.0})
     return table
 
 
@@ -265,6 +280,12 @@ def expected_calibration_error(table: list[dict[str, float]]) -> float:
     """ECE: the row-weighted mean of |accuracy - confidence| over the bins of ``calibration_bins``."""
     total = sum(b["rows"] for b in table)
     return float(sum(b["rows"] * abs(b["accuracy"] - b["confidence"]) for b in table) / total) if total else 0.0
+
+
+def per_label(result: dict[str, Any], labels: list[str]) -> dict[str, dict[str, float]]:
+    """``{label: {precision, recall, f1, support}}`` from a ``scores`` result over ``labels``."""
+    return {label: {"precision": result["precision"][i], "recall": result["recall"][i], "f1": result["f1"][i],
+                    "support": result["support"][i]} for i, label in enumerate(labels)}
 
 
 def train(

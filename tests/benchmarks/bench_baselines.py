@@ -98,20 +98,14 @@ def write(rows: list[dict], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path / "part-0.parquet")
 
 
-def macro_f1(truth: list[str], predicted: list[str]) -> float:
-    labels = sorted(set(truth))
-    f1 = []
-    for label in labels:
-        tp = sum(t == label and p == label for t, p in zip(truth, predicted))
-        fp = sum(t != label and p == label for t, p in zip(truth, predicted))
-        fn = sum(t == label and p != label for t, p in zip(truth, predicted))
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(f1))
-
-
 def scored(truth: list[str], predicted: list[str], seconds: float) -> dict:
-    accuracy = float(np.mean([t == p for t, p in zip(truth, predicted)]))
-    return {"test_accuracy": round(accuracy, 4), "test_macro_f1": round(macro_f1(truth, predicted), 4),
+    """Accuracy and macro-F1 computed as textmill's own evaluation computes them."""
+    from textmill.classifier import confusion, scores
+
+    labels = sorted(set(truth) | set(predicted))
+    index = {label: i for i, label in enumerate(labels)}
+    result = scores(confusion(np.array([index[t] for t in truth]), np.array([index[p] for p in predicted]), len(labels)))
+    return {"test_accuracy": round(result["accuracy"], 4), "test_macro_f1": round(result["macro_f1"], 4),
             "train_seconds": round(seconds, 1)}
 
 

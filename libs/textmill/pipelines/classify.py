@@ -234,7 +234,7 @@ def _evaluate(scored_with_truth) -> dict[str, float]:
     """Accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the calibration
     (15-bin reliability table and ECE) of ``label``/``probability`` against ``_tm_true``."""
     from textmill import plots
-    from textmill.classifier import expected_calibration_error, scores
+    from textmill.classifier import bin_of, calibration_table, expected_calibration_error, per_label, scores
 
     judged = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull())
     pairs = judged.groupBy("_tm_true", "label").count().collect()
@@ -245,15 +245,12 @@ def _evaluate(scored_with_truth) -> dict[str, float]:
         matrix[index[r["_tm_true"]], index[r["label"]]] += r["count"]
     result = scores(matrix) if len(labels) else {"accuracy": 0.0, "macro_f1": 0.0, "precision": [], "recall": [], "f1": [], "support": []}
     bins = CALIBRATION_BINS
-    by_bin = {r["bin"]: r for r in judged.groupBy(F.least(F.floor(F.col("probability") * bins), F.lit(bins - 1)).cast("int").alias("bin"))
-              .agg(F.count(F.lit(1)).alias("rows"), F.avg("probability").alias("confidence"),
-                   F.avg((F.col("label") == F.col("_tm_true")).cast("double")).alias("accuracy")).collect()}
-    table = [{"lower": b / bins, "upper": (b + 1) / bins, "rows": int(by_bin[b]["rows"]) if b in by_bin else 0,
-              "confidence": float(by_bin[b]["confidence"]) if b in by_bin else 0.0,
-              "accuracy": float(by_bin[b]["accuracy"]) if b in by_bin else 0.0} for b in range(bins)]
+    sums = judged.groupBy(bin_of(F.col("probability"), bins).alias("bin")).agg(
+        F.count(F.lit(1)).alias("rows"), F.sum("probability").alias("confidence"),
+        F.sum((F.col("label") == F.col("_tm_true")).cast("double")).alias("correct")).collect()
+    table = calibration_table({r["bin"]: (r["rows"], r["confidence"], r["correct"]) for r in sums}, bins)
     ece = expected_calibration_error(table)
-    per_class = {label: {"precision": result["precision"][i], "recall": result["recall"][i], "f1": result["f1"][i],
-                         "support": result["support"][i]} for i, label in enumerate(labels)}
+    per_class = per_label(result, labels)
     mlflow.log_dict({"labels": per_class, "label_order": labels, "confusion_matrix": matrix.tolist(),
                      "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "ece": ece, "calibration": table},
                     "evaluation/report.json")

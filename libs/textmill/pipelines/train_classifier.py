@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from textmill import io, plots, storage, tracking
 from textmill.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
-                                 scores, softmax, train)
+                                 per_label, scores, softmax, train)
 from textmill.cleaning import blank_column
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
@@ -406,8 +406,7 @@ def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str],
     """Every kind's ending: validation report and plots, the model logged (``log_model()``), the registry rule."""
     c = conf.classifier
     report = scores(matrix)
-    per_class = {label: {"precision": report["precision"][i], "recall": report["recall"][i], "f1": report["f1"][i],
-                         "support": report["support"][i]} for i, label in enumerate(labels)}
+    per_class = per_label(report, labels)
     with tempfile.TemporaryDirectory() as tmp:
         paths = [plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
                  plots.training_curve(Path(tmp) / "training_curve.png", history)]

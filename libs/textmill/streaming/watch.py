@@ -33,7 +33,6 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pydantic import Field, field_validator
-from pyspark import StorageLevel
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 
@@ -226,14 +225,14 @@ class BatchSteps:
         source = prepare.read_source(spark, to_read, p)
         prepare.check_all_files_read(source, to_read)
         prepare.check_columns(source, p)
-        prepared = prepare.prepare_frame(source, p).persist(StorageLevel.DISK_ONLY)  # as in prepare.run: no whole-split allocation on read-back
+        prepared = prepare.prepare_frame(source, p).persist(prepare.CACHE_LEVEL)
         if seen:
             repeated = prepare.repeated_ids(prepared, spark.read.parquet(*seen)).collect()
             if repeated:
                 logger.warning("batch %d: %d doc_id(s) were published by an earlier batch; quarantined as duplicate_doc_id, "
                                "e.g. %s", batch_id, len(repeated), repeated[0]["doc_id"])
                 marked = prepare.quarantine_seen(prepared, spark.createDataFrame(repeated, "doc_id string"), "an earlier batch")
-                marked = marked.persist(StorageLevel.DISK_ONLY)
+                marked = marked.persist(prepare.CACHE_LEVEL)
                 prepared.unpersist()
                 prepared = marked
         try:
