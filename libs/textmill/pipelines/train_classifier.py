@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -202,8 +203,15 @@ def _read_checked(spark: SparkSession, path: str, c: ClassifierConf, key: str) -
 # ---------------------------------------------------------------------------- training
 
 
-def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_files: list[str], n_train: int) -> dict | None:
-    """Body of each TorchDistributor process: DDP over gloo, its own shard of the files."""
+def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_files: list[str], n_train: int,
+                       result_path: str) -> None:
+    """Body of each TorchDistributor process: DDP over gloo, its own shard of the files.
+
+    Rank 0 writes the trained state and history to ``result_path`` (a new file, then a rename).
+    It does not return them: TorchDistributor's local mode pickles every process's return value
+    to the same file, so the last process to finish would win, and a rank that returned None
+    sometimes came last."""
+    import torch
     import torch.distributed as dist
 
     from textmill.classifier import ModelSpec, TrainSettings, train
@@ -212,10 +220,9 @@ def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_f
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         result = train(ModelSpec(**spec), TrainSettings(**settings), train_files, val_files, n_train, rank=rank, world=world)
-        if rank != 0:
-            return None
-        return {"state": {k: v.clone() for k, v in result.model.state_dict().items()}, "history": result.history,
-                "device": result.device}
+        if rank == 0:
+            torch.save({"state": result.model.state_dict(), "history": result.history, "device": result.device}, f"{result_path}.tmp")
+            os.replace(f"{result_path}.tmp", result_path)
     finally:
         dist.destroy_process_group()
 
@@ -317,9 +324,16 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
         logger.info("training with TorchDistributor: %d processes (%s)", c.distributed.num_processes,
                     "local" if c.distributed.local_mode else "executors")
         distributor = TorchDistributor(num_processes=c.distributed.num_processes, local_mode=c.distributed.local_mode, use_gpu=False)
-        state = distributor.run(_distributed_train, asdict(spec), asdict(settings), train_files, val_files, n_train)
-        if state is None:
-            raise TextmillError("distributed training returned no model from rank 0; see the TorchDistributor log above")
+        result_path = f"{local_features}/_ddp_result.pt"  # "_": readers of the feature Parquet skip it
+        if os.path.exists(result_path):
+            os.remove(result_path)
+        distributor.run(_distributed_train, asdict(spec), asdict(settings), train_files, val_files, n_train, result_path)
+        if not os.path.exists(result_path):
+            raise TextmillError("distributed training wrote no model from rank 0; see the TorchDistributor log above")
+        import torch
+
+        state = torch.load(result_path, map_location="cpu", weights_only=False)
+        os.remove(result_path)
         model = spec.build()
         model.load_state_dict(state["state"])
         history, device = state["history"], state["device"]
