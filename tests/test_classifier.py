@@ -18,8 +18,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, wait_until_serving
-from textmill.classifier import (GRUClassifier, calibration_bins, collate, expected_calibration_error, fit_temperature,
-                                 model_inputs, softmax)
+from textmill.classifier import (BestWeights, GRUClassifier, LinearClassifier, calibration_bins, collate, document_frequencies,
+                                 expected_calibration_error, fit_temperature, model_inputs, softmax)
 from textmill.errors import ConfigError
 from textmill.featurize import Featurizer
 from textmill.jobs import run_job
@@ -90,7 +90,8 @@ def test_bigram_ids_after_very_long_tokens_are_the_crc32_of_the_pair():
     assert flat.tolist()[len(tokens):] == bigrams
 
 
-def test_classify_arrow_output_equals_the_models_predict(tmp_path):
+@pytest.mark.parametrize("form, weighting", [("fasttext", "none"), ("logistic", "tfidf")])
+def test_classify_arrow_output_equals_the_models_predict(tmp_path, form, weighting):
     # classify builds its Arrow struct without per-row dicts; it must say what predict says.
     import pyarrow as pa
 
@@ -99,8 +100,12 @@ def test_classify_arrow_output_equals_the_models_predict(tmp_path):
     from textmill.pyfunc_classifier import TextClassifier, save_model_dir
 
     torch.manual_seed(3)
-    spec = ModelSpec(kind="linear", n_ids=1000, n_classes=3, dim=8)
-    save_model_dir(tmp_path, spec.build(), spec, Featurizer(n_buckets=1000), ["sport", "tech", "world"])
+    spec = ModelSpec(kind="linear", n_ids=1000, n_classes=3, dim=8, form=form, weighting=weighting)
+    model = spec.build()
+    if form == "logistic":  # zeros at initialisation: give it weights and an idf to carry through
+        torch.nn.init.normal_(model.embedding.weight)
+        model.set_idf(np.arange(1000) % 7, 20, min_df=2)
+    save_model_dir(tmp_path, model, spec, Featurizer(n_buckets=1000), ["sport", "tech", "world"])
     scorer = TextClassifier(tmp_path)
     texts = ["Chip makers report strong sales", None, "", "  \n", "The match ended in a draw", "Elections abroad", "x"]
 
@@ -140,6 +145,94 @@ def test_expected_calibration_error_by_hand():
     assert [b["rows"] for b in table if b["rows"]] == [2, 3]  # 1.0 falls in the last bin
     # bin 8: confidence 0.55, accuracy 1.0; bin 14: confidence 0.9667, accuracy 0.6667
     assert expected_calibration_error(table) == pytest.approx((2 * 0.45 + 3 * (0.96667 - 0.66667)) / 5, abs=1e-4)
+
+
+def _tfidf_by_hand(docs: list[list[int]], idf: np.ndarray, normalize: str) -> np.ndarray:
+    """Dense (documents x ids) weights: (1 + ln count) x idf per distinct id, normalised per row."""
+    dense = np.zeros((len(docs), len(idf)))
+    for row, doc in enumerate(docs):
+        ids, counts = np.unique(np.array(doc, dtype=int), return_counts=True)
+        if len(ids):
+            dense[row, ids] = (1 + np.log(counts)) * idf[ids]
+        norm = np.linalg.norm(dense[row]) if normalize == "l2" else dense[row].sum()
+        dense[row] /= max(norm, 1e-12)
+    return dense
+
+
+@pytest.mark.parametrize("form", ["logistic", "fasttext"])
+def test_tfidf_linear_model_equals_the_dense_tfidf_computation(form):
+    # The weights are computed per occurrence inside the model (no de-duplication of ids);
+    # the logits must equal the textbook dense tf-idf vector times the weight matrix.
+    rng = np.random.default_rng(5)
+    n_ids, n_classes = 40, 3
+    docs = [list(rng.integers(0, 12, size=n)) for n in (1, 7, 0, 25, 3)] + [[4, 4, 4, 4], [39]]
+    df = rng.integers(0, 6, size=n_ids)
+    df[39] = 1  # below min_df: weighs 0
+    model = LinearClassifier(n_ids, 5, n_classes, form=form, weighting="tfidf")
+    model.set_idf(df, 30, min_df=2)
+    idf = np.where(df >= 2, np.log(31 / (1 + df)) + 1, 0.0)
+    assert model.idf.numpy() == pytest.approx(idf, rel=1e-6)
+    torch.nn.init.normal_(model.embedding.weight)
+    if form == "logistic":
+        torch.nn.init.normal_(model.bias)
+    batch = collate([(doc, 0) for doc in docs], "bag")
+    with torch.no_grad():
+        got = model(batch["ids"], batch["offsets"]).numpy()
+        dense = _tfidf_by_hand(docs, idf, "l2" if form == "logistic" else "sum")
+        table = model.embedding.weight.numpy().astype(np.float64)
+        expected = dense @ table + model.bias.numpy() if form == "logistic" else model.head(torch.tensor(dense @ table, dtype=torch.float32)).numpy()
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert got[2] == pytest.approx(got[6], abs=1e-6)  # no ids and only an id with idf 0 score alike: bias (or head) only
+
+
+def test_document_frequencies_count_each_document_once(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [[1, 1, 2], [2, 3], [], [5, 5, 5, 5], [1]]
+    pq.write_table(pa.table({"ids": pa.array(docs[:3], pa.list_(pa.int64())), "label_id": [0, 1, 0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"ids": pa.array(docs[3:], pa.list_(pa.int64())), "label_id": [1, 0]}), tmp_path / "b.parquet")
+    df, n = document_frequencies([str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], 8, batch_rows=2)
+    assert n == 5
+    assert df.tolist() == [0, 2, 2, 1, 0, 1, 0, 0]
+
+
+def test_best_weights_restores_the_best_epoch_and_ties_keep_the_later():
+    model = torch.nn.Linear(2, 1)
+    best = BestWeights()
+    for epoch, value in enumerate([0.5, 0.7, 0.6, 0.7, 0.65], start=1):
+        torch.nn.init.constant_(model.weight, float(epoch))
+        best.offer(epoch, value, model)
+    best.restore(model, last_epoch=5)
+    assert best.epoch == 4 and best.value == 0.7
+    assert model.weight.detach().tolist() == [[4.0, 4.0]]
+
+
+def test_training_with_keep_best_ends_with_the_best_epochs_weights(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from textmill.classifier import ModelSpec, ParquetExamples, TrainSettings, confusion, predict_logits, scores, train
+
+    rng = np.random.default_rng(2)
+
+    def write(path, n):  # label 1 docs lean on ids 0-19, label 0 on 20-39; noisy on purpose
+        labels = rng.integers(0, 2, size=n)
+        docs = [list(rng.integers(0, 40, size=6)) + list(rng.integers(20 * (1 - y), 20 * (2 - y), size=2)) for y in labels]
+        pq.write_table(pa.table({"ids": pa.array(docs, pa.list_(pa.int64())), "label_id": labels}), path)
+        return [str(path)]
+
+    train_files, val_files = write(tmp_path / "train.parquet", 400), write(tmp_path / "val.parquet", 200)
+    spec = ModelSpec(kind="linear", n_ids=40, n_classes=2, dim=4, form="fasttext", weighting="tfidf")
+    settings = TrainSettings(epochs=6, batch_size=8, lr=0.3, keep_best=True, threads=1)
+    result = train(spec, settings, train_files, val_files, 400)
+    values = [h["val_macro_f1"] for h in result.history]
+    assert result.best_epoch == max(e for e, v in enumerate(values, start=1) if v == max(values))
+    assert result.best_epoch < len(values)  # seeded so the last epoch is worse: the restore is exercised
+    loader = torch.utils.data.DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=64,
+                                         collate_fn=lambda ex: collate(ex, "bag"))
+    logits, y = predict_logits(result.model, iter(loader), torch.device("cpu"))
+    assert scores(confusion(y, logits.argmax(1), 2))["macro_f1"] == pytest.approx(max(values))
 
 
 def test_gru_outputs_line_up_with_inputs_on_a_shuffled_batch():
@@ -348,7 +441,7 @@ def test_two_process_distributed_training_is_close_to_single_process(trained, sp
 
 
 @pytest.mark.slow
-def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
+def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path, spark, job_conf):
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH, as with an activated venv.
@@ -373,6 +466,18 @@ def test_mlflow_serving_answers_rest_calls(trained, mlflow_uri, tmp_path):
         assert [p["error"] for p in predictions] == [None, None, "empty text", "empty text"]
         rows = invoke({"dataframe_split": {"columns": ["text"], "data": [["A goal in extra time."], [None]]}})
         assert [(p["label"], p["error"]) for p in rows] == [("Sports", None), (None, "null text")]
+        # The served model and Spark's classify job (featurizing and weighting inside the Arrow UDF)
+        # give the same probabilities for the same texts.
+        rng = random.Random(4)
+        texts = [_document(rng, topic)[1] for topic in sorted(TOPICS) for _ in range(3)] + ["Goal! Goal! goal goal.", "unseenword"]
+        served = invoke({"inputs": texts})
+        spark.createDataFrame([(f"s{i}", t) for i, t in enumerate(texts)], "doc_id string, text string").write.parquet(str(tmp_path / "texts"))
+        run_job("classify", job_conf(io={"input": str(tmp_path / "texts"), "output": str(tmp_path / "scored")},
+                                     classify={"model_uri": "models:/topics@champion"}), spark)
+        scored = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "scored")).collect()}
+        for i, prediction in enumerate(served):
+            assert scored[f"s{i}"].label == prediction["label"]
+            assert dict(scored[f"s{i}"].probabilities) == pytest.approx(prediction["probabilities"], abs=1e-6)
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

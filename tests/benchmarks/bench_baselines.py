@@ -158,8 +158,9 @@ def textmill_linear(spark, base: dict, train_path: Path, test_path: Path, out: P
               "train_seconds": round(seconds, 1), "val_accuracy": round(trained["val_accuracy"], 4),
               "rows_train": trained["rows_train"], "rows_val": trained["rows_val"]}
     result["test_ece"] = round(evaluated["eval_ece"], 4)
-    for key in ("val_ece", "val_ece_uncalibrated", "temperature"):
-        result[key] = round(trained[key], 4)
+    for key in ("val_ece", "val_ece_uncalibrated", "temperature", "epochs", "best_epoch"):
+        if key in trained:  # best_epoch: only with classifier.training.keep_best
+            result[key] = round(trained[key], 4)
     return result
 
 

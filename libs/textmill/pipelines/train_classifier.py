@@ -52,7 +52,12 @@ logger = logging.getLogger(__name__)
 
 
 class ModelConf(StrictModel):
-    kind: Literal["linear", "gru", "spacy_textcat"] = Field("linear", description="linear (fastText style) | gru | spacy_textcat (spaCy's textcat, spaCy's training loop)")
+    kind: Literal["linear", "gru", "spacy_textcat"] = Field("linear", description="linear (hashed n-grams) | gru | spacy_textcat (spaCy's textcat, spaCy's training loop)")
+    form: Literal["logistic", "fasttext"] = Field(
+        "logistic", description="linear: logistic (one weight per bucket and label) | fasttext (dim-sized bucket embeddings, mean, linear layer)")
+    weighting: Literal["tfidf", "none"] = Field(
+        "tfidf", description="linear: n-gram weights (1 + ln count) x idf, idf from the training split and saved with the model | none")
+    min_df: int = Field(2, gt=0, description="linear, tfidf: n-grams in fewer training documents weigh 0")
     features: Literal["hashed_ngrams", "word_ids", "char_ids"] | None = Field(
         None, description="default: hashed_ngrams for linear, word_ids for gru")
     dim: int = Field(100, gt=0, description="embedding size")
@@ -68,9 +73,11 @@ class ModelConf(StrictModel):
 
 
 class TrainingConf(StrictModel):
-    epochs: int = Field(5, gt=0)
+    epochs: int | None = Field(None, gt=0, description="default 10 for linear, 5 for gru and spacy_textcat")
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(0.02, gt=0)
+    lr: float | None = Field(None, gt=0, description="default 0.2 for the logistic form (Adagrad), 0.02 otherwise (Adam)")
+    keep_best: bool = Field(False, description="torch kinds: end with the epoch of the best validation registry.metric (for the fasttext form and gru, which overfit)")
+    patience: int | None = Field(None, gt=0, description="with keep_best: stop after this many epochs without a better one; null = run all epochs")
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 13
     shuffle_buffer: int = Field(20_000, gt=0, description="examples held for shuffling while streaming")
@@ -131,6 +138,15 @@ class LabelError(TextmillError):
 
 
 # ---------------------------------------------------------------------------- data
+
+
+def epochs_for(c: ClassifierConf) -> int:
+    return c.training.epochs or (10 if c.model.kind == "linear" else 5)
+
+
+def lr_for(c: ClassifierConf) -> float:
+    # The logistic form has one weight per bucket and label and no hidden layer: it wants larger steps.
+    return c.training.lr or (0.2 if c.model.kind == "linear" and c.model.form == "logistic" else 0.02)
 
 
 def featurizer_for(model: ModelConf) -> Featurizer:
@@ -221,7 +237,8 @@ def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_f
         rank, world = dist.get_rank(), dist.get_world_size()
         result = train(ModelSpec(**spec), TrainSettings(**settings), train_files, val_files, n_train, rank=rank, world=world)
         if rank == 0:
-            torch.save({"state": result.model.state_dict(), "history": result.history, "device": result.device}, f"{result_path}.tmp")
+            torch.save({"state": result.model.state_dict(), "history": result.history, "device": result.device,
+                        "best_epoch": result.best_epoch}, f"{result_path}.tmp")
             os.replace(f"{result_path}.tmp", result_path)
     finally:
         dist.destroy_process_group()
@@ -313,11 +330,13 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     if spacy_kind:
         return _train_spacy_textcat(conf, labels, train_files, val_files, n_train, counts, log_epoch)
     spec = ModelSpec(kind=c.model.kind, n_ids=featurizer.n_ids, n_classes=len(labels), dim=c.model.dim, hidden=c.model.hidden,
-                     bidirectional=c.model.bidirectional, dropout=c.model.dropout, layers=c.model.layers)
+                     bidirectional=c.model.bidirectional, dropout=c.model.dropout, layers=c.model.layers,
+                     form=c.model.form, weighting=c.model.weighting, min_df=c.model.min_df)
     t = c.training
-    settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, weight_decay=t.weight_decay,
-                             buffer_size=t.shuffle_buffer, threads=t.threads)
-    mlflow.log_param("model.n_ids", featurizer.n_ids)
+    settings = TrainSettings(epochs=epochs_for(c), batch_size=t.batch_size, lr=lr_for(c), seed=t.seed, weight_decay=t.weight_decay,
+                             buffer_size=t.shuffle_buffer, threads=t.threads, keep_best=t.keep_best, patience=t.patience,
+                             select_by=c.registry.metric)
+    mlflow.log_params({"model.n_ids": featurizer.n_ids, "training.epochs_used": settings.epochs, "training.lr_used": settings.lr})
     if c.distributed.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -336,13 +355,13 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
         os.remove(result_path)
         model = spec.build()
         model.load_state_dict(state["state"])
-        history, device = state["history"], state["device"]
+        history, device, best_epoch = state["history"], state["device"], state["best_epoch"]
         for record in history:
             log_epoch(record["epoch"], record)
     else:
         result = train(spec, settings, train_files, val_files, n_train, on_epoch=log_epoch)
-        model, history, device = result.model, result.history, result.device
-    return _finish_torch(conf, model, spec, featurizer, labels, history, device, val_files, counts)
+        model, history, device, best_epoch = result.model, result.history, result.device, result.best_epoch
+    return _finish_torch(conf, model, spec, featurizer, labels, history, device, val_files, counts, best_epoch)
 
 
 def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_files: list[str], val_files: list[str],
@@ -352,7 +371,7 @@ def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_
     c = conf.classifier
     with tempfile.TemporaryDirectory(prefix="textmill-spacy-train-") as work:
         nlp, history = spacy_textcat.train(c.spacy.config, c.spacy.overrides, train_files, val_files, labels, n_train,
-                                           c.training.epochs, c.training.batch_size, c.training.seed, Path(work),
+                                           epochs_for(c), c.training.batch_size, c.training.seed, Path(work),
                                            on_eval=lambda entry: log_epoch(entry["epoch"], entry))
     mlflow.log_text(nlp.config.to_str(), "spacy/config.cfg")
     truth, predicted = spacy_textcat.predict_labels(nlp, val_files)
@@ -378,7 +397,8 @@ def _local_dir(path: str) -> str:
 
 
 def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
-                  history: list[dict], device: str, val_files: list[str], counts: dict[str, int]) -> dict[str, float]:
+                  history: list[dict], device: str, val_files: list[str], counts: dict[str, int],
+                  best_epoch: int | None) -> dict[str, float]:
     import torch
     from torch.utils.data import DataLoader
 
@@ -399,7 +419,7 @@ def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featuriz
     logger.info("saved model to %s (example prediction %s)", model_dir, example.iloc[0].to_dict())
     return _finish(conf, matrix, labels, history, device, counts,
                    lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name),
-                   calibration)
+                   calibration, best_epoch)
 
 
 def _calibration(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict:
@@ -416,7 +436,7 @@ def _calibration(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> 
 
 
 def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str], history: list[dict], device: str,
-            counts: dict[str, int], log_model, calibration: dict | None = None) -> dict[str, float]:
+            counts: dict[str, int], log_model, calibration: dict | None = None, best_epoch: int | None = None) -> dict[str, float]:
     """Every kind's ending: validation report and plots, the model logged (``log_model()``), the registry rule."""
     c = conf.classifier
     report = scores(matrix)
@@ -438,6 +458,8 @@ def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str],
                                  "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
     if calibration is not None:
         metrics.update({k: calibration[k] for k in ("temperature", "val_ece", "val_ece_uncalibrated")})
+    if best_epoch is not None:
+        metrics["best_epoch"] = best_epoch
     mlflow.set_tags({"textmill.model_uri": info.model_uri, "textmill.train_device": device})
     if c.registry.name:
         version = str(info.registered_model_version)
