@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -227,3 +228,61 @@ def test_distributed_exact_top_k_matches_brute_force_on_the_driver(metric, spark
     sample = np.array([0, 3, 77, 150, 399])
     exact = exact_sample_topk(spark, items, sample, 6, metric)
     assert (exact == ann.exact_topk(vectors[sample], vectors, 6, metric, exclude=sample)).all()
+
+
+def _neighbors_frame(spark, lists: dict[str, list[tuple[str, float]]]):
+    return spark.createDataFrame([(node, [(n, d) for n, d in items]) for node, items in lists.items()],
+                                 "id string, neighbors array<struct<id:string, distance:float>>")
+
+
+def test_cluster_edges_mutual_pruning_and_quantile_threshold(spark):
+    from textmill.pipelines.cluster import ClusterConf, edges_from_neighbors
+
+    # distances d -> cosine weights 1 - d^2/2: 0.0 -> 1.0, 0.6 -> 0.82, 1.0 -> 0.5
+    neighbors = _neighbors_frame(spark, {"a": [("b", 0.0), ("c", 1.0)], "b": [("a", 0.0), ("d", 0.6)],
+                                         "c": [("d", 1.0)], "d": [("c", 1.0)]})
+    def pairs(conf):
+        edges, threshold = edges_from_neighbors(neighbors, conf)
+        return {(r.src, r.dst): round(r.weight, 3) for r in edges.collect()}, threshold
+
+    plain, threshold = pairs(ClusterConf())
+    assert threshold == 0.0 and len(plain) == 8 and plain[("c", "a")] == 0.5  # symmetric: a listed c, so c-a exists too
+    mutual, _ = pairs(ClusterConf(mutual=True))
+    assert set(mutual) == {("a", "b"), ("b", "a"), ("c", "d"), ("d", "c")}
+    strong, threshold = pairs(ClusterConf(min_weight_quantile=0.6))
+    assert threshold == pytest.approx(0.82, abs=1e-3)  # the weights are 0.5 x 4, 0.82 x 2, 1.0 x 2
+    assert set(strong) == {("a", "b"), ("b", "a"), ("b", "d"), ("d", "b")}
+    _, threshold = pairs(ClusterConf(min_weight=0.9, min_weight_quantile=0.6))
+    assert threshold == 0.9  # the quantile raises min_weight, never lowers it
+
+
+@pytest.mark.parametrize("vote", ["lin", "log"])
+def test_cluster_votes_are_divided_by_the_voting_neighbours_degree(spark, vote):
+    from textmill.pipelines.cluster import vote_weights
+
+    # the hub h has 3 edges, x one
+    edges = spark.createDataFrame([("a", "h", 0.9), ("b", "h", 0.9), ("x", "h", 0.9), ("h", "a", 0.9), ("h", "b", 0.9),
+                                   ("h", "x", 0.9), ("a", "x", 0.6), ("x", "a", 0.6)], "src string, dst string, weight double")
+    got = {(r.src, r.dst): r.weight for r in vote_weights(edges, vote).collect()}
+    scale = (lambda degree: degree) if vote == "lin" else (lambda degree: math.log1p(degree))
+    assert got[("a", "h")] == pytest.approx(0.9 / scale(3))
+    assert got[("h", "a")] == pytest.approx(0.9 / scale(2))
+    assert got[("a", "x")] == pytest.approx(0.6 / scale(2))
+    assert len(got) == 8
+
+
+def test_chinese_whispers_tolerance_stops_when_few_nodes_change(spark):
+    from textmill.pipelines.cluster import ClusterConf, chinese_whispers
+
+    rng = np.random.default_rng(3)
+    n = 300
+    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
+                                   zip(rng.integers(0, n, 3000), rng.integers(0, n, 3000), rng.random(3000)) if i != j],
+                                  "src string, dst string, weight double")
+    nodes = spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string")
+    # 5% of the nodes are updated per iteration, so at most 15 change: a 10% tolerance stops at
+    # iteration 2 (the first is never enough), where no tolerance runs to max_iterations.
+    _, iterations, converged = chinese_whispers(nodes, edges, ClusterConf(max_iterations=6, update_fraction=0.05, tolerance=0.1))
+    assert (iterations, converged) == (2, True)
+    _, iterations, converged = chinese_whispers(nodes, edges, ClusterConf(max_iterations=6, update_fraction=0.05))
+    assert (iterations, converged) == (6, False)

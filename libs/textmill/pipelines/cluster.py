@@ -1,14 +1,16 @@
 """The ``cluster`` job: Chinese Whispers over the kNN graph, on Spark DataFrames, no k to choose.
 
-Edges come from ``neighbors`` output (``items`` mode), made symmetric; an edge's weight is
-the cosine similarity (``1 - d^2 / 2`` for Annoy's angular distance ``d``), and edges under
-``min_weight`` are dropped. Every node starts in its own class. Each iteration a seeded
-random half of the nodes (hash of node, iteration and seed) is updated: each takes the
-class with the highest summed edge weight among its neighbours (ties: the smallest class
-id). Updating a random subset per round, instead of all nodes at once, is the distributed
+Edges come from ``neighbors`` output (``items`` mode), made symmetric (or, with ``mutual``,
+only pairs that list each other); an edge's weight is the cosine similarity (``1 - d^2 / 2``
+for Annoy's angular distance ``d``), and edges under ``min_weight`` (or the
+``min_weight_quantile`` of the graph's weights) are dropped. Every node starts in its own
+class. Each iteration a seeded random half of the nodes (hash of node, iteration and seed)
+is updated: each takes the class with the highest summed vote among its neighbours (ties:
+the smallest class id), a vote being the edge weight (``vote: top``, the default), or that
+divided by the voter's degree (``lin``) or by ln(1 + degree) (``log``). Updating a random subset per round, instead of all nodes at once, is the distributed
 stand-in for the sequential random visiting order; it avoids the oscillations of fully
-synchronous updates. It stops when a full sweep changes nothing (converged) or at
-``max_iterations``; both are reported. Nothing is collected to the driver but counts.
+synchronous updates. It stops when a full sweep changes nothing, or when at most
+``tolerance`` of the nodes changed class (converged), or at ``max_iterations``; all reported. Nothing is collected to the driver but counts.
 
 Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
 ``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 from pydantic import Field
@@ -41,6 +44,12 @@ class GraphError(TextmillError):
 
 class ClusterConf(StrictModel):
     min_weight: float = Field(0.0, ge=-1, le=1, description="drop edges whose cosine similarity is below this")
+    min_weight_quantile: float | None = Field(
+        None, ge=0, lt=1, description="drop edges below this quantile of the graph's edge weights (raises min_weight, never lowers it)")
+    mutual: bool = Field(False, description="keep an edge only when each node is among the other's k neighbours")
+    vote: Literal["top", "lin", "log"] = Field(
+        "top", description="a neighbour's vote: its edge weight (top), divided by its degree (lin) or by ln(1 + degree) (log)")
+    tolerance: float = Field(0.001, ge=0, lt=1, description="converged when at most this share of nodes changed class in an iteration")
     max_iterations: int = Field(30, gt=0)
     update_fraction: float = Field(0.5, gt=0, le=1, description="share of nodes updated per iteration")
     seed: int = 7
@@ -61,20 +70,49 @@ def sizes_path(conf: JobConf) -> str:
 JOB_CONF = ClusterJobConf
 
 
-def edges_from_neighbors(neighbors: DataFrame, c: ClusterConf) -> DataFrame:
-    """Symmetric weighted edges ``src, dst, weight`` (max weight when both directions exist)."""
+def edges_from_neighbors(neighbors: DataFrame, c: ClusterConf) -> tuple[DataFrame, float]:
+    """Symmetric weighted edges ``src, dst, weight`` (max weight when both directions exist) and
+    the weight threshold applied: ``min_weight``, raised to the ``min_weight_quantile`` of the
+    graph's own edge weights when that is set (a cosine threshold that fits one embedding
+    space is wrong for another). With ``mutual``, only pairs that list each other remain."""
     exploded = neighbors.select(F.col("id").alias("src"), F.explode_outer("neighbors").alias("n")).where(F.col("n").isNotNull())
     distance = F.col("n.distance")
     weight = (1 - distance * distance / 2) if c.distance == "angular" else distance
     directed = exploded.select("src", F.col("n.id").alias("dst"), weight.alias("weight")).where(F.col("src") != F.col("dst"))
-    both = directed.unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight"))
-    return both.groupBy("src", "dst").agg(F.max("weight").alias("weight")).where(F.col("weight") >= c.min_weight)
+    both = (directed.withColumn("forward", F.lit(True))
+            .unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight", F.lit(False).alias("forward"))))
+    edges = both.groupBy("src", "dst").agg(F.max("weight").alias("weight"), F.countDistinct("forward").alias("directions"))
+    if c.mutual:
+        edges = edges.where(F.col("directions") == 2)
+    edges = edges.drop("directions")
+    threshold = c.min_weight
+    if c.min_weight_quantile is not None:
+        edges = edges.localCheckpoint()
+        quantile = edges.approxQuantile("weight", [c.min_weight_quantile], 0.001)
+        threshold = max(threshold, quantile[0]) if quantile else threshold
+    return edges.where(F.col("weight") >= threshold), float(threshold)
 
 
-def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf) -> tuple[DataFrame, int, bool]:
+def vote_weights(edges: DataFrame, vote: str) -> DataFrame:
+    """Edge weights as votes: Biemann's (2006) class-score variants against hubs. ``top`` is the
+    plain weight; ``lin`` and ``log`` divide it by the voting neighbour's degree, or by
+    ln(1 + degree), so a node with many strong edges (a frequent word, a boilerplate document)
+    no longer pulls its whole neighbourhood into its class."""
+    if vote == "top":
+        return edges
+    degree = edges.groupBy(F.col("dst").alias("_voter")).agg(F.count(F.lit(1)).alias("_degree"))
+    scale = F.col("_degree") if vote == "lin" else F.log1p(F.col("_degree"))
+    return (edges.join(degree, edges["dst"] == degree["_voter"])
+            .select("src", "dst", (F.col("weight") / scale).alias("weight")))
+
+
+def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, int, bool]:
     """(``id, label``, iterations run, converged)."""
     labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
-    edges = edges.localCheckpoint()
+    edges = vote_weights(edges, c.vote).localCheckpoint()
+    # With a tolerance, a few nodes flipping between two equally strong classes (they do, on
+    # hub-rich graphs) no longer keep the loop going until max_iterations.
+    allowed = int(c.tolerance * (n_nodes if n_nodes is not None else nodes.count()))
     no_label = F.lit(None).cast(labels.schema["label"].dataType)
     converged, iterations = False, 0
     for iteration in range(1, c.max_iterations + 1):
@@ -99,8 +137,10 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf) -> tupl
         labels = updated.select("id", F.col("new").alias("label"))
         logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration,
                     counts["changed"] or 0, counts["unsettled"] or 0)
-        # Converged when every node already holds its neighbourhood's best class.
-        if not counts["changed"] and not counts["unsettled"]:
+        # Converged when every node already holds its neighbourhood's best class, or (tolerance)
+        # when at most the allowed number of nodes changed class this iteration.
+        changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
+        if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
             converged = True
             break
     return labels, iterations, converged
@@ -135,7 +175,8 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         raise GraphError(f"{n_strangers} neighbour id(s) are not nodes of the graph (no row with that id), e.g. "
                          f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
                          "in items mode over the same ids it indexed")
-    labels, iterations, converged = chinese_whispers(nodes, edges_from_neighbors(neighbors, c), c)
+    edges, threshold = edges_from_neighbors(neighbors, c)
+    labels, iterations, converged = chinese_whispers(nodes, edges, c, rows_in)
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = sizes.withColumn("cluster_id", F.row_number().over(Window.orderBy(F.desc("size"), "label")) - 1)
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
@@ -151,7 +192,8 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         plot = Path(tmp) / "cluster_sizes.png"
         _histogram(size_list, plot)
         mlflow.log_artifact(str(plot), "cluster")
-    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": iterations, "converged": float(converged)}
+    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": iterations, "converged": float(converged),
+            "min_weight_used": threshold}
 
 
 def size_metrics(sizes: list[int]) -> dict[str, float]:
