@@ -7,10 +7,12 @@ for Annoy's angular distance ``d``), and edges under ``min_weight`` (or the
 class. Each iteration a seeded random half of the nodes (hash of node, iteration and seed)
 is updated: each takes the class with the highest summed vote among its neighbours (ties:
 the smallest class id), a vote being the edge weight (``vote: top``, the default), or that
-divided by the voter's degree (``lin``) or by ln(1 + degree) (``log``). Updating a random subset per round, instead of all nodes at once, is the distributed
-stand-in for the sequential random visiting order; it avoids the oscillations of fully
-synchronous updates. It stops when a full sweep changes nothing, or when at most
-``tolerance`` of the nodes changed class (converged), or at ``max_iterations``; all reported. Nothing is collected to the driver but counts.
+divided by the voter's degree (``lin``) or by ln(1 + degree) (``log``). Updating a random
+subset per round, instead of all nodes at once, is the distributed stand-in for the
+sequential random visiting order; it avoids the oscillations of fully synchronous updates.
+It stops when a full sweep changes nothing, or when at most ``tolerance`` of the nodes
+changed class (converged), or at ``max_iterations``; all reported. Nothing is collected to
+the driver but counts.
 
 Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
 ``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
