@@ -55,9 +55,9 @@ class TextClassifier:
         # Probabilities are softmax(logits / temperature), fitted on the validation split
         # (train_classifier's classifier.calibration); 1.0 for models saved before it existed.
         self.temperature = float(config.get("temperature", 1.0))
-        # Built without memory, then handed the weights memory-mapped: the embedding table (800 MB
-        # at the default 2M buckets) is neither randomly initialised nor copied, loading takes
-        # milliseconds, and Python workers on one machine share its pages.
+        # Built without memory, then handed the weights memory-mapped: the bucket table (800 MB for
+        # the fasttext form at 2M buckets, 8 MB per label for the logistic form) is neither randomly
+        # initialised nor copied, loading takes milliseconds, and Python workers on one machine share its pages.
         with torch.device("meta"):
             self.model = self.spec.build()
         state = torch.load(Path(path) / WEIGHTS, map_location="cpu", mmap=True, weights_only=True)
