@@ -286,3 +286,20 @@ def test_chinese_whispers_tolerance_stops_when_few_nodes_change(spark):
     assert (iterations, converged) == (2, True)
     _, iterations, converged = chinese_whispers(nodes, edges, ClusterConf(max_iterations=6, update_fraction=0.05))
     assert (iterations, converged) == (6, False)
+
+
+def test_number_rows_matches_a_global_row_number_without_a_global_window(spark):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from textmill.io import number_rows
+
+    rng = np.random.default_rng(4)
+    df = spark.createDataFrame([(f"c{i}", int(s)) for i, s in enumerate(rng.integers(1, 6, size=500))], "label string, size long").repartition(7)
+    order = [F.desc("size"), F.col("label")]
+    got = number_rows(df, order, "cluster_id")
+    plan = got._jdf.queryExecution().executedPlan().toString()
+    assert "Window" not in plan
+    expected = {r.label: r.n for r in df.select("label", (F.row_number().over(Window.orderBy(*order)) - 1).alias("n")).collect()}
+    assert {r.label: r.cluster_id for r in got.collect()} == expected
+    assert sorted(expected.values()) == list(range(500))

@@ -180,7 +180,7 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
     edges, threshold = edges_from_neighbors(neighbors, c)
     labels, iterations, converged = chinese_whispers(nodes, edges, c, rows_in)
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
-    numbered = sizes.withColumn("cluster_id", F.row_number().over(Window.orderBy(F.desc("size"), "label")) - 1)
+    numbered = io.number_rows(sizes, [F.desc("size"), F.col("label")], "cluster_id")
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
     with storage.staged_outputs(spark, conf.io.output, sizes_path(conf), replace_unmarked=conf.io.replace_unmarked) as (staged, staged_sizes):
         result.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "id").sortWithinPartitions("id").write.parquet(staged)
