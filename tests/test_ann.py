@@ -195,17 +195,21 @@ def test_cluster_size_metrics_are_shares_of_nodes():
     assert size_metrics([]) == {"clusters": 0, "singleton_share": 0.0, "largest_cluster": 0, "largest_cluster_share": 0.0}
 
 
+def _random_graph(spark, n: int = 300, n_edges: int = 3000):
+    """(nodes, edges, n): a seeded random weighted graph with no cluster structure to settle into."""
+    rng = np.random.default_rng(3)
+    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
+                                   zip(rng.integers(0, n, n_edges), rng.integers(0, n, n_edges), rng.random(n_edges)) if i != j],
+                                  "src string, dst string, weight double")
+    return spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string"), edges, n
+
+
 def test_chinese_whispers_plan_estimate_stays_small_over_many_rounds(spark):
     # Regression: each round's checkpoint kept the planner's size estimate, and a join multiplied
     # it, so the estimate squared every round and rounds slowed from ~1 s to minutes after ~20.
     from textmill.pipelines.cluster import ClusterConf, chinese_whispers
 
-    rng = np.random.default_rng(3)
-    n = 300
-    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
-                                   zip(rng.integers(0, n, 3000), rng.integers(0, n, 3000), rng.random(3000)) if i != j],
-                                  "src string, dst string, weight double")
-    nodes = spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string")
+    nodes, edges, n = _random_graph(spark)
     conf = ClusterConf(max_iterations=12, update_fraction=0.05)
     labels, iterations, converged = chinese_whispers(nodes, edges, conf)
     assert iterations == 12 and not converged
@@ -274,12 +278,7 @@ def test_cluster_votes_are_divided_by_the_voting_neighbours_degree(spark, vote):
 def test_chinese_whispers_tolerance_stops_when_few_nodes_change(spark):
     from textmill.pipelines.cluster import ClusterConf, chinese_whispers
 
-    rng = np.random.default_rng(3)
-    n = 300
-    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
-                                   zip(rng.integers(0, n, 3000), rng.integers(0, n, 3000), rng.random(3000)) if i != j],
-                                  "src string, dst string, weight double")
-    nodes = spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string")
+    nodes, edges, n = _random_graph(spark)
     # 5% of the nodes are updated per iteration, so at most 15 change: a 10% tolerance stops at
     # iteration 2 (the first is never enough), where no tolerance runs to max_iterations.
     _, iterations, converged = chinese_whispers(nodes, edges, ClusterConf(max_iterations=6, update_fraction=0.05, tolerance=0.1))

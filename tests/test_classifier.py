@@ -502,3 +502,14 @@ def test_invalid_utf8_is_a_row_error_in_classify_and_quarantined_in_training(tra
     good, bad = _labelled(spark.read.parquet(str(source)), ClassifierConf())
     assert [r.doc_id for r in good.collect()] == ["d1"]
     assert [(r.doc_id, r.reason) for r in bad.collect()] == [("d2", "undecodable_text")]
+
+
+def test_patience_without_keep_best_is_a_config_error():
+    from textmill.config import validate_conf
+    from textmill.pipelines.train_classifier import TrainClassifierJobConf
+
+    data = {"io": {"input": "in", "output": "out"}, "classifier": {"training": {"patience": 2}}}
+    with pytest.raises(ConfigError, match="'classifier.training.patience' needs 'classifier.training.keep_best: true'"):
+        validate_conf(TrainClassifierJobConf, data)
+    data["classifier"]["training"]["keep_best"] = True
+    assert validate_conf(TrainClassifierJobConf, data).classifier.training.patience == 2

@@ -459,7 +459,7 @@ def train(
         if best is not None:
             best.offer(epoch + 1, record.get(settings.select_by), model.module if distributed else model)
             stop[0] = settings.patience is not None and epoch + 1 - best.epoch >= settings.patience
-        if distributed:
+        if distributed and settings.keep_best:  # only rank 0 can decide; every rank has the same settings
             torch.distributed.broadcast_object_list(stop, src=0)
         if stop[0]:
             logger.info("no better %s for %d epochs: stopping after epoch %d", settings.select_by, settings.patience, epoch + 1)

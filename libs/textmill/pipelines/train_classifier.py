@@ -127,6 +127,8 @@ class TrainClassifierJobConf(JobConf):
         problems = super().cross_field_problems()
         if self.classifier.model.kind == "spacy_textcat" and self.classifier.distributed.num_processes > 1:
             problems.append("'classifier.distributed.num_processes' > 1 needs a torch kind (linear, gru); spacy_textcat trains in one process")
+        if self.classifier.training.patience is not None and not self.classifier.training.keep_best:
+            problems.append("'classifier.training.patience' needs 'classifier.training.keep_best: true' (it stops on the best epoch's metric)")
         return problems
 
 
