@@ -81,12 +81,13 @@ def edges_from_neighbors(neighbors: DataFrame, c: ClusterConf) -> tuple[DataFram
     distance = F.col("n.distance")
     weight = (1 - distance * distance / 2) if c.distance == "angular" else distance
     directed = exploded.select("src", F.col("n.id").alias("dst"), weight.alias("weight")).where(F.col("src") != F.col("dst"))
-    both = (directed.withColumn("forward", F.lit(True))
-            .unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight", F.lit(False).alias("forward"))))
-    edges = both.groupBy("src", "dst").agg(F.max("weight").alias("weight"), F.countDistinct("forward").alias("directions"))
-    if c.mutual:
-        edges = edges.where(F.col("directions") == 2)
-    edges = edges.drop("directions")
+    both = (directed.withColumn("forward", F.lit(1))
+            .unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight", F.lit(0).alias("forward"))))
+    if c.mutual:  # both directions listed: the pair has a forward (1) and a reversed (0) row
+        edges = (both.groupBy("src", "dst").agg(F.max("weight").alias("weight"), F.min("forward").alias("_lo"), F.max("forward").alias("_hi"))
+                 .where(F.col("_lo") < F.col("_hi")).drop("_lo", "_hi"))
+    else:
+        edges = both.groupBy("src", "dst").agg(F.max("weight").alias("weight"))
     threshold = c.min_weight
     if c.min_weight_quantile is not None:
         edges = edges.localCheckpoint()
