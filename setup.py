@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "pydantic>=2.7,<3",
     "matplotlib>=3.8",
     "scipy>=1.11",  # sparse matrices for ppmi_svd and the subword fit; was only reached through mlflow
+    "tqdm>=4.66,<5",  # progress bars on a terminal (textmill.console); spaCy and MLflow already draw theirs with it
 ]
 
 TEST_REQUIRES = [

@@ -164,7 +164,7 @@ def test_a_planted_secret_reaches_no_store_artifact_or_log(spark, mlflow_uri, tm
     spec.loader.exec_module(module)
     caplog.set_level(logging.DEBUG)
     artifacts = tmp_path / "art"
-    code = module.main(["--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={src}",
+    code = module.main(["--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={src}", "--log-level", "DEBUG",
                         "--set", f"io.output={tmp_path / 'out'}", "--set", "prepare.format=text_lines",
                         "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=secrets",
                         "--set", f"mlflow.artifact_location={artifacts.as_uri()}",

@@ -2,30 +2,52 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from textmill.cli import build_pyfiles
 from textmill.sample import BROKEN_LINES
 
-from test_prepare import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflow_uri, tmp_path):
+PYTHON_WARNING = re.compile(r"\b[A-Z]\w*Warning\b")  # UserWarning, FutureWarning, ... as Python prints them
+LOGGED_WARNING = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d\S* WARNING ")
+SPARK_WARN = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d WARN (\S+?):")
+# Printed by Hadoop while the JVM starts, before any textmill code runs: this machine has no native
+# Hadoop library. It is about the installation, not about a plan textmill built.
+SPARK_STARTUP_WARNINGS = {"NativeCodeLoader"}
+STEPS = ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs", "build_index",
+         "neighbors", "cluster"]
+
+
+@pytest.mark.slow
+def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark, tmp_path):
+    """``textmill run pipeline`` as ``make demo`` runs it, in its own process with its own Spark:
+    every step's output, the nested MLflow runs, and the console a person reads (issue 16)."""
     n_docs = 120
-    code = load_job("pipeline").main([
-        "--conf", str(REPO / "conf" / "pipeline.yaml"), "--env", "local",
-        "--set", f"io.output={tmp_path / 'run'}", "--set", f"pipeline.sample.n_docs={n_docs}",
-        "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=pipeline-e2e",
-        "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
-    ])
-    assert code == 0
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    for variable in ("TEXTMILL_LOG_LEVEL", "TEXTMILL_VERBOSITY", "TEXTMILL_LINES_TO", "MLFLOW_LOGGING_LEVEL",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS", "MLFLOW_TRACKING_URI"):
+        env.pop(variable, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "textmill.cli", "run", "pipeline", "--conf", str(REPO / "conf" / "pipeline.yaml"),
+         "--env", "local", "--set", f"io.output={tmp_path / 'run'}", "--set", f"pipeline.sample.n_docs={n_docs}",
+         "--set", f"mlflow.tracking_uri={store}", "--set", "mlflow.experiment=pipeline-e2e",
+         "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}", "--set", "spark.ui_enabled=false"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, err[-3000:]
+
     prepared = spark.read.parquet(str(tmp_path / "run" / "prepared"))
     quarantine = spark.read.parquet(str(tmp_path / "run" / "prepared_quarantine"))
     assert prepared.count() == n_docs
@@ -39,7 +61,7 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     classified = spark.read.parquet(str(tmp_path / "run" / "classified"))
     assert classified.count() == n_docs and classified.where("label is null").count() == 0
 
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(store)
     exp = client.get_experiment_by_name("pipeline-e2e")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags["textmill.job"] == "pipeline")
@@ -63,6 +85,42 @@ def test_pipeline_generates_sample_prepares_it_and_logs_nested_runs(spark, mlflo
     clusters = spark.read.parquet(str(tmp_path / "run" / "clusters"))
     assert clusters.count() == n_docs and summary["clusters"]["count"] >= 1
     assert spark.read.parquet(str(tmp_path / "run" / "neighbors")).count() == n_docs
+    steps_logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "steps.json")).read_text())
+    assert [s["name"] for s in steps_logged] == STEPS
+    assert {s["run_id"] for s in steps_logged} == {r.info.run_id for r in runs if r.info.run_id != parent.info.run_id}
+
+    # The console: no Python warnings, no logged warnings, no Spark WARN from textmill's plans.
+    assert not [line for line in err.splitlines() if PYTHON_WARNING.search(line)], err
+    assert not [line for line in err.splitlines() if LOGGED_WARNING.match(line)], err
+    spark_warnings = {m.group(1) for line in err.splitlines() if (m := SPARK_WARN.match(line))}
+    assert spark_warnings <= SPARK_STARTUP_WARNINGS, err
+    assert "Downloading artifacts" not in err and " INFO " not in err
+    # One line as each step starts and one as it ends, in order.
+    done = re.findall(r"^\[(\d)/9\] (\w+) … done in ([\d.]+) s", out, flags=re.M)
+    assert [name for _, name, _ in done] == STEPS, out
+    assert [int(i) for i, _, _ in done] == list(range(1, 10))
+    assert all(f"[{i}/9] {name} …\n" in out for i, name in enumerate(STEPS, start=1))
+    # The table's rows say what the step runs logged.
+    table = out[out.index("step  "):]
+    row = re.search(r"^prepare\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+-\s+([\d.]+)\s", table, flags=re.M)
+    assert row, table
+    assert [int(x.replace(",", "")) for x in row.groups()[:3]] == [
+        int(child.data.metrics[k]) for k in ("rows_in", "rows_out", "rows_quarantined")]
+    accuracy = re.search(r"^train_classifier\s.*val accuracy ([\d.]+)", table, flags=re.M)
+    assert accuracy and float(accuracy.group(1)) == round(trained.data.metrics["val_accuracy"], 3)
+    for name in STEPS:
+        assert re.search(rf"^{name}\s+{n_docs if name != 'prepare' else n_docs + len(BROKEN_LINES)}\s", table, flags=re.M), name
+    # Where to look next.
+    assert f"MLflow run  {parent.info.run_id}" in out
+    assert f"mlflow ui --backend-store-uri {store}   then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in out
+    assert f"outputs     {tmp_path / 'run'}" in out
+    # The pipeline's wall time over its rows is no rate; each step keeps its own.
+    assert "docs_per_second" not in out and "docs_per_second" not in parent.data.metrics
+    assert child.data.metrics["docs_per_second"] > 0
+    # Models are logged from code (models-from-code): no pickled Python object in any of them.
+    logged = [p.read_text() for p in (tmp_path / "art").rglob("MLmodel")]
+    assert len([m for m in logged if "model_code_path" in m]) == 2  # the classifier and the embedder
+    assert not list((tmp_path / "art").rglob("python_model.pkl"))
 
 
 def test_pyfiles_zip_is_importable_on_its_own(tmp_path):

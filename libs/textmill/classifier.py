@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 from torch.utils.data import DataLoader, IterableDataset
 
+from textmill import console
 from textmill.featurize import PAD
 
 logger = logging.getLogger(__name__)
@@ -380,6 +381,11 @@ def per_label(result: dict[str, Any], labels: list[str]) -> dict[str, dict[str, 
                     "support": result["support"][i]} for i, label in enumerate(labels)}
 
 
+# Adagrad and SparseAdam build their updates with torch.sparse_coo_tensor, which warns on every run
+# unless the invariant checks are chosen explicitly. The sparse gradients come from EmbeddingBag and
+# are valid by construction, so the checks (a pass over every index at each step) stay off, as they
+# were by default; the decorator restores the caller's setting afterwards.
+@torch.sparse.check_sparse_tensor_invariants(enable=False)
 def train(
     spec: ModelSpec,
     settings: TrainSettings,
@@ -423,6 +429,8 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     best = BestWeights() if settings.keep_best and rank == 0 else None
+    # Per batch, not per epoch: a GRU epoch on CPU takes minutes.
+    progress = console.Progress("training", total_steps, unit="batches") if rank == 0 else None
     for epoch in range(settings.epochs):
         data.epoch = epoch
         model.train()
@@ -443,6 +451,8 @@ def train(
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
             steps += 1
+            if progress is not None:
+                progress.advance(epoch=f"{epoch + 1}/{settings.epochs}", loss=round(loss_sum / seen, 4))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_examples": seen,
                   "epoch_seconds": time.perf_counter() - started}
         if rank == 0:
@@ -454,6 +464,8 @@ def train(
                         ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
+            progress.advance(0, epoch=f"{epoch + 1}/{settings.epochs}", loss=round(record["train_loss"], 4),
+                             val_accuracy=record.get("val_accuracy"))
         history.append(record)
         stop = [False]
         if best is not None:
@@ -464,6 +476,8 @@ def train(
         if stop[0]:
             logger.info("no better %s for %d epochs: stopping after epoch %d", settings.select_by, settings.patience, epoch + 1)
             break
+    if progress is not None:
+        progress.close()
     raw = model.module if distributed else model
     if best is not None:
         best.restore(raw, history[-1]["epoch"])

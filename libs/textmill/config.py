@@ -82,6 +82,8 @@ class JobConf(StrictModel):
     required: ClassVar[tuple[str, ...]] = ("io.input", "io.output")
     # True when io.output holds several outputs (model, features, ...) rather than being one dataset.
     container_output: ClassVar[bool] = False
+    # docs_per_second = rows_in / wall time; meaningless for jobs that run other jobs or wait for input.
+    rate_metric: ClassVar[bool] = True
     # False for jobs that do no Spark work (log_spacy_model): run_job then starts no session.
     uses_spark: ClassVar[bool] = True
 

@@ -3,7 +3,8 @@
 ``job_run`` wraps one job in an MLflow run (nested when a parent run is active, as in the
 ``pipeline`` job). It logs the flattened resolved config as params, the resolved YAML as
 an artifact, and tags (textmill version, git commit, Spark version, master, job); on exit
-it logs ``wall_seconds`` and ``docs_per_second``. The default store is
+it logs ``wall_seconds`` and, for jobs that process rows themselves (``JobConf.rate_metric``; not the
+``pipeline`` or ``watch``, whose wall time is many steps' or waiting), ``docs_per_second``. The default store is
 ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``: no server needed.
 Called on the driver only, never inside UDFs.
 """
@@ -130,6 +131,8 @@ class JobRun:
 
     run_id: str
     job: str
+    experiment_id: str = ""
+    tracking_uri: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
     def log_metrics(self, metrics: Mapping[str, float | int], step: int | None = None) -> None:
@@ -171,12 +174,12 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         logged = redact_tree(conf.model_dump(mode="json"))
         mlflow.log_params({k: _param_value(v) for k, v in flatten(logged).items()})
         mlflow.log_text(to_yaml(logged), "config/resolved.yaml")
-        handle = JobRun(run_id=run.info.run_id, job=job)
+        handle = JobRun(run_id=run.info.run_id, job=job, experiment_id=experiment_id, tracking_uri=redact_text(mlflow.get_tracking_uri()))
         started = time.perf_counter()
         yield handle
         wall = time.perf_counter() - started
         final = {"wall_seconds": wall}
         rows_in = handle.metrics.get("rows_in")
-        if rows_in is not None and wall > 0:
+        if rows_in is not None and wall > 0 and conf.rate_metric:
             final["docs_per_second"] = rows_in / wall
         handle.log_metrics(final)

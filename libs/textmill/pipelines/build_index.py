@@ -33,7 +33,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, io, storage
+from textmill import ann, console, io, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -238,6 +238,7 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
             t for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2 ** p for p in range(1, 9)]
             if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))})
         build_seconds = 0.0
+        progress = console.Progress("index tuning", len(trees_options), unit="tree counts")
         for trees in trees_options:
             candidate = staging / f"trees-{trees}"
             started = time.perf_counter()
@@ -253,12 +254,14 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
             points = measure_recall(index, sample, exact, search_ks)
             tried[n_trees] = points
             logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
+            progress.advance(n_trees=n_trees, recall=round(max(p["recall"] for p in points), 3))
             good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
             if good:
                 best = max(good, key=lambda p: p["queries_per_second"]) if c.tune.target_recall else good[0]
                 chosen = (candidate, manifest, best)
                 break
             chosen = (candidate, manifest, max(points, key=lambda p: p["recall"]))
+        progress.close()
         candidate, manifest, best = chosen
         manifest.search_k = best["search_k"]
         manifest.recall = {"k": k, "queries": len(sample), "search_k": best["search_k"], "recall": best["recall"],

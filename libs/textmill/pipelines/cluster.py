@@ -31,7 +31,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io, storage
+from textmill import console, io, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 
@@ -118,6 +118,7 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
     allowed = int(c.tolerance * (n_nodes if n_nodes is not None else nodes.count()))
     no_label = F.lit(None).cast(labels.schema["label"].dataType)
     converged, iterations = False, 0
+    progress = console.Progress("chinese whispers", c.max_iterations, unit="rounds")
     for iteration in range(1, c.max_iterations + 1):
         iterations = iteration
         votes = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
@@ -143,9 +144,11 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
         # Converged when every node already holds its neighbourhood's best class, or (tolerance)
         # when at most the allowed number of nodes changed class this iteration.
         changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
+        progress.advance(changed=changed)
         if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
             converged = True
             break
+    progress.close("converged" if converged else "max_iterations reached")
     return labels, iterations, converged
 
 

@@ -8,10 +8,13 @@ prints and logs as ``summary.json``. Steps: ``prepare`` -> ``annotate`` -> ``tra
 (when the prepared sample has at least two labels) -> ``classify`` (with the model just
 trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
 ``embed_docs`` -> ``build_index`` -> ``neighbors`` (the documents' kNN graph) -> ``cluster``.
+
+Each step prints a line as it starts and ends (``textmill.console``); the steps' rows, seconds,
+headlines and run ids, with the summary, are returned as the job's details (``--json``) and logged
+as ``steps.json`` and ``summary.json``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -21,8 +24,9 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from textmill import console
 from textmill.config import JobConf, StrictModel
-from textmill.jobs import run_job
+from textmill.jobs import JobOutcome, run_job_report
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions
 from textmill.pipelines.annotate import AnnotateJobConf
 from textmill.pipelines.build_index import BuildIndexJobConf, IndexConf
@@ -57,6 +61,7 @@ class PipelineConf(StrictModel):
 class PipelineJobConf(JobConf):
     required: ClassVar[tuple[str, ...]] = ("io.output",)
     container_output: ClassVar[bool] = True  # sample/, prepared/, annotated/, ... one per step
+    rate_metric: ClassVar[bool] = False  # its wall time is all the steps'; each step logs its own rate
     pipeline: PipelineConf = Field(default_factory=PipelineConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
     nlp: NlpConf = Field(default_factory=NlpConf)
@@ -125,17 +130,19 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
     return summary
 
 
-def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
+def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
     root = conf.io.output.rstrip("/")
     source = conf.io.input
     if source is None:
         source = str(write_sample_csv(f"{root}/sample/news.csv", conf.pipeline.sample.n_docs, conf.pipeline.sample.seed))
         logger.info("pipeline: generated %d sample documents at %s", conf.pipeline.sample.n_docs, source)
     metrics: dict[str, float] = {}
+    steps: list[dict] = []
     prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
     common = {"spark": conf.spark, "mlflow": conf.mlflow}
     model_uri: str | None = None
-    for step in conf.pipeline.steps:
+    for number, step in enumerate(conf.pipeline.steps, start=1):
+        label = f"[{number}/{len(conf.pipeline.steps)}] {step}"
         if step == "prepare":
             step_conf = PrepareJobConf(io={"input": source, "output": prepared, "quarantine": quarantine},
                                        prepare=conf.prepare, **common)
@@ -146,6 +153,7 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
             labels = spark.read.parquet(prepared).where("label is not null").select("label").distinct().count()
             if labels < 2:
                 logger.warning("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
+                console.step_skipped(label, f"the prepared corpus has {labels} label(s)")
                 continue
             step_conf = TrainClassifierJobConf(io={"input": prepared, "output": f"{root}/classifier"},
                                                classifier=conf.classifier, **common)
@@ -154,6 +162,7 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
             uri = conf.classify.model_uri or model_uri
             if uri is None:
                 logger.warning("pipeline: skipping classify: no model was trained and classify.model_uri is not set")
+                console.step_skipped(label, "no model was trained and classify.model_uri is not set")
                 continue
             step_conf = ClassifyJobConf(io={"input": prepared, "output": f"{root}/classified"},
                                         classify=conf.classify.model_copy(update={"model_uri": uri}), **common)
@@ -174,10 +183,15 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> dict[str, float]:
                                          **common)
         elif step == "cluster":
             step_conf = ClusterJobConf(io={"input": f"{root}/neighbors", "output": f"{root}/clusters"}, cluster=conf.cluster, **common)
-        step_metrics = run_job(step, step_conf, spark)
-        metrics.update({f"{step}.{k}": v for k, v in step_metrics.items()})
+        console.step_started(label)
+        report = run_job_report(step, step_conf, spark)
+        console.step_done(label, report.seconds, report.metrics, report.headline)
+        steps.append({"name": step, "seconds": round(report.seconds, 3), "run_id": report.run_id,
+                      "output": report.outputs.get("io.output"), "headline": report.headline,
+                      "metrics": {k: v for k, v in report.metrics.items() if "." not in k}})
+        metrics.update({f"{step}.{k}": v for k, v in report.metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)
+    mlflow.log_dict(steps, "steps.json")
     mlflow.log_dict(summary, "summary.json")
-    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     metrics["rows_in"] = metrics.get("prepare.rows_in", 0)
-    return metrics
+    return JobOutcome(metrics, {"steps": steps, "summary": summary})

@@ -251,7 +251,7 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-    from textmill.pyfunc_classifier import TextClassifierPyfunc
+    from textmill.mlflow_models import model_code
 
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string)]),  # one text column, by position: a Series, a list or a DataFrame
@@ -261,7 +261,7 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
     )
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=TextClassifierPyfunc(),
+        python_model=model_code("text_classifier"),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[tracking.package_code_path()],
         signature=signature,

@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 
 import textmill
 from textmill import embeddings as emb
-from textmill import io, storage, tracking
+from textmill import console, io, storage, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -198,6 +198,7 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
                                  shared_negatives=c.shared_negatives)
     rounds = c.epochs * c.rounds_per_epoch
     history = []
+    progress = console.Progress("sgns", rounds, unit="rounds")
     for step in range(rounds):
         epoch, r = divmod(step, c.rounds_per_epoch)
         lr_start = max(c.lr_min, c.lr * (1 - step / rounds))
@@ -230,6 +231,8 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
         mlflow.log_metrics({"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1)
         logger.info("sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs", step + 1, rounds, epoch + 1,
                     record["pairs"], record["loss"], seconds)
+        progress.advance(epoch=epoch + 1, loss=round(record["loss"], 4))
+    progress.close()
     return w_in, history
 
 
@@ -349,10 +352,11 @@ def log_embedder(export: Path):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    from textmill.docvectors import EmbedderPyfunc
+    from textmill.mlflow_models import model_code
 
     signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
                                outputs=Schema([ColSpec(Array(DataType.float), "vector")]))
-    return mlflow.pyfunc.log_model(name="embedder", python_model=EmbedderPyfunc(), artifacts={"embeddings": str(export)},
+    return mlflow.pyfunc.log_model(name="embedder", python_model=model_code("embedder"), artifacts={"embeddings": str(export)},
                                    code_paths=[tracking.package_code_path()], signature=signature,
+                                   input_example=pd.DataFrame({"text": ["Stocks rallied after the central bank held rates.", ""]}),
                                    pip_requirements=["numpy", "pandas", "pydantic>=2", "pyyaml"])

@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 
-from textmill import io, models, storage, tracking
+from textmill import console, io, models, storage, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import OutputError, TextmillError
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions, plan_pipeline
@@ -141,6 +141,7 @@ class WatchConf(StrictModel):
 class WatchJobConf(JobConf):
     required: ClassVar[tuple[str, ...]] = ("watch.inbox", "io.output")
     container_output: ClassVar[bool] = True  # <step>/batch=<id>/, quarantine/, _batches/, _checkpoint/
+    rate_metric: ClassVar[bool] = False
 
     watch: WatchConf = Field(default_factory=WatchConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
@@ -320,7 +321,7 @@ class Watcher:
                 raise OutputError(f"batch {batch_id} in {self.conf.io.output}/_batches was committed with other files than "
                                   "the checkpoint now names for it: the checkpoint and the output do not belong together "
                                   "(was one of them deleted or replaced?); use a new io.output and watch.checkpoint")
-            logger.info("batch %d was published before the last run stopped; not running it again", batch_id)
+            console.status(logger, "batch %d was published before the last run stopped; not running it again", batch_id)
             self.totals["batches_skipped"] += 1
             return
         started = time.perf_counter()
@@ -339,7 +340,7 @@ class Watcher:
         self.totals["files"] += len(files)
         for key in ("rows_in", "rows_out", "rows_quarantined"):
             self.totals[f"total_{key}"] += first[key]
-        logger.info("batch %d: %d rows in, %d out, %d quarantined, %s in %.1f s", batch_id, first["rows_in"], first["rows_out"],
+        console.status(logger, "batch %d: %d rows in, %d out, %d quarantined, %s in %.1f s", batch_id, first["rows_in"], first["rows_out"],
                     first["rows_quarantined"], ", ".join(f"{s} {m.get('rows_error', 0)} row errors" for s, m in metrics.items()
                                                          if s != "prepare") or "prepare only", seconds)
         self._log_batch(batch_id, files, metrics, seconds)
@@ -393,7 +394,7 @@ def _wait(query: Any, watcher: Watcher, timeout: float) -> None:
             continue
         if deadline is None:
             deadline = time.monotonic() + timeout
-            logger.info("stop requested: finishing the batch in progress (at most %.0f s), then stopping", timeout)
+            console.status(logger, "stop requested: finishing the batch in progress (at most %.0f s), then stopping", timeout)
         with watcher.lock:
             busy = watcher.in_batch
         if not busy or time.monotonic() > deadline:
@@ -430,7 +431,7 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="textmill-watch-"))
         watcher = Watcher(spark, conf, BatchSteps(spark, conf, workdir, report), run_id, report)
         _on_stop_signals(watcher, stack)
-        logger.info("watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s", w.inbox,
+        console.status(logger, "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s", w.inbox,
                     "available now" if w.trigger == "available_now" else f"every {w.trigger.every}", w.max_files_per_batch,
                     conf.io.output, checkpoint)
         query = (file_stream(spark, conf).writeStream.foreachBatch(watcher)
@@ -447,7 +448,7 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
                 raise BatchFailedError(f"watch: the stream failed: {(str(exc).strip().splitlines() or [''])[0][:500]}") from exc
     totals = dict(watcher.totals)
     if totals["batches"] == 0 and totals["batches_skipped"] == 0:
-        logger.info("no new files in %s since the last run (checkpoint %s); nothing to do", w.inbox, checkpoint)
+        console.status(logger, "no new files in %s since the last run (checkpoint %s); nothing to do", w.inbox, checkpoint)
     elif watcher.stop.is_set():
-        logger.info("stopped after %d batch(es); the next run continues from the checkpoint", totals["batches"])
+        console.status(logger, "stopped after %d batch(es); the next run continues from the checkpoint", totals["batches"])
     return {**totals, **tracking.log_workers(report.value)}
