@@ -50,6 +50,7 @@ setup(
     package_dir={"": "libs"},
     packages=find_packages("libs"),
     include_package_data=True,
+    package_data={"textmill": ["log4j2.properties"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["textmill=textmill.cli:main"]},

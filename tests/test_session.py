@@ -76,3 +76,32 @@ def test_read_input_names_missing_columns_and_what_is_there(spark, tmp_path):
         io.read_input(spark, str(tmp_path / "in"), ["doc_id", "text", "label"], "a hint")
     with pytest.raises(InputNotFoundError, match="io.input: nothing exists at"):
         io.read_input(spark, str(tmp_path / "missing"), ["doc_id"])
+
+
+LOG_PROBE = """
+import sys
+from textmill.config import SparkConf
+from textmill.session import get_spark
+spark = get_spark(SparkConf(master="local[1]", ui_enabled=False, conf=dict(arg.split("=", 1) for arg in sys.argv[1:])))
+log4j = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
+log4j.getLogger("org.apache.spark.scheduler.DAGScheduler").warn("probe: a warning of Spark's own")
+log4j.getLogger("org.apache.spark.scheduler.DAGScheduler").info("probe: an info record")
+print("root", log4j.getRootLogger().getLevel().toString())
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("user_options", [False, True])
+def test_the_driver_logs_spark_warnings_but_not_the_startup_banner(tmp_path, user_options):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "SPARK_CONF_DIR")}
+    extra = ["spark.driver.extraJavaOptions=-Dtextmill.probe=1"] if user_options else []
+    proc = subprocess.run([sys.executable, "-c", LOG_PROBE, *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARN DAGScheduler: probe: a warning of Spark's own" in proc.stderr  # Spark's warnings are never hidden
+    assert "probe: an info record" not in proc.stderr
+    if user_options:  # the user's own JVM options: Spark's default profile, banner and all
+        assert "Using Spark's default log4j profile" in proc.stderr
+    else:
+        assert "Using Spark's default log4j profile" not in proc.stderr and "NativeCodeLoader" not in proc.stderr
+        assert "root WARN" in proc.stdout

@@ -8,7 +8,9 @@
 - otherwise (plain ``textmill run``, or a library call) textmill starts Spark itself, on
   ``spark.master`` or ``local[*]``, with settings sized for this machine, after checking
   that a usable Java is installed so that the user gets one clear sentence instead of a
-  Py4J stack trace.
+  Py4J stack trace. The driver JVM then logs with ``log4j2.properties`` beside this module
+  (Spark's defaults at WARN, without Hadoop's native-library notice) unless the user brings
+  a log4j2 configuration of their own.
 """
 from __future__ import annotations
 
@@ -81,6 +83,20 @@ def _local_driver_memory() -> str:
     return f"{gib}g"
 
 
+LOG4J2_PROPERTIES = Path(__file__).with_name("log4j2.properties")
+
+
+def _log4j2_options(conf: SparkConf) -> str | None:
+    """``-Dlog4j2.configurationFile=...`` for textmill's driver log config, or None where the user
+    configures logging themselves (their extraJavaOptions, or a log4j2 file in SPARK_CONF_DIR)."""
+    if "spark.driver.extraJavaOptions" in conf.conf or not LOG4J2_PROPERTIES.is_file():
+        return None
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (os.environ.get("SPARK_HOME") and str(Path(os.environ["SPARK_HOME"]) / "conf"))
+    if conf_dir and any((Path(conf_dir) / name).is_file() for name in ("log4j2.properties", "log4j2.xml", "log4j2.yaml")):
+        return None
+    return f"-Dlog4j2.configurationFile={LOG4J2_PROPERTIES.as_uri()}"
+
+
 def get_spark(conf: SparkConf | None = None, app_name: str = "textmill") -> SparkSession:
     """Return the active session, or build one as described in the module docstring."""
     conf = conf or SparkConf()
@@ -108,6 +124,9 @@ def get_spark(conf: SparkConf | None = None, app_name: str = "textmill") -> Spar
             .config("spark.ui.enabled", str(conf.ui_enabled).lower())
             .config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
         )
+        log_config = _log4j2_options(conf)
+        if log_config:
+            builder = builder.config("spark.driver.extraJavaOptions", log_config)
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
