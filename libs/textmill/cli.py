@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
 
 import textmill
 from textmill import console
 from textmill.errors import ConfigError, TextmillError
 
-logger = logging.getLogger("textmill")
+if TYPE_CHECKING:
+    from textmill.jobs import JobReport
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def mlflow_ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{command} ui --backend-store-uri {store}   then open http://127.0.0.1:5000/{link}"
 
 
-def print_report(report) -> None:
+def print_report(report: JobReport) -> None:
     """The end of a run as a person reads it (see the module docstring)."""
     steps = report.details.get("steps")
     if steps:

@@ -30,8 +30,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LINE_EVERY_SECONDS = 10.0
 _USER_MLFLOW_LEVEL = os.environ.get("MLFLOW_LOGGING_LEVEL")
 
-logger = logging.getLogger(__name__)
-
 
 class ConsoleError(ValueError):
     pass
