@@ -8,6 +8,7 @@ import logging
 import re
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from textmill import console
@@ -78,11 +79,16 @@ def test_progress_prints_plain_lines_in_a_log(capsys, monkeypatch):
         progress.advance(loss=2.25)
     assert capsys.readouterr().out.splitlines() == ["      sgns: 1/3 rounds (loss 2.5)", "      sgns: 2/3 rounds (loss 2.25)"]
     monkeypatch.setattr(console, "LINE_EVERY_SECONDS", 3600.0)
-    progress = console.Progress("chinese whispers", 30, unit="rounds")
-    for changed in (40, 3):
-        progress.advance(changed=changed)
-    progress.close("converged")
+    with console.Progress("chinese whispers", 30, unit="rounds") as progress:
+        for changed in (40, 3):
+            progress.advance(changed=changed)
+        progress.close("converged")  # and the with block closes it again: one line
     assert capsys.readouterr().out.splitlines() == ["      chinese whispers: 2/30 rounds (changed 3; converged)"]
+    with pytest.raises(RuntimeError):
+        with console.Progress("sgns", 5, unit="rounds") as progress:
+            progress.advance(loss=9.5)
+            raise RuntimeError("diverged")
+    assert capsys.readouterr().out.splitlines() == ["      sgns: 1/5 rounds (loss 9.5)"]  # where it stopped, once
     monkeypatch.setenv("TEXTMILL_VERBOSITY", "quiet")
     with console.Progress("sgns", 2) as progress:
         progress.advance()

@@ -430,54 +430,51 @@ def train(
     history: list[dict[str, float]] = []
     best = BestWeights() if settings.keep_best and rank == 0 else None
     # Per batch, not per epoch: a GRU epoch on CPU takes minutes.
-    progress = console.Progress("training", total_steps, unit="batches") if rank == 0 else None
-    for epoch in range(settings.epochs):
-        data.epoch = epoch
-        model.train()
-        started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        # Every rank takes exactly steps_per_epoch steps (DDP needs the same number of
-        # all-reduces everywhere); a rank whose shard runs out early starts it again.
-        for batch in _cycle(loader, steps_per_epoch):
-            inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
-            labels = batch["labels"].to(device, non_blocking=True)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-                loss = loss_fn(model(**inputs).float(), labels)
-            loss.backward()
-            for opt, sched in zip(optimizers, schedulers):
-                opt.step()
-                sched.step()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
-            steps += 1
-            if progress is not None:
+    with console.Progress("training", total_steps, unit="batches", enabled=rank == 0) as progress:
+        for epoch in range(settings.epochs):
+            data.epoch = epoch
+            model.train()
+            started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+            # Every rank takes exactly steps_per_epoch steps (DDP needs the same number of
+            # all-reduces everywhere); a rank whose shard runs out early starts it again.
+            for batch in _cycle(loader, steps_per_epoch):
+                inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch).items()}
+                labels = batch["labels"].to(device, non_blocking=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+                    loss = loss_fn(model(**inputs).float(), labels)
+                loss.backward()
+                for opt, sched in zip(optimizers, schedulers):
+                    opt.step()
+                    sched.step()
+                loss_sum += loss.item() * len(labels)
+                seen += len(labels)
+                steps += 1
                 progress.advance(epoch=f"{epoch + 1}/{settings.epochs}", loss=round(loss_sum / seen, 4))
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_examples": seen,
-                  "epoch_seconds": time.perf_counter() - started}
-        if rank == 0:
-            logits, labels = predict_logits(model, iter(val_loader), device)
-            if len(labels):
-                result = scores(confusion(labels, logits.argmax(axis=1), spec.n_classes))
-                record.update({"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]})
-            logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs,
-                        ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
-            if on_epoch is not None:
-                on_epoch(epoch + 1, record)
-            progress.advance(0, epoch=f"{epoch + 1}/{settings.epochs}", loss=round(record["train_loss"], 4),
-                             val_accuracy=record.get("val_accuracy"))
-        history.append(record)
-        stop = [False]
-        if best is not None:
-            best.offer(epoch + 1, record.get(settings.select_by), model.module if distributed else model)
-            stop[0] = settings.patience is not None and epoch + 1 - best.epoch >= settings.patience
-        if distributed and settings.keep_best:  # only rank 0 can decide; every rank has the same settings
-            torch.distributed.broadcast_object_list(stop, src=0)
-        if stop[0]:
-            logger.info("no better %s for %d epochs: stopping after epoch %d", settings.select_by, settings.patience, epoch + 1)
-            break
-    if progress is not None:
-        progress.close()
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_examples": seen,
+                      "epoch_seconds": time.perf_counter() - started}
+            if rank == 0:
+                logits, labels = predict_logits(model, iter(val_loader), device)
+                if len(labels):
+                    result = scores(confusion(labels, logits.argmax(axis=1), spec.n_classes))
+                    record.update({"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]})
+                logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs,
+                            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, record)
+                progress.advance(0, epoch=f"{epoch + 1}/{settings.epochs}", loss=round(record["train_loss"], 4),
+                                 val_accuracy=record.get("val_accuracy"))
+            history.append(record)
+            stop = [False]
+            if best is not None:
+                best.offer(epoch + 1, record.get(settings.select_by), model.module if distributed else model)
+                stop[0] = settings.patience is not None and epoch + 1 - best.epoch >= settings.patience
+            if distributed and settings.keep_best:  # only rank 0 can decide; every rank has the same settings
+                torch.distributed.broadcast_object_list(stop, src=0)
+            if stop[0]:
+                logger.info("no better %s for %d epochs: stopping after epoch %d", settings.select_by, settings.patience, epoch + 1)
+                break
     raw = model.module if distributed else model
     if best is not None:
         best.restore(raw, history[-1]["epoch"])

@@ -97,15 +97,17 @@ def _logs_info() -> bool:
 class Progress:
     """Progress of a driver-side loop: a tqdm bar on a terminal, a plain line now and then in a log.
 
-    Nothing is drawn when quiet, or when INFO records are logged (they already say each step).
+    Nothing is drawn when quiet, when INFO records are logged (they already say each step), or when
+    not ``enabled`` (a DDP rank other than 0). Use it as a context manager, so that a loop that raises
+    clears its bar before the error is printed; ``close(note)`` may end it earlier with a note.
     """
 
-    def __init__(self, label: str, total: int | None, unit: str = "it"):
+    def __init__(self, label: str, total: int | None, unit: str = "it", enabled: bool = True):
         self.label, self.total, self.unit = label, total, unit
         self.done, self.fields = 0, {}
         self._bar = None
         self._mode = "off"
-        if verbosity() == "normal" and not _logs_info():
+        if enabled and verbosity() == "normal" and not _logs_info():
             self._mode = "bar" if sys.stderr.isatty() else "lines"
         if self._mode == "bar":
             from tqdm import tqdm
@@ -135,6 +137,7 @@ class Progress:
             self._bar = None
         elif self._mode == "lines" and (self._printed != self.done or note):
             self._line(note)
+        self._mode = "off"  # closing twice (close(note), then the with block's exit) prints once
 
     def __enter__(self) -> "Progress":
         return self

@@ -238,30 +238,29 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
             t for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2 ** p for p in range(1, 9)]
             if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))})
         build_seconds = 0.0
-        progress = console.Progress("index tuning", len(trees_options), unit="tree counts")
-        for trees in trees_options:
-            candidate = staging / f"trees-{trees}"
-            started = time.perf_counter()
-            built = build_shards(spark, items, str(candidate), dim, c.metric, trees, c.seed, c.on_disk_build)
-            build_seconds = time.perf_counter() - started
-            n_trees = built[0]["n_trees"]
-            manifest = ann.Manifest(dim=dim, metric=c.metric, n_trees=n_trees, seed=c.seed, search_k=c.search_k or k * n_trees,
-                                    shards=[{"file": b["file"], "items": b["items"]} for b in built], n_items=n_items,
-                                    build_seconds=build_seconds)
-            manifest.save(candidate)
-            index = ann.ShardedIndex(candidate)
-            search_ks = [manifest.search_k] if not c.tune.target_recall else [f * k * n_trees for f in c.tune.search_k_factors]
-            points = measure_recall(index, sample, exact, search_ks)
-            tried[n_trees] = points
-            logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
-            progress.advance(n_trees=n_trees, recall=round(max(p["recall"] for p in points), 3))
-            good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
-            if good:
-                best = max(good, key=lambda p: p["queries_per_second"]) if c.tune.target_recall else good[0]
-                chosen = (candidate, manifest, best)
-                break
-            chosen = (candidate, manifest, max(points, key=lambda p: p["recall"]))
-        progress.close()
+        with console.Progress("index tuning", len(trees_options), unit="tree counts") as progress:
+            for trees in trees_options:
+                candidate = staging / f"trees-{trees}"
+                started = time.perf_counter()
+                built = build_shards(spark, items, str(candidate), dim, c.metric, trees, c.seed, c.on_disk_build)
+                build_seconds = time.perf_counter() - started
+                n_trees = built[0]["n_trees"]
+                manifest = ann.Manifest(dim=dim, metric=c.metric, n_trees=n_trees, seed=c.seed, search_k=c.search_k or k * n_trees,
+                                        shards=[{"file": b["file"], "items": b["items"]} for b in built], n_items=n_items,
+                                        build_seconds=build_seconds)
+                manifest.save(candidate)
+                index = ann.ShardedIndex(candidate)
+                search_ks = [manifest.search_k] if not c.tune.target_recall else [f * k * n_trees for f in c.tune.search_k_factors]
+                points = measure_recall(index, sample, exact, search_ks)
+                tried[n_trees] = points
+                logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
+                progress.advance(n_trees=n_trees, recall=round(max(p["recall"] for p in points), 3))
+                good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
+                if good:
+                    best = max(good, key=lambda p: p["queries_per_second"]) if c.tune.target_recall else good[0]
+                    chosen = (candidate, manifest, best)
+                    break
+                chosen = (candidate, manifest, max(points, key=lambda p: p["recall"]))
         candidate, manifest, best = chosen
         manifest.search_k = best["search_k"]
         manifest.recall = {"k": k, "queries": len(sample), "search_k": best["search_k"], "recall": best["recall"],

@@ -118,37 +118,37 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
     allowed = int(c.tolerance * (n_nodes if n_nodes is not None else nodes.count()))
     no_label = F.lit(None).cast(labels.schema["label"].dataType)
     converged, iterations = False, 0
-    progress = console.Progress("chinese whispers", c.max_iterations, unit="rounds")
-    for iteration in range(1, c.max_iterations + 1):
-        iterations = iteration
-        votes = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
-                 .groupBy("src", "dst_label").agg(F.sum("weight").alias("score")))
-        best = (votes.withColumn("rank", F.row_number().over(Window.partitionBy("src").orderBy(F.desc("score"), "dst_label")))
-                .where("rank = 1").select(F.col("src").alias("id"), F.col("dst_label").alias("best")))
-        active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(1000 * c.update_fraction)
-        # A union + groupBy, not labels.join(best): the checkpoint below keeps its plan's size
-        # estimate, and Spark estimates a join as the product of its inputs, so with a join the
-        # estimate squared every round (a BigInt of 2^n digits; rounds went from 1 s to minutes
-        # after ~20 iterations). A union adds estimates instead, which stays small.
-        proposals = (labels.select("id", "label", no_label.alias("best"))
-                     .unionByName(best.select("id", no_label.alias("label"), "best"))
-                     .groupBy("id").agg(F.max("label").alias("label"), F.max("best").alias("best")))
-        updated = proposals.select("id", "label", F.when(active & F.col("best").isNotNull(), F.col("best")).otherwise(F.col("label")).alias("new"),
-                                   F.when(F.col("best").isNotNull(), F.col("best") != F.col("label")).otherwise(F.lit(False)).alias("wants"))
-        updated = updated.localCheckpoint()
-        counts = updated.agg(F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
-                             F.sum(F.col("wants").cast("int")).alias("unsettled")).first()
-        labels = updated.select("id", F.col("new").alias("label"))
-        logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration,
-                    counts["changed"] or 0, counts["unsettled"] or 0)
-        # Converged when every node already holds its neighbourhood's best class, or (tolerance)
-        # when at most the allowed number of nodes changed class this iteration.
-        changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
-        progress.advance(changed=changed)
-        if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
-            converged = True
-            break
-    progress.close("converged" if converged else "max_iterations reached")
+    with console.Progress("chinese whispers", c.max_iterations, unit="rounds") as progress:
+        for iteration in range(1, c.max_iterations + 1):
+            iterations = iteration
+            votes = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
+                     .groupBy("src", "dst_label").agg(F.sum("weight").alias("score")))
+            best = (votes.withColumn("rank", F.row_number().over(Window.partitionBy("src").orderBy(F.desc("score"), "dst_label")))
+                    .where("rank = 1").select(F.col("src").alias("id"), F.col("dst_label").alias("best")))
+            active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(1000 * c.update_fraction)
+            # A union + groupBy, not labels.join(best): the checkpoint below keeps its plan's size
+            # estimate, and Spark estimates a join as the product of its inputs, so with a join the
+            # estimate squared every round (a BigInt of 2^n digits; rounds went from 1 s to minutes
+            # after ~20 iterations). A union adds estimates instead, which stays small.
+            proposals = (labels.select("id", "label", no_label.alias("best"))
+                         .unionByName(best.select("id", no_label.alias("label"), "best"))
+                         .groupBy("id").agg(F.max("label").alias("label"), F.max("best").alias("best")))
+            updated = proposals.select("id", "label", F.when(active & F.col("best").isNotNull(), F.col("best")).otherwise(F.col("label")).alias("new"),
+                                       F.when(F.col("best").isNotNull(), F.col("best") != F.col("label")).otherwise(F.lit(False)).alias("wants"))
+            updated = updated.localCheckpoint()
+            counts = updated.agg(F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
+                                 F.sum(F.col("wants").cast("int")).alias("unsettled")).first()
+            labels = updated.select("id", F.col("new").alias("label"))
+            logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration,
+                        counts["changed"] or 0, counts["unsettled"] or 0)
+            # Converged when every node already holds its neighbourhood's best class, or (tolerance)
+            # when at most the allowed number of nodes changed class this iteration.
+            changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
+            progress.advance(changed=changed)
+            if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
+                converged = True
+                break
+        progress.close("converged" if converged else "max_iterations reached")
     return labels, iterations, converged
 
 

@@ -198,41 +198,40 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
                                  shared_negatives=c.shared_negatives)
     rounds = c.epochs * c.rounds_per_epoch
     history = []
-    progress = console.Progress("sgns", rounds, unit="rounds")
-    for step in range(rounds):
-        epoch, r = divmod(step, c.rounds_per_epoch)
-        lr_start = max(c.lr_min, c.lr * (1 - step / rounds))
-        lr_end = max(c.lr_min, c.lr * (1 - (step + 1) / rounds))
-        b_in, b_out = sc.broadcast(w_in), sc.broadcast(w_out)
-        expected = max(1, total_tokens // (partitions * c.rounds_per_epoch))
-        seed = c.seed * 1_000_003 + step * 1009
+    with console.Progress("sgns", rounds, unit="rounds") as progress:
+        for step in range(rounds):
+            epoch, r = divmod(step, c.rounds_per_epoch)
+            lr_start = max(c.lr_min, c.lr * (1 - step / rounds))
+            lr_end = max(c.lr_min, c.lr * (1 - (step + 1) / rounds))
+            b_in, b_out = sc.broadcast(w_in), sc.broadcast(w_out)
+            expected = max(1, total_tokens // (partitions * c.rounds_per_epoch))
+            seed = c.seed * 1_000_003 + step * 1009
 
-        def task(index, rows, b_in=b_in, b_out=b_out, seed=seed, lr_start=lr_start, lr_end=lr_end):
-            from textmill.embeddings import train_sgns_partition
+            def task(index, rows, b_in=b_in, b_out=b_out, seed=seed, lr_start=lr_start, lr_end=lr_end):
+                from textmill.embeddings import train_sgns_partition
 
-            yield train_sgns_partition(_sentences(rows), b_in.value, b_out.value, keep, negative_probs, settings,
-                                       lr_start, lr_end, expected, seed + index)
+                yield train_sgns_partition(_sentences(rows), b_in.value, b_out.value, keep, negative_probs, settings,
+                                           lr_start, lr_end, expected, seed + index)
 
-        started = time.perf_counter()
-        shard = ids.where(F.col("round") == r).select("ids")
-        total = shard.rdd.mapPartitionsWithIndex(task).treeReduce(_sum_results, depth=2)
-        w_in = emb.combine(w_in, total.pop("in_weighted"), total["in_updates"])
-        w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
-        b_in.destroy()
-        b_out.destroy()
-        if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
-            raise EmbeddingsDivergedError(
-                f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr} and batch_pairs={c.batch_pairs}; "
-                "lower embeddings.lr or embeddings.batch_pairs (small vocabularies put many updates on the same rows per batch)")
-        seconds = time.perf_counter() - started
-        record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
-                  "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
-        history.append(record)
-        mlflow.log_metrics({"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1)
-        logger.info("sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs", step + 1, rounds, epoch + 1,
-                    record["pairs"], record["loss"], seconds)
-        progress.advance(epoch=epoch + 1, loss=round(record["loss"], 4))
-    progress.close()
+            started = time.perf_counter()
+            shard = ids.where(F.col("round") == r).select("ids")
+            total = shard.rdd.mapPartitionsWithIndex(task).treeReduce(_sum_results, depth=2)
+            w_in = emb.combine(w_in, total.pop("in_weighted"), total["in_updates"])
+            w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
+            b_in.destroy()
+            b_out.destroy()
+            if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
+                raise EmbeddingsDivergedError(
+                    f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr} and batch_pairs={c.batch_pairs}; "
+                    "lower embeddings.lr or embeddings.batch_pairs (small vocabularies put many updates on the same rows per batch)")
+            seconds = time.perf_counter() - started
+            record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
+                      "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
+            history.append(record)
+            mlflow.log_metrics({"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1)
+            logger.info("sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs", step + 1, rounds, epoch + 1,
+                        record["pairs"], record["loss"], seconds)
+            progress.advance(epoch=epoch + 1, loss=round(record["loss"], 4))
     return w_in, history
 
 
