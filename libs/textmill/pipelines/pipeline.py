@@ -4,7 +4,7 @@ With ``io.input`` unset it generates the sample corpus (``textmill.sample``) und
 ``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
 run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
 summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
-prints and logs as ``summary.json``. Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
+logs as ``summary.json`` (and ``--json`` prints). Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
 (when the prepared sample has at least two labels) -> ``classify`` (with the model just
 trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
 ``embed_docs`` -> ``build_index`` -> ``neighbors`` (the documents' kNN graph) -> ``cluster``.
