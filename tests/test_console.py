@@ -3,9 +3,11 @@
 The pipeline CLI's whole console (no warnings, step lines, the table) is checked in test_pipeline.py."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,10 @@ def test_json_puts_only_the_report_on_stdout(spark, mlflow_uri, tmp_path, capsys
     assert MlflowClient(mlflow_uri).get_run(report["run_id"]).data.metrics["rows_out"] == report["metrics"]["rows_out"]
     assert report["outputs"]["io.output"] == str(tmp_path / "out")
     assert "textmill prepare … done in" in err and f"MLflow run  {report['run_id']}" in err
+    # --quiet --json: the JSON alone, for scripts.
+    assert load_job("prepare").main(_prepare_args(tmp_path, mlflow_uri, "--json", "--quiet")) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["metrics"]["rows_in"] == report["metrics"]["rows_in"] and "textmill prepare" not in err
 
 
 def test_default_run_prints_the_step_line_and_where_to_look(spark, mlflow_uri, tmp_path, capsys, caplog):
@@ -117,3 +123,14 @@ def test_mlflow_ui_hint_names_the_store_or_the_server():
     assert mlflow_ui_hint("http://127.0.0.1:5000", "3", "abc") == "open http://127.0.0.1:5000/#/experiments/3/runs/abc"
     hint = mlflow_ui_hint("sqlite:////data/mlflow.db", "1", "abc")
     assert "ui --backend-store-uri sqlite:////data/mlflow.db" in hint and hint.endswith("#/experiments/1/runs/abc")
+
+
+def test_a_console_that_cannot_encode_the_ellipsis_gets_three_dots(monkeypatch):
+    monkeypatch.setenv("TEXTMILL_VERBOSITY", "normal")
+    monkeypatch.setenv("TEXTMILL_LINES_TO", "stdout")
+    raw = io.BytesIO()
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(raw, encoding="latin-1"))
+    console.step_started("[1/9] prepare")
+    console.step_done("[1/9] prepare", 1.5, {"rows_in": 3, "rows_out": 3})
+    sys.stdout.flush()
+    assert raw.getvalue().decode("latin-1").splitlines() == ["[1/9] prepare ...", "[1/9] prepare ... done in 1.5 s (3 rows in, 3 out)"]
