@@ -95,6 +95,7 @@ def _run(job_name: str, args: argparse.Namespace) -> int:
     from textmill.config import load_conf
     from textmill.jobs import get_job, run_job_report
 
+    _configure_console(args)
     job = get_job(job_name)
     conf = load_conf(job.conf_model, args.conf, env=args.env, overrides=args.overrides)
     console.step_started(f"textmill {job_name}")
@@ -105,11 +106,6 @@ def _run(job_name: str, args: argparse.Namespace) -> int:
                           "tracking_uri": report.tracking_uri, "seconds": round(report.seconds, 3), "outputs": report.outputs,
                           "metrics": report.metrics, **report.details}, indent=2, ensure_ascii=False, default=str))
     return 0
-
-
-def _configured_run(job_name: str, args: argparse.Namespace) -> int:
-    _configure_console(args)
-    return _run(job_name, args)
 
 
 def _guarded(func, *args) -> int:
@@ -125,7 +121,7 @@ def job_main(job_name: str, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"jobs/{job_name}.py", description=f"textmill job '{job_name}'")
     add_job_arguments(parser)
     args = parser.parse_args(argv)
-    return _guarded(_configured_run, job_name, args)
+    return _guarded(_run, job_name, args)
 
 
 def build_pyfiles(dist: str | Path = "dist") -> Path:
@@ -164,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "package":
         print(build_pyfiles(args.dist))
         return 0
-    return _guarded(_configured_run, args.job, args)
+    return _guarded(_run, args.job, args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import csv
 import fnmatch
+import itertools
 import logging
 import os
 import shutil
@@ -119,12 +120,9 @@ def number_rows(df: DataFrame, order: list[Column], name: str) -> DataFrame:
                .withColumn("_tm_pos", F.monotonically_increasing_id() - F.shiftleft(F.col("_tm_part").cast("long"), 33))
                .localCheckpoint())
     counts = sorted((r["_tm_part"], r["count"]) for r in ordered.groupBy("_tm_part").count().collect())
-    before, offsets = 0, {}
-    for part, count in counts:
-        offsets[part] = before
-        before += count
-    offset = F.create_map(*[F.lit(x) for part, start in offsets.items() for x in (part, start)]) if offsets else None
-    start = F.element_at(offset, F.col("_tm_part")) if offset is not None else F.lit(0)
+    starts = itertools.accumulate((count for _, count in counts), initial=0)  # rows in the partitions before
+    offsets = [F.lit(x) for (part, _), before in zip(counts, starts) for x in (part, before)]
+    start = F.element_at(F.create_map(*offsets), F.col("_tm_part")) if offsets else F.lit(0)
     return ordered.withColumn(name, start + F.col("_tm_pos")).drop("_tm_part", "_tm_pos")
 
 

@@ -169,12 +169,13 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         nested=parent is not None,
         tags=tags,
     ) as run:
-        logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, redact_text(mlflow.get_tracking_uri()))
+        shown_uri = redact_text(mlflow.get_tracking_uri())
+        logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, shown_uri)
         # Secrets (spark.conf credentials, passwords in URIs) never reach the store or the artifacts.
         logged = redact_tree(conf.model_dump(mode="json"))
         mlflow.log_params({k: _param_value(v) for k, v in flatten(logged).items()})
         mlflow.log_text(to_yaml(logged), "config/resolved.yaml")
-        handle = JobRun(run_id=run.info.run_id, job=job, experiment_id=experiment_id, tracking_uri=redact_text(mlflow.get_tracking_uri()))
+        handle = JobRun(run_id=run.info.run_id, job=job, experiment_id=experiment_id, tracking_uri=shown_uri)
         started = time.perf_counter()
         yield handle
         wall = time.perf_counter() - started

@@ -152,7 +152,7 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
         elif step == "train_classifier":
             labels = spark.read.parquet(prepared).where("label is not null").select("label").distinct().count()
             if labels < 2:
-                logger.warning("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
+                logger.info("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
                 console.step_skipped(label, f"the prepared corpus has {labels} label(s)")
                 continue
             step_conf = TrainClassifierJobConf(io={"input": prepared, "output": f"{root}/classifier"},
@@ -161,7 +161,7 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
         elif step == "classify":
             uri = conf.classify.model_uri or model_uri
             if uri is None:
-                logger.warning("pipeline: skipping classify: no model was trained and classify.model_uri is not set")
+                logger.info("pipeline: skipping classify: no model was trained and classify.model_uri is not set")
                 console.step_skipped(label, "no model was trained and classify.model_uri is not set")
                 continue
             step_conf = ClassifyJobConf(io={"input": prepared, "output": f"{root}/classified"},
@@ -185,9 +185,10 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
             step_conf = ClusterJobConf(io={"input": f"{root}/neighbors", "output": f"{root}/clusters"}, cluster=conf.cluster, **common)
         console.step_started(label)
         report = run_job_report(step, step_conf, spark)
-        console.step_done(label, report.seconds, report.metrics, report.headline)
+        headline = report.headline
+        console.step_done(label, report.seconds, report.metrics, headline)
         steps.append({"name": step, "seconds": round(report.seconds, 3), "run_id": report.run_id,
-                      "output": report.outputs.get("io.output"), "headline": report.headline,
+                      "output": report.outputs.get("io.output"), "headline": headline,
                       "metrics": {k: v for k, v in report.metrics.items() if "." not in k}})
         metrics.update({f"{step}.{k}": v for k, v in report.metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)
