@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test test-fast bench pyfiles clean
+.PHONY: install demo test test-fast bench fuzz pyfiles clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python tests/benchmarks/run_all.py
+
+# The long fuzz profile of prepare's readers (thousands of generated corpora; about an hour on 2 cores).
+fuzz: install
+	$(BIN)/python tests/benchmarks/fuzz_prepare.py $(FUZZ_ARGS)
 
 pyfiles: install
 	$(BIN)/textmill package --dist dist

@@ -35,6 +35,9 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    # property-based tests: generated corpora with planted faults check prepare's invariants for the class of input,
+    # not the example (tests/test_fuzz_prepare.py; the long profile is `make fuzz`); the standard library for it in Python
+    "hypothesis==6.170.17",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
     "scikit-learn==1.9.1",  # bench_baselines: tf-idf + LinearSVC, the textbook baseline (already pulled in by mlflow)
     "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)

@@ -7,8 +7,9 @@ losing them:
 - ``_tm_source``: the file the record came from;
 - ``_tm_malformed``: the raw text of a record the parser could not read (else null);
 - ``_tm_decode_error``: why the bytes could not be decoded (``text_files`` only);
-- ``_tm_suspect``: why a record that parsed is still not trustworthy (multi-line CSV: an
-  unclosed quote that seems to have absorbed the records after it).
+- ``_tm_suspect``: why a record is not trustworthy (CSV: what the strict parser rejected);
+- ``_tm_raw_bytes_in``: a record's exact bytes when they are not valid UTF-8 (CSV, JSON Lines,
+  text lines: checked before any parser decodes them).
 
 Writers never leave a half-written output: a job writes to a temporary sibling
 directory, checks it, and only then swaps it into place (``publish``). A rerun on the
@@ -17,7 +18,6 @@ same path replaces the old output whole. Used by the pipelines on the driver.
 from __future__ import annotations
 
 import atexit
-import csv
 import fnmatch
 import itertools
 import logging
@@ -36,8 +36,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from textmill import csv_records
 from textmill.config import StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, InputNotFoundError
+from textmill.errors import (AccountingError, ColumnNotFoundError, ColumnTypeError, CsvHeaderError, InputNotFoundError,
+                             UnreadableInputError)
 from textmill.storage import check_published_together, hadoop_fs, local_path, path_exists, staged_outputs, write_marker
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ SOURCE = "_tm_source"
 MALFORMED = "_tm_malformed"
 DECODE_ERROR = "_tm_decode_error"
 SUSPECT = "_tm_suspect"
-INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR, SUSPECT)
+RAW_BYTES = "_tm_raw_bytes_in"
+INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR, SUSPECT, RAW_BYTES)
 
 InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
 
@@ -59,6 +62,8 @@ class CsvConf(StrictModel):
     escape: str = Field('"', min_length=1, max_length=1, description='"" inside a quoted field is a quote (RFC 4180)')
     multiline: bool = Field(False, description="quoted fields may span lines (slower: files are not split)")
     encoding: str = "UTF-8"
+    parser: Literal["strict", "spark"] = Field(
+        "strict", description="strict: textmill's reader (local UTF-8 files; others fall back to spark) | spark: Spark's lenient parser")
 
 
 class TextFilesConf(StrictModel):
@@ -89,6 +94,14 @@ def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
     if missing:
         raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
                                   + (f" ({hint})" if hint else ""))
+
+
+def require_text_column(df: DataFrame, column: str, key: str = "io.input") -> None:
+    """Refuse a text column that is not a string (an int64 ``text`` would make every row 'null text')."""
+    kind = df.schema[column].dataType
+    if not isinstance(kind, T.StringType):
+        raise ColumnTypeError(f"{key}: column {column!r} holds {kind.simpleString()} values, not text (string); "
+                              "point the job's text column at a string column, or write the text as strings")
 
 
 UTF8_ERROR = "text is not valid UTF-8"
@@ -142,22 +155,28 @@ class InputListing:
 
     files: list[tuple[str, int]] = field(default_factory=list)  # (uri, bytes), to be read
     not_matching: list[str] = field(default_factory=list)       # left out by the file-name glob
-    linked_dirs: list[str] = field(default_factory=list)        # symlinked directories, not followed
+    links: list[str] = field(default_factory=list)              # symbolic links met in the input, not followed
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(("_", "."))
 
 
+GLOB_CHARS = frozenset("*?[{")
+
+
 def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> InputListing:
     """Every file under a path or glob, recursively, in a stable order.
 
-    Hidden files and directories (``_x``, ``.x``) are skipped, as Spark's readers skip them;
-    symlinked directories are not followed (they can lead out of the input, or into loops);
-    with ``name_glob``, only files whose name matches it are kept.
+    Hidden files and directories (``_x``, ``.x``) are skipped, as Spark's readers skip them.
+    Symbolic links, to files or to directories, are not followed wherever they are met
+    (inside a directory or as a match of a glob): they can lead out of the input, into loops,
+    or to a file read twice. Only ``io.input`` itself may be a link, since the user named it.
+    With ``name_glob``, only files whose name matches it are kept.
     """
     fs, hpath = hadoop_fs(spark, path)
     listing = InputListing()
+    is_glob = any(c in GLOB_CHARS for c in path)
 
     def keep(uri: str, name: str, size: int) -> None:
         if name_glob is None or fnmatch.fnmatchcase(name, name_glob):
@@ -167,18 +186,26 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
 
     for status in fs.globStatus(hpath) or []:
         root = status.getPath()
-        if status.isFile():
-            keep(root.toString(), root.getName(), status.getLen())
-            continue
         uri = fs.makeQualified(root).toString()
         if uri.startswith("file:"):
-            for folder, dirs, names in os.walk(local_path(uri), followlinks=False):
-                listing.linked_dirs += [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
-                dirs[:] = sorted(d for d in dirs if not _hidden(d) and not os.path.islink(os.path.join(folder, d)))
+            local = local_path(uri)
+            if is_glob and os.path.islink(local):
+                listing.links.append(local)
+                continue
+            if os.path.isfile(local):
+                keep(f"file:{local}", root.getName(), os.path.getsize(local))
+                continue
+            for folder, dirs, names in os.walk(local, followlinks=False):
+                linked = [os.path.join(folder, n) for n in dirs + names if os.path.islink(os.path.join(folder, n))]
+                listing.links += linked
+                dirs[:] = sorted(d for d in dirs if not _hidden(d) and os.path.join(folder, d) not in linked)
                 for name in sorted(n for n in names if not _hidden(n)):
-                    local = os.path.join(folder, name)
-                    if os.path.isfile(local):
-                        keep(f"file:{local}", name, os.path.getsize(local))
+                    file = os.path.join(folder, name)
+                    if file not in linked and os.path.isfile(file):
+                        keep(f"file:{file}", name, os.path.getsize(file))
+            continue
+        if status.isFile():
+            keep(root.toString(), root.getName(), status.getLen())
             continue
         it = fs.listFiles(root, True)
         prefix = len(root.toUri().getPath().rstrip("/")) + 1
@@ -187,6 +214,7 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
             if not any(_hidden(part) for part in st.getPath().toUri().getPath()[prefix:].split("/")):
                 keep(st.getPath().toString(), st.getPath().getName(), st.getLen())
     listing.files.sort()
+    listing.links.sort()
     return listing
 
 
@@ -276,7 +304,7 @@ def count_parquet(spark: SparkSession, path: str) -> int:
 
 
 def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None,
-                   suspect: Column | None = None) -> DataFrame:
+                   suspect: Column | None = None, raw_bytes: Column | None = None) -> DataFrame:
     none = F.lit(None).cast("string")
     return df.select(
         "*",
@@ -284,38 +312,76 @@ def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error:
         (malformed if malformed is not None else none).alias(MALFORMED),
         (decode_error if decode_error is not None else none).alias(DECODE_ERROR),
         (suspect if suspect is not None else none).alias(SUSPECT),
+        (raw_bytes if raw_bytes is not None else F.lit(None).cast("binary")).alias(RAW_BYTES),
     )
 
 
-def absorbed_records(values: list[str | None], delimiter: str, quote: str) -> str | None:
-    """Why a multi-line CSV record looks like an unclosed quote swallowed the records after it, or None.
-
-    The signs, together: a field with a line break, an odd number of quote characters in it
-    (a well-formed quoted field's quotes come in ``""`` pairs), and at least one of its later
-    lines that parses on its own as a complete record of the same width. A field that only
-    ends up with a bad column count is already reported by Spark's parser as malformed.
-    """
-    width = len(values)
-    for column, value in enumerate(values):
-        if not value or ("\n" not in value and "\r" not in value) or value.count(quote) % 2 == 0:
-            continue
-        lines = value.splitlines()[1:]
-        whole = sum(1 for fields in csv.reader(lines, delimiter=delimiter, quotechar=quote) if len(fields) == width)
-        if whole:
-            return (f"field {column + 1} spans {len(lines) + 1} lines with an unclosed quote; {whole} of its lines look like "
-                    "records it absorbed (fix the quote, or read without prepare.csv.multiline)")
-    return None
-
-
-def make_absorbed_udf(delimiter: str, quote: str):
-    @F.pandas_udf("string")
-    def absorbed(rows: pd.DataFrame) -> pd.Series:
-        return pd.Series([absorbed_records(list(r), delimiter, quote) for r in rows.itertuples(index=False)], dtype=object)
-
-    return absorbed
-
-
 def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataFrame:
+    """CSV files, each mapped by its own header. Local files (what the executors' Python can
+    open) and UTF-8 go through textmill's strict reader (``csv_records``); other schemes and
+    encodings through Spark's parser, which is lenient about quotes (README, Reliability)."""
+    if reads_strict_csv(path, conf):
+        return _read_csv_strict(spark, [(csv_records.local_file(u), u) for u in path], conf)
+    if conf.parser == "strict":
+        logger.warning("prepare.csv: Spark's CSV parser reads these files (textmill's strict reader needs local UTF-8 files); "
+                       "an unclosed quote can read on into the next records, and columns are matched by position")
+    return _read_csv_spark(spark, path, conf)
+
+
+def reads_strict_csv(path: str | list[str], conf: CsvConf) -> bool:
+    """Whether ``read_csv`` reads these exact files with textmill's strict reader: UTF-8 files
+    the executors' Python can open (``prepare`` and ``watch`` list the files first)."""
+    return (conf.parser == "strict" and not isinstance(path, str) and conf.encoding.replace("-", "").lower() == "utf8"
+            and all(csv_records.local_file(u) for u in path))
+
+
+def csv_dialect(conf: CsvConf) -> csv_records.CsvDialect:
+    return csv_records.CsvDialect(conf.delimiter, conf.quote, conf.escape, conf.multiline)
+
+
+def csv_headers(files: list[tuple[str, str]], conf: CsvConf) -> dict[str, list[str]]:
+    """{uri: header} of every file that holds a record; one clear error when a header is
+    unreadable, repeats a name, or lists other columns than the first file's."""
+    dialect = csv_dialect(conf)
+    headers: dict[str, list[str]] = {}
+    for local, uri in files:
+        try:
+            header = csv_records.header_of(local, dialect)
+        except csv_records.HeaderError as exc:
+            raise CsvHeaderError(f"io.input: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise UnreadableInputError(f"io.input: cannot read {uri}: {exc} (a truncated or corrupt file?)") from None
+        if header is None:
+            continue
+        header = [name or f"_c{i}" for i, name in enumerate(header)]
+        repeated = sorted({n for n in header if header.count(n) > 1})
+        if repeated:
+            raise CsvHeaderError(f"io.input: the header of {uri} repeats the column name(s) {repeated}")
+        if headers:
+            first_uri, first = next(iter(headers.items()))
+            if sorted(header) != sorted(first):
+                raise CsvHeaderError(f"io.input: CSV files with different columns: {first_uri} has {first}, {uri} has "
+                                     f"{header}; read them separately or make the headers list the same columns")
+        headers[uri] = header
+    return headers
+
+
+def _read_csv_strict(spark: SparkSession, files: list[tuple[str, str]], conf: CsvConf) -> DataFrame:
+    headers = csv_headers(files, conf) if conf.header else None
+    if headers is not None:
+        columns = next(iter(headers.values()), [])
+        files = [(local, uri) for local, uri in files if uri in headers]  # header-only files hold no record
+    else:
+        columns = list(conf.columns or [])
+    sizes = [(local, uri, os.path.getsize(local)) for local, uri in files]
+    split = int(spark.conf.get("spark.sql.files.maxPartitionBytes", "134217728").rstrip("bB") or 134217728)
+    parts = csv_records.plan_parts(sizes, headers, columns, split, splittable=not conf.multiline)
+    csv_records.register(spark)
+    spec = csv_records.spec_json(columns, parts, csv_dialect(conf), conf.header)
+    return spark.read.format(csv_records.SOURCE_NAME).option("spec", spec).load()
+
+
+def _read_csv_spark(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataFrame:
     reader = (
         spark.read.option("sep", conf.delimiter)
         .option("quote", conf.quote)
@@ -334,28 +400,50 @@ def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataF
     corrupt = "_tm_corrupt_record"
     schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(corrupt, T.StringType())])
     df = reader.schema(schema).option("columnNameOfCorruptRecord", corrupt).csv(path)
-    suspect = None
-    if conf.multiline:
-        suspect = F.when(F.col(corrupt).isNull(), make_absorbed_udf(conf.delimiter, conf.quote)(F.struct(*[F.col(n) for n in names])))
-    return _with_internal(df, malformed=F.col(corrupt), suspect=suspect).drop(corrupt)
-
-
-def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
-    corrupt = "_tm_corrupt_record"
-    # Strings for every primitive, so ids stay '0012' and never become 12 or 12.0.
-    df = (
-        spark.read.option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", corrupt)
-        .option("primitivesAsString", True)
-        .json(path)
-    )
-    if corrupt not in df.columns:
-        return _with_internal(df)
     return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
 
 
+def _raw_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
+    """Every line of ``path`` as its raw bytes (column ``value``, a string Spark has not
+    validated) and ``_tm_line``, the line as text: lines end at ``\\n`` or ``\\r\\n`` only,
+    and a byte-order mark at the start of a line is dropped. Invalid UTF-8 is found on
+    ``value`` before any parser decodes it."""
+    raw = spark.read.option("lineSep", "\n").text(path)
+    line = F.regexp_replace(F.regexp_replace("value", r"\r\z", ""), r"\A\x{FEFF}", "")  # \z, \A: the value's very ends
+    return raw.select("value", line.alias("_tm_line"), F.col("_metadata.file_path").alias(SOURCE))
+
+
+def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[Column]:
+    valid = F.is_valid_utf8("value")
+    return [
+        F.col(SOURCE),
+        F.when(~valid, F.make_valid_utf8("_tm_line")).otherwise(malformed if malformed is not None else F.lit(None))
+        .cast("string").alias(MALFORMED),
+        F.when(~valid, F.lit("bytes that are not valid UTF-8")).alias(DECODE_ERROR),
+        F.lit(None).cast("string").alias(SUSPECT),
+        F.when(~valid, F.col("value").cast("binary")).alias(RAW_BYTES),
+    ]
+
+
+def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
+    """JSON Lines: the raw bytes of each line are checked as UTF-8 before the JSON parser
+    decodes them (it maps overlong forms to real characters); every primitive is a string, so
+    ids stay '0012' and never become 12 or 12.0."""
+    corrupt = "_tm_corrupt_record"
+    inferred = spark.read.option("primitivesAsString", True).option("lineSep", "\n").json(path).schema
+    fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
+    schema = T.StructType(fields + [T.StructField(corrupt, T.StringType())])
+    lines = _raw_lines(spark, path).where(F.trim("_tm_line") != "")
+    parsed = lines.select("*", F.from_json(F.make_valid_utf8("_tm_line"), schema, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt, "primitivesAsString": "true"}).alias("_tm_json"))
+    # A line that parses to no object (``[1, 2]``, ``"text"``) is malformed too.
+    malformed = F.when(F.col(f"_tm_json.{corrupt}").isNotNull() | F.col("_tm_json").isNull(), F.make_valid_utf8("_tm_line"))
+    return parsed.select(*[F.col(f"_tm_json.`{f.name}`").alias(f.name) for f in fields], *_line_internals(parsed, malformed))
+
+
 def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
-    return _with_internal(spark.read.text(path).withColumnRenamed("value", "text"))
+    lines = _raw_lines(spark, path)
+    return lines.select(F.make_valid_utf8("_tm_line").alias("text"), *_line_internals(lines))
 
 
 _DECODED = T.StructType([
@@ -397,7 +485,12 @@ def make_decode_udf(encodings: list[str], first_line_is_title: bool):
 def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesConf) -> DataFrame:
     """One document per file (``list_input`` picks the files). Columns: text, title (when
     first_line_is_title), folder, name, relpath."""
-    raw = spark.read.format("binaryFile").load(path)
+    raw = spark.read.format("binaryFile").load(path).select("path", "content")
+    if not isinstance(path, str):
+        # Spark's file scan skips 0-byte files, but each is a document here (quarantined as empty_text).
+        empty = [(uri,) for uri in path if (local := csv_records.local_file(uri)) and os.path.getsize(local) == 0]
+        if empty:
+            raw = raw.unionByName(spark.createDataFrame(empty, "path string").select("path", F.lit(b"").alias("content")))
     decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
     # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
     decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))
@@ -414,6 +507,7 @@ def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesC
         F.lit(None).cast("string").alias(MALFORMED),
         F.col("_d.error").alias(DECODE_ERROR),
         F.lit(None).cast("string").alias(SUSPECT),
+        F.lit(None).cast("binary").alias(RAW_BYTES),
     )
     return df
 

@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 
 from textmill import storage
 from textmill.config import JobConf, validate_conf
-from textmill.errors import ConfigError
+from textmill.errors import ConfigError, from_read_failure
 from textmill.session import get_spark
 from textmill.tracking import job_run
 
@@ -122,14 +122,25 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
     if spark is None and conf.uses_spark:
         spark = get_spark(conf.spark, app_name=f"textmill-{name}")
     outputs = conf.output_paths()
-    # One writer per output for the whole job; a second run fails at once instead of at publish time.
-    with storage.output_lock(spark, *outputs.values()):
+
+    def check_outputs() -> None:
         for key, path in outputs.items():
             storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key,
                                  container_for=name if conf.container_output and key == "io.output" else None)
+
+    check_outputs()  # before the lock: a lock file must never be made inside an input
+    # One writer per output for the whole job; a second run fails at once instead of at publish time.
+    with storage.output_lock(spark, *outputs.values()):
+        check_outputs()  # again under the lock: another run may have written there meanwhile
         claim = storage.claimed_container(spark, conf.io.output, name) if conf.container_output else contextlib.nullcontext()
         with claim, job_run(name, conf, spark) as tracked:
-            result = job.load().run(spark, conf)
+            try:
+                result = job.load().run(spark, conf)
+            except Exception as exc:
+                user_error = from_read_failure(exc)
+                if user_error is None:
+                    raise
+                raise user_error from exc
             outcome = result if isinstance(result, JobOutcome) else JobOutcome(result)
             tracked.log_metrics(outcome.metrics)
     metrics = {**outcome.metrics, **tracked.metrics}

@@ -63,6 +63,11 @@ def path_exists(spark: SparkSession, path: str) -> bool:
     return matches is not None and len(matches) > 0
 
 
+def is_directory(spark: SparkSession, path: str) -> bool:
+    fs, hpath = hadoop_fs(spark, path)
+    return fs.exists(hpath) and fs.getFileStatus(hpath).isDirectory()
+
+
 def delete_path(spark: SparkSession, path: str) -> None:
     fs, hpath = hadoop_fs(spark, path)
     if fs.exists(hpath):
@@ -78,12 +83,24 @@ def _inside(parent: str, child: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+def _real(uri: str) -> str:
+    """A local URI with every symbolic link resolved (``file:/real/path``); others unchanged."""
+    return f"file:{os.path.realpath(local_path(uri))}" if uri.startswith("file:") else uri
+
+
+_GLOB_CHARS = frozenset("*?[{")
+
+
 def _input_locations(spark: SparkSession, path: str) -> list[str]:
-    """What an input path names: every match of a glob, or the path itself."""
+    """What an input path names, links resolved: every match of a glob and the folder the glob
+    searches (where a lock or staging file beside the output would be matched), or the path itself."""
     fs, hpath = hadoop_fs(spark, path)
-    matches = fs.globStatus(hpath) or []
-    found = [fs.makeQualified(m.getPath()).toString().rstrip("/") for m in matches]
-    return found or [qualified(spark, path)]
+    found = [_real(fs.makeQualified(m.getPath()).toString().rstrip("/")) for m in (fs.globStatus(hpath) or [])]
+    parts = path.rstrip("/").split("/")
+    fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), None)
+    if fixed is not None:
+        found.append(_real(qualified(spark, "/".join(parts[:fixed]) or "/")))
+    return found or [_real(qualified(spark, path))]
 
 
 # ---------------------------------------------------------------------------- markers
@@ -161,13 +178,14 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
     ``container_for`` names the job when ``output`` is a directory of several outputs: it must
     then be empty, or that job's container; a dataset output must not be someone's container.
     """
-    target = qualified(spark, output)
+    target = _real(qualified(spark, output))
     for given in inputs:
         for location in _input_locations(spark, given):
-            if _inside(target, location) or _inside(location, target):
+            if _inside(location, target) or _inside(target, location):
                 relation = ("is" if target == location else "contains" if _inside(target, location) else "is inside")
-                raise OutputError(f"{key} {output!r} {relation} the input {location}: the output is replaced whole, "
-                                  "which would delete the input; write the output somewhere else")
+                raise OutputError(f"{key} {output!r} {relation} the input {location} (symbolic links resolved): the "
+                                  "output is replaced whole, and its lock and staging files sit beside it, so the job "
+                                  "would delete or read its own files; write the output somewhere else")
     fs, hpath = hadoop_fs(spark, output)
     if not fs.exists(hpath):
         return

@@ -103,6 +103,9 @@ class PrepareJobConf(JobConf):
         p = self.prepare
         if p.format == "csv" and not p.csv.header and not p.csv.columns:
             problems.append("'prepare.csv.columns' must list the column names when 'prepare.csv.header' is false")
+        if p.format == "csv" and p.csv.header and p.csv.columns:
+            problems.append("'prepare.csv.columns' names the columns of files without a header, but 'prepare.csv.header' is "
+                            "true (the names come from each file's header): drop one of the two")
         return problems
 
 
@@ -113,14 +116,16 @@ def quarantine_path(conf: JobConf) -> str:
 # ---------------------------------------------------------------------------- extract
 
 
-def read_source(spark: SparkSession, path: str | list[str], conf: PrepareConf) -> DataFrame:
-    """The source rows of ``path`` (a path, or the exact files to read) in ``conf.format``."""
+def read_source(spark: SparkSession, path: str | list[str], conf: PrepareConf, base_path: str | None = None) -> DataFrame:
+    """The source rows of ``path`` (a path, or the exact files to read) in ``conf.format``;
+    ``base_path``: the directory whose ``key=value`` folders are Parquet partition columns."""
     if conf.format == "csv":
         return io.read_csv(spark, path, conf.csv)
     if conf.format == "jsonl":
         return io.read_jsonl(spark, path)
     if conf.format == "parquet":
-        return io._with_internal(spark.read.parquet(*([path] if isinstance(path, str) else path)))
+        reader = spark.read.option("basePath", base_path) if base_path else spark.read
+        return io._with_internal(reader.parquet(*([path] if isinstance(path, str) else path)))
     if conf.format == "text_lines":
         return io.read_text_lines(spark, path)
     return io.read_text_files(spark, path, conf.text_files)
@@ -171,7 +176,8 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     c = conf.columns
     src_cols = io.source_columns(source)
     # Invalid UTF-8 never reaches Python (Arrow would fail to decode it): such rows are quarantined
-    # below from the original bytes; the cleaner sees them with U+FFFD instead.
+    # below from the original bytes (the line readers and the CSV reader check them before any
+    # parser decodes them); the cleaner sees them with U+FFFD instead.
     raw_text = F.make_valid_utf8(F.col(c.text).cast("string"))
     raw_title = F.make_valid_utf8(F.col(c.title).cast("string")) if c.title else F.lit(None).cast("string")
     if conf.cleaning.enabled:
@@ -193,6 +199,7 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         io.MALFORMED,
         io.DECODE_ERROR,
         io.SUSPECT,
+        io.RAW_BYTES,
         raw_text.alias("_tm_raw_text"),
         text.alias("text_out"),
         title.alias("title_out"),
@@ -214,7 +221,8 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     conditions = [
         # Bad bytes first: they are why a JSON parser fails, so they are the reason to report.
         (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), undecodable_detail)),
-        (F.col(io.MALFORMED).isNotNull(), "malformed_record", F.lit("the parser could not read this record")),
+        (F.col(io.MALFORMED).isNotNull(), "malformed_record",
+         F.coalesce(F.col(io.SUSPECT), F.lit("the parser could not read this record"))),
         (F.col(io.SUSPECT).isNotNull(), "malformed_record", F.col(io.SUSPECT)),
         (F.col("_tm_raw_text").isNull(), "null_text", F.lit(f"column {c.text!r} is null")),
         (blank_column(F.col("text_out")), "empty_text", F.lit("no text left after cleaning")),
@@ -232,7 +240,8 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     # Every Parquet reader must be able to read the quarantine: text made valid, the exact bytes kept as binary.
     raw = F.make_valid_utf8(original)
     invalid_strings = [F.col(x) for x in [io.MALFORMED, *src_cols] if isinstance(source.schema[x].dataType, T.StringType)]
-    raw_bytes = F.coalesce(*[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings], F.lit(None).cast("binary"))
+    raw_bytes = F.coalesce(F.col(io.RAW_BYTES), *[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings],
+                           F.lit(None).cast("binary"))
 
     df = df.select(
         "*",
@@ -303,9 +312,9 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     """(the listing, the files to read); clear errors when there is nothing to read."""
     glob = p.text_files.glob if p.format == "text_files" else None
     listed = io.list_input(spark, input_path, glob)
-    if listed.linked_dirs:
-        logger.warning("%d symlinked director%s under %s not followed, e.g. %s", len(listed.linked_dirs),
-                       "y" if len(listed.linked_dirs) == 1 else "ies", input_path, listed.linked_dirs[0])
+    if listed.links:
+        logger.warning("%d symbolic link(s) under %s not followed (links to files or directories are never read), e.g. %s",
+                       len(listed.links), input_path, listed.links[0])
     if listed.not_matching:
         example = listed.not_matching[0].rsplit("/", 1)[-1]
         if not listed.files:
@@ -316,7 +325,7 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     files = listed.files
     if not files:
         raise InputNotFoundError(f"io.input: {input_path!r} exists but holds no files"
-                                 + (" (symlinked directories are not followed)" if listed.linked_dirs else ""))
+                                 + (" (symbolic links are not followed)" if listed.links else ""))
     # A file is one document in text_files (an empty one is quarantined); elsewhere an empty file holds no records.
     to_read = [uri for uri, size in files if size > 0 or p.format == "text_files"]
     if len(to_read) < len(files):
@@ -328,8 +337,11 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     return listed, to_read
 
 
-def check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
-    """Every listed file must be one the reader reads (files counted and rows read agree)."""
+def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) -> None:
+    """Every listed file must be one the reader reads (files counted and rows read agree).
+    textmill's CSV reader is handed exactly these files (a header-only one holds no record)."""
+    if p.format == "csv" and io.reads_strict_csv(to_read, p.csv):
+        return
     read = {_file_uri(u) for u in source.inputFiles()}
     missing = [u for u in to_read if _file_uri(u) not in read]
     if missing:
@@ -340,14 +352,6 @@ def check_all_files_read(source: DataFrame, to_read: list[str]) -> None:
 def _file_uri(uri: str) -> str:
     uri = urllib.parse.unquote(uri)
     return "file:/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
-
-
-def warn_multiline(p: PrepareConf) -> None:
-    if p.format == "csv" and p.csv.multiline:
-        logger.warning("prepare.csv.multiline: an unclosed quote makes the parser read on into the next records. Records "
-                       "showing the signs (an odd quote count and absorbed lines that parse as whole records) are "
-                       "quarantined as malformed_record; an absorbed record that does not parse on its own line is not "
-                       "detected, and is then part of its neighbour's text")
 
 
 # How a prepared frame is cached (here and in ``watch``): on disk only. A cached block is a whole
@@ -411,11 +415,12 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     quarantine = quarantine_path(conf)
     io.require_input(spark, input_path)
     listed, to_read = _input_files(spark, input_path, p)
-    source = read_source(spark, input_path if p.format == "parquet" else to_read, p)
-    check_all_files_read(source, to_read)
+    # The exact files listed, never the path again: the reader would follow the links the listing skipped.
+    base = input_path if p.format == "parquet" and storage.is_directory(spark, input_path) else None
+    source = read_source(spark, to_read, p, base_path=base)
+    check_all_files_read(source, to_read, p)
     check_columns(source, p)
     logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
-    warn_multiline(p)
     prepared = prepare_frame(source, p).persist(CACHE_LEVEL)
     try:
         stats = reason_stats(prepared)
@@ -436,7 +441,7 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
         "input_files": len(listed.files),
         "empty_input_files": len(listed.files) - len(to_read),
         "skipped_input_files": len(listed.not_matching),
-        "skipped_linked_dirs": len(listed.linked_dirs),
+        "skipped_links": len(listed.links),
     })
     return metrics
 

@@ -1,0 +1,108 @@
+"""Property-based fuzzing of prepare's readers: generated corpora with planted faults (``fuzz_corpora``).
+
+Two levels, both seeded and bounded here (CI); ``tests/benchmarks/fuzz_prepare.py`` (``make fuzz``)
+runs the same properties with thousands of examples:
+
+- the strict CSV parser alone, on the bytes of generated files (no Spark: fast);
+- the whole ``prepare`` job on one shared SparkSession, every input format, checking that every
+  good record is published once and byte for byte, every planted bad record is quarantined
+  with its reason, rows in = out + quarantined, links are never followed and nothing outside
+  ``io.output`` changes.
+
+Failing examples that Hypothesis shrank are kept as plain regression tests at the end.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz_corpora import FORMATS, Corpus, CorpusFile, Record, check_outcome, corpora, snapshot
+from textmill.csv_records import CsvDialect, _physical_lines, plan_parts, read_records
+from textmill.jobs import run_job
+
+PARSER_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_PARSER_EXAMPLES", "300"))
+JOB_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_JOB_EXAMPLES", "20"))
+CSV_FORMATS = ["csv", "csv_headerless", "csv_multiline"]
+
+
+def parse_file(corpus: Corpus, f: CorpusFile) -> list:
+    dialect = CsvDialect(multiline=corpus.fmt == "csv_multiline")
+    records = list(read_records(_physical_lines(io.BytesIO(corpus._file_bytes(f))), dialect, width=3))
+    return records[1:] if corpus.fmt != "csv_headerless" else records
+
+
+def check_parsed(corpus: Corpus, f: CorpusFile) -> None:
+    """The parser's view of one file: one record per generated record, the bad ones rejected or undecodable."""
+    parsed = parse_file(corpus, f)
+    assert len(parsed) == len(f.records), ([r.raw for r in parsed], f.records)
+    order = f.header_order or ["id", "title", "text"]
+    for want, got in zip(f.records, parsed):
+        assert (want.doc_id or want.key).encode() in got.raw
+        if want.fault in ("unclosed_quote", "wrong_field_count"):
+            assert got.fields is None and got.problem, (want, got)
+        elif want.bad_bytes is not None:
+            assert got.undecodable and want.bad_bytes in got.raw
+        else:
+            values = dict(zip(order, got.fields))
+            assert (values["id"], values["text"]) == (want.doc_id, corpus.expected_text(want)), (want, got)
+
+
+@given(corpus=corpora(CSV_FORMATS))
+@settings(max_examples=PARSER_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+def test_csv_parser_reads_every_record_and_rejects_exactly_the_planted_faults(corpus):
+    for f in corpus.files:
+        check_parsed(corpus, f)
+
+
+def run_prepare(spark, mlflow_uri: str, corpus: Corpus, root: Path) -> tuple[dict, list[dict], list[dict]]:
+    source = corpus.write(root)
+    output = root / "out"
+    before = snapshot(root, skip=(output, Path(f"{output}_quarantine")))
+    conf = {"io": {"input": str(source), "output": str(output)}, "prepare": corpus.prepare_conf(),
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": (root.parent / "mlartifacts").as_uri()}}
+    metrics = run_job("prepare", conf, spark)
+    assert snapshot(root, skip=(output, Path(f"{output}_quarantine"))) == before, "a file outside io.output changed"
+    out = [r.asDict() for r in spark.read.parquet(str(output)).collect()]
+    bad = [r.asDict() for r in spark.read.parquet(f"{output}_quarantine").collect()]
+    return metrics, out, bad
+
+
+@pytest.mark.slow
+@given(corpus=corpora(FORMATS))
+@settings(max_examples=JOB_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_fault(spark, mlflow_uri, corpus):
+    root = Path(tempfile.mkdtemp(prefix="textmill-fuzz-"))
+    try:
+        metrics, out, bad = run_prepare(spark, mlflow_uri, corpus, root / "case")
+        check_outcome(corpus, metrics, out, bad)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- shrunk examples, kept
+
+
+def _corpus(fmt: str, *files: CorpusFile) -> Corpus:
+    return Corpus(fmt, list(files))
+
+
+@given(corpus=corpora(["csv_headerless"]), split=st.integers(1, 400))
+@settings(max_examples=PARSER_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+def test_byte_ranges_of_a_single_line_csv_hold_every_line_exactly_once(corpus, split):
+    """A large single-line CSV is read in byte ranges by several tasks: together they give the whole file's records."""
+    for f in corpus.files:
+        data = corpus._file_bytes(f)
+        whole = [(r.raw, r.fields, r.problem) for r in read_records(_physical_lines(io.BytesIO(data)), CsvDialect(), 3)]
+        parts = plan_parts([("-", "-", len(data))], None, ["id", "title", "text"], split, splittable=True)
+        ranged = [(r.raw, r.fields, r.problem) for part in parts
+                  for r in read_records(_physical_lines(io.BytesIO(data), part["start"], part["end"]), CsvDialect(), 3)]
+        assert ranged == whole
