@@ -126,19 +126,22 @@ def test_batched_search_merges_shards_to_the_exact_top_k(metric, tmp_path):
     ("empty", r"3 of 3 vector\(s\) are empty \(length 0\)"),
     ("single", r"1 vector\(s\); nearest neighbours need at least 2"),
     ("nulls", r"no vectors to index \(2 row\(s\) with a null vector\)"),
-    ("nan", r"2 vector\(s\) contain NaN or infinite values, e.g. id 'b'"),
+    ("nan", r"2 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range .*e.g. id 'b'"),
+    ("overflow", r"1 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range \(\|x\| > 3.403e\+38\), e.g. id 'c'"),
     ("dup", r"1 id\(s\) occur more than once, e.g. 'a'"),
 ])
 def test_bad_vectors_fail_before_the_build(bad, message, spark, job_conf, tmp_path):
     rows = {"dim": [("a", [1.0, 0, 0, 0]), ("b", [1.0, 0, 0]), ("c", [0, 1.0, 0, 0])],
             "nan": [("a", [1.0, 0, 0, 0]), ("b", [float("nan"), 0, 0, 0]), ("c", [float("inf"), 1, 0, 0])],
             "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])],
+            "overflow": [("a", [1.0, 0, 0, 0]), ("b", [0, 1.0, 0, 0]), ("c", [1e300, 0, 0, 0])],
             "first_dim": [("a", [1.0, 0]), ("b", [1.0, 0, 0, 0]), ("c", [0, 1.0, 0, 0])],
             "empty": [("a", []), ("b", []), ("c", [])],
             "single": [("a", [1.0, 0, 0, 0])],
             "nulls": [("a", None), ("b", None)]}[bad]
     rows = [(i, None if v is None else [float(x) for x in v]) for i, v in rows]
-    spark.createDataFrame(rows, "id string, vector array<float>").write.parquet(str(tmp_path / "v"))
+    element = "double" if bad == "overflow" else "float"  # float64 vectors, one value beyond float32's range
+    spark.createDataFrame(rows, f"id string, vector array<{element}>").write.parquet(str(tmp_path / "v"))
     with pytest.raises(IndexInputError, match=message):
         run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")}), spark)
     assert not (tmp_path / "idx").exists()

@@ -181,10 +181,11 @@ def test_an_inbox_that_is_missing_a_file_or_a_glob_is_named(spark, job_conf, tmp
     (tmp_path / "one.csv").write_text("id,text\n1,a\n")
     with pytest.raises(InputNotFoundError, match=r"watch.inbox: nothing exists at"):
         run_job("watch", watch_conf(job_conf, tmp_path / "missing", tmp_path / "out1"), spark)
+    out2 = tmp_path.with_name(f"{tmp_path.name}-out2")  # outside the folder the glob searches (that is refused too)
     for inbox in (tmp_path / "one.csv", tmp_path / "*.csv"):
         with pytest.raises(TextmillError, match=r"watch.inbox .* must be one directory"):
-            run_job("watch", watch_conf(job_conf, inbox, tmp_path / "out2"), spark)
-    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+            run_job("watch", watch_conf(job_conf, inbox, out2), spark)
+    assert not (tmp_path / "out1").exists() and not out2.exists()
 
 
 def test_a_replayed_batch_replaces_its_own_output_everywhere(spark, tmp_path):

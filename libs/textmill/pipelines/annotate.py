@@ -151,6 +151,7 @@ def write_annotations(spark: SparkSession, source: DataFrame, path: str, rows_in
 def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, float]:
     nlp: NlpConf = conf.nlp
     source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
+    io.require_text_column(source, nlp.text_column)
     plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=spark)  # fails on the driver before any Spark job
     tracking.tag_model_source("textmill.nlp", plan.source)
     rows_in = source.count()

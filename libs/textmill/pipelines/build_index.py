@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 MAX_LOGGED_BYTES = 512 * 2**20
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class IndexInputError(TextmillError):
     """The vectors cannot be indexed (wrong dimension, NaN/inf, duplicate ids)."""
 
@@ -101,7 +104,8 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
                               "set index.dim if the others are the ones to index")
     if n_vectors < 2:
         raise IndexInputError(f"cannot build the index: {n_vectors} vector(s); nearest neighbours need at least 2")
-    bad_value = F.exists("vector", lambda x: F.isnan(x) | (x == float("inf")) | (x == float("-inf")) | x.isNull())
+    # The index holds float32: a float64 beyond its range would become infinite there.
+    bad_value = F.exists("vector", lambda x: F.isnan(x) | (F.abs(x) > FLOAT32_MAX) | x.isNull())
     checks = rows.agg(
         F.sum((F.size("vector") != dim).cast("int")).alias("wrong_dim"),
         F.first(F.when(F.size("vector") != dim, F.col("id")), ignorenulls=True).alias("wrong_dim_id"),
@@ -116,7 +120,8 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
         problems.append(f"{checks['wrong_dim']} vector(s) do not have dimension {dim} ({source}, {lengths.get(dim, 0)} vector(s)): "
                         f"{others}; e.g. id {checks['wrong_dim_id']!r}")
     if checks["bad"]:
-        problems.append(f"{checks['bad']} vector(s) contain NaN or infinite values, e.g. id {checks['bad_id']!r}")
+        problems.append(f"{checks['bad']} vector(s) contain NaN, infinite or null values, or values beyond float32's range "
+                        f"(|x| > {FLOAT32_MAX:.4g}), e.g. id {checks['bad_id']!r}")
     if checks["null_ids"]:
         problems.append(f"{checks['null_ids']} row(s) have a null id")
     duplicates = rows.groupBy("id").count().where(F.col("count") > 1)

@@ -210,6 +210,7 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     c = conf.classify
     source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns, *c.keep_as]
                            + ([c.label_column] if c.evaluate else []))
+    io.require_text_column(source, c.text_column)
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         shipped = ship_model(spark, c.model_uri, tmp)
         rows_in = source.count()

@@ -94,6 +94,8 @@ def with_doc_vectors(source: DataFrame, c: EmbedConf, shipped: str, partitions: 
     column = c.tokens_column if from_tokens else c.text_column
     if column not in source.columns:
         raise ColumnNotFoundError(f"embed_docs needs {c.tokens_column!r} or {c.text_column!r}; available: {', '.join(source.columns)}")
+    if not from_tokens:
+        io.require_text_column(source, column)
     udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
     value = F.col(column)
     valid = F.lit(True) if from_tokens else F.is_valid_utf8(value)  # annotate's tokens are valid text

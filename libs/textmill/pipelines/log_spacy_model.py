@@ -21,7 +21,7 @@ import mlflow
 from pydantic import Field
 
 from textmill import spacy_models
-from textmill.config import JobConf, StrictModel
+from textmill.config import JobConf, RegisteredModelName, StrictModel
 from textmill.errors import TextmillError
 from textmill.nlp import ModelLoadError, load_checked
 from textmill.registry import promote_if_better
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class SpacyRegistryConf(StrictModel):
-    name: str | None = Field(None, description="register under this name; null = log only")
+    name: RegisteredModelName = Field(None, description="register under this name; null = log only")
     alias: str = Field("champion", description="alias to move to the new version")
     metric: str | None = Field(None, description="move the alias only if this metric beats the current holder's, e.g. ents_f; null = always move it")
     value: float | None = Field(None, description="the metric's value; default: from the pipeline's meta.json performance")

@@ -43,7 +43,7 @@ from textmill import io, plots, storage, tracking
 from textmill.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
                                  per_label, scores, softmax, train)
 from textmill.cleaning import blank_column
-from textmill.config import JobConf, StrictModel
+from textmill.config import JobConf, RegisteredModelName, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.featurize import Featurizer
 from textmill.registry import promote_if_better
@@ -85,7 +85,7 @@ class TrainingConf(StrictModel):
 
 
 class RegistryConf(StrictModel):
-    name: str | None = Field(None, description="registered model name; null = do not register")
+    name: RegisteredModelName = Field(None, description="registered model name; null = do not register")
     metric: Literal["val_macro_f1", "val_accuracy"] = "val_macro_f1"
     alias: str = "champion"
 
@@ -113,6 +113,7 @@ class ClassifierConf(StrictModel):
     registry: RegistryConf = Field(default_factory=RegistryConf)
     spacy: SpacyTrainingConf = Field(default_factory=SpacyTrainingConf)
     feature_files: int | None = Field(None, gt=0, description="Parquet files per split; default max(4, 2 x processes)")
+    max_memory_mb: int = Field(8192, gt=0, description="refuse a model whose training state (weights, gradients, optimizer) needs more, per process")
 
 
 class TrainClassifierJobConf(JobConf):
@@ -209,12 +210,36 @@ def _labelled(df: DataFrame, c: ClassifierConf) -> tuple[DataFrame, DataFrame]:
     return good, bad
 
 
+def check_training_memory(c: ClassifierConf, n_labels: int) -> None:
+    """Refuse, before any feature is built, a model whose training state does not fit
+    ``classifier.max_memory_mb`` (10,000 labels x 2M hashed buckets would be 80 GB of weights)."""
+    if c.model.kind == "spacy_textcat":
+        return
+    featurizer = featurizer_for(c.model)
+    n_ids = c.model.vocab_size + 2 if featurizer.kind == "word_ids" else featurizer.n_ids  # vocab_size: the most it keeps
+    spec = ModelSpec(kind=c.model.kind, n_ids=n_ids, n_classes=n_labels, dim=c.model.dim, hidden=c.model.hidden,
+                     bidirectional=c.model.bidirectional, layers=c.model.layers, form=c.model.form)
+    need = spec.training_memory_mb(c.training.keep_best)
+    if need > c.max_memory_mb:
+        shape = (f"{n_ids:,} ids x {n_labels:,} labels" if c.model.kind == "linear" and c.model.form == "logistic"
+                 else f"{n_ids:,} ids x dim {c.model.dim}")
+        raise ClassifierMemoryError(
+            f"a {c.model.kind} classifier of {shape} needs about {need:,.0f} MB to train, over classifier.max_memory_mb="
+            f"{c.max_memory_mb:,}; lower classifier.model.n_buckets (or vocab_size/dim), merge rare labels, or raise "
+            "classifier.max_memory_mb")
+
+
+class ClassifierMemoryError(TextmillError):
+    """The model's training state would not fit classifier.max_memory_mb."""
+
+
 def _read_checked(spark: SparkSession, path: str, c: ClassifierConf, key: str) -> DataFrame:
     io.require_input(spark, path, key)
     df = spark.read.parquet(path)
     missing = [x for x in ("doc_id", c.text_column, c.label_column) if x not in df.columns]
     if missing:
         raise ColumnNotFoundError(f"{key}: column(s) {', '.join(missing)} not in {path}; available: {', '.join(df.columns)}")
+    io.require_text_column(df, c.text_column, key)
     return df.withColumn(c.label_column, F.col(c.label_column).cast("string"))
 
 
@@ -285,6 +310,7 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     labels = sorted(r[0] for r in train_df.unionByName(val_df).select(c.label_column).distinct().collect())
     if len(labels) < 2:
         raise LabelError(f"classifier.label_column {c.label_column!r} has {len(labels)} distinct value(s) {labels}; need at least 2")
+    check_training_memory(c, len(labels))
 
     spacy_kind = c.model.kind == "spacy_textcat"
     if spacy_kind:

@@ -118,6 +118,7 @@ def token_column(df: DataFrame, c: EmbeddingsConf) -> DataFrame:
     if c.text_column not in df.columns:
         raise ColumnNotFoundError(f"neither {c.tokens_column!r} nor {c.text_column!r} is a column of the input; "
                                   f"available: {', '.join(df.columns)}")
+    io.require_text_column(df, c.text_column)
     lowercase = c.lowercase
 
     @F.pandas_udf("array<string>")

@@ -19,6 +19,7 @@ it after ``watch.stop_timeout_seconds``; the next run replays it).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
@@ -27,7 +28,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import mlflow
 from mlflow.entities import Metric
@@ -38,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from textmill import console, io, models, storage, tracking
 from textmill.config import JobConf, StrictModel
-from textmill.errors import OutputError, TextmillError
+from textmill.errors import CsvHeaderError, OutputError, TextmillError, UnreadableInputError, from_read_failure
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions, plan_pipeline
 from textmill.pipelines import annotate, classify, embed_docs, prepare
 from textmill.pipelines.classify import ClassifyConf
@@ -224,7 +225,7 @@ class BatchSteps:
         if not to_read:
             return {"prepare": zero}, {}
         source = prepare.read_source(spark, to_read, p)
-        prepare.check_all_files_read(source, to_read)
+        prepare.check_all_files_read(source, to_read, p)
         prepare.check_columns(source, p)
         prepared = prepare.prepare_frame(source, p).persist(prepare.CACHE_LEVEL)
         if seen:
@@ -301,13 +302,15 @@ class Watcher:
             self._run(batch_id, files)
         except BaseException as exc:
             self.failure = exc if isinstance(exc, BatchFailedError) else self._explain(exc, batch_id, files)
-            logger.error("%s", self.failure)
+            # The job's error line says it; the trace is for --log-level DEBUG.
+            logger.debug("batch %d failed: %s", batch_id, self.failure, exc_info=True)
             raise
         finally:
             with self.lock:
                 self.in_batch = False
 
     def _explain(self, exc: BaseException, batch_id: int, files: list[tuple[str, int]]) -> BatchFailedError:
+        exc = from_read_failure(exc) or exc
         what = str(exc) if isinstance(exc, TextmillError) else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}"
         example = f", e.g. {files[0][0]}" if files else ""
         return BatchFailedError(f"watch: batch {batch_id} ({len(files)} file(s){example}) failed: {what}. Nothing of it was "
@@ -386,6 +389,37 @@ def file_stream(spark: SparkSession, conf: WatchJobConf) -> DataFrame:
     return reader.load(w.inbox).select("path", "length")
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Below DEBUG verbosity, ``name``'s records are dropped for the block."""
+    log = logging.getLogger(name)
+    if logging.getLogger("textmill").getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    previous, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = previous
+
+
+def check_first_file(spark: SparkSession, conf: WatchJobConf) -> None:
+    """Find a config error before the stream starts: the columns of the first file in the
+    inbox must be the ones ``prepare`` is told to read (a CSV reads only its header here)."""
+    p = conf.prepare
+    listed = io.list_input(spark, conf.watch.inbox, p.text_files.glob if p.format == "text_files" else None)
+    first = next((uri for uri, size in listed.files if size > 0), None)
+    if first is None:
+        return
+    try:
+        source = prepare.read_source(spark, [first], p)
+    except (UnreadableInputError, CsvHeaderError) as exc:
+        # A damaged file is its batch's to report (quarantine or a failed batch), not a config error.
+        logger.debug("no column check before the stream: %s", exc)
+        return
+    prepare.check_columns(source, p)
+
+
 def _wait(query: Any, watcher: Watcher, timeout: float) -> None:
     """Until the query ends; after a stop request, until the batch in progress ends (or ``timeout``)."""
     deadline = None
@@ -431,9 +465,12 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="textmill-watch-"))
         watcher = Watcher(spark, conf, BatchSteps(spark, conf, workdir, report), run_id, report)
         _on_stop_signals(watcher, stack)
+        check_first_file(spark, conf)
         console.status(logger, "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s", w.inbox,
                     "available now" if w.trigger == "available_now" else f"every {w.trigger.every}", w.max_files_per_batch,
                     conf.io.output, checkpoint)
+        # py4j logs the batch's exception with its trace before textmill reports it in one line.
+        stack.enter_context(_quiet_logger("py4j.clientserver"))
         query = (file_stream(spark, conf).writeStream.foreachBatch(watcher)
                  .option("checkpointLocation", checkpoint).queryName(f"textmill-watch-{run_id[:8]}")
                  .trigger(**trigger).start())
