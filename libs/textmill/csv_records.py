@@ -204,14 +204,14 @@ def _explain(message: str, dialect: CsvDialect, size: int) -> str:
     return f"the CSV parser rejected it: {message}"
 
 
-def header_of(path: str, dialect: CsvDialect) -> list[str] | None:
+def header_of(path: str, dialect: CsvDialect) -> list[str | None] | None:
     """The column names on the first record of ``path`` (None for a file with no record)."""
     with open_bytes(path) as stream:
         for record in read_records(_physical_lines(stream), dialect):
             if record.fields is None or record.undecodable:
                 raise HeaderError(f"{path}: the header (line {record.line}) is not a readable CSV record: "
                                   f"{record.problem or 'bytes that are not valid UTF-8'}")
-            return [_restore_cr(name) for name in record.fields]
+            return list(record.fields)
     return None
 
 
@@ -227,7 +227,11 @@ except ImportError:  # pragma: no cover - pyspark is a dependency; kept importab
     DataSource = DataSourceReader = InputPartition = object  # type: ignore[misc,assignment]
 
 SOURCE_NAME = "textmill_csv"
+SPLIT_BYTES = 128 * 2**20  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
 BATCH_ROWS = 4096
+# The internal columns of every textmill reader (textmill.io names them), in this source's order.
+INTERNAL = [("_tm_source", "string"), ("_tm_malformed", "string"), ("_tm_decode_error", "string"), ("_tm_suspect", "string"),
+            ("_tm_raw_bytes_in", "binary")]
 
 
 @dataclass
@@ -248,9 +252,7 @@ class CsvRecordsSource(DataSource):  # type: ignore[misc]
 
     def schema(self) -> str:
         spec = json.loads(self.options["spec"])
-        columns = ", ".join(f"`{c.replace('`', '``')}` string" for c in spec["columns"])
-        return (f"{columns}, _tm_source string, _tm_malformed string, _tm_decode_error string, _tm_suspect string, "
-                "_tm_raw_bytes_in binary")
+        return ", ".join([f"`{c.replace('`', '``')}` string" for c in spec["columns"]] + [f"{n} {t}" for n, t in INTERNAL])
 
     def reader(self, schema):  # noqa: ANN001 - pyspark's signature
         return CsvRecordsReader(json.loads(self.options["spec"]))
@@ -270,12 +272,12 @@ class CsvRecordsReader(DataSourceReader):  # type: ignore[misc]
         dialect = CsvDialect(**spec["dialect"])
         columns = spec["columns"]
         width = len(partition.order) if partition.order is not None else len(columns)
-        names = [*columns, "_tm_source", "_tm_malformed", "_tm_decode_error", "_tm_suspect", "_tm_raw_bytes_in"]
+        names = [*columns, *(n for n, _ in INTERNAL)]
+        types = [pa.string()] * len(columns) + [pa.binary() if t == "binary" else pa.string() for _, t in INTERNAL]
         batch: list[list] = [[] for _ in names]
 
         def flush():
-            arrays = [pa.array(values, type=pa.binary() if i == len(names) - 1 else pa.string())
-                      for i, values in enumerate(batch)]
+            arrays = [pa.array(values, type=kind) for values, kind in zip(batch, types)]
             for values in batch:
                 values.clear()
             return pa.RecordBatch.from_arrays(arrays, names=names)

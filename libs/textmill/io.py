@@ -40,16 +40,14 @@ from textmill import csv_records
 from textmill.config import StrictModel
 from textmill.errors import (AccountingError, ColumnNotFoundError, ColumnTypeError, CsvHeaderError, InputNotFoundError,
                              UnreadableInputError)
-from textmill.storage import check_published_together, hadoop_fs, local_path, path_exists, staged_outputs, write_marker
+from textmill.storage import (GLOB_CHARS, check_published_together, hadoop_fs, local_path, path_exists, staged_outputs,
+                              write_marker)
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "_tm_source"
-MALFORMED = "_tm_malformed"
-DECODE_ERROR = "_tm_decode_error"
-SUSPECT = "_tm_suspect"
-RAW_BYTES = "_tm_raw_bytes_in"
-INTERNAL_COLUMNS = (SOURCE, MALFORMED, DECODE_ERROR, SUSPECT, RAW_BYTES)
+# _tm_source, _tm_malformed, _tm_decode_error, _tm_suspect, _tm_raw_bytes_in: named once, where the strict CSV reader writes them.
+INTERNAL_COLUMNS = tuple(name for name, _ in csv_records.INTERNAL)
+SOURCE, MALFORMED, DECODE_ERROR, SUSPECT, RAW_BYTES = INTERNAL_COLUMNS
 
 InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
 
@@ -162,9 +160,6 @@ def _hidden(name: str) -> bool:
     return name.startswith(("_", "."))
 
 
-GLOB_CHARS = frozenset("*?[{")
-
-
 def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> InputListing:
     """Every file under a path or glob, recursively, in a stable order.
 
@@ -196,12 +191,12 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
                 keep(f"file:{local}", root.getName(), os.path.getsize(local))
                 continue
             for folder, dirs, names in os.walk(local, followlinks=False):
-                linked = [os.path.join(folder, n) for n in dirs + names if os.path.islink(os.path.join(folder, n))]
-                listing.links += linked
-                dirs[:] = sorted(d for d in dirs if not _hidden(d) and os.path.join(folder, d) not in linked)
-                for name in sorted(n for n in names if not _hidden(n)):
+                linked = {n for n in dirs + names if not _hidden(n) and os.path.islink(os.path.join(folder, n))}
+                listing.links += [os.path.join(folder, n) for n in linked]
+                dirs[:] = sorted(d for d in dirs if not _hidden(d) and d not in linked)
+                for name in sorted(n for n in names if not _hidden(n) and n not in linked):
                     file = os.path.join(folder, name)
-                    if file not in linked and os.path.isfile(file):
+                    if os.path.isfile(file):
                         keep(f"file:{file}", name, os.path.getsize(file))
             continue
         if status.isFile():
@@ -374,8 +369,7 @@ def _read_csv_strict(spark: SparkSession, files: list[tuple[str, str]], conf: Cs
     else:
         columns = list(conf.columns or [])
     sizes = [(local, uri, os.path.getsize(local)) for local, uri in files]
-    split = int(spark.conf.get("spark.sql.files.maxPartitionBytes", "134217728").rstrip("bB") or 134217728)
-    parts = csv_records.plan_parts(sizes, headers, columns, split, splittable=not conf.multiline)
+    parts = csv_records.plan_parts(sizes, headers, columns, csv_records.SPLIT_BYTES, splittable=not conf.multiline)
     csv_records.register(spark)
     spec = csv_records.spec_json(columns, parts, csv_dialect(conf), conf.header)
     return spark.read.format(csv_records.SOURCE_NAME).option("spec", spec).load()

@@ -88,7 +88,7 @@ def _real(uri: str) -> str:
     return f"file:{os.path.realpath(local_path(uri))}" if uri.startswith("file:") else uri
 
 
-_GLOB_CHARS = frozenset("*?[{")
+GLOB_CHARS = frozenset("*?[{")
 
 
 def _input_locations(spark: SparkSession, path: str) -> list[str]:
@@ -97,7 +97,7 @@ def _input_locations(spark: SparkSession, path: str) -> list[str]:
     fs, hpath = hadoop_fs(spark, path)
     found = [_real(fs.makeQualified(m.getPath()).toString().rstrip("/")) for m in (fs.globStatus(hpath) or [])]
     parts = path.rstrip("/").split("/")
-    fixed = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), None)
+    fixed = next((i for i, part in enumerate(parts) if GLOB_CHARS & set(part)), None)
     if fixed is not None:
         found.append(_real(qualified(spark, "/".join(parts[:fixed]) or "/")))
     return found or [_real(qualified(spark, path))]
