@@ -91,8 +91,29 @@ def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_
 # ---------------------------------------------------------------------------- shrunk examples, kept
 
 
-def _corpus(fmt: str, *files: CorpusFile) -> Corpus:
-    return Corpus(fmt, list(files))
+def test_shrunk_an_empty_text_file_is_an_empty_text_document(spark, mlflow_uri, tmp_path):
+    """Spark's file scan skips 0-byte files, so an empty text file was neither read nor quarantined."""
+    corpus = Corpus("text_files", [CorpusFile("f0.txt", [Record("k0000", None, "k0000 w0", None)]),
+                                   CorpusFile("f1.txt", [Record("k0001", None, "k0001 w0", None)])], empty_files=["empty.txt"])
+    metrics, out, bad = run_prepare(spark, mlflow_uri, corpus, tmp_path / "case")
+    check_outcome(corpus, metrics, out, bad)
+    assert [b["reason"] for b in bad] == ["empty_text"] and bad[0]["source"].endswith("empty.txt")
+
+
+def test_shrunk_a_line_that_starts_exactly_at_a_range_boundary_is_read_once():
+    data = b"k0,t,w\nk1,t,w\n"  # the second line starts at byte 7, the first range's end
+    parts = plan_parts([("-", "-", len(data))], None, ["a", "b", "c"], 7, splittable=True)
+    lines = [line for part in parts for _, line in _physical_lines(io.BytesIO(data), part["start"], part["end"])]
+    assert lines == [b"k0,t,w\n", b"k1,t,w\n"]
+
+
+def test_shrunk_a_multiline_record_with_a_field_too_many_is_quarantined_whole():
+    """Its second line holds as many fields as a record, but an odd quote count: it continues the quoted field."""
+    data = b'id,text,title\nk0,"w0\n0",title k0,one field too many\nk1,w1,title k1\n'
+    records = list(read_records(_physical_lines(io.BytesIO(data)), CsvDialect(multiline=True), width=3))
+    assert [(r.fields, r.problem) for r in records[1:]] == [
+        (None, "4 field(s), expected 3"), (["k1", "w1", "title k1"], None)]
+    assert records[1].raw == b'k0,"w0\n0",title k0,one field too many\n'
 
 
 @given(corpus=corpora(["csv_headerless"]), split=st.integers(1, 400))
