@@ -75,17 +75,22 @@ def run_prepare(spark, mlflow_uri: str, corpus: Corpus, root: Path) -> tuple[dic
     return metrics, out, bad
 
 
-@pytest.mark.slow
-@given(corpus=corpora(FORMATS))
-@settings(max_examples=JOB_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
-def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_fault(spark, mlflow_uri, corpus):
+def check_job_example(spark, mlflow_uri: str, corpus: Corpus) -> None:
+    """One generated corpus through the prepare job, in a folder of its own (Hypothesis runs many per test)."""
     root = Path(tempfile.mkdtemp(prefix="textmill-fuzz-"))
     try:
         metrics, out, bad = run_prepare(spark, mlflow_uri, corpus, root / "case")
         check_outcome(corpus, metrics, out, bad)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@given(corpus=corpora(FORMATS))
+@settings(max_examples=JOB_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_fault(spark, mlflow_uri, corpus):
+    check_job_example(spark, mlflow_uri, corpus)
 
 
 # ---------------------------------------------------------------------------- shrunk examples, kept

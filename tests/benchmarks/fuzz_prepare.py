@@ -25,7 +25,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from fuzz_corpora import FORMATS, check_outcome, corpora  # noqa: E402
+from fuzz_corpora import FORMATS, corpora  # noqa: E402
 
 
 def run_level(name: str, body, examples: int, seed_value: int, formats: list[str]) -> dict:
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=int(time.strftime("%Y%m%d")))
     args = parser.parse_args()
 
-    from test_fuzz_prepare import CSV_FORMATS, check_parsed, run_prepare
+    from test_fuzz_prepare import CSV_FORMATS, check_job_example, check_parsed
 
     result = {"benchmark": "fuzz_prepare", "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "machine": os.uname().machine,
               "cpus": os.cpu_count()}
@@ -72,15 +72,7 @@ def main() -> int:
     store = Path(tempfile.mkdtemp(prefix="textmill-fuzz-mlflow-"))
     uri = f"sqlite:///{store / 'mlflow.db'}"
 
-    def job(corpus) -> None:
-        root = Path(tempfile.mkdtemp(prefix="textmill-fuzz-"))
-        try:
-            metrics, out, bad = run_prepare(spark, uri, corpus, root / "case")
-            check_outcome(corpus, metrics, out, bad)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-    result["job"] = run_level("job", job, args.job_examples, args.seed, FORMATS)
+    result["job"] = run_level("job", lambda corpus: check_job_example(spark, uri, corpus), args.job_examples, args.seed, FORMATS)
     spark.stop()
     shutil.rmtree(store, ignore_errors=True)
     print(json.dumps(result, indent=2))
