@@ -1,4 +1,4 @@
-"""prepare on AG News test.csv (7,600 rows): textmill on local[*] vs one plain Python process.
+"""prepare on AG News test.csv (7,600 rows; ``--copies N``: N copies in one file): textmill on local[*] vs one plain Python process.
 
 Both read the same CSV, apply the same AG cleaning (textmill.cleaning.clean_text) and write
 Parquet. textmill also hashes ids, classifies rows, and checks the row accounting.
@@ -18,7 +18,7 @@ from common import REPO, SHARED, report, require, timer
 AG = require(SHARED / "ag_news" / "test.csv")
 
 
-def single_process(out: Path) -> dict:
+def single_process(out: Path, source: Path) -> dict:
     from textmill.cleaning import clean_text
     from textmill.config import load_conf
     from textmill.pipelines.prepare import PrepareJobConf
@@ -27,7 +27,7 @@ def single_process(out: Path) -> dict:
     labels = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci_Tech"}
     result: dict = {}
     with timer(result):
-        with AG.open(newline="", encoding="utf-8") as fh:
+        with source.open(newline="", encoding="utf-8") as fh:
             rows = [(clean_text(t, cleaning), clean_text(d, cleaning), labels[c]) for c, t, d in csv.reader(fh)]
         table = pa.table({"title": [r[0] for r in rows], "text": [r[1] for r in rows], "label": [r[2] for r in rows]})
         pq.write_table(table, out / "baseline.parquet")
@@ -36,14 +36,14 @@ def single_process(out: Path) -> dict:
     return result
 
 
-def textmill_prepare(out: Path, parser: str = "strict", repeat: int = 1) -> dict:
+def textmill_prepare(out: Path, source: Path, parser: str = "strict", repeat: int = 1) -> dict:
     from textmill.config import load_conf
     from textmill.jobs import run_job
     from textmill.pipelines.prepare import PrepareJobConf
     from textmill.session import get_spark
 
     conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", env="local",
-                     overrides=[f"io.input={AG}", f"io.output={out / 'textmill'}", "spark.ui_enabled=false",
+                     overrides=[f"io.input={source}", f"io.output={out / 'textmill'}", "spark.ui_enabled=false",
                                 f"prepare.csv.parser={parser}"])
     result: dict = {}
     with timer(result, "spark_start_seconds"):
@@ -59,14 +59,23 @@ def textmill_prepare(out: Path, parser: str = "strict", repeat: int = 1) -> dict
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--copies", type=int, default=1, help="read N copies of test.csv in one file (repeats are duplicate_doc_id)")
+    copies = parser.parse_args().copies
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        baseline = single_process(out)
+        source = AG
+        if copies > 1:
+            source = out / "ag_copies.csv"
+            source.write_bytes(AG.read_bytes() * copies)
+        baseline = single_process(out, source)
         # textmill's strict CSV reader (the default), then Spark's parser: 3 timed runs each, one warm session.
-        strict = textmill_prepare(out, "strict", repeat=3)
-        lenient = textmill_prepare(out, "spark", repeat=3)
-    report("prepare_ag_news", {
-        "input": {"file": str(AG), "rows": 7600},
+        strict = textmill_prepare(out, source, "strict", repeat=3)
+        lenient = textmill_prepare(out, source, "spark", repeat=3)
+    report("prepare_ag_news" if copies == 1 else f"prepare_ag_news_x{copies}", {
+        "input": {"file": str(AG), "copies": copies, "rows": 7600 * copies},
         "textmill_local": strict,
         "textmill_local_spark_csv_parser": lenient,
         "single_process_python": baseline,
