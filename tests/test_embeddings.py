@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from textmill import embeddings as emb
 from textmill.docvectors import DocumentEmbedder, load_embeddings
 from textmill.jobs import run_job
-from textmill.pipelines.train_embeddings import EmbeddingsMemoryError, count_vocabulary
+from textmill.pipelines.train_embeddings import EmbeddingsDivergedError, EmbeddingsMemoryError, count_vocabulary
 
 ANIMALS = ["cat", "dog", "horse", "cow", "sheep", "elephant"]
 VEHICLES = ["car", "truck", "bus", "train", "bicycle", "tractor"]
@@ -77,6 +79,23 @@ def test_window_pairs_stay_inside_sentences():
     centers, contexts = emb.dynamic_window_pairs(ids, np.zeros(6, int), window=1, rng=np.random.default_rng(0))
     assert sorted(zip(centers.tolist(), contexts.tolist())) == sorted(
         [(a, a + 1) for a in range(1, 6)] + [(a + 1, a) for a in range(1, 6)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 5000), min_size=1, max_size=40), batch=st.integers(1, 2048), cap=st.integers(1, 64))
+def test_row_shares_cap_every_rows_expected_updates_per_batch_and_spare_the_rest(counts, batch, cap):
+    rows = np.repeat(np.arange(len(counts)), counts)
+    if len(rows) == 0:
+        return
+    shares = emb.row_shares(rows, batch, cap)
+    per_batch = min(batch, len(rows)) / len(rows)
+    expected_full = np.bincount(rows, minlength=len(counts)) * per_batch
+    expected_scaled = np.bincount(rows, weights=shares, minlength=len(counts)) * per_batch
+    assert (expected_scaled <= cap * (1 + 1e-5)).all()
+    under = expected_full <= cap
+    assert np.all(shares[under[rows]] == 1.0)
+    # A row over the cap keeps exactly cap full steps' worth, not less.
+    assert np.allclose(expected_scaled[~under & (expected_full > 0)], cap, rtol=1e-5)
 
 
 def test_combine_averages_rows_by_updates_and_keeps_untouched_rows():
@@ -273,6 +292,33 @@ def test_sgns_quality_holds_from_one_to_eight_partitions(spark, tmp_path, job_co
         purity[partitions] = neighbour_purity(load_embeddings(out / "export")[0], topics)
     assert purity[1] >= 0.9, purity
     assert purity[8] >= purity[1] - 0.05, purity
+
+
+def repetitive_corpus(repeats: int = 60_000) -> list[tuple[str, str]]:
+    """The topic corpus plus the posts that made sgns diverge on newsgroup text: a token
+    repeated tens of thousands of times (uuencoded lines, ``>`` quote markers, ASCII art)."""
+    return topic_corpus(2000) + [("uuencoded", " ".join(["begin"] * repeats)), ("quoted", " ".join([">"] * repeats)),
+                                 ("ascii-art", " ".join(["7 8 9"] * (repeats // 3)))]
+
+
+@pytest.mark.slow
+def test_sgns_at_defaults_trains_on_pathological_repetition(spark, tmp_path, job_conf):
+    src = tmp_path / "repetitive"
+    spark.createDataFrame(repetitive_corpus(), "doc_id string, text string").write.parquet(str(src))
+    run = lambda out, **e: run_job("train_embeddings", job_conf(io={"input": str(src), "output": str(tmp_path / out)},
+                                                                embeddings={"subword": {"enabled": False}, **e}), spark)
+    # The corpus is a real trap: without the per-row cap the first round's weights overflow.
+    with pytest.raises(EmbeddingsDivergedError, match=r"max_row_updates=0: words repeated many times within a batch"):
+        run("uncapped", max_row_updates=0)
+    metrics = run("defaults")
+    # An untrained model scores (1 + negative) ln 2 = 4.16.
+    assert np.isfinite(metrics["final_loss"]) and metrics["final_loss"] < 0.5 * 6 * np.log(2), metrics
+    vectors = load_embeddings(tmp_path / "defaults" / "export")[0]
+    assert np.isfinite(vectors.vectors).all()
+    v = {w: vectors.vectors[vectors.index[w]] for w in ANIMALS + VEHICLES}
+    within = np.mean([cos(v[a], v[b]) for a in ANIMALS for b in ANIMALS if a < b])
+    across = np.mean([cos(v[a], v[b]) for a in ANIMALS for b in VEHICLES])
+    assert within > across + 0.2, (within, across)
 
 
 def test_tiny_corpus_more_partitions_than_documents_works(spark, tmp_path, job_conf):

@@ -12,7 +12,11 @@ Spark tasks, and tests call them directly.
   ``index_add_`` (no autograd, no per-pair Python loop). The batch shares its negative
   samples (``sgns_step``), which turns the negative scores into one matrix product. It returns, per word row,
   the updated vector times the number of updates the row got, and those counts, so the
-  driver can average rows weighted by how much each partition trained them. Memory:
+  driver can average rows weighted by how much each partition trained them. A batch
+  sums the gradients of a word that fills many of its pairs into one step: a token
+  repeated 20,000 times in one document made the default settings diverge. ``row_shares``
+  scales each pair's share of its center's, context's and the shared negatives' updates
+  so that no row takes more than ``max_row_updates`` full steps per batch. Memory:
   the two ``vocab x dim`` matrices, a chunk of pairs and a batch: never the corpus.
 - ``ppmi_svd`` / ``ppmi_factors``: positive PMI (context-distribution smoothing 0.75) of a
   sparse co-occurrence matrix, then a truncated SVD with a fixed start vector: deterministic.
@@ -82,10 +86,24 @@ class SgnsSettings:
     loss_every: int = 8
     chunk_tokens: int = 200_000
     threads: int = 1
+    max_row_updates: int = 16
+
+
+def row_shares(rows: np.ndarray, batch_size: int, cap: int) -> np.ndarray:
+    """Per pair, ``min(1, cap / n)`` for the ``n`` times its row is expected in one batch.
+
+    The chunk's pairs are shuffled before they are cut into batches, so a row seen ``N``
+    times among ``P`` pairs occurs about ``N * batch_size / P`` times in each batch: one
+    bincount per chunk instead of a count per batch. Rows under the cap (all but a few
+    on ordinary text) keep their full step.
+    """
+    expected = np.bincount(rows) * (min(batch_size, len(rows)) / max(len(rows), 1))
+    return np.minimum(1.0, cap / np.maximum(expected, 1e-9))[rows].astype(np.float32)
 
 
 def sgns_step(w_in: torch.Tensor, w_out: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor,
-              negatives: torch.Tensor, k: int, lr: float, with_loss: bool = True) -> float:
+              negatives: torch.Tensor, k: int, lr: float, with_loss: bool = True,
+              center_share: torch.Tensor | None = None, context_share: torch.Tensor | None = None) -> float:
     """One batched SGNS update in place, with negatives shared by the batch; returns the batch
     loss (NaN when ``with_loss`` is False: its logarithms cost as much as a sigmoid of the batch).
 
@@ -104,7 +122,12 @@ def sgns_step(w_in: torch.Tensor, w_out: torch.Tensor, centers: torch.Tensor, co
     g_pos = (pos - 1.0).unsqueeze(1)
     grad_c = g_pos * o + weight * (neg @ n)
     grad_o = g_pos * c
-    grad_n = weight * (neg.T @ c)
+    if center_share is not None:
+        grad_c = grad_c * center_share.unsqueeze(1)
+        grad_o = grad_o * context_share.unsqueeze(1)
+        grad_n = weight * ((neg * center_share.unsqueeze(1)).T @ c)
+    else:
+        grad_n = weight * (neg.T @ c)
     w_in.index_add_(0, centers, grad_c, alpha=-lr)
     w_out.index_add_(0, contexts, grad_o, alpha=-lr)
     w_out.index_add_(0, negatives, grad_n, alpha=-lr)
@@ -144,8 +167,15 @@ def train_sgns_partition(
         if len(centers) == 0:
             continue
         order = rng.permutation(len(centers))
-        centers_t = torch.from_numpy(centers[order])
-        contexts_t = torch.from_numpy(contexts[order])
+        centers, contexts = centers[order], contexts[order]
+        centers_t = torch.from_numpy(centers)
+        contexts_t = torch.from_numpy(contexts)
+        shares = None
+        if settings.max_row_updates:
+            center_share = row_shares(centers, size, settings.max_row_updates)
+            context_share = row_shares(contexts, size, settings.max_row_updates)
+            if min(center_share.min(), context_share.min()) < 1.0:
+                shares = torch.from_numpy(center_share), torch.from_numpy(context_share)
         progress = min(1.0, seen_tokens / max(expected_tokens, 1))
         lr = max(lr_end, lr_start - (lr_start - lr_end) * progress)
         # The chunk's negatives in one draw, and its update counts in one bincount per matrix,
@@ -154,8 +184,9 @@ def train_sgns_partition(
         negatives = torch.multinomial(neg_probs, len(starts) * k_shared, replacement=True, generator=gen).view(len(starts), k_shared)
         for number, start in enumerate(starts):
             with_loss = batches % settings.loss_every == 0
-            loss = sgns_step(w_in, w_out, centers_t[start : start + size], contexts_t[start : start + size],
-                             negatives[number], settings.negative, lr, with_loss)
+            batch = slice(start, start + size)
+            loss = sgns_step(w_in, w_out, centers_t[batch], contexts_t[batch], negatives[number], settings.negative, lr,
+                             with_loss, *((shares[0][batch], shares[1][batch]) if shares else ()))
             if with_loss:
                 loss_sum, loss_batches = loss_sum + loss, loss_batches + 1
             batches += 1

@@ -16,6 +16,10 @@
    then refines one shared solution. From a random start the partitions' models drift
    apart and their average loses quality as partitions grow (WS-353 0.29 at 1 partition,
    0.07 at 8 on a quarter of IMDB unsup; 0.44 and 0.37 from the PPMI start).
+   A batch sums the updates of a word that occurs in many of its pairs (a token repeated
+   thousands of times in one post: uuencoded lines, ``>`` quote markers, ASCII art) into
+   one step that grows with the count and diverges; ``max_row_updates`` scales such a
+   word's share of each update down to that many full steps (``embeddings.row_shares``).
    ``ppmi_svd``: windowed co-occurrence counts per partition, summed with ``treeReduce``,
    then PPMI and a truncated SVD on the driver (deterministic).
 4. Subword vectors for unseen words (fastText-style n-grams, fitted by least squares).
@@ -90,6 +94,8 @@ class EmbeddingsConf(StrictModel):
     batch_pairs: int = Field(1024, gt=0, description="(center, context) pairs per vectorised update")
     shared_negatives: int = Field(
         16, gt=0, description="negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)")
+    max_row_updates: int = Field(
+        16, ge=0, description="a word's summed updates per batch are scaled down to this many full steps; 0 = off (sgns)")
     partitions: int | None = Field(None, gt=0, description="default: default parallelism")
     seed: int = 1
     max_memory_mb: int = Field(4096, gt=0, description="refuse a vocab x dim whose training state needs more")
@@ -196,7 +202,7 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
     keep = emb.keep_probabilities(counts, c.sample).astype(np.float32)
     negative_probs = emb.negative_distribution(counts)
     settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs,
-                                 shared_negatives=c.shared_negatives)
+                                 shared_negatives=c.shared_negatives, max_row_updates=c.max_row_updates)
     rounds = c.epochs * c.rounds_per_epoch
     history = []
     with console.Progress("sgns", rounds, unit="rounds") as progress:
@@ -223,8 +229,9 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
             b_out.destroy()
             if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
                 raise EmbeddingsDivergedError(
-                    f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr} and batch_pairs={c.batch_pairs}; "
-                    "lower embeddings.lr or embeddings.batch_pairs (small vocabularies put many updates on the same rows per batch)")
+                    f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr}, batch_pairs={c.batch_pairs} and "
+                    f"max_row_updates={c.max_row_updates}: words repeated many times within a batch get their updates summed "
+                    "into one oversized step; lower embeddings.max_row_updates (0 turns the cap off) or embeddings.lr")
             seconds = time.perf_counter() - started
             record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
                       "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
@@ -344,7 +351,7 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
     words_per_second = total_tokens * (c.epochs if c.method == "sgns" else 1) / max(train_seconds, 1e-9)
     return {"rows_in": rows_in, "vocab_size": len(words), "tokens": total_tokens, "empty_docs": int(totals["empty"] or 0),
             "train_seconds": train_seconds, "init_seconds": init_seconds, "subword_seconds": subword_seconds, "words_per_second": words_per_second,
-            "partitions": partitions}
+            "partitions": partitions, **({"final_loss": history[-1]["loss"]} if history else {})}
 
 
 def log_embedder(export: Path):
