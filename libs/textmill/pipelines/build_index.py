@@ -12,9 +12,12 @@ whole directory is staged, published and logged to MLflow.
 Recall: on ``recall.queries`` sampled items, the exact top k by blocked brute force
 (computed map-reduce style: the sample's vectors are broadcast, each partition keeps its
 top k per query, the driver merges; all vectors never reach the driver) is compared with
-the index's answer at the configured ``search_k``; ``recall_at_k`` is logged. With ``tune.target_recall`` the job tries growing ``n_trees`` and ``search_k``
-until the target is reached, keeps the cheapest setting that reaches it, and logs the
-trade-off curve as a plot.
+the index's answer at the configured ``search_k``; ``recall_at_k`` is logged. By default
+(``tune.target_recall: 0.9``) the job tries growing ``n_trees`` and ``search_k`` until the
+target is reached, keeps the fastest setting that reaches it, and logs the trade-off curve
+as a plot: Annoy's own defaults (round(ln n) trees, search_k = k x n_trees) gave recall@10
+0.68 on 7,532 newsgroup document vectors. ``tuning_seconds`` (every candidate built and
+measured) is logged beside ``build_seconds`` (the chosen candidate's build).
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ class RecallConf(StrictModel):
 
 
 class TuneConf(StrictModel):
-    target_recall: float | None = Field(None, gt=0, le=1, description="null = no tuning")
+    target_recall: float | None = Field(0.9, gt=0, le=1, description="recall@k to reach on the sample; null = no tuning")
     max_trees: int = Field(256, gt=0)
     search_k_factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
                                         description="search_k = factor x k x n_trees")
@@ -243,6 +246,7 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
             t for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2 ** p for p in range(1, 9)]
             if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))})
         build_seconds = 0.0
+        tuning_started = time.perf_counter()
         with console.Progress("index tuning", len(trees_options), unit="tree counts") as progress:
             for trees in trees_options:
                 candidate = staging / f"trees-{trees}"
@@ -266,12 +270,13 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
                     chosen = (candidate, manifest, best)
                     break
                 chosen = (candidate, manifest, max(points, key=lambda p: p["recall"]))
+        tuning_seconds = time.perf_counter() - tuning_started
         candidate, manifest, best = chosen
         manifest.search_k = best["search_k"]
         manifest.recall = {"k": k, "queries": len(sample), "search_k": best["search_k"], "recall": best["recall"],
                            "queries_per_second_driver": best["queries_per_second"],
                            "target": c.tune.target_recall, "reached": c.tune.target_recall is None or best["recall"] >= c.tune.target_recall,
-                           "tried": {str(t): p for t, p in tried.items()}}
+                           "tried": {str(t): p for t, p in tried.items()}, "tuning_seconds": tuning_seconds}
         manifest.save(candidate)
         if c.tune.target_recall and not manifest.recall["reached"]:
             logger.warning("recall target %.3f not reached: best %.3f with %d trees", c.tune.target_recall, best["recall"], manifest.n_trees)
@@ -293,4 +298,5 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         logger.warning("index is %.0f MB: logged its path (tag textmill.index_path), not its files", size / 2**20)
     return {"rows_in": n_items + skipped, "items": n_items, "skipped_null_vectors": skipped, "shards": shards,
             "n_trees": manifest.n_trees, "search_k": manifest.search_k, f"recall_at_{k}": best["recall"],
-            "build_seconds": build_seconds, "dim": dim}
+            "build_seconds": build_seconds, "tuning_seconds": tuning_seconds, "recall_target_reached": float(manifest.recall["reached"]),
+            "dim": dim}

@@ -11,8 +11,11 @@ divided by the voter's degree (``lin``) or by ln(1 + degree) (``log``). Updating
 subset per round, instead of all nodes at once, is the distributed stand-in for the
 sequential random visiting order; it avoids the oscillations of fully synchronous updates.
 It stops when a full sweep changes nothing, or when at most ``tolerance`` of the nodes
-changed class (converged), or at ``max_iterations``; all reported. Nothing is collected to
-the driver but counts.
+changed class (converged); or when ``patience`` iterations in a row changed no fewer nodes
+than the fewest so far (stalled: what still changes are nodes between near-equal classes,
+which more rounds move back and forth without merging anything); or at
+``max_iterations``. The reason, the iterations and the share of nodes that changed in the
+last one are reported. Nothing is collected to the driver but counts.
 
 Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
 ``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
@@ -53,6 +56,8 @@ class ClusterConf(StrictModel):
         "top", description="a neighbour's vote: its edge weight (top), divided by its degree (lin) or by ln(1 + degree) (log)")
     tolerance: float = Field(0.001, ge=0, lt=1, description="converged when at most this share of nodes changed class in an iteration")
     max_iterations: int = Field(30, gt=0)
+    patience: int | None = Field(
+        5, gt=0, description="stop (stalled) after this many iterations in a row changed no fewer nodes than the fewest so far; null = never")
     update_fraction: float = Field(0.5, gt=0, le=1, description="share of nodes updated per iteration")
     seed: int = 7
     distance: str = Field("angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight")
@@ -109,15 +114,17 @@ def vote_weights(edges: DataFrame, vote: str) -> DataFrame:
             .select("src", "dst", (F.col("weight") / scale).alias("weight")))
 
 
-def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, int, bool]:
-    """(``id, label``, iterations run, converged)."""
+def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, dict]:
+    """(``id, label``, how it stopped: ``iterations``, ``stop_reason`` (converged | stalled |
+    max_iterations), ``changed_share`` of the last iteration)."""
     labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
     edges = vote_weights(edges, c.vote).localCheckpoint()
     # With a tolerance, a few nodes flipping between two equally strong classes (they do, on
     # hub-rich graphs) no longer keep the loop going until max_iterations.
-    allowed = int(c.tolerance * (n_nodes if n_nodes is not None else nodes.count()))
+    n_nodes = n_nodes if n_nodes is not None else nodes.count()
+    allowed = int(c.tolerance * n_nodes)
     no_label = F.lit(None).cast(labels.schema["label"].dataType)
-    converged, iterations = False, 0
+    reason, iterations, changed, fewest, since_fewest, changes = "max_iterations", 0, 0, None, 0, []
     with console.Progress("chinese whispers", c.max_iterations, unit="rounds") as progress:
         for iteration in range(1, c.max_iterations + 1):
             iterations = iteration
@@ -144,12 +151,18 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
             # Converged when every node already holds its neighbourhood's best class, or (tolerance)
             # when at most the allowed number of nodes changed class this iteration.
             changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
+            changes.append(changed)
             progress.advance(changed=changed)
             if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
-                converged = True
+                reason = "converged"
                 break
-        progress.close("converged" if converged else "max_iterations reached")
-    return labels, iterations, converged
+            fewest, since_fewest = (changed, 0) if fewest is None or changed < fewest else (fewest, since_fewest + 1)
+            if c.patience and since_fewest >= c.patience:
+                reason = "stalled"
+                logger.info("chinese whispers stalled: %d iterations without fewer than %d changes", since_fewest, fewest)
+                break
+        progress.close(reason.replace("_", " ") + ("" if reason != "max_iterations" else " reached"))
+    return labels, {"iterations": iterations, "stop_reason": reason, "changed_share": changed / max(n_nodes, 1), "changes": changes}
 
 
 def _histogram(sizes: list[int], path: Path) -> None:
@@ -182,7 +195,8 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
                          f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
                          "in items mode over the same ids it indexed")
     edges, threshold = edges_from_neighbors(neighbors, c)
-    labels, iterations, converged = chinese_whispers(nodes, edges, c, rows_in)
+    labels, stop = chinese_whispers(nodes, edges, c, rows_in)
+    mlflow.set_tag("textmill.cluster.stop_reason", stop["stop_reason"])
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = io.number_rows(sizes, [F.desc("size"), F.col("label")], "cluster_id")
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
@@ -198,8 +212,9 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         plot = Path(tmp) / "cluster_sizes.png"
         _histogram(size_list, plot)
         mlflow.log_artifact(str(plot), "cluster")
-    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": iterations, "converged": float(converged),
-            "min_weight_used": threshold}
+    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": stop["iterations"],
+            "converged": float(stop["stop_reason"] == "converged"), "stalled": float(stop["stop_reason"] == "stalled"),
+            "changed_share": stop["changed_share"], "min_weight_used": threshold}
 
 
 def size_metrics(sizes: list[int]) -> dict[str, float]:
