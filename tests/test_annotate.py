@@ -15,6 +15,7 @@ from textmill.jobs import run_job
 from textmill.nlp import EntityOptions, ModelLoadError, NlpConf, TokenOptions, plan_pipeline, split_long_text
 from textmill.pipelines.annotate import RowErrorsError, with_annotations, with_entities, with_tokens
 from textmill.sample import ORGS, PEOPLE, PLACES, TOPICS, _document
+from spacy.language import Language
 
 from test_prepare import REPO, load_job
 
@@ -110,6 +111,81 @@ def test_output_equals_single_process_nlp_pipe(spark, small_arrow_batches):
         assert row["sentences"] == [{"start_char": s.start_char, "end_char": s.end_char} for s in doc.sents]
         assert row["entities"] == [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents]
     assert sum(len(r["entities"]) for r in got.values()) > 300  # the texts really have entities
+
+
+def newswire_fragments(n: int, seed: int = 5) -> list[str]:
+    """Datelines, bylines and headline runs whose sentence boundaries the parser decides: on
+    such text spaCy's NER gives other entities without the parser (4% of these documents)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(3, 8)):
+            p, o, l = rng.choice(PEOPLE), rng.choice(ORGS), rng.choice(PLACES)
+            parts.append(rng.choice([f"{p} said {o} would open in {l}", f"{l.upper()} {o} shares fell", f"{p} {o} {l}",
+                                     f"Reporting by {p} in {l} Editing by {rng.choice(PEOPLE)}", f"{o} CEO {p} flew to {l} on Monday",
+                                     f"-- {p} ({o})", f"{l} 1996-08-2{rng.randint(0, 9)}"]) + rng.choice([". ", "\n", " ", "; ", "\n\n", " - "]))
+        texts.append("".join(parts))
+    return texts
+
+
+def spans(doc) -> list[dict]:
+    return [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents]
+
+
+def test_both_component_modes_equal_single_process_spacy(spark):
+    texts = newswire_fragments(300)
+    found = {}
+    for components in ("needed", "all"):
+        out = with_entities(docs_frame(spark, texts), NlpConf(model=MODEL, components=components))
+        found[components] = {r.doc_id: [e.asDict() for e in r.entities] for r in out.collect()}
+    # needed: ner alone, as spaCy runs it with the other components excluded; all: nlp.pipe itself.
+    references = {"needed": spacy.load(MODEL, exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]),
+                  "all": spacy.load(MODEL)}
+    for components, nlp in references.items():
+        for i, doc in enumerate(nlp.pipe(texts, batch_size=64)):
+            assert found[components][f"d{i:04d}"] == spans(doc), (components, texts[i])
+    differ = sum(found["needed"][k] != found["all"][k] for k in found["all"])
+    assert differ >= 5, "the texts no longer tell the two modes apart"
+
+
+@Language.component("textmill_test_proper_nouns")
+def count_proper_nouns(doc):
+    """A user's component textmill cannot know: it reads the tagger's tags."""
+    doc.user_data["proper_nouns"] = sum(t.tag_ == "NNP" for t in doc)
+    return doc
+
+
+def test_components_textmill_does_not_know_run_with_everything_before_them(spark, tmp_path):
+    # A rule-based entity component after ner whose patterns read POS (the tagger), and
+    # merge_entities, which rewrites the tokens: under the old pruning the first matched
+    # nothing and the second was dropped, so tokens and entities differed from nlp.pipe.
+    nlp = spacy.load(MODEL)
+    ruler = nlp.add_pipe("entity_ruler", after="ner", config={"overwrite_ents": True})
+    ruler.add_patterns([{"label": "MARKET_MOVE", "pattern": [{"POS": "PROPN"}, {"LOWER": "shares"}, {"LOWER": "fell"}]}])
+    nlp.add_pipe("merge_entities")
+    nlp.to_disk(tmp_path / "pipeline")
+    texts = newswire_fragments(120, seed=8)
+    out = with_annotations(docs_frame(spark, texts), NlpConf(model=str(tmp_path / "pipeline")), TokenOptions(), EntityOptions())
+    got = {r.doc_id: r for r in out.collect()}
+    reference = spacy.load(tmp_path / "pipeline")
+    moves = 0
+    for i, doc in enumerate(reference.pipe(texts)):
+        row = got[f"d{i:04d}"]
+        assert row.tokens == [t.text for t in doc] and [e.asDict() for e in row.entities] == spans(doc), texts[i]
+        moves += sum(e.label_ == "MARKET_MOVE" for e in doc.ents)
+    assert moves >= 10
+
+    # A user's own factory, placed after the tagger: it and what precedes it are kept in both modes.
+    custom = spacy.load(MODEL)
+    custom.add_pipe("textmill_test_proper_nouns", after="tagger")
+    custom.to_disk(tmp_path / "custom")
+    for components in ("needed", "all"):
+        plan = plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark, components=components)
+        assert {"tok2vec", "tagger", "textmill_test_proper_nouns", "ner"}.isdisjoint(plan.exclude), (components, plan.exclude)
+    needed = plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark)
+    assert set(needed.exclude) == {"parser", "attribute_ruler", "lemmatizer", "senter"}
+    assert set(plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark, components="all").exclude) == {"senter"}
 
 
 def test_bad_inputs_keep_every_row(spark, small_arrow_batches):

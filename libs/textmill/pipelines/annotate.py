@@ -70,7 +70,7 @@ def with_annotations(
     clash = sorted(set(nlp.keep_columns) & produced)
     if clash:
         raise ColumnNotFoundError(f"nlp.keep_columns may not carry {clash}: the job writes columns with those names")
-    plan = plan or plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=df.sparkSession)
+    plan = plan or plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=df.sparkSession, components=nlp.components)
     logger.info("spaCy %s: running %s (excluded: %s)", nlp.model,
                 "tokenizer only" if not plan.exclude and not plan.enable else "the planned components", ", ".join(plan.exclude) or "none")
     annotate = make_annotate_udf(
@@ -152,7 +152,7 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
     nlp: NlpConf = conf.nlp
     source = io.read_input(spark, conf.io.input, ["doc_id", nlp.text_column, *nlp.keep_columns], INPUT_HINT)
     io.require_text_column(source, nlp.text_column)
-    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=spark)  # fails on the driver before any Spark job
+    plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=spark, components=nlp.components)  # fails on the driver before any Spark job
     tracking.tag_model_source("textmill.nlp", plan.source)
     rows_in = source.count()
     report = models.new_worker_report(spark)

@@ -209,7 +209,8 @@ class BatchSteps:
         self.nlp_step = next((s for s in steps if s in NLP_STEPS), None)
         self.tokens = conf.tokenize if self.nlp_step in ("annotate", "tokenize") else None
         self.entities = conf.ner if self.nlp_step in ("annotate", "ner") else None
-        self.plan = plan_pipeline(conf.nlp.model, self.tokens, self.entities, gpu=conf.nlp.gpu, spark=spark) if self.nlp_step else None
+        self.plan = (plan_pipeline(conf.nlp.model, self.tokens, self.entities, gpu=conf.nlp.gpu, spark=spark, components=conf.nlp.components)
+                     if self.nlp_step else None)
         tracking.tag_model_source("textmill.nlp", self.plan.source if self.plan else None)
         self.classifier = classify.ship_model(spark, conf.classify.model_uri, workdir) if "classify" in steps else None
         self.embeddings = io.ship_directory(spark, embed_docs.export_dir(conf.embed.embeddings)) if "embed_docs" in steps else None
