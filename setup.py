@@ -30,6 +30,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "scipy>=1.11",  # sparse matrices for ppmi_svd and the subword fit; was only reached through mlflow
     "tqdm>=4.66,<5",  # progress bars on a terminal (textmill.console); spaCy and MLflow already draw theirs with it
+    # the linear classifier's exact solver (L-BFGS logistic regression, textmill.logistic_solver) rather than a hand-written
+    # optimiser; also bench_baselines' tf-idf + LinearSVC. mlflow already pulls it in: now pinned as what textmill uses.
+    "scikit-learn==1.9.1",
 ]
 
 TEST_REQUIRES = [
@@ -39,7 +42,7 @@ TEST_REQUIRES = [
     # not the example (tests/test_fuzz_prepare.py; the long profile is `make fuzz`); the standard library for it in Python
     "hypothesis==6.170.17",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
-    "scikit-learn==1.9.1",  # bench_baselines: tf-idf + LinearSVC, the textbook baseline (already pulled in by mlflow)
+    "chinese-whispers==0.9.0",  # bench_clusters: the reference Chinese Whispers (networkx), same graph; never a runtime dependency
     "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
 ]
 

@@ -55,7 +55,7 @@ display(spark.read.parquet(f"{output_root}/prepared").groupBy("label").count().o
 
 train_conf = load_conf(TrainClassifierJobConf, f"{conf_dir}/train_classifier.yaml",
                        overrides=[f"io.input={output_root}/prepared", f"io.output={output_root}/model",
-                                  f"classifier.registry.name={model_name}", "classifier.training.epochs=4"])
+                                  f"classifier.registry.name={model_name}"])
 trained = run_job("train_classifier", train_conf, spark)
 print(f"validation accuracy {trained['val_accuracy']:.3f}, macro-F1 {trained['val_macro_f1']:.3f}")
 

@@ -12,7 +12,9 @@ Steps (Spark does the data work, torch the training):
 3. featurize on executors with a pandas UDF (the same ``Featurizer`` the model serves
    with); for ``word_ids`` the vocabulary is counted map-reduce style first; rows are
    written shuffled, as several files, to ``<output>/features/{train,val}``;
-4. train from those files in streamed chunks, in this process or, with
+4. train: the ``linear`` kind's logistic form by default to its L2-regularised optimum on
+   the driver (``training.solver: auto`` -> ``lbfgs``, ``textmill.logistic_solver``; C chosen
+   on the validation split), where its memory estimate fits; otherwise from those files in streamed chunks, in this process or, with
    ``distributed.num_processes > 1``, through ``TorchDistributor`` (DDP, gloo on CPU), each
    process reading its own shard of files; for ``spacy_textcat`` the files hold ``text,
    label`` and spaCy's own training loop trains its ``textcat`` (``textmill.spacy_textcat``);
@@ -73,6 +75,13 @@ class ModelConf(StrictModel):
 
 
 class TrainingConf(StrictModel):
+    solver: Literal["auto", "lbfgs", "sgd"] = Field(
+        "auto", description="linear logistic form: lbfgs solves the L2-regularised objective to optimum on the driver, "
+                            "C chosen on the validation split; sgd streams epochs (Adagrad); auto: lbfgs when one process "
+                            "and its memory estimate fits classifier.max_memory_mb, else sgd. Other kinds: sgd")
+    C: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0, 64.0], min_length=1,
+                           description="lbfgs: inverse L2 strengths tried, the best on the validation split (registry.metric) kept")
+    max_iter: int = Field(300, gt=0, description="lbfgs: solver iterations per C")
     epochs: int | None = Field(None, gt=0, description="default 10 for linear, 5 for gru and spacy_textcat")
     batch_size: int = Field(64, gt=0)
     lr: float | None = Field(None, gt=0, description="default 0.2 for the logistic form (Adagrad), 0.02 otherwise (Adam)")
@@ -128,6 +137,13 @@ class TrainClassifierJobConf(JobConf):
         problems = super().cross_field_problems()
         if self.classifier.model.kind == "spacy_textcat" and self.classifier.distributed.num_processes > 1:
             problems.append("'classifier.distributed.num_processes' > 1 needs a torch kind (linear, gru); spacy_textcat trains in one process")
+        t, m = self.classifier.training, self.classifier.model
+        if t.solver == "lbfgs" and not (m.kind == "linear" and m.form == "logistic"):
+            problems.append(f"'classifier.training.solver' lbfgs needs the linear kind's logistic form (got kind {m.kind!r}, form {m.form!r})")
+        if t.solver == "lbfgs" and self.classifier.distributed.num_processes > 1:
+            problems.append("'classifier.training.solver' lbfgs trains in one process; use sgd with distributed.num_processes > 1")
+        if any(c <= 0 for c in t.C):
+            problems.append(f"'classifier.training.C' values must be > 0 (got {t.C})")
         if self.classifier.training.patience is not None and not self.classifier.training.keep_best:
             problems.append("'classifier.training.patience' needs 'classifier.training.keep_best: true' (it stops on the best epoch's metric)")
         return problems
@@ -364,6 +380,15 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     settings = TrainSettings(epochs=epochs_for(c), batch_size=t.batch_size, lr=lr_for(c), seed=t.seed, weight_decay=t.weight_decay,
                              buffer_size=t.shuffle_buffer, threads=t.threads, keep_best=t.keep_best, patience=t.patience,
                              select_by=c.registry.metric)
+    solver = solver_for(c, train_files, len(labels), featurizer.n_ids)
+    mlflow.log_param("training.solver_used", solver)
+    if solver == "lbfgs":
+        streaming_only = [k for k in ("epochs", "lr", "keep_best", "patience") if getattr(t, k)]
+        if streaming_only:
+            logger.warning("classifier.training.%s: settings of the streaming solver, which lbfgs does not use; set "
+                           "classifier.training.solver: sgd to train with them", ", ".join(streaming_only))
+        model, history = _train_lbfgs(c, spec, train_files, val_files, log_epoch)
+        return _finish_torch(conf, model, spec, featurizer, labels, history, "cpu", val_files, counts, None)
     mlflow.log_params({"model.n_ids": featurizer.n_ids, "training.epochs_used": settings.epochs, "training.lr_used": settings.lr})
     if c.distributed.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
@@ -390,6 +415,42 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
         result = train(spec, settings, train_files, val_files, n_train, on_epoch=log_epoch)
         model, history, device, best_epoch = result.model, result.history, result.device, result.best_epoch
     return _finish_torch(conf, model, spec, featurizer, labels, history, device, val_files, counts, best_epoch)
+
+
+def solver_for(c: ClassifierConf, train_files: list[str], n_labels: int, n_ids: int) -> str:
+    """``lbfgs`` or ``sgd`` for this run (see ``TrainingConf.solver``)."""
+    t, m = c.training, c.model
+    if t.solver != "auto":
+        chosen = t.solver
+    elif m.kind != "linear" or m.form != "logistic" or c.distributed.num_processes > 1:
+        return "sgd"
+    else:
+        chosen = "lbfgs"
+    if chosen == "lbfgs":
+        from textmill import logistic_solver
+
+        need = logistic_solver.estimate_mb(train_files, n_labels, n_ids)
+        if need > c.max_memory_mb:
+            if t.solver == "lbfgs":
+                raise ClassifierMemoryError(
+                    f"classifier.training.solver lbfgs needs about {need:,.0f} MB on the driver for this training split, over "
+                    f"classifier.max_memory_mb={c.max_memory_mb:,}; use solver sgd (streams) or raise classifier.max_memory_mb")
+            logger.info("lbfgs would need about %.0f MB (max_memory_mb %d): training with the streaming sgd solver", need, c.max_memory_mb)
+            return "sgd"
+    return chosen
+
+
+def _train_lbfgs(c: ClassifierConf, spec: ModelSpec, train_files: list[str], val_files: list[str], log_epoch):
+    """(model, history): the logistic form at its optimum, one history record per C tried."""
+    from textmill import logistic_solver
+    from textmill.classifier import document_frequencies
+
+    model = spec.build()
+    model.set_idf(*document_frequencies(train_files, spec.n_ids), min_df=spec.min_df)
+    history, chosen = logistic_solver.fit(model, train_files, val_files, spec.n_classes, c.training.C, c.registry.metric,
+                                          c.training.max_iter, on_candidate=log_epoch)
+    mlflow.log_params({"training.C_used": chosen})
+    return model, history
 
 
 def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_files: list[str], val_files: list[str],
