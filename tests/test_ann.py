@@ -35,7 +35,7 @@ def random_index(spark, tmp_path_factory, mlflow_uri):
     vectors = np.random.default_rng(1).normal(size=(600, 8)).astype(np.float32)
     ids = write_vectors(spark, base / "vectors", vectors)
     conf = {"io": {"input": str(base / "vectors"), "output": str(base / "index")},
-            "index": {"shards": 3, "n_trees": 10, "search_k": 20_000, "recall": {"queries": 100, "k": 5}},
+            "index": {"shards": 3, "n_trees": 10, "search_k": 20_000, "recall": {"queries": 100, "k": 5}, "tune": {"target_recall": None}},
             "spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "ann-tests"}}
     metrics = run_job("build_index", conf, spark)
     return base, vectors, ids, metrics, conf
@@ -234,7 +234,7 @@ def test_chinese_whispers_plan_estimate_stays_small_over_many_rounds(spark):
     from textmill.pipelines.cluster import ClusterConf, chinese_whispers
 
     nodes, edges, n = _random_graph(spark)
-    conf = ClusterConf(max_iterations=12, update_fraction=0.05, patience=None)
+    conf = ClusterConf(max_iterations=12, update_fraction=0.05, tolerance=0.0, patience=None)
     labels, stop = chinese_whispers(nodes, edges, conf)
     assert stop["iterations"] == 12 and stop["stop_reason"] == "max_iterations"
     assert labels.count() == n

@@ -1,12 +1,16 @@
 """Clustering quality on labelled data: Chinese Whispers (not told k) vs Spark ML KMeans (told k).
 
-BBC News (2,225 articles, 5 topics, ``../shared/data/bbc_news``), all through textmill's jobs:
+``--corpus``: BBC News (2,225 articles, 5 topics, ``../shared/data/bbc_news``, the default),
+AG News test (7,600 items, 4 topics), or ``bbc_ag``, both as nine topics. All through textmill's jobs:
 ``train_embeddings`` on the articles' text -> ``embed_docs`` (SIF-weighted mean vectors) ->
 ``build_index`` -> ``neighbors`` (items mode, the documents' kNN graph) -> ``cluster`` once per
 Chinese Whispers variant in ``VARIANTS``. Next to them, Spark ML ``KMeans(k=5)`` on the same
 document vectors (L2-normalised, so its distance matches the graph's cosine), three seeds.
 Reported per contender: NMI and adjusted Rand index against the topics (scikit-learn's, a
-benchmark-only dependency), clusters found, the largest cluster's share, iterations, converged.
+benchmark-only dependency), clusters found, the largest cluster's share, iterations, how the
+rounds stopped (converged, stalled) and the share of nodes changing in the last one. Beside
+them, the reference implementation from PyPI (``chinese-whispers``, networkx, sequential)
+on the same edges, ``--reference-seeds`` runs: NMI, ARI and seconds, and the ratios.
 
 The topics are used only to score; no variant sees them. Which variants exist, and the
 default, were chosen on this same data, so these are not held-out figures.
@@ -16,7 +20,8 @@ With ``--words``, also the word vectors ``bench_embeddings.py`` keeps in
 by each variant, reported as the share of the vocabulary in the largest cluster, the
 singleton share, and a sample of clusters (seeded), since there are no labels to score against.
 
-python tests/benchmarks/bench_clusters.py [--k 10] [--variants top log ...] [--words] [--skip-docs]
+python tests/benchmarks/bench_clusters.py [--corpus bbc_news|ag_news|bbc_ag] [--k 10] [--variants top log ...]
+    [--reference-seeds 3] [--words] [--skip-docs]
 """
 from __future__ import annotations
 
@@ -86,6 +91,49 @@ def cluster_words(spark, run_job, base: dict, tmp: Path, args) -> dict:
     return out
 
 
+def _all(split):
+    def rows() -> list[dict]:
+        train, test = split()
+        return train + test
+    return rows
+
+
+def _corpora() -> dict:
+    from bench_baselines import ag_split, bbc_split, many_class_split
+
+    return {"bbc_news": _all(bbc_split), "ag_news": _all(ag_split), "bbc_ag": _all(many_class_split)}
+
+
+CORPORA = _corpora()
+
+
+def reference(spark, knn: Path, truth: dict, seeds: int) -> dict:
+    """The PyPI ``chinese-whispers`` package (networkx, sequential visiting order, ``top``
+    weighting, 30 iterations as textmill's default) on the very edges textmill clusters."""
+    import networkx as nx
+    from chinese_whispers import chinese_whispers
+
+    from textmill.pipelines.cluster import ClusterConf, edges_from_neighbors
+
+    edges, _ = edges_from_neighbors(spark.read.parquet(str(knn)), ClusterConf())
+    started = time.perf_counter()
+    graph = nx.Graph()
+    graph.add_nodes_from(sorted(truth))
+    graph.add_weighted_edges_from((r.src, r.dst, r.weight) for r in edges.collect())
+    build_seconds = time.perf_counter() - started
+    runs = []
+    for seed in range(1, seeds + 1):
+        started = time.perf_counter()
+        chinese_whispers(graph, weighting="top", iterations=30, seed=seed)
+        seconds = time.perf_counter() - started
+        ids = sorted(truth)
+        found = [graph.nodes[i]["label"] for i in ids]
+        runs.append({**scores([truth[i] for i in ids], found), "clusters": len(set(found)), "seconds": round(seconds, 2), "seed": seed})
+    return {"nmi": round(sum(r["nmi"] for r in runs) / len(runs), 4), "ari": round(sum(r["ari"] for r in runs) / len(runs), 4),
+            "seconds": round(sum(r["seconds"] for r in runs) / len(runs), 2), "graph_build_seconds": round(build_seconds, 2),
+            "edges": graph.number_of_edges(), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--k", type=int, default=10, help="neighbours per document in the kNN graph")
@@ -93,9 +141,10 @@ def main() -> None:
     parser.add_argument("--kmeans-seeds", type=int, default=3)
     parser.add_argument("--words", action="store_true", help="also cluster bench_embeddings' IMDB word vectors")
     parser.add_argument("--skip-docs", action="store_true")
+    parser.add_argument("--corpus", choices=list(CORPORA), default="bbc_news")
+    parser.add_argument("--reference-seeds", type=int, default=3, help="runs of the PyPI chinese-whispers package on the same graph")
     args = parser.parse_args()
 
-    from bench_baselines import bbc_split
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
@@ -106,10 +155,9 @@ def main() -> None:
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-clusters")
     spark.sparkContext.setLogLevel("ERROR")
-    train, test = bbc_split()
-    rows = train + test
+    rows = CORPORA[args.corpus]()
     truth = {r["doc_id"]: r["label"] for r in rows}
-    result: dict = {"benchmark": "clusters", "data": "bbc_news", "documents": len(rows), "topics": len(set(truth.values())),
+    result: dict = {"benchmark": "clusters", "data": args.corpus, "documents": len(rows), "topics": len(set(truth.values())),
                     "knn_k": args.k, "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                                                   "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,10 +190,20 @@ def main() -> None:
             result[f"chinese_whispers_{name}"] = {
                 **scores([truth[i] for i in ids], [found[i] for i in ids]), "clusters": int(metrics["clusters"]),
                 "largest_cluster_share": round(metrics["largest_cluster_share"], 4), "singleton_share": round(metrics["singleton_share"], 4),
-                "iterations": int(metrics["iterations"]), "converged": bool(metrics["converged"]),
+                "iterations": int(metrics["iterations"]), "converged": bool(metrics["converged"]), "stalled": bool(metrics["stalled"]),
+                "changed_share_last_round": round(metrics["changed_share"], 5),
                 "min_weight_used": round(metrics["min_weight_used"], 4), "seconds": round(time.perf_counter() - started, 1),
                 "settings": VARIANTS[name]}
             print(json.dumps({name: result[f"chinese_whispers_{name}"]}), flush=True)
+
+        if args.reference_seeds:
+            result["reference_chinese_whispers_pypi"] = reference(spark, tmp / "knn", truth, args.reference_seeds)
+            print(json.dumps({"reference": result["reference_chinese_whispers_pypi"]}), flush=True)
+            default = result.get("chinese_whispers_default")
+            if default:
+                result["ratios"] = {"textmill_default_seconds_over_reference": round(
+                    default["seconds"] / result["reference_chinese_whispers_pypi"]["seconds"], 2),
+                    "nmi_gap_textmill_default_minus_reference": round(default["nmi"] - result["reference_chinese_whispers_pypi"]["nmi"], 4)}
 
         vectors = spark.read.parquet(str(tmp / "vectors")).where(F.col("vector").isNotNull())
         norm = F.sqrt(F.aggregate("vector", F.lit(0.0), lambda acc, x: acc + x * x))

@@ -20,7 +20,6 @@ python tests/benchmarks/bench_sgns_corpora.py [--corpora ag_news bbc_news imdb i
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 from pathlib import Path
@@ -30,30 +29,13 @@ import pyarrow.parquet as pq
 
 from common import SHARED, report, require
 
-AG = require(SHARED / "ag_news" / "test.csv")
-BBC = require(SHARED / "bbc_news")
-IMDB = require(SHARED / "imdb" / "train.jsonl")
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
 
 
-def ag_texts() -> list[str]:
-    with AG.open(newline="", encoding="utf-8") as fh:
-        return [f"{title}. {description}".replace("\\", " ") for _, title, description in csv.reader(fh)]
-
-
-def bbc_texts() -> list[str]:
-    texts = []
-    for path in sorted(BBC.glob("*/*.txt")):
-        raw = path.read_bytes()
-        try:
-            texts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            texts.append(raw.decode("latin-1"))  # sport/199.txt (see SOURCES.md)
-    return texts
-
-
-def imdb_texts() -> list[str]:
-    return [json.loads(line)["text"] for line in IMDB.read_text(encoding="utf-8").split("\n") if line]
+def texts_of(split) -> list[str]:
+    """Every text of a ``bench_baselines`` split, train and test parts alike."""
+    train, test = split()
+    return [r["text"] for r in train + test]
 
 
 def unsup_texts() -> list[str]:
@@ -78,6 +60,7 @@ def main() -> None:
     parser.add_argument("--uncapped-corpora", nargs="*", default=None, help="corpora that also run uncapped; default all")
     args = parser.parse_args()
 
+    from bench_baselines import ag_split, bbc_split, imdb_split
     from bench_embeddings import evaluate
     from textmill.config import SparkConf
     from textmill.docvectors import load_embeddings
@@ -85,8 +68,8 @@ def main() -> None:
     from textmill.pipelines.train_embeddings import EmbeddingsDivergedError
     from textmill.session import get_spark
 
-    loaders = {"ag_news": ag_texts, "bbc_news": bbc_texts, "imdb": imdb_texts, "imdb_unsup": unsup_texts,
-               "ag_news+repetition": lambda: with_repetition(ag_texts(), args.repeats)}
+    loaders = {"ag_news": lambda: texts_of(ag_split), "bbc_news": lambda: texts_of(bbc_split), "imdb": lambda: texts_of(imdb_split),
+               "imdb_unsup": unsup_texts, "ag_news+repetition": lambda: with_repetition(texts_of(ag_split), args.repeats)}
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-sgns-corpora")
     spark.sparkContext.setLogLevel("ERROR")
     result: dict = {"settings": "train_embeddings defaults (sgns, dim 100, window 5, negative 5, epochs 5, ppmi_svd start)",
@@ -99,7 +82,7 @@ def main() -> None:
         # Warm-up: the first job of a session pays for JVM code paths and Python workers.
         warm = tmp_path / "warm-in"
         warm.mkdir()
-        pq.write_table(pa.table({"doc_id": [f"w{i}" for i in range(500)], "text": ag_texts()[:500]}), warm / "part-0.parquet")
+        pq.write_table(pa.table({"doc_id": [f"w{i}" for i in range(500)], "text": texts_of(ag_split)[:500]}), warm / "part-0.parquet")
         run_job("train_embeddings", {**base, "io": {"input": str(warm), "output": str(tmp_path / "warm-out")},
                                      "embeddings": {"epochs": 1, "subword": {"enabled": False}}}, spark)
         for name in args.corpora:
