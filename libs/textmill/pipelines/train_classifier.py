@@ -420,24 +420,20 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
 def solver_for(c: ClassifierConf, train_files: list[str], n_labels: int, n_ids: int) -> str:
     """``lbfgs`` or ``sgd`` for this run (see ``TrainingConf.solver``)."""
     t, m = c.training, c.model
-    if t.solver != "auto":
-        chosen = t.solver
-    elif m.kind != "linear" or m.form != "logistic" or c.distributed.num_processes > 1:
+    exact_fits_model = m.kind == "linear" and m.form == "logistic" and c.distributed.num_processes == 1
+    if t.solver == "sgd" or (t.solver == "auto" and not exact_fits_model):
         return "sgd"
-    else:
-        chosen = "lbfgs"
-    if chosen == "lbfgs":
-        from textmill import logistic_solver
+    from textmill import logistic_solver
 
-        need = logistic_solver.estimate_mb(train_files, n_labels, n_ids)
-        if need > c.max_memory_mb:
-            if t.solver == "lbfgs":
-                raise ClassifierMemoryError(
-                    f"classifier.training.solver lbfgs needs about {need:,.0f} MB on the driver for this training split, over "
-                    f"classifier.max_memory_mb={c.max_memory_mb:,}; use solver sgd (streams) or raise classifier.max_memory_mb")
-            logger.info("lbfgs would need about %.0f MB (max_memory_mb %d): training with the streaming sgd solver", need, c.max_memory_mb)
-            return "sgd"
-    return chosen
+    need = logistic_solver.estimate_mb(train_files, n_labels, n_ids)
+    if need <= c.max_memory_mb:
+        return "lbfgs"
+    if t.solver == "lbfgs":
+        raise ClassifierMemoryError(
+            f"classifier.training.solver lbfgs needs about {need:,.0f} MB on the driver for this training split, over "
+            f"classifier.max_memory_mb={c.max_memory_mb:,}; use solver sgd (streams) or raise classifier.max_memory_mb")
+    logger.info("lbfgs would need about %.0f MB (max_memory_mb %d): training with the streaming sgd solver", need, c.max_memory_mb)
+    return "sgd"
 
 
 def _train_lbfgs(c: ClassifierConf, spec: ModelSpec, train_files: list[str], val_files: list[str], log_epoch):
