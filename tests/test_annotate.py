@@ -79,7 +79,7 @@ def test_split_long_text_cuts_at_boundaries_and_keeps_every_character():
 
 
 def test_model_loads_once_per_python_worker(spark, small_arrow_batches):
-    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    report = models.WorkerReport()
     df = docs_frame(spark, [f"text number {i}." for i in range(64)], partitions=16)
     out = with_tokens(df, NlpConf(model="blank:en"), report=report)
     rows = out.collect()  # count() alone would prune the UDF away
@@ -238,7 +238,7 @@ def test_entity_label_filter_and_counts(spark):
 
 
 def test_gpu_request_falls_back_to_the_cpu(spark):
-    report = spark.sparkContext.accumulator({}, models.WorkerReport())
+    report = models.WorkerReport()
     out = with_tokens(docs_frame(spark, ["no gpu here"], 1), NlpConf(model="blank:en", gpu=True), report=report)
     assert [r.tokens for r in out.collect()] == [["no", "gpu", "here"]]
     assert {s["device"] for s in report.value.values()} == {"cpu"}

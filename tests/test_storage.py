@@ -71,9 +71,8 @@ def test_rename_never_nests_into_an_existing_directory(spark, tmp_path):
     staged.mkdir(), final.mkdir()
     (staged / "new.txt").write_text("new")
     (final / "old.txt").write_text("old")
-    jvm_path = spark._jvm.org.apache.hadoop.fs.Path
     with pytest.raises(OutputError, match="could not move the new output into place"):
-        storage._rename_no_nest(spark, jvm_path(str(staged)), jvm_path(str(final)))
+        storage.move(spark, str(staged), str(final))
     assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
     assert (staged / "new.txt").exists()
 

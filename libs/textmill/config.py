@@ -66,6 +66,8 @@ class IOConf(StrictModel):
 
 class SparkConf(StrictModel):
     master: str | None = Field(None, description="only when textmill starts Spark itself; default local[*]")
+    remote: str | None = Field(None, description="a Spark Connect server, sc://host:port (default $SPARK_REMOTE); "
+                                                 "local[N] starts one in this process")
     app_name: str | None = Field(None, description="default textmill-<job>")
     shuffle_partitions: int | None = Field(None, gt=0, description="default 2 x cores in local mode")
     driver_memory: str | None = Field(None, description="local mode only; default: a quarter of RAM, 1g-8g")

@@ -36,12 +36,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from textmill import csv_records
+from textmill import csv_records, session_kinds, storage
 from textmill.config import StrictModel
 from textmill.errors import (AccountingError, ColumnNotFoundError, ColumnTypeError, CsvHeaderError, InputNotFoundError,
                              UnreadableInputError)
-from textmill.storage import (GLOB_CHARS, check_published_together, hadoop_fs, local_path, path_exists, staged_outputs,
-                              write_marker)
+from textmill.storage import GLOB_CHARS, check_published_together, local_path, path_exists, staged_outputs, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "
     """The Parquet at ``path``, after checking that it exists and has ``columns`` (else one clear error)."""
     require_input(spark, path, key)
     check_published_together(spark, path)
-    df = spark.read.parquet(path)
+    df = spark.read.parquet(storage.for_spark(spark, path))
     check_columns(df, columns, hint)
     return df
 
@@ -142,7 +141,7 @@ def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, giv
     parallelism, so the last wave of tasks does not leave cores idle."""
     if given:
         return given
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = session_kinds.default_parallelism(spark)
     wanted = max(2 * parallelism, -(-rows // rows_per_partition))
     return parallelism * -(-wanted // parallelism)
 
@@ -169,7 +168,7 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
     or to a file read twice. Only ``io.input`` itself may be a link, since the user named it.
     With ``name_glob``, only files whose name matches it are kept.
     """
-    fs, hpath = hadoop_fs(spark, path)
+    fs = storage.files(spark, path)
     listing = InputListing()
     is_glob = any(c in GLOB_CHARS for c in path)
 
@@ -179,16 +178,14 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
         else:
             listing.not_matching.append(uri)
 
-    for status in fs.globStatus(hpath) or []:
-        root = status.getPath()
-        uri = fs.makeQualified(root).toString()
-        if uri.startswith("file:"):
-            local = local_path(uri)
+    for root in fs.glob(path):
+        if root.uri.startswith("file:"):
+            local = local_path(root.uri)
             if is_glob and os.path.islink(local):
                 listing.links.append(local)
                 continue
             if os.path.isfile(local):
-                keep(f"file:{local}", root.getName(), os.path.getsize(local))
+                keep(f"file:{local}", root.name, os.path.getsize(local))
                 continue
             for folder, dirs, names in os.walk(local, followlinks=False):
                 linked = {n for n in dirs + names if not _hidden(n) and os.path.islink(os.path.join(folder, n))}
@@ -199,15 +196,11 @@ def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> 
                     if os.path.isfile(file):
                         keep(f"file:{file}", name, os.path.getsize(file))
             continue
-        if status.isFile():
-            keep(root.toString(), root.getName(), status.getLen())
+        if not root.is_dir:
+            keep(root.uri, root.name, root.size)
             continue
-        it = fs.listFiles(root, True)
-        prefix = len(root.toUri().getPath().rstrip("/")) + 1
-        while it.hasNext():
-            st = it.next()
-            if not any(_hidden(part) for part in st.getPath().toUri().getPath()[prefix:].split("/")):
-                keep(st.getPath().toString(), st.getPath().getName(), st.getLen())
+        for entry in fs.files_under(root.uri):
+            keep(entry.uri, entry.name, entry.size)
     listing.files.sort()
     listing.links.sort()
     return listing
@@ -230,18 +223,19 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     """Make a local directory (a model, an index) readable by every executor; returns the name
     that ``shipped_path`` turns back into a directory on an executor.
 
-    In local mode (``local``, ``local[N]``) executors are threads of this driver: they read the
-    directory where it is, and a model of hundreds of MB is neither archived nor unpacked (the
-    caller keeps the directory until the job ends). Elsewhere the directory travels as an
-    uncompressed tar archive (``SparkContext.addArchive``), which executors unpack under that
-    name: ``addFile`` ships directories only in local mode, not to a cluster's executors. Each
-    call ships a copy under a unique name, since one session may ship several models of the
-    same base name; the archives live in the driver's scratch folder (executors may fetch them
-    at any time until the driver exits).
+    On a classic session in local mode (``local``, ``local[N]``) executors are threads of this
+    driver: they read the directory where it is, and a model of hundreds of MB is neither
+    archived nor unpacked (the caller keeps the directory until the job ends). Elsewhere,
+    Spark Connect included (its server need not see the client's disk), the directory travels
+    as an uncompressed tar archive added with ``SparkSession.addArtifacts(archive=True)``,
+    which executors unpack under that name (the API both kinds of session share; ``addFile``
+    would ship directories only in local mode). Each call ships a copy under a unique name,
+    since one session may ship several models of the same base name; the archives live in the
+    driver's scratch folder (executors may fetch them at any time until the driver exits).
     """
     source = Path(path).resolve()
-    master = spark.sparkContext.master
-    if master == "local" or master.startswith("local["):
+    master = session_kinds.spark_master(spark)
+    if not session_kinds.is_connect(spark) and (master == "local" or master.startswith("local[")):
         # The token keeps each ship distinct (the workers' model cache is keyed by this name), so a
         # model retrained into the same directory is never served from an earlier load.
         return f"{LOCAL_SHIPPED}{uuid.uuid4().hex[:10]}:{source}"
@@ -250,7 +244,7 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
     with tarfile.open(archive, "w") as tar:  # entries relative to the directory (no "./": Spark refuses it)
         for child in sorted(source.iterdir()):
             tar.add(child, arcname=child.name)
-    spark.sparkContext.addArchive(f"{archive}#{name}")
+    spark.addArtifacts(f"{archive}#{name}", archive=True)
     return name
 
 
@@ -258,9 +252,7 @@ def shipped_path(name: str) -> str:
     """On an executor: the directory a ``ship_directory`` name stands for."""
     if name.startswith(LOCAL_SHIPPED):
         return name[len(LOCAL_SHIPPED):].split(":", 1)[1]
-    from pyspark import SparkFiles
-
-    return SparkFiles.get(name)
+    return session_kinds.shipped_file(name)
 
 
 def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None) -> tuple[int, int, Any]:

@@ -6,20 +6,25 @@ as the Python worker, which Spark reuses across batches and tasks
 (``spark.python.worker.reuse``, on by default). ``get_or_load`` loads each model once per
 worker; ``load_count`` says how often that happened.
 
-``WorkerReport`` is an accumulator that carries, per ``host:pid``, the number of model
-loads, the peak RSS and the device the worker used back to the driver, which logs it to
-MLflow. Values merge with ``max``, so a retried task never inflates them.
+The worker report carries, per ``host:pid``, the number of model loads, the peak RSS and
+the device the worker used back to the driver, which logs it to MLflow. It travels through
+the data path, so that it works on classic and Spark Connect sessions alike (Connect has no
+accumulators): each task's UDF writes its worker's report as JSON into the extra column
+``REPORT_COLUMN`` of its last output row (``with_report``), and ``WorkerReport.observe``
+collects the distinct reports with ``DataFrame.observe`` during the job's own write and drops
+the column, so no extra pass over the data is made. Values merge with ``max``, so a retried
+task never inflates them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
 import socket
 import threading
-from typing import Any, Callable, TypeVar
-
-from pyspark.accumulators import AccumulatorParam
+import uuid
+from typing import Any, Callable, Iterator, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -64,31 +69,105 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class WorkerReport(AccumulatorParam):
-    """Accumulator of ``{worker_id: {"loads": int, "peak_rss_mb": float, "device": str}}``."""
-
-    def zero(self, value: dict) -> dict:
-        return {}
-
-    def addInPlace(self, acc: dict, update: dict) -> dict:
-        for worker, stats in update.items():
-            merged = dict(acc.get(worker, {}))
-            for name, value in stats.items():
-                old = merged.get(name)
-                merged[name] = value if old is None or not isinstance(value, (int, float)) else max(old, value)
-            acc[worker] = merged
-        return acc
+REPORT_COLUMN = "_tm_worker"
 
 
-def new_worker_report(spark: Any) -> Any:
-    """A WorkerReport accumulator for one job's UDFs (created on the driver)."""
-    return spark.sparkContext.accumulator({}, WorkerReport())
+def merge_reports(into: dict[str, dict], update: dict[str, dict]) -> dict[str, dict]:
+    """Merge ``{worker_id: {"loads": int, "peak_rss_mb": float, "device": str}}`` reports, numbers by ``max``."""
+    for worker, stats in update.items():
+        merged = dict(into.get(worker, {}))
+        for name, value in stats.items():
+            old = merged.get(name)
+            merged[name] = value if old is None or not isinstance(value, (int, float)) else max(old, value)
+        into[worker] = merged
+    return into
 
 
-def report_worker(report: Any, key: tuple, **extra: Any) -> None:
-    """Add this worker's load count for ``key``, its peak RSS and ``extra`` to a WorkerReport accumulator."""
-    if report is not None:
-        report.add({worker_id(): {"loads": load_count(key), "peak_rss_mb": peak_rss_mb(), **extra}})
+def worker_report_json(key: tuple, **extra: Any) -> str:
+    """This worker's report for ``key`` (its load count, peak RSS and ``extra``), as one JSON value."""
+    return json.dumps({worker_id(): {"loads": load_count(key), "peak_rss_mb": peak_rss_mb(), **extra}}, sort_keys=True)
+
+
+def with_report(batches: Iterator[T], attach: Callable[[T, str], T], key: tuple, **extra: Any) -> Iterator[T]:
+    """Yield ``batches`` unchanged, except that the task's last non-empty batch gets this worker's
+    report in its last row (``attach(batch, report_json)``), made once the input has ended.
+
+    One batch is held back until the next arrives, so the report can wait for the end without
+    changing the row count; empty batches pass through at once."""
+    held = None
+    for batch in batches:
+        if len(batch) == 0:
+            yield batch
+            continue
+        if held is not None:
+            yield held
+        held = batch
+    if held is not None:
+        yield attach(held, worker_report_json(key, **extra))
+
+
+def attach_to_frame(frame, report: str):
+    """``with_report``'s ``attach`` for a pandas DataFrame with a ``REPORT_COLUMN`` of nulls."""
+    frame[REPORT_COLUMN] = [None] * (len(frame) - 1) + [report]
+    return frame
+
+
+def with_report_column(batch):
+    """A pyarrow RecordBatch or StructArray with a last, all-null ``REPORT_COLUMN`` (string)."""
+    import pyarrow as pa
+
+    column = pa.nulls(len(batch), pa.string())
+    if isinstance(batch, pa.RecordBatch):
+        return batch.append_column(REPORT_COLUMN, column)
+    fields = [batch.field(i) for i in range(batch.type.num_fields)]
+    return pa.StructArray.from_arrays([*fields, column], names=[*[f.name for f in batch.type], REPORT_COLUMN],
+                                      mask=batch.is_null() if batch.null_count else None)
+
+
+def attach_to_batch(batch, report: str):
+    """``with_report``'s ``attach`` for a pyarrow RecordBatch or StructArray whose last field is ``REPORT_COLUMN``."""
+    import pyarrow as pa
+
+    column = pa.array([None] * (len(batch) - 1) + [report], pa.string())
+    if isinstance(batch, pa.RecordBatch):
+        return batch.set_column(batch.num_columns - 1, REPORT_COLUMN, column)
+    fields = [batch.field(i) for i in range(batch.type.num_fields - 1)]
+    return pa.StructArray.from_arrays([*fields, column], names=[f.name for f in batch.type],
+                                      mask=batch.is_null() if batch.null_count else None)
+
+
+class WorkerReport:
+    """The per-worker report of one job (or one watch), gathered on the driver with ``observe``.
+
+    ``observe(df)`` is applied to the DataFrame the job writes, whose UDF emits ``REPORT_COLUMN``;
+    ``value`` merges every observation whose action has finished (classic and Connect alike)."""
+
+    def __init__(self) -> None:
+        self._merged: dict[str, dict] = {}
+        self._pending: list[Any] = []
+
+    def observe(self, df, column: str = REPORT_COLUMN):
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        observation = Observation(f"textmill_workers_{uuid.uuid4().hex[:12]}")
+        self._pending.append(observation)
+        return df.observe(observation, F.collect_set(column).alias("reports")).drop(column)
+
+    @property
+    def value(self) -> dict[str, dict]:
+        from textmill.session_kinds import observation_finished
+
+        for observation in [o for o in self._pending if observation_finished(o)]:
+            self._pending.remove(observation)
+            for report in observation.get.get("reports") or []:
+                merge_reports(self._merged, json.loads(report))
+        return self._merged
+
+
+def new_worker_report(spark: Any = None) -> WorkerReport:
+    """A WorkerReport for one job's UDFs (made on the driver)."""
+    return WorkerReport()
 
 
 def summarize_workers(report: dict[str, dict]) -> dict[str, float]:

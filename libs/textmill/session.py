@@ -5,6 +5,11 @@
 - an active session (a notebook, a test fixture, a parent pipeline) is reused as it is;
 - under ``spark-submit`` the master and resources come from spark-submit and are never
   overridden; only the user's explicit ``spark.conf`` settings are applied;
+- a Spark Connect session is made with PySpark's own conventions: ``spark.remote`` in the
+  job's config or ``$SPARK_REMOTE`` (``sc://host:port``; ``local[N]`` starts a server in
+  this process), or ``spark.api.mode=connect`` (``spark-submit --conf``, ``$SPARK_API_MODE``).
+  Only runtime settings can be set on a Connect session: a static one (``spark.driver.memory``,
+  ``spark.sql.warehouse.dir``...) in ``spark.conf`` fails with one line that names it;
 - otherwise (plain ``textmill run``, or a library call) textmill starts Spark itself, on
   ``spark.master`` or ``local[*]``, with settings sized for this machine, after checking
   that a usable Java is installed so that the user gets one clear sentence instead of a
@@ -26,7 +31,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from textmill.config import SparkConf
-from textmill.errors import JavaError
+from textmill.errors import ConfigError, JavaError
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +102,62 @@ def _log4j2_options(conf: SparkConf) -> str | None:
     return f"-Dlog4j2.configurationFile={LOG4J2_PROPERTIES.as_uri()}"
 
 
+def connect_url(conf: SparkConf) -> str | None:
+    """The Spark Connect server the config or the environment asks for, else None (classic)."""
+    remote = conf.remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        return remote
+    mode = str(conf.conf.get("spark.api.mode") or os.environ.get("SPARK_API_MODE") or "").lower()
+    return (conf.master or "local[*]") if mode == "connect" else None
+
+
+def _set_runtime(spark: SparkSession, settings: dict[str, str]) -> None:
+    """Apply ``spark.conf`` settings to a Connect session, naming the one that cannot be set at runtime."""
+    from pyspark.errors import AnalysisException
+
+    for key, value in settings.items():
+        try:
+            spark.conf.set(key, value)
+        except AnalysisException as exc:
+            if "CANNOT_MODIFY" not in str(exc):
+                raise
+            raise ConfigError(f"spark.conf.{key} cannot be set on a Spark Connect session (it is a static setting of the "
+                              "server); set it where the server is started, or remove it from the job's spark.conf") from None
+
+
+def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
+    settings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.conf.items() if k != "spark.api.mode"}
+    if conf.shuffle_partitions:
+        settings["spark.sql.shuffle.partitions"] = str(conf.shuffle_partitions)
+    if url.startswith("sc://"):
+        logger.info("connecting to the Spark Connect server at %s", url.split(";", 1)[0])
+        spark = SparkSession.builder.remote(url).getOrCreate()
+        _set_runtime(spark, {"spark.sql.session.timeZone": "UTC", **settings})
+        return spark
+    # A local[N] server started in this process: its static settings are given when it starts.
+    info = check_java()
+    logger.info("starting a local Spark Connect server (%s) with Java %s", url, info.version)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (SparkSession.builder.remote(url).appName(conf.app_name or app_name)
+               .config("spark.driver.memory", conf.driver_memory or _local_driver_memory())
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", str(conf.ui_enabled).lower())
+               .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.connect.grpc.binding.address", "127.0.0.1"))
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
 def get_spark(conf: SparkConf | None = None, app_name: str = "textmill") -> SparkSession:
     """Return the active session, or build one as described in the module docstring."""
     conf = conf or SparkConf()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    url = connect_url(conf)
+    if url is not None and not under_spark_submit():
+        return _connect_session(url, conf, app_name)
     builder = SparkSession.builder
     if under_spark_submit():
         logger.info("running under spark-submit: master and resources come from spark-submit")

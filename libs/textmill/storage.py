@@ -15,7 +15,8 @@ rows, the run that published it). Rules, enforced here for every job:
   tells readers when a killed publish left siblings from different runs;
 - the final rename cannot nest a directory inside an existing one.
 
-All functions take Hadoop filesystem paths (local, HDFS, ...) and run on the driver.
+All functions run on the driver and reach files through ``textmill.filesystems`` (local paths and
+mounts from Python on every session; other schemes as ``session_kinds.files_for`` says).
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ from typing import Iterable, Iterator
 from pyspark.sql import SparkSession
 
 from textmill.errors import OutputError
+from textmill.filesystems import GLOB_CHARS, Files, is_local, local_path
 from textmill.redact import redact_tree
+from textmill.session_kinds import files_for
 
 logger = logging.getLogger(__name__)
 
@@ -45,38 +48,33 @@ REPLACE_HINT = "choose another io.output, or set io.replace_unmarked: true to re
 # ---------------------------------------------------------------------------- paths
 
 
-def hadoop_fs(spark: SparkSession, path: str):  # -> (FileSystem, Path), JVM objects
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+def files(spark: SparkSession, path: str) -> Files:
+    """The ``Files`` that reaches ``path`` from this driver (``session_kinds.files_for``)."""
+    return files_for(spark, path)
 
 
 def qualified(spark: SparkSession, path: str) -> str:
     """The fully qualified URI of ``path`` (``file:/abs/path``, ``hdfs://nn/path``), no trailing slash."""
-    fs, hpath = hadoop_fs(spark, path)
-    return fs.makeQualified(hpath).toString().rstrip("/") or "/"
+    return files(spark, path).qualify(path)
+
+
+def for_spark(spark: SparkSession, path: str) -> str:
+    """``path`` as Spark's readers and writers should get it: a local relative path made absolute
+    here, since under Spark Connect the server resolves it against its own working directory."""
+    return os.path.abspath(local_path(path)) if is_local(path) and not path.startswith("file:") else path
 
 
 def path_exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath = hadoop_fs(spark, path)
-    matches = fs.globStatus(hpath)
-    return matches is not None and len(matches) > 0
+    return len(files(spark, path).glob(path)) > 0
 
 
 def is_directory(spark: SparkSession, path: str) -> bool:
-    fs, hpath = hadoop_fs(spark, path)
-    return fs.exists(hpath) and fs.getFileStatus(hpath).isDirectory()
+    entry = files(spark, path).info(path)
+    return entry is not None and entry.is_dir
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
-    fs, hpath = hadoop_fs(spark, path)
-    if fs.exists(hpath):
-        fs.delete(hpath, True)
-
-
-def local_path(uri: str) -> str:
-    """The local path of a ``file:`` URI (other URIs unchanged)."""
-    return uri[len("file:"):] if uri.startswith("file:") else uri
+    files(spark, path).delete(path)
 
 
 def _inside(parent: str, child: str) -> bool:
@@ -88,14 +86,10 @@ def _real(uri: str) -> str:
     return f"file:{os.path.realpath(local_path(uri))}" if uri.startswith("file:") else uri
 
 
-GLOB_CHARS = frozenset("*?[{")
-
-
 def _input_locations(spark: SparkSession, path: str) -> list[str]:
     """What an input path names, links resolved: every match of a glob and the folder the glob
     searches (where a lock or staging file beside the output would be matched), or the path itself."""
-    fs, hpath = hadoop_fs(spark, path)
-    found = [_real(fs.makeQualified(m.getPath()).toString().rstrip("/")) for m in (fs.globStatus(hpath) or [])]
+    found = [_real(entry.uri) for entry in files(spark, path).glob(path)]
     parts = path.rstrip("/").split("/")
     fixed = next((i for i, part in enumerate(parts) if GLOB_CHARS & set(part)), None)
     if fixed is not None:
@@ -107,49 +101,13 @@ def _input_locations(spark: SparkSession, path: str) -> list[str]:
 
 
 def read_text(spark: SparkSession, path: str) -> str | None:
-    """A small file's text, or None when it does not exist (local files without Hadoop's checksums)."""
-    uri = qualified(spark, path)
-    if uri.startswith("file:"):
-        try:
-            with open(local_path(uri), encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    fs, hpath = hadoop_fs(spark, path)
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
+    """A small file's text, or None when it does not exist."""
+    return files(spark, path).read_text(path)
 
 
 def _write_text(spark: SparkSession, path: str, text: str, exclusive: bool = False) -> bool:
     """Write a small file; with ``exclusive``, only if it does not exist yet (returns False then)."""
-    uri = qualified(spark, path)
-    if uri.startswith("file:"):
-        local = local_path(uri)
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        try:
-            fd = os.open(local, os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC), 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        return True
-    fs, hpath = hadoop_fs(spark, path)
-    try:
-        stream = fs.create(hpath, not exclusive)
-    except Exception as exc:  # noqa: BLE001 - py4j wraps FileAlreadyExistsException
-        if exclusive and ("FileAlreadyExists" in str(exc) or fs.exists(hpath)):
-            return False
-        raise
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-    return True
+    return files(spark, path).write_text(path, text, exclusive)
 
 
 def write_marker(spark: SparkSession, directory: str, content: dict) -> None:
@@ -186,10 +144,11 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
                 raise OutputError(f"{key} {output!r} {relation} the input {location} (symbolic links resolved): the "
                                   "output is replaced whole, and its lock and staging files sit beside it, so the job "
                                   "would delete or read its own files; write the output somewhere else")
-    fs, hpath = hadoop_fs(spark, output)
-    if not fs.exists(hpath):
+    fs = files(spark, output)
+    entry = fs.info(output)
+    if entry is None:
         return
-    if fs.getFileStatus(hpath).isFile():
+    if not entry.is_dir:
         if replace_unmarked:
             logger.warning("%s %s is a file; replacing it (io.replace_unmarked is true)", key, output)
             return
@@ -203,13 +162,13 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
                               f"{'the outputs of ' + container_for if container_for else 'a dataset'} would mix or delete "
                               "them; choose another path")
         return
-    contents = fs.listStatus(hpath)
+    contents = fs.children(output)
     if len(contents) == 0:
         return
     if replace_unmarked:
         logger.warning("%s %s was not written by textmill (no %s); replacing it (io.replace_unmarked is true)", key, output, MARKER)
         return
-    example = contents[0].getPath().getName()
+    example = contents[0].name
     raise OutputError(f"{key} {output!r} is a directory that textmill did not write (no {MARKER}; it holds "
                       f"{len(contents)} entr{'y' if len(contents) == 1 else 'ies'}, e.g. {example!r}) and would be "
                       f"replaced whole; {REPLACE_HINT}")
@@ -225,16 +184,16 @@ def claimed_container(spark: SparkSession, directory: str, job: str) -> Iterator
     """
     import textmill
 
-    fs, hpath = hadoop_fs(spark, directory)
-    created = not fs.exists(hpath)
-    fs.mkdirs(hpath)
+    fs = files(spark, directory)
+    created = fs.info(directory) is None
+    fs.mkdirs(directory)
     if read_marker(spark, directory) is None:
         write_marker(spark, directory, {"kind": "container", "job": job, "textmill_version": textmill.__version__})
     try:
         yield
     except BaseException:
-        if created and [s.getPath().getName() for s in fs.listStatus(hpath)] == [MARKER]:
-            fs.delete(hpath, True)
+        if created and [e.name for e in fs.children(directory)] == [MARKER]:
+            fs.delete(directory)
         raise
 
 
@@ -318,77 +277,50 @@ def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
 
 def _clean_leftovers(spark: SparkSession, output: str) -> None:
     """Remove what killed runs left beside ``output``; put a previous output left aside back first."""
-    fs, hpath = hadoop_fs(spark, output)
-    parent = hpath.getParent()
-    if parent is None or not fs.exists(parent):
+    fs = files(spark, output)
+    final = fs.qualify(output)
+    parent, name = final.rsplit("/", 1)
+    if not name or fs.info(parent or "/") is None:
         return
-    name = hpath.getName()
     tags = tuple(f"{name}.{tag}" for tag in (TMP_TAG, OLD_TAG, BUILD_TAG))
-    leftovers = [s.getPath() for s in fs.listStatus(parent) if s.getPath().getName().startswith(tags)]
+    leftovers = [e for e in fs.children(parent or "/") if e.name.startswith(tags)]
     if not leftovers:
         return
-    aside = [p for p in leftovers if p.getName().startswith(f"{name}.{OLD_TAG}")]
-    if not fs.exists(hpath) and len(aside) == 1:
+    aside = [e for e in leftovers if e.name.startswith(f"{name}.{OLD_TAG}")]
+    if fs.info(final) is None and len(aside) == 1:
         # Killed after moving the previous output aside and before the new one was in place.
-        if fs.rename(aside[0], hpath):
-            logger.warning("restored the previous output of %s from %s (a run was killed while publishing)", output, aside[0].getName())
-            leftovers.remove(aside[0])
-    for path in leftovers:
-        logger.warning("removing %s, left by a run that did not finish", path.toString())
-        fs.delete(path, True)
+        fs.rename(aside[0].uri, final)
+        logger.warning("restored the previous output of %s from %s (a run was killed while publishing)", output, aside[0].name)
+        leftovers.remove(aside[0])
+    for entry in leftovers:
+        logger.warning("removing %s, left by a run that did not finish", entry.uri)
+        fs.delete(entry.uri)
 
 
 # ---------------------------------------------------------------------------- publishing
 
 
-def _rename_no_nest(spark: SparkSession, source, target) -> None:
-    """Rename ``source`` to ``target``; fail (never nest inside it) if ``target`` exists."""
-    jvm = spark._jvm
-    hadoop_conf = spark._jsc.hadoopConfiguration()
-    try:
-        context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(target.toUri(), hadoop_conf)
-    except Exception as exc:  # noqa: BLE001 - no FileContext binding for this scheme: checked rename below
-        logger.debug("no FileContext for %s (%s); using FileSystem.rename", target, exc)
-        context = None
-    if context is not None:
-        options = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
-        options[0] = jvm.org.apache.hadoop.fs.Options.Rename.NONE
-        try:
-            context.rename(source, target, options)
-            return
-        except Exception as exc:  # noqa: BLE001 - py4j wraps the Java exception
-            raise OutputError(f"could not move the new output into place at {target.toString()}: "
-                              f"{str(exc).splitlines()[0][:300]}") from exc
-    fs = target.getFileSystem(hadoop_conf)
-    if fs.exists(target) or not fs.rename(source, target):
-        raise OutputError(f"could not move the new output into place at {target.toString()} (it exists, or the rename failed)")
-
-
 def move(spark: SparkSession, source: str, target: str) -> None:
-    """Rename ``source`` to ``target`` (which must not exist), creating ``target``'s parent."""
-    fs, target_path = hadoop_fs(spark, target)
-    if target_path.getParent() is not None:
-        fs.mkdirs(target_path.getParent())
-    _rename_no_nest(spark, spark._jvm.org.apache.hadoop.fs.Path(source), target_path)
+    """Rename ``source`` to ``target`` (which must not exist; never nested inside it), creating ``target``'s parent."""
+    try:
+        files(spark, target).rename(source, target)
+    except OSError as exc:
+        raise OutputError(f"could not move the new output into place at {target}: {exc}") from exc
 
 
 def write_text_atomic(spark: SparkSession, path: str, text: str) -> None:
     """Write a small file so that readers see the old content or the new, never a part."""
     tmp = f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
     _write_text(spark, tmp, text)
-    uri = qualified(spark, path)
-    if uri.startswith("file:"):
-        os.replace(local_path(qualified(spark, tmp)), local_path(uri))
-        return
-    delete_path(spark, path)
-    move(spark, tmp, path)
+    files(spark, path).replace_file(tmp, path)
 
 
 def _replaceable(spark: SparkSession, final: str, replace_unmarked: bool) -> None:
-    fs, hpath = hadoop_fs(spark, final)
-    if replace_unmarked or not fs.exists(hpath):
+    fs = files(spark, final)
+    entry = fs.info(final)
+    if replace_unmarked or entry is None:
         return
-    if fs.getFileStatus(hpath).isFile() or (read_marker(spark, final) is None and len(fs.listStatus(hpath)) > 0):
+    if not entry.is_dir or (read_marker(spark, final) is None and len(fs.children(final)) > 0):
         raise OutputError(f"{final!r} holds data textmill did not write (no {MARKER}); {REPLACE_HINT}")
 
 
@@ -404,35 +336,34 @@ def publish_all(spark: SparkSession, pairs: list[tuple[str, str]], replace_unmar
     token = token or uuid.uuid4().hex[:8]
     for _, final in pairs:
         _replaceable(spark, final, replace_unmarked)
-    moved: list[tuple[object, object, object]] = []  # (fs, final, backup)
+    moved: list[tuple[Files, str, str]] = []  # (files, final, backup)
     for _, final in pairs:
-        fs, final_path = hadoop_fs(spark, final)
-        if fs.exists(final_path):
-            backup = spark._jvm.org.apache.hadoop.fs.Path(f"{final.rstrip('/')}.{OLD_TAG}{token}")
-            if not fs.rename(final_path, backup):
+        fs = files(spark, final)
+        if fs.info(final) is not None:
+            backup = f"{final.rstrip('/')}.{OLD_TAG}{token}"
+            try:
+                fs.rename(final, backup)
+            except (OSError, OutputError) as exc:
                 _restore(moved)
-                raise OutputError(f"could not move the previous output {final!r} aside")
-            moved.append((fs, final_path, backup))
-        elif final_path.getParent() is not None:
-            fs.mkdirs(final_path.getParent())
-    placed = []
+                raise OutputError(f"could not move the previous output {final!r} aside ({exc})") from exc
+            moved.append((fs, final, backup))
+    placed: list[tuple[str, str]] = []
     try:
         for staged, final in pairs:
-            _, final_path = hadoop_fs(spark, final)
-            _rename_no_nest(spark, spark._jvm.org.apache.hadoop.fs.Path(staged), final_path)
-            placed.append((staged, final_path))
+            move(spark, staged, final)
+            placed.append((staged, final))
     except Exception:
-        for staged, final_path in placed:  # put the new ones back where they came from, the old ones back in place
-            final_path.getFileSystem(spark._jsc.hadoopConfiguration()).rename(final_path, spark._jvm.org.apache.hadoop.fs.Path(staged))
+        for staged, final in placed:  # put the new ones back where they came from, the old ones back in place
+            files(spark, final).rename(final, staged)
         _restore(moved)
         raise
     for fs, _, backup in moved:
-        fs.delete(backup, True)
+        fs.delete(backup)
 
 
 def _restore(moved: list) -> None:
-    for fs, final_path, backup in moved:
-        fs.rename(backup, final_path)
+    for fs, final, backup in moved:
+        fs.rename(backup, final)
 
 
 def publish(spark: SparkSession, staged: str, final: str, replace_unmarked: bool = False) -> None:
@@ -449,7 +380,7 @@ def staged_outputs(spark: SparkSession, *finals: str, replace_unmarked: bool = F
     import textmill
 
     token = uuid.uuid4().hex[:8]
-    staged = [f"{f.rstrip('/')}.{TMP_TAG}{token}" for f in finals]
+    staged = [for_spark(spark, f"{f.rstrip('/')}.{TMP_TAG}{token}") for f in finals]
     with output_lock(spark, *finals):
         _warn_if_torn(spark, list(finals))
         try:

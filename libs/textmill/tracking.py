@@ -196,7 +196,9 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         tags["textmill.git_commit"] = commit
     if spark is not None:
         tags["spark.version"] = spark.version
-        tags["spark.master"] = redact_text(spark.sparkContext.master)
+        from textmill.session_kinds import describe
+
+        tags.update({name: redact_text(value) for name, value in describe(spark).items()})
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=conf.mlflow.run_name or job,

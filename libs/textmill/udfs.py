@@ -12,6 +12,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 from textmill.cleaning import CleaningConf, clean_text
+from textmill.models import REPORT_COLUMN
 from textmill.nlp import EntityOptions, TokenOptions, output_schema
 
 
@@ -35,18 +36,21 @@ def make_annotate_udf(
     max_length: int | None = None,
     long_text: str = "split",
     sort_by_length: bool = True,
-    report: Any = None,
+    report: bool = False,
     batch_chars: int | None = None,
 ):
     """An iterator pandas UDF: text -> struct of tokens/entities/... and ``error``.
 
     ``plan`` is a ``PipelinePlan`` as a dict; ``tokens``/``entities`` are ``TokenOptions``/
     ``EntityOptions`` as dicts (None = that output is off). The spaCy pipeline is loaded once
-    per Python worker through ``textmill.models``; ``report`` (a WorkerReport accumulator)
-    receives each worker's load count, peak RSS and device when a task's input ends.
+    per Python worker through ``textmill.models``; with ``report``, the struct gets a last
+    field ``models.REPORT_COLUMN`` holding each worker's load count, peak RSS and device in the
+    task's last row (``models.with_report``).
     """
     plan, tokens, entities = dict(plan), (dict(tokens) if tokens is not None else None), (dict(entities) if entities is not None else None)
     schema = output_schema(_options(TokenOptions, tokens), _options(EntityOptions, entities))
+    if report:
+        schema = f"{schema}, {REPORT_COLUMN} string"
 
     @F.pandas_udf(schema)
     def annotate(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -57,10 +61,20 @@ def make_annotate_udf(
         nlp, device = models.get_or_load(pipeline_plan.cache_key, lambda: load_pipeline(pipeline_plan))
         token_opts, entity_opts = _options(TokenOptions, tokens), _options(EntityOptions, entities)
         annotator = Annotator(nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length, batch_chars)
-        for batch in batches:
-            results = annotator.annotate([t if isinstance(t, str) else None for t in batch])
-            yield pd.DataFrame(result_columns(results, token_opts, entity_opts))
-        models.report_worker(report, pipeline_plan.cache_key, device=device, textmill_from=models.__file__)
+
+        def frames() -> Iterator[pd.DataFrame]:
+            for batch in batches:
+                frame = pd.DataFrame(result_columns(annotator.annotate([t if isinstance(t, str) else None for t in batch]),
+                                                    token_opts, entity_opts))
+                if report:
+                    frame[models.REPORT_COLUMN] = None
+                yield frame
+
+        if not report:
+            yield from frames()
+            return
+        yield from models.with_report(frames(), models.attach_to_frame, pipeline_plan.cache_key,
+                                      device=device, textmill_from=models.__file__)
 
     return annotate
 

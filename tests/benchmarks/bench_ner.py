@@ -64,9 +64,18 @@ def row_udf_recipe(spark, docs: str, out: str) -> dict:
     """(b): the recipe as it is usually written."""
     from pyspark.sql import functions as F
 
-    from textmill.models import WorkerReport, peak_rss_mb, worker_id
+    from pyspark.accumulators import AccumulatorParam
 
-    report = spark.sparkContext.accumulator({}, WorkerReport())
+    from textmill.models import merge_reports, peak_rss_mb, worker_id
+
+    class MergedReports(AccumulatorParam):  # the recipe's own measurement, on the benchmark's classic session
+        def zero(self, value):
+            return {}
+
+        def addInPlace(self, acc, update):
+            return merge_reports(acc, update)
+
+    report = spark.sparkContext.accumulator({}, MergedReports())
     state = {"nlp": None, "calls": 0, "loads": 0}
 
     def get_nlp():

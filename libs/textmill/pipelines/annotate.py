@@ -81,15 +81,17 @@ def with_annotations(
         max_length=nlp.max_length,
         long_text=nlp.long_text,
         sort_by_length=nlp.sort_by_length,
-        report=report,
+        report=report is not None,
         batch_chars=nlp.batch_chars,
     )
     text = F.col(nlp.text_column)
     annotated = df.select("doc_id", annotate(io.utf8_or_null(text)).alias("_tm_annotations"),
                           F.is_valid_utf8(text).alias("_tm_utf8"), *nlp.keep_columns)
     fields = [f.split()[0] for f in output_schema(tokens, entities).split(", ")]
-    return annotated.select("doc_id", *[io.utf8_error(F.col("_tm_utf8"), F.col("_tm_annotations.error")).alias("error")
-                                        if f == "error" else F.col(f"_tm_annotations.{f}") for f in fields], *nlp.keep_columns)
+    result = annotated.select("doc_id", *[io.utf8_error(F.col("_tm_utf8"), F.col("_tm_annotations.error")).alias("error")
+                                          if f == "error" else F.col(f"_tm_annotations.{f}") for f in fields], *nlp.keep_columns,
+                              *([F.col(f"_tm_annotations.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else []))
+    return report.observe(result) if report is not None else result
 
 
 def with_tokens(df: DataFrame, nlp: NlpConf | None = None, options: TokenOptions | None = None, report: Any = None) -> DataFrame:

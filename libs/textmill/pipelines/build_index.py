@@ -10,7 +10,7 @@ fixed seed, ``n_trees`` (default round(ln n_shard)) and ``on_disk_build``, and w
 whole directory is staged, published and logged to MLflow.
 
 Recall: on ``recall.queries`` sampled items, the exact top k by blocked brute force
-(computed map-reduce style: the sample's vectors are broadcast, each partition keeps its
+(computed map-reduce style: the sample's vectors go to every task, each partition keeps its
 top k per query, the driver merges; all vectors never reach the driver) is compared with
 the index's answer at the configured ``search_k``; ``recall_at_k`` is logged. By default
 (``tune.target_recall: 0.9``) the job tries growing ``n_trees`` and ``search_k`` until the
@@ -36,7 +36,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, console, io, storage
+from textmill import ann, console, io, session_kinds, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -155,16 +155,16 @@ def build_shards(spark: SparkSession, items: DataFrame, directory: str, dim: int
 def exact_sample_topk(spark: SparkSession, items: DataFrame, sample: np.ndarray, k: int, metric: str) -> np.ndarray:
     """Exact top-k items of each sampled item, ``(len(sample), k)``, map-reduce style.
 
-    The sample's vectors are broadcast; each partition keeps its own top k per query (blocked
+    The sample's vectors travel in the function's closure (``recall.queries`` x dim floats: small;
+    Spark ships a large closure once per stage); each partition keeps its own top k per query (blocked
     matrix products over its Arrow batches) and the driver merges partitions x k candidates
     per query. Only the sample's vectors and those candidates reach the driver.
     """
     rows = items.where(F.col("item").isin([int(i) for i in sample])).select("item", "vector").collect()
     by_item = {r["item"]: r["vector"] for r in rows}
-    shared = spark.sparkContext.broadcast((np.array([by_item[int(i)] for i in sample], dtype=np.float32), sample))
+    queries, query_items = np.array([by_item[int(i)] for i in sample], dtype=np.float32), sample
 
     def partial_topk(batches):
-        queries, query_items = shared.value
         best_ids = best_scores = None
         for batch in batches:
             data = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
@@ -180,7 +180,6 @@ def exact_sample_topk(spark: SparkSession, items: DataFrame, sample: np.ndarray,
                                    pa.array(best_scores.ravel())], names=["query", "item", "score"])
 
     candidates = items.select("item", "vector").mapInArrow(partial_topk, "query long, item long, score float").toPandas()
-    shared.unpersist()
     candidates = candidates[np.isfinite(candidates["score"])].sort_values(["query", "score", "item"], kind="stable")
     return candidates.groupby("query").head(k)["item"].to_numpy().reshape(len(sample), k)
 
@@ -225,9 +224,9 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         raise TextmillError(f"io.output must be a local or mounted (shared) path for the index files (got {conf.io.output!r})")
     io.require_input(spark, conf.io.input)
     rows, dim, skipped = checked_vectors(spark.read.parquet(conf.io.input), c)
-    shards = c.shards or spark.sparkContext.defaultParallelism
-    ordered = rows.orderBy("id").rdd.zipWithIndex().map(lambda pair: (pair[1], pair[0]["id"], pair[0]["vector"]))
-    items = spark.createDataFrame(ordered, "item long, id string, vector array<float>").select(
+    shards = c.shards or session_kinds.default_parallelism(spark)
+    # Items are numbered in id order (ids are unique: checked above), without a global window.
+    items = io.number_rows(rows.select("id", "vector"), [F.col("id")], "item").select(
         "item", "id", "vector", (F.col("item") % shards).cast("int").alias("shard"), (F.col("item") / shards).cast("long").alias("local"))
     items.cache()
     n_items = items.count()

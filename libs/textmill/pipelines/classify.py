@@ -115,17 +115,20 @@ class _PyfuncScorer:
         return self.pyfunc.predict(pd.DataFrame({"text": texts}))
 
 
-def make_classify_udf(file_name: str, batch_size: int, report=None):
-    """Iterator Arrow UDF: text -> struct<label, probability, probabilities, error>; model once per worker."""
+def make_classify_udf(file_name: str, batch_size: int, report: bool = False):
+    """Iterator Arrow UDF: text -> struct<label, probability, probabilities, error> (+ the worker
+    report field, ``models.with_report``); model once per worker."""
 
-    @F.arrow_udf(OUTPUT_SCHEMA)
+    @F.arrow_udf(f"{OUTPUT_SCHEMA}, {models.REPORT_COLUMN} string" if report else OUTPUT_SCHEMA)
     def classify(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         path = io.shipped_path(file_name)
         key = ("classifier", file_name)
         scorer = models.get_or_load(key, lambda: load_scorer(path))
-        for texts in batches:
-            yield predictions_array(scorer, texts.to_pylist(), batch_size)
-        models.report_worker(report, key)
+        predicted = (predictions_array(scorer, texts.to_pylist(), batch_size) for texts in batches)
+        if not report:
+            yield from predicted
+            return
+        yield from models.with_report((models.with_report_column(p) for p in predicted), models.attach_to_batch, key)
 
     return classify
 
@@ -200,10 +203,12 @@ def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partition
     kept = [*c.keep_columns, *[F.col(name).alias(new) for name, new in c.keep_as.items()]]
     kept_names = [*c.keep_columns, *c.keep_as.values()]
     scored = (source.repartition(partitions, "doc_id")
-              .select("doc_id", make_classify_udf(shipped, c.batch_size, report)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
+              .select("doc_id", make_classify_udf(shipped, c.batch_size, report is not None)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
                       F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *kept))
-    return scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
-                         io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *kept_names)
+    result = scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
+                           io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *kept_names,
+                           *([F.col(f"_tm_p.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else []))
+    return report.observe(result) if report is not None else result
 
 
 def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:

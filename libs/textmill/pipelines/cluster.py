@@ -34,7 +34,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import console, io, storage
+from textmill import console, io, session_kinds, storage
 from textmill.config import JobConf, StrictModel
 from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
 
@@ -201,7 +201,7 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
     numbered = io.number_rows(sizes, [F.desc("size"), F.col("label")], "cluster_id")
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
     with storage.staged_outputs(spark, conf.io.output, sizes_path(conf), replace_unmarked=conf.io.replace_unmarked) as (staged, staged_sizes):
-        result.repartitionByRange(max(1, spark.sparkContext.defaultParallelism), "id").sortWithinPartitions("id").write.parquet(staged)
+        result.repartitionByRange(max(1, session_kinds.default_parallelism(spark)), "id").sortWithinPartitions("id").write.parquet(staged)
         numbered.select(F.col("cluster_id").cast("int"), "size").orderBy("cluster_id").write.parquet(staged_sizes)
         rows_out = io.count_parquet(spark, staged)
         if rows_out != rows_in:

@@ -60,8 +60,8 @@ def export_dir(path: str) -> Path:
     raise InputNotFoundError(f"embed.embeddings: no embeddings.json in {base} or {base / 'export'}")
 
 
-def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, subword_fallback: bool, report=None):
-    @F.pandas_udf("vector array<float>, n_known int, error string")
+def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, subword_fallback: bool, report: bool = False):
+    @F.pandas_udf("vector array<float>, n_known int, error string" + (f", {models.REPORT_COLUMN} string" if report else ""))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         from textmill.docvectors import DocumentEmbedder
         from textmill.featurize import Featurizer
@@ -70,7 +70,12 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
         key = ("embeddings", file_name, sif, sif_a, subword_fallback)
         embedder = models.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
         featurizer = Featurizer(lowercase=embedder.lowercase, max_tokens=10**9)
-        for batch in batches:
+
+        def frames() -> Iterator[pd.DataFrame]:
+            for batch in batches:
+                yield embedded(batch)
+
+        def embedded(batch: pd.Series) -> pd.DataFrame:
             vectors, known, errors = [], [], []
             for value in batch:
                 if value is None:
@@ -81,8 +86,15 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
                 vectors.append(vector.tolist() if vector is not None else None)
                 known.append(n)
                 errors.append(None if vector is not None else "no known tokens")
-            yield pd.DataFrame({"vector": vectors, "n_known": known, "error": errors})
-        models.report_worker(report, key)
+            frame = pd.DataFrame({"vector": vectors, "n_known": known, "error": errors})
+            if report:
+                frame[models.REPORT_COLUMN] = None
+            return frame
+
+        if not report:
+            yield from frames()
+            return
+        yield from models.with_report(frames(), models.attach_to_frame, key)
 
     return embed
 
@@ -96,12 +108,14 @@ def with_doc_vectors(source: DataFrame, c: EmbedConf, shipped: str, partitions: 
         raise ColumnNotFoundError(f"embed_docs needs {c.tokens_column!r} or {c.text_column!r}; available: {', '.join(source.columns)}")
     if not from_tokens:
         io.require_text_column(source, column)
-    udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report)
+    udf = make_embed_udf(shipped, from_tokens, c.sif, c.sif_a, c.subword_fallback, report is not None)
     value = F.col(column)
     valid = F.lit(True) if from_tokens else F.is_valid_utf8(value)  # annotate's tokens are valid text
-    return (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
-            .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
-            .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error")))
+    result = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
+              .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
+              .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error"),
+                      *([F.col(f"_e.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else [])))
+    return report.observe(result) if report is not None else result
 
 
 def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:

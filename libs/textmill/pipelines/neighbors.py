@@ -60,7 +60,7 @@ class NeighborsJobConf(JobConf):
 JOB_CONF = NeighborsJobConf
 
 
-def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report=None):
+def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report: bool = False):
     """The ``mapInArrow`` function: loads the shipped index once per Python worker, then searches batch by batch.
 
     Everything it calls lives in light modules (``textmill.ann``, ``textmill.models``): a
@@ -71,9 +71,11 @@ def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, e
         path = io.shipped_path(file_name)
         key = ("annoy", file_name)
         loaded = models.get_or_load(key, lambda: ann.IndexSearcher(path))
-        for batch in batches:
-            yield loaded.neighbors(batch, k, search_k, mode, exclude_self)
-        models.report_worker(report, key)
+        found = (loaded.neighbors(batch, k, search_k, mode, exclude_self) for batch in batches)
+        if not report:
+            yield from found
+            return
+        yield from models.with_report((models.with_report_column(b) for b in found), models.attach_to_batch, key)
 
     return neighbors
 
@@ -101,8 +103,9 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     rows_in = queries.count()
     partitions = io.task_partitions(spark, rows_in, 20_000, c.partitions)
     report = models.new_worker_report(spark)
-    search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report)
-    result = queries.repartitionByRange(partitions, "id").sortWithinPartitions("id").mapInArrow(search, OUTPUT)
+    search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report=True)
+    result = report.observe(queries.repartitionByRange(partitions, "id").sortWithinPartitions("id")
+                            .mapInArrow(search, f"{OUTPUT}, {models.REPORT_COLUMN} string"))
     rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,

@@ -5,11 +5,14 @@
 2. Vocabulary (map-reduce): token counts with Spark; ``min_count`` and ``max_vocab`` apply.
    The job refuses, before training, a ``vocab x dim`` that does not fit ``max_memory_mb``.
 3. ``sgns`` (default): every round, each partition trains on its shard of the round in a
-   Spark task, starting from the broadcast weights (``embeddings.train_sgns_partition``);
-   ``treeReduce`` sums the tasks' update-weighted rows on the executors, and the driver
-   turns the sum into the next weights: a row becomes the mean of the partitions' versions
-   of it, weighted by how many updates each partition gave it. The driver holds the two
-   weight matrices and one reduced sum, never one copy per partition.
+   Spark task (``mapInArrow``), starting from the round's weights, which reach the
+   executors as a shipped directory of two ``.npy`` files (``io.ship_directory``: the path
+   itself in classic local mode, an archive artifact elsewhere, Spark Connect included)
+   (``embeddings.train_sgns_partition``). Each task returns its update-weighted rows, the
+   driver adds them up one partition at a time (``partials.sum_partitions``) and turns the
+   sum into the next weights: a row becomes the mean of the partitions' versions of it,
+   weighted by how many updates each partition gave it. The driver holds the two weight
+   matrices, the running sum and one partial, never one copy per partition.
    By default (``init: ppmi_svd``) the weights start from the PPMI-SVD factors of the
    ``init_vocab`` most frequent words instead of random noise: the counts are a sum over
    partitions, so the start is the same however the corpus is split, and every partition
@@ -20,7 +23,7 @@
    thousands of times in one post: uuencoded lines, ``>`` quote markers, ASCII art) into
    one step that grows with the count and diverges; ``max_row_updates`` scales such a
    word's share of each update down to that many full steps (``embeddings.row_shares``).
-   ``ppmi_svd``: windowed co-occurrence counts per partition, summed with ``treeReduce``,
+   ``ppmi_svd``: windowed co-occurrence counts per partition, added up on the driver,
    then PPMI and a truncated SVD on the driver (deterministic).
 4. Subword vectors for unseen words (fastText-style n-grams, fitted by least squares).
 5. Outputs under ``io.output`` (all versioned by ``export/embeddings.json``): Parquet
@@ -48,7 +51,7 @@ from pyspark.sql import functions as F
 
 import textmill
 from textmill import embeddings as emb
-from textmill import console, io, storage, tracking
+from textmill import console, io, partials, session_kinds, storage, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import ColumnNotFoundError, TextmillError
 
@@ -160,10 +163,6 @@ def make_ids_udf(words: list[str]):
     return to_ids
 
 
-def _sentences(rows) -> list:
-    return (np.asarray(r["ids"], dtype=np.int64) for r in rows)
-
-
 def _sum_results(a: dict, b: dict) -> dict:
     return {k: a[k] + b[k] for k in a}
 
@@ -172,14 +171,16 @@ def _sum_results(a: dict, b: dict) -> dict:
 
 
 def cooccurrences(ids: DataFrame, vocab: int, window: int):
-    """Co-occurrence counts of the ``vocab`` most frequent words: one sparse matrix per task, summed on the executors."""
+    """Co-occurrence counts of the ``vocab`` most frequent words: one sparse matrix per task, added up on the driver
+    one at a time (``partials.sum_partitions``)."""
 
-    def task(rows):
+    def task(batches, part):
         from textmill.embeddings import cooccurrence_counts
+        from textmill.partials import list_column
 
-        yield cooccurrence_counts(_sentences(rows), vocab, window)
+        return cooccurrence_counts(list_column(batches, "ids"), vocab, window)
 
-    counts = ids.select("ids").rdd.mapPartitions(task).treeReduce(lambda a, b: a + b, depth=2)
+    counts = partials.sum_partitions(ids.select("ids"), task, lambda a, b: a + b)
     logger.info("%d non-zero co-occurrences among the %d most frequent words", counts.nnz, vocab)
     return counts
 
@@ -198,7 +199,6 @@ def initial_weights(ids: DataFrame, vocab: int, c: EmbeddingsConf) -> tuple[np.n
 
 def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: EmbeddingsConf, total_tokens: int,
                partitions: int, w_in: np.ndarray, w_out: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-    sc = spark.sparkContext
     keep = emb.keep_probabilities(counts, c.sample).astype(np.float32)
     negative_probs = emb.negative_distribution(counts)
     settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs,
@@ -210,23 +210,30 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
             epoch, r = divmod(step, c.rounds_per_epoch)
             lr_start = max(c.lr_min, c.lr * (1 - step / rounds))
             lr_end = max(c.lr_min, c.lr * (1 - (step + 1) / rounds))
-            b_in, b_out = sc.broadcast(w_in), sc.broadcast(w_out)
             expected = max(1, total_tokens // (partitions * c.rounds_per_epoch))
             seed = c.seed * 1_000_003 + step * 1009
-
-            def task(index, rows, b_in=b_in, b_out=b_out, seed=seed, lr_start=lr_start, lr_end=lr_end):
-                from textmill.embeddings import train_sgns_partition
-
-                yield train_sgns_partition(_sentences(rows), b_in.value, b_out.value, keep, negative_probs, settings,
-                                           lr_start, lr_end, expected, seed + index)
-
             started = time.perf_counter()
+            weights = io.scratch_dir(f"sgns-round-{step + 1}-")
+            np.save(weights / "w_in.npy", w_in)
+            np.save(weights / "w_out.npy", w_out)
+            shipped = io.ship_directory(spark, weights)
+
+            def task(batches, part, shipped=shipped, seed=seed, lr_start=lr_start, lr_end=lr_end):
+                from textmill.embeddings import train_sgns_partition
+                from textmill.io import shipped_path
+                from textmill.partials import list_column
+
+                start = Path(shipped_path(shipped))
+                return train_sgns_partition(list_column(batches, "ids"), np.load(start / "w_in.npy"), np.load(start / "w_out.npy"),
+                                            keep, negative_probs, settings, lr_start, lr_end, expected, seed + part)
+
             shard = ids.where(F.col("round") == r).select("ids")
-            total = shard.rdd.mapPartitionsWithIndex(task).treeReduce(_sum_results, depth=2)
+            total = partials.sum_partitions(shard, task, _sum_results)
+            shutil.rmtree(weights, ignore_errors=True)  # a shipped archive of it stays in the scratch folder for late executors
+            if total is None:
+                raise TextmillError(f"sgns round {step + 1}: no partition returned a result")
             w_in = emb.combine(w_in, total.pop("in_weighted"), total["in_updates"])
             w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
-            b_in.destroy()
-            b_out.destroy()
             if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
                 raise EmbeddingsDivergedError(
                     f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr}, batch_pairs={c.batch_pairs} and "
@@ -300,7 +307,7 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
                 f"vocabulary {len(words):,} x dim {c.dim} needs about {need:,.0f} MB per task and on the driver "
                 f"(4 float32 matrices), over embeddings.max_memory_mb={c.max_memory_mb:,}; lower max_vocab or dim, "
                 f"or raise max_memory_mb")
-        partitions = c.partitions or spark.sparkContext.defaultParallelism
+        partitions = c.partitions or session_kinds.default_parallelism(spark)
         ids = (tokens.select("doc_id", make_ids_udf(words)(F.col("tokens")).alias("ids"))
                .withColumn("round", F.pmod(F.xxhash64("doc_id", F.lit(c.seed)), F.lit(c.rounds_per_epoch)))
                .repartition(partitions, "doc_id").sortWithinPartitions("doc_id")

@@ -60,23 +60,19 @@ class BatchLog:
 
     def records(self) -> list[dict]:
         """Every commit record, by batch id."""
-        fs, hpath = storage.hadoop_fs(self.spark, f"{self.output}/{LOG_DIR}")
-        if not fs.exists(hpath):
-            return []
-        ids = sorted(int(s.getPath().getName()[:-5]) for s in fs.listStatus(hpath)
-                     if re.fullmatch(r"\d+\.json", s.getPath().getName()))
+        log = f"{self.output}/{LOG_DIR}"
+        ids = sorted(int(e.name[:-5]) for e in storage.files(self.spark, log).children(log) if re.fullmatch(r"\d+\.json", e.name))
         return [record for record in (self.committed(i) for i in ids) if record is not None]
 
     def new_attempt(self, batch_id: int) -> str:
         """A fresh staging directory for ``batch_id``; earlier, unfinished attempts of it are removed
         (the caller holds the output's lock, so they belong to runs that died)."""
         staging = f"{self.output}/{STAGING_DIR}"
-        fs, hpath = storage.hadoop_fs(self.spark, staging)
-        if fs.exists(hpath):
-            for status in fs.listStatus(hpath):
-                if status.getPath().getName().startswith(f"batch={batch_id}-"):
-                    logger.warning("removing %s, an attempt at batch %d that did not finish", status.getPath(), batch_id)
-                    fs.delete(status.getPath(), True)
+        fs = storage.files(self.spark, staging)
+        for entry in fs.children(staging):
+            if entry.name.startswith(f"batch={batch_id}-"):
+                logger.warning("removing %s, an attempt at batch %d that did not finish", entry.uri, batch_id)
+                fs.delete(entry.uri)
         return f"{staging}/batch={batch_id}-{uuid.uuid4().hex[:8]}"
 
     def publish(self, batch_id: int, staged: dict[str, str]) -> None:
@@ -96,16 +92,9 @@ class BatchLog:
             storage.delete_path(self.spark, trash)
 
     def _steps_holding(self, batch_id: int) -> list[str]:
-        fs, hpath = storage.hadoop_fs(self.spark, self.output)
-        if not fs.exists(hpath):
-            return []
-        found = []
-        for status in fs.listStatus(hpath):
-            name = status.getPath().getName()
-            if status.isDirectory() and not name.startswith(("_", ".")) and fs.exists(
-                    storage.hadoop_fs(self.spark, self.final_dir(name, batch_id))[1]):
-                found.append(name)
-        return found
+        fs = storage.files(self.spark, self.output)
+        return [e.name for e in fs.children(self.output)
+                if e.is_dir and not e.name.startswith(("_", ".")) and fs.info(self.final_dir(e.name, batch_id)) is not None]
 
     def commit(self, batch_id: int, record: dict) -> None:
         record = {"batch_id": batch_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
@@ -113,7 +102,5 @@ class BatchLog:
 
     def batch_ids(self, step: str) -> list[int]:
         """The batch directories published under ``<output>/<step>``."""
-        fs, hpath = storage.hadoop_fs(self.spark, f"{self.output}/{step}")
-        if not fs.exists(hpath):
-            return []
-        return sorted(int(m.group(1)) for s in fs.listStatus(hpath) if (m := _BATCH_DIR.match(s.getPath().getName())))
+        folder = f"{self.output}/{step}"
+        return sorted(int(m.group(1)) for e in storage.files(self.spark, folder).children(folder) if (m := _BATCH_DIR.match(e.name)))

@@ -451,9 +451,8 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
     w = conf.watch
     checkpoint = checkpoint_path(conf)
     io.require_input(spark, w.inbox, "watch.inbox")
-    fs, inbox = storage.hadoop_fs(spark, w.inbox)
-    matches = fs.globStatus(inbox) or []
-    if len(matches) != 1 or not matches[0].isDirectory() or matches[0].getPath().getName() != inbox.getName():
+    matches = storage.files(spark, w.inbox).glob(w.inbox)
+    if len(matches) != 1 or not matches[0].is_dir or matches[0].name != w.inbox.rstrip("/").rsplit("/", 1)[-1]:
         raise TextmillError(f"watch.inbox {w.inbox!r} must be one directory (the one files arrive in), not a file or a glob")
     run_id = mlflow.active_run().info.run_id
     mlflow.set_tags({"textmill.watch.checkpoint": storage.qualified(spark, checkpoint),
