@@ -147,7 +147,7 @@ def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_comm
     bundle = _bundle()
     variables = {name: spec["default"] for name, spec in bundle["variables"].items()}
     jobs = bundle["resources"]["jobs"]
-    assert set(jobs) == {"textmill_news_daily", "textmill_news_on_arrival"}
+    assert set(jobs) == {"textmill_news_daily", "textmill_news_daily_serverless", "textmill_news_on_arrival"}
     checked = []
     for key, spec in jobs.items():
         job = Job.from_dict(spec)  # rejects unknown fields and wrong shapes
@@ -174,7 +174,23 @@ def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_comm
     arrival = jobs["textmill_news_on_arrival"]
     assert arrival["trigger"]["file_arrival"]["url"] == "${var.inbox}"
     assert [name for key, _, name in checked if key == "textmill_news_on_arrival"] == ["watch"]
-    assert len(checked) == 9
+    # The serverless variant: the same tasks, no cluster, every task in a declared environment holding the wheel.
+    serverless = jobs["textmill_news_daily_serverless"]
+    assert "job_clusters" not in serverless and all("job_cluster_key" not in t and "libraries" not in t for t in serverless["tasks"])
+    environments = {e["environment_key"]: e["spec"] for e in serverless["environments"]}
+    assert {t["environment_key"] for t in serverless["tasks"]} == set(environments)
+    for spec in environments.values():
+        wheels = [d for d in spec["dependencies"] if d.endswith(".whl")]
+        assert len(wheels) == 1 and (BUNDLE.parent / wheels[0]).parent.resolve() == REPO / "dist"
+    assert [t["task_key"] for t in serverless["tasks"]] == keys
+    assert ([name for key, _, name in checked if key == "textmill_news_daily_serverless"]
+            == [name for key, _, name in checked if key == "textmill_news_daily"])
+    watch_task = next(t for t in serverless["tasks"] if t["task_key"] == "watch_inbox")
+    watch_args = [_substitute(a, variables) for a in watch_task["spark_python_task"]["parameters"]]
+    watch_conf = load_conf(get_job("watch").conf_model, watch_args[watch_args.index("--conf") + 1],
+                           overrides=[watch_args[i + 1] for i, a in enumerate(watch_args) if a == "--set"])
+    assert watch_conf.watch.trigger == "available_now"  # the one trigger serverless allows
+    assert len(checked) == 17
 
 
 def test_a_wrong_field_or_a_wrong_textmill_key_in_the_bundle_is_caught():

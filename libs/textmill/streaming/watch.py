@@ -12,6 +12,13 @@ Exactly once, for readers of ``<io.output>/<step>``: Spark replays a batch it ha
 committed with the same id and the same files; every directory is keyed by that id, so a
 replay replaces its own output, and a batch found in the commit log is not run again.
 
+On a Spark Connect session ``foreachBatch`` would run its function on the server, apart from
+this process's state, so there the driver lists the inbox itself (``run_from_listings``):
+the files no committed batch holds are cut into batches numbered on from the last commit,
+and each runs through the same ``Watcher``; the commit log is the checkpoint, so a batch
+killed before its commit runs again under its own id. ``watch.max_file_age`` does not apply
+there, and a stop request waits for the batch in progress.
+
 Models are planned (spaCy) or resolved and shipped (classifier, word vectors) once per
 invocation on the driver, and loaded once per Python worker, where they stay loaded across
 micro-batches. SIGTERM or SIGINT stops the watch after the batch in progress (or abandons
@@ -37,7 +44,7 @@ from pydantic import Field, field_validator
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 
-from textmill import console, io, models, storage, tracking
+from textmill import console, io, models, session_kinds, storage, tracking
 from textmill.config import JobConf, StrictModel
 from textmill.errors import CsvHeaderError, OutputError, TextmillError, UnreadableInputError, from_read_failure
 from textmill.nlp import EntityOptions, NlpConf, TokenOptions, plan_pipeline
@@ -292,6 +299,10 @@ class Watcher:
                        "total_rows_quarantined": 0}
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        self.run_batch(batch_id, lambda: sorted((row["path"], row["length"]) for row in batch.select("path", "length").collect()))
+
+    def run_batch(self, batch_id: int, list_files) -> None:
+        """Run batch ``batch_id`` on the files ``list_files()`` names (the stream's or the inbox listing's)."""
         with self.lock:
             if self.stop.is_set():
                 self.failure = _StopRequested()
@@ -299,7 +310,7 @@ class Watcher:
             self.in_batch = True
         files: list[tuple[str, int]] = []
         try:
-            files = sorted((row["path"], row["length"]) for row in batch.select("path", "length").collect())
+            files = list_files()
             self._run(batch_id, files)
         except BaseException as exc:
             self.failure = exc if isinstance(exc, BatchFailedError) else self._explain(exc, batch_id, files)
@@ -367,6 +378,58 @@ class Watcher:
                        if k in ("python_workers", "model_loads", "max_model_loads_per_worker")})
         now = int(time.time() * 1000)
         MlflowClient().log_batch(self.run_id, metrics=[Metric(k, float(v), now, batch_id) for k, v in values.items()])
+
+
+# ---------------------------------------------------------------------------- without a stream (Spark Connect)
+
+
+def pending_batches(spark: SparkSession, conf: WatchJobConf, log: BatchLog) -> list[tuple[int, list[tuple[str, int]]]]:
+    """The inbox's files that no committed batch holds, in batches of ``max_files_per_batch``,
+    numbered on from the last committed batch (so a batch killed before its commit runs again
+    under its own id and replaces whatever it had published)."""
+    records = log.records()
+    done = {uri for record in records for uri in record.get("files", [])}
+    next_id = max((record["batch_id"] for record in records), default=-1) + 1
+    p = conf.prepare
+    listed = io.list_input(spark, conf.watch.inbox, p.text_files.glob if p.format == "text_files" else None)
+    new = [(uri, size) for uri, size in listed.files if uri not in done]
+    size = conf.watch.max_files_per_batch
+    return [(next_id + i, new[start:start + size]) for i, start in enumerate(range(0, len(new), size))]
+
+
+def archive_committed(spark: SparkSession, conf: WatchJobConf, log: BatchLog) -> None:
+    """Move committed files still in the inbox under ``watch.archive`` (their full path kept
+    beneath it, as Spark's ``cleanSource: archive`` does)."""
+    archive = conf.watch.archive.rstrip("/")
+    for record in log.records():
+        for uri in record.get("files", []):
+            if storage.path_exists(spark, uri):
+                storage.move(spark, uri, f"{archive}/{storage.local_path(uri).lstrip('/')}")
+
+
+def run_from_listings(spark: SparkSession, conf: WatchJobConf, watcher: Watcher) -> None:
+    """The watch on a Spark Connect session, where ``foreachBatch`` would run its function on the
+    server, apart from this process's state: this driver lists the inbox itself and runs each
+    new batch with the same ``Watcher``; the commit log is the checkpoint. ``available_now``
+    processes what is there and ends; ``every`` lists again after each interval until stopped."""
+    w = conf.watch
+    while not watcher.stop.is_set():
+        for batch_id, files in pending_batches(spark, conf, watcher.log):
+            if watcher.stop.is_set():
+                break
+            try:
+                watcher.run_batch(batch_id, lambda files=files: files)
+            except _StopRequested:
+                break
+            except Exception as exc:
+                if isinstance(watcher.failure, TextmillError) and watcher.failure is not exc:
+                    raise watcher.failure from None  # the batch's one-line explanation, as the stream path raises it
+                raise
+            if w.archive:
+                archive_committed(spark, conf, watcher.log)
+        if w.trigger == "available_now":
+            return
+        watcher.stop.wait(interval_seconds(w.trigger.every))
 
 
 # ---------------------------------------------------------------------------- the stream
@@ -469,6 +532,9 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
         console.status(logger, "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s", w.inbox,
                     "available now" if w.trigger == "available_now" else f"every {w.trigger.every}", w.max_files_per_batch,
                     conf.io.output, checkpoint)
+        if session_kinds.is_connect(spark):
+            run_from_listings(spark, conf, watcher)
+            return _finish(spark, conf, watcher, report, checkpoint)
         # py4j logs the batch's exception with its trace before textmill reports it in one line.
         stack.enter_context(_quiet_logger("py4j.clientserver"))
         query = (file_stream(spark, conf).writeStream.foreachBatch(watcher)
@@ -483,6 +549,11 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
                 raise watcher.failure from None
             else:
                 raise BatchFailedError(f"watch: the stream failed: {(str(exc).strip().splitlines() or [''])[0][:500]}") from exc
+    return _finish(spark, conf, watcher, report, checkpoint)
+
+
+def _finish(spark: SparkSession, conf: WatchJobConf, watcher: Watcher, report: Any, checkpoint: str) -> dict[str, float]:
+    w = conf.watch
     totals = dict(watcher.totals)
     if totals["batches"] == 0 and totals["batches_skipped"] == 0:
         console.status(logger, "no new files in %s since the last run (checkpoint %s); nothing to do", w.inbox, checkpoint)
