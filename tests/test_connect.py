@@ -144,7 +144,7 @@ def test_a_static_setting_on_connect_fails_with_one_line_naming_it(connect_serve
     result = cli("run", "prepare", "--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={source}",
                  "--set", "prepare.format=text_lines", "--set", f"io.output={tmp_path / 'out'}",
                  "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", f"spark.remote={connect_server}",
-                 "--set", "spark.conf={spark.sql.warehouse.dir: /tmp/elsewhere}", cwd=tmp_path, timeout=300)
+                 "--set", "spark.conf.spark.sql.warehouse.dir=/tmp/elsewhere", cwd=tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "spark.sql.warehouse.dir" in line]
     assert len(errors) == 1 and "cannot be set on a Spark Connect session" in errors[0], result.stderr[-2000:]

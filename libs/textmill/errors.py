@@ -23,6 +23,10 @@ class ConfigError(TextmillError):
         super().__init__(f"invalid {source} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  - {lines}")
 
 
+class StaticSettingError(TextmillError):
+    """A ``spark.conf`` setting that a Spark Connect session cannot take at runtime."""
+
+
 class JavaError(TextmillError):
     """Java is missing or too old to start Spark."""
 

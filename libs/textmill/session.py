@@ -31,7 +31,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from textmill.config import SparkConf
-from textmill.errors import ConfigError, JavaError
+from textmill.errors import JavaError, StaticSettingError
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _set_runtime(spark: SparkSession, settings: dict[str, str]) -> None:
         except AnalysisException as exc:
             if "CANNOT_MODIFY" not in str(exc):
                 raise
-            raise ConfigError(f"spark.conf.{key} cannot be set on a Spark Connect session (it is a static setting of the "
+            raise StaticSettingError(f"spark.conf.{key} cannot be set on a Spark Connect session (it is a static setting of the "
                               "server); set it where the server is started, or remove it from the job's spark.conf") from None
 
 
