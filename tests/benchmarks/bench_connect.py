@@ -16,7 +16,6 @@ python tests/benchmarks/bench_connect.py [--n-docs 2000] [--ner-docs 60800] [--r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -25,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, report, require
+from bench_scale import write_corpus  # the AG rows repeated under new ids, as bench_scale writes them
+from common import REPO, report
 
 sys.path.insert(0, str(REPO / "tests"))
 from connect_server import start  # noqa: E402
-
-AG = require(SHARED / "ag_news" / "test.csv")
 
 
 def textmill(args: list[str], cwd: Path) -> dict:
@@ -48,15 +46,6 @@ def textmill(args: list[str], cwd: Path) -> dict:
 
 def session_args(kind: str, url: str) -> list[str]:
     return ["--set", f"spark.remote={url}"] if kind == "connect" else ["--set", "spark.master=local[2]", "--set", "spark.shuffle_partitions=2"]
-
-
-def write_ag(path: Path, n: int) -> None:
-    with AG.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    with path.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out, lineterminator="\n")
-        for i in range(n):
-            writer.writerow([f"ag{i:08d}", *rows[i % len(rows)]])
 
 
 def main() -> None:
@@ -92,7 +81,7 @@ def main() -> None:
 
             if args.ner_docs:
                 corpus = tmp / "ag.csv"
-                write_ag(corpus, args.ner_docs)
+                write_corpus(corpus, args.ner_docs)
                 prepared = tmp / "ag_prepared"
                 textmill(["prepare", "--conf", str(REPO / "conf" / "prepare_ag_news.yaml"), "--env", "local",
                           "--set", f"io.input={corpus}", "--set", f"io.output={prepared}", "--set", "prepare.columns.doc_id=id",
