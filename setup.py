@@ -31,8 +31,8 @@ INSTALL_REQUIRES = [
     "pydantic>=2.7,<3",
     "matplotlib>=3.8",
     "scipy>=1.11",  # sparse matrices for ppmi_svd and the subword fit; was only reached through mlflow
-    "tqdm>=4.66,<5",  # progress bars on a terminal (textmill.console); spaCy and MLflow already draw theirs with it
-    # the linear classifier's exact solver (L-BFGS logistic regression, textmill.logistic_solver) rather than a hand-written
+    "tqdm>=4.66,<5",  # progress bars on a terminal (textmill.runtime.console); spaCy and MLflow already draw theirs with it
+    # the linear classifier's exact solver (L-BFGS logistic regression, textmill.runtime.worker_cache.logistic_solver) rather than a hand-written
     # optimiser; also bench_baselines' tf-idf + LinearSVC. mlflow already pulls it in: now pinned as what textmill uses.
     "scikit-learn==1.9.1",
 ]
@@ -58,7 +58,7 @@ setup(
     package_dir={"": "libs"},
     packages=find_packages("libs"),
     include_package_data=True,
-    package_data={"textmill": ["log4j2.properties"]},
+    package_data={"textmill.runtime": ["log4j2.properties"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["textmill=textmill.cli:main"]},

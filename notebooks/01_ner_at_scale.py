@@ -10,15 +10,15 @@
 
 from pyspark.sql import functions as F
 
-from textmill.config import load_conf
+from textmill.data.sample import write_sample_csv
 from textmill.jobs import run_job
-from textmill.nlp import EntityOptions, NlpConf
 from textmill.notebook import widget
 from textmill.pipelines.annotate import with_entities
 from textmill.pipelines.ner import NerJobConf
 from textmill.pipelines.prepare import PrepareJobConf
-from textmill.sample import write_sample_csv
-from textmill.session import get_spark
+from textmill.runtime.config import load_conf
+from textmill.runtime.session import get_spark
+from textmill.text.spacy_annotator import EntityOptions, NlpConf
 
 if "display" not in globals():  # a plain Python run; Databricks provides display
     from textmill.notebook import display

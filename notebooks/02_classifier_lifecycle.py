@@ -15,14 +15,14 @@ import urllib.request
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from textmill.config import load_conf
+from textmill.data.sample import write_sample_csv
 from textmill.jobs import run_job
 from textmill.notebook import serving, widget
 from textmill.pipelines.classify import ClassifyJobConf
 from textmill.pipelines.prepare import PrepareJobConf
 from textmill.pipelines.train_classifier import TrainClassifierJobConf
-from textmill.sample import write_sample_csv
-from textmill.session import get_spark
+from textmill.runtime.config import load_conf
+from textmill.runtime.session import get_spark
 
 if "display" not in globals():  # a plain Python run; Databricks provides display
     from textmill.notebook import display

@@ -14,13 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from pyspark.sql import functions as F
 
-from textmill.config import load_conf
-from textmill.docvectors import load_embeddings
+from textmill.data.sample import write_sample_csv
 from textmill.jobs import get_job, run_job
 from textmill.notebook import widget
 from textmill.pipelines.prepare import PrepareJobConf
-from textmill.sample import write_sample_csv
-from textmill.session import get_spark
+from textmill.runtime.config import load_conf
+from textmill.runtime.session import get_spark
+from textmill.vectors.docvectors import load_embeddings
 
 if "display" not in globals():  # a plain Python run; Databricks provides display
     from textmill.notebook import display

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from textmill.config import load_conf
+from textmill.data.sample import write_sample_csv
 from textmill.jobs import run_job
 from textmill.notebook import widget
-from textmill.sample import write_sample_csv
+from textmill.runtime.config import load_conf
+from textmill.runtime.session import get_spark
 from textmill.streaming.watch import WatchJobConf
-from textmill.session import get_spark
 
 if "display" not in globals():  # a plain Python run; Databricks provides display
     from textmill.notebook import display

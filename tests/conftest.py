@@ -20,8 +20,8 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 @pytest.fixture(scope="session")
 def spark():
-    from textmill.config import SparkConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     session = get_spark(
         SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill import ann
 from textmill.jobs import run_job
 from textmill.pipelines.build_index import IndexInputError
+from textmill.vectors import ann
 
 from test_prepare import REPO, load_job
 
@@ -335,7 +335,7 @@ def test_number_rows_matches_a_global_row_number_without_a_global_window(spark):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from textmill.io import number_rows
+    from textmill.data.io import number_rows
 
     rng = np.random.default_rng(4)
     df = spark.createDataFrame([(f"c{i}", int(s)) for i, s in enumerate(rng.integers(1, 6, size=500))], "label string, size long").repartition(7)

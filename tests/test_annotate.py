@@ -9,12 +9,12 @@ import pytest
 import spacy
 from mlflow.tracking import MlflowClient
 
-from textmill import models
-from textmill.errors import ColumnNotFoundError
+from textmill.data.sample import ORGS, PEOPLE, PLACES, TOPICS, _document
 from textmill.jobs import run_job
-from textmill.nlp import EntityOptions, ModelLoadError, NlpConf, TokenOptions, plan_pipeline, split_long_text
 from textmill.pipelines.annotate import RowErrorsError, with_annotations, with_entities, with_tokens
-from textmill.sample import ORGS, PEOPLE, PLACES, TOPICS, _document
+from textmill.runtime import worker_cache
+from textmill.runtime.errors import ColumnNotFoundError
+from textmill.text.spacy_annotator import EntityOptions, ModelLoadError, NlpConf, TokenOptions, plan_pipeline, split_long_text
 from spacy.language import Language
 
 from test_prepare import REPO, load_job
@@ -79,7 +79,7 @@ def test_split_long_text_cuts_at_boundaries_and_keeps_every_character():
 
 
 def test_model_loads_once_per_python_worker(spark, small_arrow_batches):
-    report = models.WorkerReport()
+    report = worker_cache.WorkerReport()
     df = docs_frame(spark, [f"text number {i}." for i in range(64)], partitions=16)
     out = with_tokens(df, NlpConf(model="blank:en"), report=report)
     rows = out.collect()  # count() alone would prune the UDF away
@@ -238,7 +238,7 @@ def test_entity_label_filter_and_counts(spark):
 
 
 def test_gpu_request_falls_back_to_the_cpu(spark):
-    report = models.WorkerReport()
+    report = worker_cache.WorkerReport()
     out = with_tokens(docs_frame(spark, ["no gpu here"], 1), NlpConf(model="blank:en", gpu=True), report=report)
     assert [r.tokens for r in out.collect()] == [["no", "gpu", "here"]]
     assert {s["device"] for s in report.value.values()} == {"cpu"}
@@ -318,7 +318,7 @@ def test_on_error_fail_publishes_nothing(spark, job_conf, prepared, tmp_path):
 
 _RSS_PROBE = """
 import resource, sys
-from textmill.nlp import Annotator, EntityOptions, NlpConf, load_pipeline, plan_pipeline
+from textmill.text.spacy_annotator import Annotator, EntityOptions, NlpConf, load_pipeline, plan_pipeline
 chars = int(sys.argv[1])
 para = ("Barack Obama met Angela Merkel in Berlin on Monday to discuss trade with Siemens and Volkswagen. "
         "The talks, which lasted three hours, ended without an agreement.\\n\\n")

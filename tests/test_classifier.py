@@ -18,13 +18,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, wait_until_serving
-from textmill.classifier import (BestWeights, GRUClassifier, LinearClassifier, calibration_bins, collate, document_frequencies,
+from textmill.models.classifier import (BestWeights, GRUClassifier, LinearClassifier, calibration_bins, collate, document_frequencies,
                                  expected_calibration_error, fit_temperature, model_inputs, softmax)
-from textmill.errors import ConfigError
-from textmill.featurize import Featurizer
+from textmill.data.sample import TOPICS, _document
 from textmill.jobs import run_job
 from textmill.pipelines.train_classifier import stratified_split
-from textmill.sample import TOPICS, _document
+from textmill.runtime.errors import ConfigError
+from textmill.text.featurize import Featurizer
 
 
 
@@ -36,7 +36,7 @@ def test_hashed_features_are_stable_across_processes():
     text = "The Quick brown fox <br />jumps!"
     here = featurizer.ids(text)
     # The same ids from another interpreter with a different hash seed.
-    code = ("import json, sys; from textmill.featurize import Featurizer; "
+    code = ("import json, sys; from textmill.text.featurize import Featurizer; "
             "print(json.dumps(Featurizer(n_buckets=1000).ids(sys.argv[1])))")
     for seed in ("1", "987"):
         proc = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True,
@@ -95,9 +95,9 @@ def test_classify_arrow_output_equals_the_models_predict(tmp_path, form, weighti
     # classify builds its Arrow struct without per-row dicts; it must say what predict says.
     import pyarrow as pa
 
-    from textmill.classifier import ModelSpec
+    from textmill.models.classifier import ModelSpec
+    from textmill.models.classifier_pyfunc import TextClassifier, save_model_dir
     from textmill.pipelines.classify import predictions_array
-    from textmill.pyfunc_classifier import TextClassifier, save_model_dir
 
     torch.manual_seed(3)
     spec = ModelSpec(kind="linear", n_ids=1000, n_classes=3, dim=8, form=form, weighting=weighting)
@@ -212,7 +212,7 @@ def test_training_with_keep_best_ends_with_the_best_epochs_weights(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from textmill.classifier import ModelSpec, ParquetExamples, TrainSettings, confusion, predict_logits, scores, train
+    from textmill.models.classifier import ModelSpec, ParquetExamples, TrainSettings, confusion, predict_logits, scores, train
 
     rng = np.random.default_rng(2)
 
@@ -505,8 +505,8 @@ def test_invalid_utf8_is_a_row_error_in_classify_and_quarantined_in_training(tra
 
 
 def test_patience_without_keep_best_is_a_config_error():
-    from textmill.config import validate_conf
     from textmill.pipelines.train_classifier import TrainClassifierJobConf
+    from textmill.runtime.config import validate_conf
 
     data = {"io": {"input": "in", "output": "out"}, "classifier": {"training": {"patience": 2}}}
     with pytest.raises(ConfigError, match="'classifier.training.patience' needs 'classifier.training.keep_best: true'"):
@@ -519,8 +519,8 @@ def test_default_linear_training_reaches_the_l2_regularised_optimum(labelled, sp
     # The default solver (lbfgs) must leave the exported model at the optimum of
     # C * sum(log loss) + |W|^2 / 2 on its own tf-idf features: the objective's gradient at the
     # saved weights vanishes. The streaming solver stopped short of it.
-    from textmill.logistic_solver import tfidf_matrix
-    from textmill.pyfunc_classifier import TextClassifier
+    from textmill.models.classifier_pyfunc import TextClassifier
+    from textmill.models.logistic_solver import tfidf_matrix
 
     path, _ = labelled
     out = tmp_path / "exact"
@@ -572,8 +572,8 @@ def test_solver_auto_keeps_streaming_where_lbfgs_would_not_fit(tmp_path):
 
 
 def test_lbfgs_where_it_cannot_run_is_a_config_error():
-    from textmill.config import validate_conf
     from textmill.pipelines.train_classifier import TrainClassifierJobConf
+    from textmill.runtime.config import validate_conf
 
     base = {"io": {"input": "in", "output": "out"}}
     with pytest.raises(ConfigError, match="lbfgs needs the linear kind's logistic form"):

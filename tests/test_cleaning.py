@@ -1,7 +1,7 @@
 """Text cleaning on real-looking AG News rows and on Unicode edge cases."""
 from __future__ import annotations
 
-from textmill.cleaning import CleaningConf, clean_text
+from textmill.data.cleaning import CleaningConf, clean_text
 
 AG = CleaningConf(ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True)
 

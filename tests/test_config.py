@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from textmill.config import flatten, load_conf, parse_override, validate_conf
-from textmill.errors import ConfigError
 from textmill.jobs import JOBS
 from textmill.pipelines.prepare import PrepareJobConf
+from textmill.runtime.config import flatten, load_conf, parse_override, validate_conf
+from textmill.runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_bool_is_not_a_number_and_a_mapping_must_be_a_mapping(tmp_path):
 
 
 def test_secret_looking_keys_and_uri_passwords_are_redacted():
-    from textmill.redact import REDACTED, redact_text, redact_tree
+    from textmill.runtime.redact import REDACTED, redact_text, redact_tree
 
     conf = {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "S3CR3T", "spark.hadoop.fs.s3a.access.key": "AKIA1",
                                "spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net": "AZKEY",
@@ -203,11 +203,11 @@ def test_job_conf_files_hold_the_code_defaults():
 
 
 def _readme_key_rows() -> list[tuple[str | None, str, str]]:
-    """(job section, key, default cell) for every row of the README's key | default | meaning tables."""
+    """(job section, key, default cell) for every row of conf/README.md's key | default | meaning tables."""
     import re
 
     rows, section, in_table = [], None, False
-    for line in (REPO / "README.md").read_text().splitlines():
+    for line in (REPO / "conf" / "README.md").read_text().splitlines():
         heading = re.match(r"^###+ (.*)", line)
         if heading:
             names = re.findall(r"`(\w+)`", heading.group(1))
@@ -260,6 +260,28 @@ def test_readme_key_tables_state_the_code_defaults():
             wrong.append(f"README {key}: {cell}, code default {defaults[key]!r}")
     assert wrong == []
     assert checked > 60
+
+
+def _documented_keys() -> set[str]:
+    """Every key conf/README.md's tables name: a row's later keys (`` `a.b.c` / `d` ``) sit beside its first."""
+    import re
+
+    documented: set[str] = set()
+    for line in (REPO / "conf" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")] if line.startswith("| `") else []
+        keys = re.findall(r"`([^`]+)`", cells[0]) if cells else []
+        if keys:
+            parent = keys[0].rpartition(".")[0]
+            documented |= {keys[0], *(f"{parent}.{k}" if parent and "." not in k else k for k in keys[1:])}
+    return documented
+
+
+def test_conf_readme_documents_every_key_of_every_job():
+    documented = _documented_keys()
+    missing = {job: [k for k in _code_defaults(job) if k not in documented and not any(k.endswith("." + d) for d in documented)]
+               for job in JOBS}
+    assert {job: keys for job, keys in missing.items() if keys} == {}
+    assert {"prepare.columns.title", "index.vector_column", "tokenize.drop_space"} <= documented
 
 
 @pytest.mark.slow

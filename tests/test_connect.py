@@ -22,11 +22,11 @@ from textmill.jobs import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What only a classic session has; allowed in libs/textmill/session_kinds.py alone.
+# What only a classic session has; allowed in libs/textmill/runtime/session_kinds.py alone.
 CLASSIC_ONLY = re.compile(r"\bsparkContext\b|\._jvm\b|\._jsc\b|\._jsparkSession\b|\bSparkFiles\b|\.rdd\b|\baccumulator\b"
                           r"|\bAccumulatorParam\b|(?<!\bF)\.broadcast\(|\bmapPartitions(WithIndex)?\b|\btreeReduce\b"
                           r"|\bzipWithIndex\b|\baddArchive\b|\baddPyFile\b|\baddFile\b|\bdefaultParallelism\b|\bSparkContext\b")
-BOUNDARY = REPO / "libs" / "textmill" / "session_kinds.py"
+BOUNDARY = REPO / "libs" / "textmill" / "runtime" / "session_kinds.py"
 
 
 def code_only(source: str) -> str:
@@ -92,8 +92,8 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
                   "--set", f"spark.remote={connect_server}", cwd=tmp_path)
     assert connect.returncode == 0, connect.stderr[-3000:]
 
-    from textmill.config import load_conf
     from textmill.pipelines.pipeline import PipelineJobConf
+    from textmill.runtime.config import load_conf
 
     conf = load_conf(PipelineJobConf, REPO / "conf" / "pipeline.yaml", "local", [
         f"io.output={tmp_path / 'classic'}", f"mlflow.tracking_uri={store}", "mlflow.experiment=on-classic",

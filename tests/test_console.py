@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill import console
 from textmill.cli import mlflow_ui_hint
+from textmill.runtime import console
 
 from test_prepare import load_job
 

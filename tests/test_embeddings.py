@@ -14,10 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textmill import embeddings as emb
-from textmill.docvectors import DocumentEmbedder, load_embeddings
 from textmill.jobs import run_job
 from textmill.pipelines.train_embeddings import EmbeddingsDivergedError, EmbeddingsMemoryError, count_vocabulary
+from textmill.vectors import embeddings as emb
+from textmill.vectors.docvectors import DocumentEmbedder, load_embeddings
 
 ANIMALS = ["cat", "dog", "horse", "cow", "sheep", "elephant"]
 VEHICLES = ["car", "truck", "bus", "train", "bicycle", "tractor"]

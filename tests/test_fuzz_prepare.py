@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_corpora import FORMATS, Corpus, CorpusFile, Record, check_outcome, corpora, snapshot
-from textmill.csv_records import CsvDialect, _physical_lines, plan_parts, read_records
+from textmill.data.csv_records import CsvDialect, _physical_lines, plan_parts, read_records
 from textmill.jobs import run_job
 
 PARSER_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_PARSER_EXAMPLES", "300"))

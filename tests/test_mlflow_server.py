@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, wait_until_serving
+from textmill.data.sample import write_sample_csv
 from textmill.jobs import run_job
-from textmill.sample import write_sample_csv
 
 REPO = Path(__file__).resolve().parents[1]
 

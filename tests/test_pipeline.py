@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from textmill.cli import build_pyfiles
-from textmill.sample import BROKEN_LINES
+from textmill.data.sample import BROKEN_LINES
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_pyfiles_zip_is_importable_on_its_own(tmp_path):
     assert "textmill/__init__.py" in names and "textmill/pipelines/prepare.py" in names
     assert not any("__pycache__" in n for n in names)
     # A fresh interpreter that only has the zip on its path imports textmill from it.
-    probe = "import sys; sys.path.insert(0, sys.argv[1]); import textmill.cleaning as c; print(c.__file__)"
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import textmill.data.cleaning as c; print(c.__file__)"
     proc = subprocess.run([sys.executable, "-c", probe, str(target)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill import storage
-from textmill.config import load_conf
-from textmill.errors import ColumnNotFoundError, EmptyInputError, InputNotFoundError
+from textmill.data import storage
 from textmill.jobs import run_job
 from textmill.pipelines.prepare import OUTPUT_COLUMNS, QUARANTINE_COLUMNS, PrepareJobConf
+from textmill.runtime.config import load_conf
+from textmill.runtime.errors import ColumnNotFoundError, EmptyInputError, InputNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -391,7 +391,7 @@ def test_whitespace_of_every_kind_is_empty_text(prepare, tmp_path):
 def test_blank_means_the_same_in_spark_and_python(spark):
     from pyspark.sql import functions as F
 
-    from textmill.cleaning import BLANK_REGEX, is_blank
+    from textmill.data.cleaning import BLANK_REGEX, is_blank
 
     chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c <= 0xDFFF]
     df = spark.createDataFrame([(c,) for c in chars], "c string").select("c", F.col("c").rlike(BLANK_REGEX).alias("blank"))

@@ -15,12 +15,12 @@ import pytest
 from fuzz_corpora import BAD_UTF8
 from test_prepare import REPO, load_job, reasons
 from test_user_errors import run_main
-from textmill.config import load_conf
-from textmill.errors import ConfigError, CsvHeaderError, OutputError, UnreadableInputError
 from textmill.jobs import run_job
 from textmill.pipelines.log_spacy_model import LogSpacyModelJobConf
 from textmill.pipelines.prepare import PrepareJobConf
 from textmill.pipelines.train_classifier import TrainClassifierJobConf
+from textmill.runtime.config import load_conf
+from textmill.runtime.errors import ConfigError, CsvHeaderError, OutputError, UnreadableInputError
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_a_glob_input_logs_no_stack_trace(prepare, capfd, tmp_path):
 
 
 def test_unreadable_file_errors_name_the_file_for_any_cause():
-    from textmill.errors import from_read_failure
+    from textmill.runtime.errors import from_read_failure
 
     spark_text = ("An error occurred while calling o32.count.\n: org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT] "
                   "Encountered error while reading file file:///data/a.jsonl.gz.  SQLSTATE: KD001\n\tat x\nCaused by: "

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from textmill import io
-from textmill.errors import ColumnNotFoundError, InputNotFoundError, JavaError
-from textmill.session import check_java, get_spark
+from textmill.data import io
+from textmill.runtime.errors import ColumnNotFoundError, InputNotFoundError, JavaError
+from textmill.runtime.session import check_java, get_spark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,8 @@ def test_read_input_names_missing_columns_and_what_is_there(spark, tmp_path):
 
 LOG_PROBE = """
 import sys
-from textmill.config import SparkConf
-from textmill.session import get_spark
+from textmill.runtime.config import SparkConf
+from textmill.runtime.session import get_spark
 spark = get_spark(SparkConf(master="local[1]", ui_enabled=False, conf=dict(arg.split("=", 1) for arg in sys.argv[1:])))
 log4j = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
 log4j.getLogger("org.apache.spark.scheduler.DAGScheduler").warn("probe: a warning of Spark's own")

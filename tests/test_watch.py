@@ -21,9 +21,9 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from textmill.config import load_conf, validate_conf
-from textmill.errors import ConfigError
 from textmill.jobs import run_job
+from textmill.runtime.config import load_conf, validate_conf
+from textmill.runtime.errors import ConfigError
 from textmill.streaming.batches import BatchLog
 from textmill.streaming.watch import BatchFailedError, WatchJobConf
 
@@ -176,7 +176,7 @@ def test_archive_moves_processed_files_and_a_doc_id_seen_in_an_earlier_batch_is_
 
 
 def test_an_inbox_that_is_missing_a_file_or_a_glob_is_named(spark, job_conf, tmp_path):
-    from textmill.errors import InputNotFoundError, TextmillError
+    from textmill.runtime.errors import InputNotFoundError, TextmillError
 
     (tmp_path / "one.csv").write_text("id,text\n1,a\n")
     with pytest.raises(InputNotFoundError, match=r"watch.inbox: nothing exists at"):
@@ -216,7 +216,7 @@ def test_a_replayed_batch_replaces_its_own_output_everywhere(spark, tmp_path):
     ({"watch": {"steps": ["prepare", "classify"]}}, r"'classify.model_uri' is required with the classify step"),
 ])
 def test_watch_conf_problems_are_named(tmp_path, change, message):
-    from textmill.config import deep_merge
+    from textmill.runtime.config import deep_merge
 
     base = {"io": {"output": str(tmp_path / "out")}, "watch": {"inbox": str(tmp_path / "IN")}}
     change = json.loads(json.dumps(change).replace("IN/", str(tmp_path / "IN") + "/"))

@@ -58,7 +58,7 @@ RUN_DAG = textwrap.dedent('''
 @pytest.mark.slow
 def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     from textmill.cli import build_pyfiles
-    from textmill.sample import write_sample_csv
+    from textmill.data.sample import write_sample_csv
 
     python = airflow_python()
     build_pyfiles(REPO / "dist")
@@ -141,8 +141,8 @@ def _substitute(text: str, variables: dict[str, str]) -> str:
 def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_command(tmp_path):
     from databricks.bundles.jobs import Job
 
-    from textmill.config import load_conf
     from textmill.jobs import get_job
+    from textmill.runtime.config import load_conf
 
     bundle = _bundle()
     variables = {name: spec["default"] for name, spec in bundle["variables"].items()}
@@ -196,9 +196,9 @@ def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_comm
 def test_a_wrong_field_or_a_wrong_textmill_key_in_the_bundle_is_caught():
     from databricks.bundles.jobs import Job
 
-    from textmill.config import load_conf
-    from textmill.errors import ConfigError
     from textmill.pipelines.classify import ClassifyJobConf
+    from textmill.runtime.config import load_conf
+    from textmill.runtime.errors import ConfigError
 
     spec = _bundle()["resources"]["jobs"]["textmill_news_daily"]
     broken = json.loads(json.dumps(spec))

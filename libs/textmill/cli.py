@@ -5,7 +5,7 @@
 - ``textmill package [--dist dist]``: zip ``libs/textmill`` for ``spark-submit --py-files``.
 
 ``jobs/<job>.py`` call ``job_main`` too, so ``spark-submit jobs/prepare.py ...`` and
-``textmill run prepare ...`` run the same code and print the same console (``textmill.console``):
+``textmill run prepare ...`` run the same code and print the same console (``textmill.runtime.console``):
 a line per step, the end report (the pipeline's step table, then the outputs, the run id and the
 exact ``mlflow ui`` command), or with ``--json`` one JSON object on stdout. User errors
 (``TextmillError``) print one line and exit 2; anything else is a bug and keeps its traceback.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
 
 import textmill
-from textmill import console
-from textmill.errors import ConfigError, TextmillError
+from textmill.runtime import console
+from textmill.runtime.errors import ConfigError, TextmillError
 
 if TYPE_CHECKING:
     from textmill.jobs import JobReport
@@ -92,8 +92,8 @@ def print_report(report: JobReport) -> None:
 
 
 def _run(job_name: str, args: argparse.Namespace) -> int:
-    from textmill.config import load_conf
     from textmill.jobs import get_job, run_job_report
+    from textmill.runtime.config import load_conf
 
     _configure_console(args)
     job = get_job(job_name)

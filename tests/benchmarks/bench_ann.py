@@ -40,8 +40,8 @@ def run_dataset(spark, name: str, vectors: np.ndarray, tmp: Path, skip_lsh: bool
                 skip_exact_all: bool = False, shards: int = 2) -> dict:
     from annoy import AnnoyIndex
 
-    from textmill import ann
     from textmill.jobs import run_job
+    from textmill.vectors import ann
 
     n, dim = vectors.shape
     ids = [f"x{i:07d}" for i in range(n)]  # sorted order == row order, so item i is row i
@@ -162,8 +162,8 @@ def main() -> None:
     parser.add_argument("--skip-exact-all", action="store_true", help="skip the all-items brute force (minutes); recall still uses exact answers")
     args = parser.parse_args()
 
-    from textmill.config import SparkConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-ann")
     spark.sparkContext.setLogLevel("ERROR")
@@ -175,7 +175,7 @@ def main() -> None:
         if args.skip_words:
             result["word_vectors"] = "skipped (--skip-words)"
         elif (words / "embeddings.json").exists():
-            from textmill.docvectors import load_embeddings
+            from textmill.vectors.docvectors import load_embeddings
 
             vectors, _, _ = load_embeddings(words)
             result["word_vectors"] = run_dataset(spark, "words", vectors.vectors, Path(tmp), args.skip_lsh, args.lsh_bucket_length, args.skip_exact_all, args.shards)

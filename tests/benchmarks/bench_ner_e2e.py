@@ -74,7 +74,7 @@ def main() -> None:
         (tmp / "raw.py").write_text(RAW)
 
         started = time.perf_counter()
-        from textmill.nlp import EntityOptions, plan_pipeline
+        from textmill.text.spacy_annotator import EntityOptions, plan_pipeline
 
         exclude = ",".join(plan_pipeline(MODEL, None, EntityOptions()).exclude)  # what the ner job excludes
         raw = subprocess.run([sys.executable, str(tmp / "raw.py"), str(tmp / "docs" / "part-0.parquet"), str(tmp / "raw.parquet"), exclude],

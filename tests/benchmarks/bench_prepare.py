@@ -1,6 +1,6 @@
 """prepare on AG News test.csv (7,600 rows; ``--copies N``: N copies in one file): textmill on local[*] vs one plain Python process.
 
-Both read the same CSV, apply the same AG cleaning (textmill.cleaning.clean_text) and write
+Both read the same CSV, apply the same AG cleaning (textmill.data.cleaning.clean_text) and write
 Parquet. textmill also hashes ids, classifies rows, and checks the row accounting.
 Prints JSON with wall seconds, docs/s and the ratio textmill/baseline.
 """
@@ -19,9 +19,9 @@ AG = require(SHARED / "ag_news" / "test.csv")
 
 
 def single_process(out: Path, source: Path) -> dict:
-    from textmill.cleaning import clean_text
-    from textmill.config import load_conf
+    from textmill.data.cleaning import clean_text
     from textmill.pipelines.prepare import PrepareJobConf
+    from textmill.runtime.config import load_conf
 
     cleaning = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", overrides=["io.output=x"]).prepare.cleaning
     labels = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci_Tech"}
@@ -37,10 +37,10 @@ def single_process(out: Path, source: Path) -> dict:
 
 
 def textmill_prepare(out: Path, source: Path, parser: str = "strict", repeat: int = 1) -> dict:
-    from textmill.config import load_conf
     from textmill.jobs import run_job
     from textmill.pipelines.prepare import PrepareJobConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import load_conf
+    from textmill.runtime.session import get_spark
 
     conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", env="local",
                      overrides=[f"io.input={source}", f"io.output={out / 'textmill'}", "spark.ui_enabled=false",

@@ -1,4 +1,4 @@
-"""What progress reporting costs a training loop: textmill.console.Progress per batch vs the batch itself.
+"""What progress reporting costs a training loop: textmill.runtime.console.Progress per batch vs the batch itself.
 
 Side by side in one process: a linear-classifier training step of the default form (EmbeddingBag sum over
 hashed ids, Adagrad on the sparse rows; 64 documents of 200 ids, 2M buckets, 4 classes) without progress,
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["TEXTMILL_VERBOSITY"] = "normal"
     logging.getLogger("textmill").setLevel(logging.WARNING)
-    from textmill import console
+    from textmill.runtime import console
 
     class Off:
         def __init__(self, steps):

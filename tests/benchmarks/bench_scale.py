@@ -52,9 +52,9 @@ def jvm_peak_rss_mb(spark) -> float | None:
 
 
 def one_size(n: int, driver_memory: str | None = None) -> dict:
-    from textmill.config import load_conf
     from textmill.jobs import get_job, run_job
-    from textmill.session import get_spark
+    from textmill.runtime.config import load_conf
+    from textmill.runtime.session import get_spark
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

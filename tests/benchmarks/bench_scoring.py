@@ -34,10 +34,10 @@ def main() -> None:
     import mlflow
     from pyspark.sql import functions as F
 
-    from textmill.config import SparkConf
     from textmill.jobs import run_job
     from textmill.pipelines.classify import load_scorer
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-scoring")
     spark.sparkContext.setLogLevel("ERROR")
@@ -89,7 +89,7 @@ def main() -> None:
         import numpy as np
         import torch
 
-        from textmill.classifier import collate
+        from textmill.models.classifier import collate
 
         featurizer = scorer.featurizer
         started = time.perf_counter()

@@ -62,11 +62,11 @@ def main() -> None:
 
     from bench_baselines import ag_split, bbc_split, imdb_split
     from bench_embeddings import evaluate
-    from textmill.config import SparkConf
-    from textmill.docvectors import load_embeddings
     from textmill.jobs import run_job
     from textmill.pipelines.train_embeddings import EmbeddingsDivergedError
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
+    from textmill.vectors.docvectors import load_embeddings
 
     loaders = {"ag_news": lambda: texts_of(ag_split), "bbc_news": lambda: texts_of(bbc_split), "imdb": lambda: texts_of(imdb_split),
                "imdb_unsup": unsup_texts, "ag_news+repetition": lambda: with_repetition(texts_of(ag_split), args.repeats)}

@@ -27,7 +27,7 @@ UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
 
 
 def loss(z, words, targets, buckets, l2=1e-4) -> float:
-    from textmill.embeddings import ngram_buckets
+    from textmill.vectors.embeddings import ngram_buckets
 
     total = 0.0
     for i, word in enumerate(words):
@@ -40,7 +40,7 @@ def adam_fit(words, targets, buckets, steps, lr=0.05, l2=1e-4):
     """The fit train_embeddings used until 2026-11-22."""
     import torch
 
-    from textmill.embeddings import ngram_buckets
+    from textmill.vectors.embeddings import ngram_buckets
 
     rows, cols, vals = [], [], []
     for i, word in enumerate(words):
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adam-steps", type=int, default=300)
     args = parser.parse_args()
-    from textmill.embeddings import fit_subwords
+    from textmill.vectors.embeddings import fit_subwords
 
     counts = collections.Counter()
     with UNSUP.open(encoding="utf-8") as fh:

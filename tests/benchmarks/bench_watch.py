@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--batch-files", type=int, default=10)
     args = parser.parse_args()
 
-    from textmill.config import load_conf
     from textmill.jobs import get_job, run_job
-    from textmill.session import get_spark
+    from textmill.runtime.config import load_conf
+    from textmill.runtime.session import get_spark
     from textmill.streaming.batches import BatchLog
 
     prepare_keys = ["spark.ui_enabled=false", "mlflow.experiment=textmill-bench-watch"]

@@ -48,7 +48,7 @@ def report(name: str, result: dict[str, Any]) -> None:
     """Print the JSON, write it under out/benchmarks/, and log it to MLflow."""
     import mlflow
 
-    from textmill.tracking import ensure_experiment
+    from textmill.runtime.tracking import ensure_experiment
 
     result = {"benchmark": name, "machine": machine(), **result}
     text = json.dumps(result, indent=2, sort_keys=False)

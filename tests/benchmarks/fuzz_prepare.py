@@ -63,8 +63,8 @@ def main() -> int:
     result["parser"] = run_level("parser", lambda c: [check_parsed(c, f) for f in c.files], args.parser_examples, args.seed,
                                  CSV_FORMATS)
 
-    from textmill.config import SparkConf
-    from textmill.session import get_spark
+    from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
 
     spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),
                       app_name="textmill-fuzz")

@@ -23,11 +23,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import io, models, storage, tracking
-from textmill.config import JobConf
-from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
-from textmill.nlp import EntityOptions, NlpConf, PipelinePlan, TokenOptions, output_schema, plan_pipeline
-from textmill.udfs import make_annotate_udf
+from textmill.data import io, storage
+from textmill.runtime import worker_cache, tracking
+from textmill.runtime.config import JobConf
+from textmill.runtime.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.text.spacy_annotator import EntityOptions, NlpConf, PipelinePlan, TokenOptions, output_schema, plan_pipeline
+from textmill.text.udfs import make_annotate_udf
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def with_annotations(
     fields = [f.split()[0] for f in output_schema(tokens, entities).split(", ")]
     result = annotated.select("doc_id", *[io.utf8_error(F.col("_tm_utf8"), F.col("_tm_annotations.error")).alias("error")
                                           if f == "error" else F.col(f"_tm_annotations.{f}") for f in fields], *nlp.keep_columns,
-                              *([F.col(f"_tm_annotations.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else []))
+                              *([F.col(f"_tm_annotations.{worker_cache.REPORT_COLUMN}").alias(worker_cache.REPORT_COLUMN)] if report is not None else []))
     return report.observe(result) if report is not None else result
 
 
@@ -157,7 +158,7 @@ def run_nlp_job(spark: SparkSession, conf: JobConf, tokens: TokenOptions | None,
     plan = plan_pipeline(nlp.model, tokens, entities, gpu=nlp.gpu, spark=spark, components=nlp.components)  # fails on the driver before any Spark job
     tracking.tag_model_source("textmill.nlp", plan.source)
     rows_in = source.count()
-    report = models.new_worker_report(spark)
+    report = worker_cache.new_worker_report(spark)
     with storage.staged_outputs(spark, conf.io.output, replace_unmarked=conf.io.replace_unmarked) as (staged,):
         metrics, examples = write_annotations(spark, source, staged, rows_in, nlp, tokens, entities, report, plan=plan)
     metrics.update(tracking.log_workers(report.value, error_examples=examples))

@@ -36,9 +36,11 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, console, io, session_kinds, storage
-from textmill.config import JobConf, StrictModel
-from textmill.errors import ColumnNotFoundError, TextmillError
+from textmill.data import io, storage
+from textmill.runtime import console, session_kinds
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import ColumnNotFoundError, TextmillError
+from textmill.vectors import ann
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
 def build_shards(spark: SparkSession, items: DataFrame, directory: str, dim: int, metric: str, n_trees: int | None,
                  seed: int, on_disk: bool) -> list[dict]:
     def build(frame: pd.DataFrame) -> pd.DataFrame:
-        from textmill.ann import build_shard, default_trees, shard_file
+        from textmill.vectors.ann import build_shard, default_trees, shard_file
 
         shard = int(frame["shard"].iloc[0])
         trees = n_trees or default_trees(len(frame))

@@ -28,10 +28,11 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import io, models, registry, tracking
-from textmill.cleaning import is_blank
-from textmill.config import JobConf, StrictModel
-from textmill.registry import ModelNotFoundError
+from textmill.data import io
+from textmill.data.cleaning import is_blank
+from textmill.runtime import worker_cache, registry, tracking
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.registry import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def resolve_model(uri: str, into: str) -> tuple[Path, registry.ModelSource]:
     source = registry.pin(uri, "classify.model_uri")
     local = registry.download(source, into, "classify.model_uri")
     if not registry.is_mlflow_uri(uri):
-        from textmill.pyfunc_classifier import CONFIG
+        from textmill.models.classifier_pyfunc import CONFIG
 
         if not local.is_dir() or not ((local / "MLmodel").is_file() or (local / CONFIG).is_file()):
             raise ModelNotFoundError(f"classify.model_uri {uri!r} is not a model directory (no MLmodel or {CONFIG}); "
@@ -99,7 +100,7 @@ def resolve_model(uri: str, into: str) -> tuple[Path, registry.ModelSource]:
 
 def load_scorer(path: str):
     """An object with ``predict(list[str]) -> DataFrame``: the pyfunc, or a bare textmill model directory."""
-    from textmill.pyfunc_classifier import CONFIG, TextClassifier
+    from textmill.models.classifier_pyfunc import CONFIG, TextClassifier
 
     if (Path(path) / CONFIG).exists():
         return TextClassifier(path)
@@ -117,18 +118,18 @@ class _PyfuncScorer:
 
 def make_classify_udf(file_name: str, batch_size: int, report: bool = False):
     """Iterator Arrow UDF: text -> struct<label, probability, probabilities, error> (+ the worker
-    report field, ``models.with_report``); model once per worker."""
+    report field, ``worker_cache.with_report``); model once per worker."""
 
-    @F.arrow_udf(f"{OUTPUT_SCHEMA}, {models.REPORT_COLUMN} string" if report else OUTPUT_SCHEMA)
+    @F.arrow_udf(f"{OUTPUT_SCHEMA}, {worker_cache.REPORT_COLUMN} string" if report else OUTPUT_SCHEMA)
     def classify(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         path = io.shipped_path(file_name)
         key = ("classifier", file_name)
-        scorer = models.get_or_load(key, lambda: load_scorer(path))
+        scorer = worker_cache.get_or_load(key, lambda: load_scorer(path))
         predicted = (predictions_array(scorer, texts.to_pylist(), batch_size) for texts in batches)
         if not report:
             yield from predicted
             return
-        yield from models.with_report((models.with_report_column(p) for p in predicted), models.attach_to_batch, key)
+        yield from worker_cache.with_report((worker_cache.with_report_column(p) for p in predicted), worker_cache.attach_to_batch, key)
 
     return classify
 
@@ -140,7 +141,7 @@ def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.S
     label keys, values), so no Python dict is built per row; other models (spaCy's pyfunc)
     go through their ``predict`` DataFrame.
     """
-    from textmill.pyfunc_classifier import TextClassifier
+    from textmill.models.classifier_pyfunc import TextClassifier
 
     ok = np.fromiter((not is_blank(t) for t in values), dtype=bool, count=len(values))
     rows = np.flatnonzero(ok)
@@ -207,7 +208,7 @@ def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partition
                       F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *kept))
     result = scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
                            io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *kept_names,
-                           *([F.col(f"_tm_p.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else []))
+                           *([F.col(f"_tm_p.{worker_cache.REPORT_COLUMN}").alias(worker_cache.REPORT_COLUMN)] if report is not None else []))
     return report.observe(result) if report is not None else result
 
 
@@ -220,7 +221,7 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
         shipped = ship_model(spark, c.model_uri, tmp)
         rows_in = source.count()
         partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
-        report = models.new_worker_report(spark)
+        report = worker_cache.new_worker_report(spark)
         scored = with_predictions(source, c, shipped, partitions, report)
 
         def evaluate(written):
@@ -239,8 +240,8 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
 def _evaluate(scored_with_truth) -> dict[str, float]:
     """Accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the calibration
     (15-bin reliability table and ECE) of ``label``/``probability`` against ``_tm_true``."""
-    from textmill import plots
-    from textmill.classifier import bin_of, calibration_table, expected_calibration_error, per_label, scores
+    from textmill.models import plots
+    from textmill.models.classifier import bin_of, calibration_table, expected_calibration_error, per_label, scores
 
     judged = scored_with_truth.where(F.col("error").isNull() & F.col("_tm_true").isNotNull())
     pairs = judged.groupBy("_tm_true", "label").count().collect()

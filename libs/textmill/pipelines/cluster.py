@@ -34,9 +34,10 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import console, io, session_kinds, storage
-from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.data import io, storage
+from textmill.runtime import console, session_kinds
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import AccountingError, ColumnNotFoundError, TextmillError
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from textmill import io, models, tracking
-from textmill.config import JobConf, StrictModel
-from textmill.errors import ColumnNotFoundError, InputNotFoundError
+from textmill.data import io
+from textmill.runtime import worker_cache, tracking
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import ColumnNotFoundError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +62,14 @@ def export_dir(path: str) -> Path:
 
 
 def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, subword_fallback: bool, report: bool = False):
-    @F.pandas_udf("vector array<float>, n_known int, error string" + (f", {models.REPORT_COLUMN} string" if report else ""))
+    @F.pandas_udf("vector array<float>, n_known int, error string" + (f", {worker_cache.REPORT_COLUMN} string" if report else ""))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        from textmill.docvectors import DocumentEmbedder
-        from textmill.featurize import Featurizer
+        from textmill.text.featurize import Featurizer
+        from textmill.vectors.docvectors import DocumentEmbedder
 
         path = io.shipped_path(file_name)
         key = ("embeddings", file_name, sif, sif_a, subword_fallback)
-        embedder = models.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
+        embedder = worker_cache.get_or_load(key, lambda: DocumentEmbedder(path, sif, sif_a, subword_fallback))
         featurizer = Featurizer(lowercase=embedder.lowercase, max_tokens=10**9)
 
         def frames() -> Iterator[pd.DataFrame]:
@@ -88,13 +89,13 @@ def make_embed_udf(file_name: str, from_tokens: bool, sif: bool, sif_a: float, s
                 errors.append(None if vector is not None else "no known tokens")
             frame = pd.DataFrame({"vector": vectors, "n_known": known, "error": errors})
             if report:
-                frame[models.REPORT_COLUMN] = None
+                frame[worker_cache.REPORT_COLUMN] = None
             return frame
 
         if not report:
             yield from frames()
             return
-        yield from models.with_report(frames(), models.attach_to_frame, key)
+        yield from worker_cache.with_report(frames(), worker_cache.attach_to_frame, key)
 
     return embed
 
@@ -114,7 +115,7 @@ def with_doc_vectors(source: DataFrame, c: EmbedConf, shipped: str, partitions: 
     result = (source.repartitionByRange(partitions, "doc_id").sortWithinPartitions("doc_id")
               .select("doc_id", udf(value if from_tokens else io.utf8_or_null(value)).alias("_e"), valid.alias("_tm_utf8"))
               .select("doc_id", "_e.vector", "_e.n_known", io.utf8_error(F.col("_tm_utf8"), F.col("_e.error")).alias("error"),
-                      *([F.col(f"_e.{models.REPORT_COLUMN}").alias(models.REPORT_COLUMN)] if report is not None else [])))
+                      *([F.col(f"_e.{worker_cache.REPORT_COLUMN}").alias(worker_cache.REPORT_COLUMN)] if report is not None else [])))
     return report.observe(result) if report is not None else result
 
 
@@ -125,7 +126,7 @@ def run(spark: SparkSession, conf: EmbedDocsJobConf) -> dict[str, float]:
     shipped = io.ship_directory(spark, export)
     rows_in = source.count()
     partitions = io.task_partitions(spark, rows_in, 50_000, c.partitions)
-    report = models.new_worker_report(spark)
+    report = worker_cache.new_worker_report(spark)
     out = with_doc_vectors(source, c, shipped, partitions, report)
     rows_out, rows_error, _ = io.publish_rows(spark, out, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "embeddings": str(export)}, replace_unmarked=conf.io.replace_unmarked)

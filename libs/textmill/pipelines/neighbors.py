@@ -23,9 +23,11 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from textmill import ann, io, models, tracking
-from textmill.config import JobConf, StrictModel
-from textmill.errors import InputNotFoundError
+from textmill.data import io
+from textmill.runtime import worker_cache, tracking
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import InputNotFoundError
+from textmill.vectors import ann
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +65,19 @@ JOB_CONF = NeighborsJobConf
 def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report: bool = False):
     """The ``mapInArrow`` function: loads the shipped index once per Python worker, then searches batch by batch.
 
-    Everything it calls lives in light modules (``textmill.ann``, ``textmill.models``): a
+    Everything it calls lives in light modules (``textmill.vectors.ann``, ``textmill.runtime.worker_cache``): a
     class from this module would make each worker import it, and with it MLflow (~2 s).
     """
 
     def neighbors(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         path = io.shipped_path(file_name)
         key = ("annoy", file_name)
-        loaded = models.get_or_load(key, lambda: ann.IndexSearcher(path))
+        loaded = worker_cache.get_or_load(key, lambda: ann.IndexSearcher(path))
         found = (loaded.neighbors(batch, k, search_k, mode, exclude_self) for batch in batches)
         if not report:
             yield from found
             return
-        yield from models.with_report((models.with_report_column(b) for b in found), models.attach_to_batch, key)
+        yield from worker_cache.with_report((worker_cache.with_report_column(b) for b in found), worker_cache.attach_to_batch, key)
 
     return neighbors
 
@@ -102,10 +104,10 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     shipped = io.ship_directory(spark, directory)
     rows_in = queries.count()
     partitions = io.task_partitions(spark, rows_in, 20_000, c.partitions)
-    report = models.new_worker_report(spark)
+    report = worker_cache.new_worker_report(spark)
     search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report=True)
     result = report.observe(queries.repartitionByRange(partitions, "id").sortWithinPartitions("id")
-                            .mapInArrow(search, f"{OUTPUT}, {models.REPORT_COLUMN} string"))
+                            .mapInArrow(search, f"{OUTPUT}, {worker_cache.REPORT_COLUMN} string"))
     rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
                                               {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k}, replace_unmarked=conf.io.replace_unmarked)
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,

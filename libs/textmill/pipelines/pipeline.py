@@ -1,6 +1,6 @@
 """The ``pipeline`` job: the end-to-end run behind the README's first command.
 
-With ``io.input`` unset it generates the sample corpus (``textmill.sample``) under
+With ``io.input`` unset it generates the sample corpus (``textmill.data.sample``) under
 ``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
 run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
 summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
@@ -9,7 +9,7 @@ logs as ``summary.json`` (and ``--json`` prints). Steps: ``prepare`` -> ``annota
 trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
 ``embed_docs`` -> ``build_index`` -> ``neighbors`` (the documents' kNN graph) -> ``cluster``.
 
-Each step prints a line as it starts and ends (``textmill.console``); the steps' rows, seconds,
+Each step prints a line as it starts and ends (``textmill.runtime.console``); the steps' rows, seconds,
 headlines and run ids, with the summary, are returned as the job's details (``--json``) and logged
 as ``steps.json`` and ``summary.json``.
 """
@@ -24,20 +24,20 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from textmill import console
-from textmill.config import JobConf, StrictModel
-from textmill.jobs import JobOutcome, run_job_report
-from textmill.nlp import EntityOptions, NlpConf, TokenOptions
+from textmill.data.sample import write_sample_csv
 from textmill.pipelines.annotate import AnnotateJobConf
 from textmill.pipelines.build_index import BuildIndexJobConf, IndexConf
 from textmill.pipelines.classify import ClassifyConf, ClassifyJobConf
 from textmill.pipelines.cluster import ClusterConf, ClusterJobConf
-from textmill.pipelines.neighbors import NeighborsConf, NeighborsJobConf
 from textmill.pipelines.embed_docs import EmbedConf, EmbedDocsJobConf
-from textmill.pipelines.train_embeddings import EmbeddingsConf, TrainEmbeddingsJobConf
-from textmill.pipelines.train_classifier import ClassifierConf, TrainClassifierJobConf
+from textmill.pipelines.neighbors import NeighborsConf, NeighborsJobConf
 from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
-from textmill.sample import write_sample_csv
+from textmill.pipelines.runner import JobOutcome, run_job_report
+from textmill.pipelines.train_classifier import ClassifierConf, TrainClassifierJobConf
+from textmill.pipelines.train_embeddings import EmbeddingsConf, TrainEmbeddingsJobConf
+from textmill.runtime import console
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.text.spacy_annotator import EntityOptions, NlpConf, TokenOptions
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
         summary["classify"] = {r["label"]: r["count"] for r in classified.groupBy("label").count().orderBy("label").collect()
                                if r["label"] is not None}
     if "train_embeddings" in steps and Path(f"{root}/embeddings/export").exists():
-        from textmill.docvectors import load_embeddings
+        from textmill.vectors.docvectors import load_embeddings
 
         vectors, _, manifest = load_embeddings(f"{root}/embeddings/export")
         probes = [w for w in ("profits", "match", "software", "election") if w in vectors.index]

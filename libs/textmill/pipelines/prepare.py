@@ -28,11 +28,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import textmill
-from textmill import io, storage
-from textmill.cleaning import CleaningConf, blank_column
-from textmill.config import JobConf, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
-from textmill.udfs import make_clean_udf
+from textmill.data import io, storage
+from textmill.data.cleaning import CleaningConf, blank_column
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
+from textmill.text.udfs import make_clean_udf
 
 logger = logging.getLogger(__name__)
 

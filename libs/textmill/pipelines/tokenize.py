@@ -7,9 +7,9 @@ from __future__ import annotations
 from pydantic import Field
 from pyspark.sql import SparkSession
 
-from textmill.config import JobConf
-from textmill.nlp import NlpConf, TokenOptions
 from textmill.pipelines.annotate import run_nlp_job
+from textmill.runtime.config import JobConf
+from textmill.text.spacy_annotator import NlpConf, TokenOptions
 
 
 class TokenizeJobConf(JobConf):

@@ -13,11 +13,11 @@ Steps (Spark does the data work, torch the training):
    with); for ``word_ids`` the vocabulary is counted map-reduce style first; rows are
    written shuffled, as several files, to ``<output>/features/{train,val}``;
 4. train: the ``linear`` kind's logistic form by default to its L2-regularised optimum on
-   the driver (``training.solver: auto`` -> ``lbfgs``, ``textmill.logistic_solver``; C chosen
+   the driver (``training.solver: auto`` -> ``lbfgs``, ``textmill.models.logistic_solver``; C chosen
    on the validation split), where its memory estimate fits; otherwise from those files in streamed chunks, in this process or, with
    ``distributed.num_processes > 1``, through ``TorchDistributor`` (DDP, gloo on CPU), each
    process reading its own shard of files; for ``spacy_textcat`` the files hold ``text,
-   label`` and spaCy's own training loop trains its ``textcat`` (``textmill.spacy_textcat``);
+   label`` and spaCy's own training loop trains its ``textcat`` (``textmill.models.spacy_textcat``);
 5. log per-epoch and final metrics, a confusion-matrix PNG, a training-curve PNG, a
    per-class report and the label map, and the model as an MLflow pyfunc (spaCy flavor +
    textmill pyfunc for ``spacy_textcat``); optionally
@@ -41,14 +41,16 @@ from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from textmill import io, plots, storage, tracking
-from textmill.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
+from textmill.data import io, storage
+from textmill.models import plots
+from textmill.runtime import tracking
+from textmill.models.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
                                  per_label, scores, softmax, train)
-from textmill.cleaning import blank_column
-from textmill.config import JobConf, RegisteredModelName, StrictModel
-from textmill.errors import AccountingError, ColumnNotFoundError, TextmillError
-from textmill.featurize import Featurizer
-from textmill.registry import promote_if_better
+from textmill.data.cleaning import blank_column
+from textmill.runtime.config import JobConf, RegisteredModelName, StrictModel
+from textmill.runtime.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.runtime.registry import promote_if_better
+from textmill.text.featurize import Featurizer
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +275,7 @@ def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_f
     import torch
     import torch.distributed as dist
 
-    from textmill.classifier import ModelSpec, TrainSettings, train
+    from textmill.models.classifier import ModelSpec, TrainSettings, train
 
     dist.init_process_group("gloo")
     try:
@@ -292,7 +294,7 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-    from textmill.mlflow_models import model_code
+    from textmill.models.from_code import model_code
 
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string)]),  # one text column, by position: a Series, a list or a DataFrame
@@ -423,7 +425,7 @@ def solver_for(c: ClassifierConf, train_files: list[str], n_labels: int, n_ids: 
     exact_fits_model = m.kind == "linear" and m.form == "logistic" and c.distributed.num_processes == 1
     if t.solver == "sgd" or (t.solver == "auto" and not exact_fits_model):
         return "sgd"
-    from textmill import logistic_solver
+    from textmill.models import logistic_solver
 
     need = logistic_solver.estimate_mb(train_files, n_labels, n_ids)
     if need <= c.max_memory_mb:
@@ -438,8 +440,8 @@ def solver_for(c: ClassifierConf, train_files: list[str], n_labels: int, n_ids: 
 
 def _train_lbfgs(c: ClassifierConf, spec: ModelSpec, train_files: list[str], val_files: list[str], log_epoch):
     """(model, history): the logistic form at its optimum, one history record per C tried."""
-    from textmill import logistic_solver
-    from textmill.classifier import document_frequencies
+    from textmill.models import logistic_solver
+    from textmill.models.classifier import document_frequencies
 
     model = spec.build()
     model.set_idf(*document_frequencies(train_files, spec.n_ids), min_df=spec.min_df)
@@ -451,7 +453,7 @@ def _train_lbfgs(c: ClassifierConf, spec: ModelSpec, train_files: list[str], val
 
 def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_files: list[str], val_files: list[str],
                          n_train: int, counts: dict[str, int], log_epoch) -> dict[str, float]:
-    from textmill import spacy_models, spacy_textcat
+    from textmill.models import spacy_flavor, spacy_textcat
 
     c = conf.classifier
     with tempfile.TemporaryDirectory(prefix="textmill-spacy-train-") as work:
@@ -467,9 +469,9 @@ def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_
         import shutil
 
         shutil.rmtree(model_dir)
-    spacy_models.save_model(nlp, str(model_dir))
+    spacy_flavor.save_model(nlp, str(model_dir))
     return _finish(conf, matrix, labels, history, "cpu", counts,
-                   lambda: spacy_models.log_model(nlp, registered_model_name=c.registry.name,
+                   lambda: spacy_flavor.log_model(nlp, registered_model_name=c.registry.name,
                                                   input_example=pd.DataFrame({"text": ["A short example text to classify."]})))
 
 
@@ -487,8 +489,8 @@ def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featuriz
     import torch
     from torch.utils.data import DataLoader
 
-    from textmill.classifier import ParquetExamples, collate, predict_logits
-    from textmill.pyfunc_classifier import TextClassifier, save_model_dir
+    from textmill.models.classifier import ParquetExamples, collate, predict_logits
+    from textmill.models.classifier_pyfunc import TextClassifier, save_model_dir
 
     kind = "bag" if spec.kind == "linear" else "sequence"
     loader = DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind))

@@ -50,10 +50,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
-from textmill import embeddings as emb
-from textmill import console, io, partials, session_kinds, storage, tracking
-from textmill.config import JobConf, StrictModel
-from textmill.errors import ColumnNotFoundError, TextmillError
+from textmill.data import io, storage
+from textmill.runtime import console, partials, session_kinds, tracking
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import ColumnNotFoundError, TextmillError
+from textmill.vectors import embeddings as emb
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def token_column(df: DataFrame, c: EmbeddingsConf) -> DataFrame:
 
     @F.pandas_udf("array<string>")
     def tokenize(texts: pd.Series) -> pd.Series:
-        from textmill.featurize import Featurizer
+        from textmill.text.featurize import Featurizer
 
         featurizer = Featurizer(lowercase=lowercase, max_tokens=10**9)
         return pd.Series([featurizer.tokens(t) for t in texts])
@@ -175,8 +176,8 @@ def cooccurrences(ids: DataFrame, vocab: int, window: int):
     one at a time (``partials.sum_partitions``)."""
 
     def task(batches, part):
-        from textmill.embeddings import cooccurrence_counts
-        from textmill.partials import list_column
+        from textmill.runtime.partials import list_column
+        from textmill.vectors.embeddings import cooccurrence_counts
 
         return cooccurrence_counts(list_column(batches, "ids"), vocab, window)
 
@@ -219,9 +220,9 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
             shipped = io.ship_directory(spark, weights)
 
             def task(batches, part, shipped=shipped, seed=seed, lr_start=lr_start, lr_end=lr_end):
-                from textmill.embeddings import train_sgns_partition
-                from textmill.io import shipped_path
-                from textmill.partials import list_column
+                from textmill.data.io import shipped_path
+                from textmill.runtime.partials import list_column
+                from textmill.vectors.embeddings import train_sgns_partition
 
                 start = Path(shipped_path(shipped))
                 return train_sgns_partition(list_column(batches, "ids"), np.load(start / "w_in.npy"), np.load(start / "w_out.npy"),
@@ -366,7 +367,7 @@ def log_embedder(export: Path):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    from textmill.mlflow_models import model_code
+    from textmill.models.from_code import model_code
 
     signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
                                outputs=Schema([ColSpec(Array(DataType.float), "vector")]))

@@ -6,4 +6,6 @@
   ``with_doc_vectors``) on exactly those files.
 - ``batches``: what makes it exactly-once for readers: per-batch staging, publishing by
   rename into ``<output>/<step>/batch=<id>/``, and the commit log ``<output>/_batches/``.
+
+Imports ``pipelines`` and every layer below it.
 """

@@ -24,8 +24,8 @@ import uuid
 
 from pyspark.sql import SparkSession
 
-from textmill import storage
-from textmill.errors import OutputError
+from textmill.data import storage
+from textmill.runtime.errors import OutputError
 
 logger = logging.getLogger(__name__)
 

@@ -44,15 +44,16 @@ from pydantic import Field, field_validator
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 
-from textmill import console, io, models, session_kinds, storage, tracking
-from textmill.config import JobConf, StrictModel
-from textmill.errors import CsvHeaderError, OutputError, TextmillError, UnreadableInputError, from_read_failure
-from textmill.nlp import EntityOptions, NlpConf, TokenOptions, plan_pipeline
+from textmill.data import io, storage
 from textmill.pipelines import annotate, classify, embed_docs, prepare
 from textmill.pipelines.classify import ClassifyConf
 from textmill.pipelines.embed_docs import EmbedConf
 from textmill.pipelines.prepare import PrepareConf
+from textmill.runtime import console, worker_cache, session_kinds, tracking
+from textmill.runtime.config import JobConf, StrictModel
+from textmill.runtime.errors import CsvHeaderError, OutputError, TextmillError, UnreadableInputError, from_read_failure
 from textmill.streaming.batches import BatchLog
+from textmill.text.spacy_annotator import EntityOptions, NlpConf, TokenOptions, plan_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ class Watcher:
                   "files": len(files), "batch_seconds": seconds,
                   "docs_per_second": first["rows_in"] / seconds if seconds > 0 else 0.0}
         values.update({f"{step}.rows_error": m["rows_error"] for step, m in metrics.items() if "rows_error" in m})
-        values.update({k: v for k, v in models.summarize_workers(self.report.value).items()
+        values.update({k: v for k, v in worker_cache.summarize_workers(self.report.value).items()
                        if k in ("python_workers", "model_loads", "max_model_loads_per_worker")})
         now = int(time.time() * 1000)
         MlflowClient().log_batch(self.run_id, metrics=[Metric(k, float(v), now, batch_id) for k, v in values.items()])
@@ -521,7 +522,7 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
     mlflow.set_tags({"textmill.watch.checkpoint": storage.qualified(spark, checkpoint),
                      "textmill.watch.inbox": storage.qualified(spark, w.inbox)})
     trigger = {"availableNow": True} if w.trigger == "available_now" else {"processingTime": f"{interval_seconds(w.trigger.every)} seconds"}
-    report = models.new_worker_report(spark)
+    report = worker_cache.new_worker_report(spark)
     with ExitStack() as stack:
         if not storage.qualified(spark, checkpoint).startswith(storage.qualified(spark, conf.io.output) + "/"):
             stack.enter_context(storage.output_lock(spark, checkpoint))  # one watch per checkpoint

@@ -1,0 +1,348 @@
+"""A strict CSV reader that knows where every record starts and ends, for ``prepare``.
+
+Spark's CSV parser (univocity) is lenient: an unclosed quote reads on into the records after
+it and hands back one well-formed looking record, so the damage cannot be seen in the parsed
+values. This reader parses the raw bytes of each file itself, with Python's C ``csv`` module
+in strict mode, and keeps each record's physical lines. That gives the rules ``prepare``
+documents (jobs/reliability.md):
+
+- line endings are ``\\n`` and ``\\r\\n``; a lone ``\\r`` is part of a field's text;
+- a byte-order mark at the start of a file is dropped; empty lines are not records; an empty
+  field (``,,`` or ``,"",``) is null, as in Spark's CSV reader; a line break inside a quoted
+  field is read as ``\n``;
+- every record's raw bytes are checked as UTF-8 before anything decodes them (overlong forms,
+  encoded surrogates, code points above U+10FFFF, truncated sequences, stray continuation
+  bytes): such a record is quarantined with its exact bytes;
+- columns are mapped by the header's names in every file, so files whose headers list the
+  same columns in another order are read right;
+- a record the strict parser rejects (an unclosed quote, a quote inside a quoted field that is
+  not doubled, text after a closing quote) is quarantined as its first physical line, and
+  parsing resumes on the next line, so an unclosed quote can swallow no record after it.
+  Without ``multiline`` a record that spans lines is rejected the same way. A record with the
+  wrong field count is quarantined whole, unless one of its later lines is a whole record on
+  its own (a stray quote read on into it): then it is treated as rejected.
+
+``read_records`` is the pure parser (fuzzed in tests without Spark); ``CsvRecordsSource`` is
+the Spark Python data source that runs it on executors, one task per file or per byte range
+of a large single-line file. Both run on classic and Spark Connect sessions.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import json
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Sequence
+
+BOM = codecs.BOM_UTF8
+MAX_RECORD_BYTES = 64 * 2**20  # a record longer than this is taken for an unclosed quote
+# A lone \r is text, but Python's csv module ends a line at any \r: it is swapped for a lone
+# high surrogate, which no valid UTF-8 decodes to (and surrogateescape only makes U+DC80..DCFF).
+_CR_STANDIN = "\ud800"
+UNREADABLE = "TEXTMILL_UNREADABLE_FILE"  # marks a file error raised on an executor (see errors.unreadable_input)
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str = '"'
+    multiline: bool = False
+
+    def reader_kwargs(self) -> dict:
+        doubled = self.escape == self.quote
+        return {"delimiter": self.delimiter, "quotechar": self.quote, "doublequote": doubled,
+                "escapechar": None if doubled else self.escape, "strict": True}
+
+
+@dataclass
+class Record:
+    """One record: its fields (None when it could not be parsed), where it was, and what was wrong."""
+
+    fields: list[str | None] | None
+    line: int                 # 1-based physical line where the record starts
+    raw: bytes                # the record's exact bytes, line endings included
+    problem: str | None = None  # why the record was not parsed (malformed)
+    undecodable: bool = False   # raw is not valid UTF-8
+
+    @property
+    def raw_text(self) -> str:
+        return self.raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def open_bytes(path: str) -> BinaryIO:
+    """A binary stream of a file's bytes, gunzipped when the name ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _physical_lines(stream: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line ending in ``\\n`` (the last may not).
+
+    With a byte range, the lines that start in ``(start, end]``, plus the first line when
+    ``start`` is 0 (Hadoop's split rule: a range reads on past ``end`` to finish the line that
+    starts there), so every line belongs to exactly one range. Line numbers count from the
+    range's first line.
+    """
+    position = start
+    if start:
+        stream.seek(start)
+        position += len(stream.readline())  # the line holding byte ``start`` began in the previous range, which reads it
+    number = 0
+    while end is None or position <= end:
+        line = stream.readline()
+        if not line:
+            return
+        number += 1
+        position += len(line)
+        if number == 1 and start == 0 and line.startswith(BOM):
+            line = line[len(BOM):]
+        yield number, line
+
+
+def _decode(line: bytes) -> tuple[str, bool]:
+    """The line as text for the parser (line ending removed, lone \\r swapped) and whether it is valid UTF-8."""
+    body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+    try:
+        text, valid = body.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, valid = body.decode("utf-8", "surrogateescape"), False
+    return text.replace("\r", _CR_STANDIN) + "\n", valid
+
+
+def _restore_cr(value: str) -> str:
+    return value.replace(_CR_STANDIN, "\r")
+
+
+def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width: int | None = None) -> Iterator[Record]:
+    """Every record of a file's physical lines, good or not, in file order.
+
+    ``width`` is the expected field count (None: any). A rejected record is reported as its
+    first line, and parsing resumes at the line after it. Without ``multiline`` the parser is
+    never given a record's second line, so an unclosed quote costs one line of memory.
+    """
+    source = iter(lines)
+    pending: list[tuple[int, bytes, str, bool]] = []  # lines handed back to be parsed again
+    consumed: list[tuple[int, bytes, str, bool]] = []  # the lines of the record being parsed
+    size = [0]  # their bytes
+
+    def feed() -> Iterator[str]:
+        # One line per record without multiline; with it, at most MAX_RECORD_BYTES (an unclosed
+        # quote would otherwise hold the rest of the file in memory).
+        while not (consumed and not dialect.multiline) and size[0] <= MAX_RECORD_BYTES:
+            if pending:
+                item = pending.pop(0)
+            else:
+                nxt = next(source, None)
+                if nxt is None:
+                    return
+                item = (nxt[0], nxt[1], *_decode(nxt[1]))
+            consumed.append(item)
+            size[0] += len(item[1])
+            yield item[2]
+
+    kwargs = dialect.reader_kwargs()
+    reader = csv.reader(feed(), **kwargs)
+    while True:
+        try:
+            fields, problem = next(reader, None), None
+        except csv.Error as exc:
+            fields, problem = None, _explain(str(exc), dialect, size[0])
+            reader = csv.reader(feed(), **kwargs)  # a csv.Error leaves the reader unusable
+        if not consumed:
+            return
+        first, record_lines = consumed[0], list(consumed)
+        consumed.clear()
+        size[0] = 0
+        if fields == []:  # an empty line
+            continue
+        raw = b"".join(item[1] for item in record_lines)
+        valid = all(item[3] for item in record_lines)
+        if problem is None and width is not None and len(fields) != width:
+            problem = f"{len(fields)} field(s), expected {width}"
+            if not _absorbed(record_lines[1:], width, kwargs):
+                # The parse found the record's ends: it is bad as a whole.
+                yield Record(None, first[0], raw, problem, undecodable=not valid)
+                continue
+        if problem is not None:
+            # Only the first line is the bad record's for sure: the lines after it are parsed again.
+            pending[:0] = record_lines[1:]
+            reader = csv.reader(feed(), **kwargs)
+            yield Record(None, first[0], first[1], problem, undecodable=not first[3])
+            continue
+        values = [_restore_cr(v) if v else None for v in fields]  # an empty field is null, as in Spark's CSV reader
+        if not valid:
+            values = [v if v is None else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for v in values]
+        yield Record(values, first[0], raw, None, undecodable=not valid)
+
+
+def _absorbed(lines: list[tuple[int, bytes, str, bool]], width: int, kwargs: dict) -> bool:
+    """Whether a line after a record's first parses on its own as a whole record of ``width``
+    fields, with its quotes in pairs: the sign that a stray quote read on into the records after it."""
+    quote = kwargs["quotechar"]
+    for item in lines:
+        if item[2].count(quote) % 2:  # a whole record's quotes come in pairs; this line continues a quoted field
+            continue
+        try:
+            if len(next(csv.reader([item[2]], **kwargs), [])) == width:
+                return True
+        except csv.Error:
+            continue
+    return False
+
+
+def _explain(message: str, dialect: CsvDialect, size: int) -> str:
+    if "unexpected end of data" in message and size > MAX_RECORD_BYTES:
+        return f"a quoted field ({dialect.quote}) runs on over more than {MAX_RECORD_BYTES // 2**20} MB (an unclosed quote?)"
+    if "unexpected end of data" in message:
+        if not dialect.multiline:
+            return (f"a quoted field ({dialect.quote}) is not closed on its line (set prepare.csv.multiline: true if "
+                    "fields hold line breaks)")
+        return f"an unclosed quote ({dialect.quote}) runs to the end of the file"
+    if "expected after" in message:
+        return f"a quote ({dialect.quote}) inside a quoted field is neither doubled nor followed by the delimiter"
+    return f"the CSV parser rejected it: {message}"
+
+
+def header_of(path: str, dialect: CsvDialect) -> list[str | None] | None:
+    """The column names on the first record of ``path`` (None for a file with no record)."""
+    with open_bytes(path) as stream:
+        for record in read_records(_physical_lines(stream), dialect):
+            if record.fields is None or record.undecodable:
+                raise HeaderError(f"{path}: the header (line {record.line}) is not a readable CSV record: "
+                                  f"{record.problem or 'bytes that are not valid UTF-8'}")
+            return list(record.fields)
+    return None
+
+
+class HeaderError(ValueError):
+    """A file's header cannot be read."""
+
+
+# ---------------------------------------------------------------------------- the Spark data source
+
+try:
+    from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
+except ImportError:  # pragma: no cover - pyspark is a dependency; kept importable for the parser's own tests
+    DataSource = DataSourceReader = InputPartition = object  # type: ignore[misc,assignment]
+
+SOURCE_NAME = "textmill_csv"
+SPLIT_BYTES = 128 * 2**20  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
+BATCH_ROWS = 4096
+# The internal columns of every textmill reader (textmill.data.io names them), in this source's order.
+INTERNAL = [("_tm_source", "string"), ("_tm_malformed", "string"), ("_tm_decode_error", "string"), ("_tm_suspect", "string"),
+            ("_tm_raw_bytes_in", "binary")]
+
+
+@dataclass
+class FilePart(InputPartition):  # type: ignore[misc]
+    path: str          # local path
+    uri: str           # what _tm_source says
+    start: int
+    end: int | None
+    order: list[int] | None  # header position of each output column; None = as written (no header)
+
+
+class CsvRecordsSource(DataSource):  # type: ignore[misc]
+    """``spark.read.format("textmill_csv").option("spec", json).load()``; see ``spec``."""
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> str:
+        spec = json.loads(self.options["spec"])
+        return ", ".join([f"`{c.replace('`', '``')}` string" for c in spec["columns"]] + [f"{n} {t}" for n, t in INTERNAL])
+
+    def reader(self, schema):  # noqa: ANN001 - pyspark's signature
+        return CsvRecordsReader(json.loads(self.options["spec"]))
+
+
+class CsvRecordsReader(DataSourceReader):  # type: ignore[misc]
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+
+    def partitions(self) -> Sequence[FilePart]:
+        return [FilePart(**part) for part in self.spec["parts"]]
+
+    def read(self, partition: FilePart) -> Iterator:
+        import pyarrow as pa
+
+        spec = self.spec
+        dialect = CsvDialect(**spec["dialect"])
+        columns = spec["columns"]
+        width = len(partition.order) if partition.order is not None else len(columns)
+        names = [*columns, *(n for n, _ in INTERNAL)]
+        types = [pa.string()] * len(columns) + [pa.binary() if t == "binary" else pa.string() for _, t in INTERNAL]
+        batch: list[list] = [[] for _ in names]
+
+        def flush():
+            arrays = [pa.array(values, type=kind) for values, kind in zip(batch, types)]
+            for values in batch:
+                values.clear()
+            return pa.RecordBatch.from_arrays(arrays, names=names)
+
+        try:
+            with open_bytes(partition.path) as stream:
+                lines = _physical_lines(stream, partition.start, partition.end)
+                skip_header = spec["header"] and partition.start == 0
+                for record in read_records(lines, dialect, width):
+                    if skip_header:
+                        skip_header = False
+                        continue
+                    where = f"line {record.line}" if partition.start == 0 else f"a line after byte {partition.start}"
+                    if record.fields is None:
+                        row = [None] * len(columns)
+                        malformed, suspect = record.raw_text, None
+                    else:
+                        order = partition.order or range(len(columns))
+                        row = [record.fields[i] for i in order]
+                        malformed, suspect = (record.raw_text if record.undecodable else None), None
+                    decode_error = f"bytes that are not valid UTF-8 ({where})" if record.undecodable else None
+                    if record.problem:
+                        suspect = f"{record.problem} ({where})"
+                    for values, value in zip(batch, [*row, partition.uri, malformed, decode_error, suspect,
+                                                     record.raw if record.undecodable else None]):
+                        values.append(value)
+                    if len(batch[0]) >= BATCH_ROWS:
+                        yield flush()
+        except (OSError, EOFError, ValueError) as exc:  # zlib.error is not one: gzip raises BadGzipFile (OSError)
+            raise RuntimeError(f"{UNREADABLE}[{partition.uri}]: {type(exc).__name__}: {exc}") from exc
+        if batch[0]:
+            yield flush()
+
+
+def plan_parts(files: list[tuple[str, str, int]], headers: dict[str, list[str]] | None, columns: list[str],
+               split_bytes: int, splittable: bool) -> list[dict]:
+    """One part per file, or per ``split_bytes`` range of a large uncompressed file when records
+    cannot span lines. ``files``: (local path, uri, size); ``headers``: each file's header."""
+    parts = []
+    for path, uri, size in files:
+        order = [headers[uri].index(c) for c in columns] if headers is not None else None
+        if splittable and not path.endswith(".gz") and size > split_bytes:
+            bounds = list(range(0, size, split_bytes))
+            for i, start in enumerate(bounds):
+                end = bounds[i + 1] if i + 1 < len(bounds) else None
+                parts.append({"path": path, "uri": uri, "start": start, "end": end, "order": order})
+        else:
+            parts.append({"path": path, "uri": uri, "start": 0, "end": None, "order": order})
+    return parts
+
+
+def local_file(uri: str) -> str | None:
+    """The local path of a ``file:`` URI, else None (the executors' Python cannot open it)."""
+    if uri.startswith("file:"):
+        from urllib.parse import unquote
+
+        return "/" + unquote(uri[len("file:"):]).lstrip("/")
+    if uri.startswith("/"):
+        return uri
+    return None
+
+
+def register(spark) -> None:  # noqa: ANN001
+    spark.dataSource.register(CsvRecordsSource)
+
+
+def spec_json(columns: list[str], parts: list[dict], dialect: CsvDialect, header: bool) -> str:
+    return json.dumps({"columns": columns, "parts": parts, "header": header, "dialect": dialect.__dict__})

@@ -1,0 +1,503 @@
+"""Read corpora and write outputs: explicit schemas, quarantine, idempotent atomic writes.
+
+Readers turn every supported input layout into one DataFrame shape: the source columns,
+plus three internal columns that ``prepare`` uses to quarantine bad records without
+losing them:
+
+- ``_tm_source``: the file the record came from;
+- ``_tm_malformed``: the raw text of a record the parser could not read (else null);
+- ``_tm_decode_error``: why the bytes could not be decoded (``text_files`` only);
+- ``_tm_suspect``: why a record is not trustworthy (CSV: what the strict parser rejected);
+- ``_tm_raw_bytes_in``: a record's exact bytes when they are not valid UTF-8 (CSV, JSON Lines,
+  text lines: checked before any parser decodes them).
+
+Writers never leave a half-written output: a job writes to a temporary sibling
+directory, checks it, and only then swaps it into place (``publish``). A rerun on the
+same path replaces the old output whole. Used by the pipelines on the driver.
+"""
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import itertools
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import Field
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from textmill.data import csv_records, storage
+from textmill.runtime import session_kinds
+from textmill.runtime.config import StrictModel
+from textmill.runtime.errors import (AccountingError, ColumnNotFoundError, ColumnTypeError, CsvHeaderError, InputNotFoundError,
+                             UnreadableInputError)
+from textmill.data.storage import GLOB_CHARS, check_published_together, local_path, path_exists, staged_outputs, write_marker
+
+logger = logging.getLogger(__name__)
+
+# _tm_source, _tm_malformed, _tm_decode_error, _tm_suspect, _tm_raw_bytes_in: named once, where the strict CSV reader writes them.
+INTERNAL_COLUMNS = tuple(name for name, _ in csv_records.INTERNAL)
+SOURCE, MALFORMED, DECODE_ERROR, SUSPECT, RAW_BYTES = INTERNAL_COLUMNS
+
+InputFormat = Literal["csv", "jsonl", "parquet", "text_lines", "text_files"]
+
+
+class CsvConf(StrictModel):
+    header: bool = Field(True, description="first line of each file holds column names")
+    columns: list[str] | None = Field(None, description="column names when header is false")
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', min_length=1, max_length=1)
+    escape: str = Field('"', min_length=1, max_length=1, description='"" inside a quoted field is a quote (RFC 4180)')
+    multiline: bool = Field(False, description="quoted fields may span lines (slower: files are not split)")
+    encoding: str = "UTF-8"
+    parser: Literal["strict", "spark"] = Field(
+        "strict", description="strict: textmill's reader (local UTF-8 files; others fall back to spark) | spark: Spark's lenient parser")
+
+
+class TextFilesConf(StrictModel):
+    glob: str = Field("*.txt", description="file-name pattern, searched recursively")
+    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "latin-1"], min_length=1,
+                                 description="tried in order; a file no encoding decodes is quarantined")
+    first_line_is_title: bool = Field(False, description="the first line becomes column 'title', the rest 'text'")
+
+
+# ---------------------------------------------------------------------------- paths
+
+def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None:
+    if not path_exists(spark, path):
+        raise InputNotFoundError(f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)")
+
+
+def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "", key: str = "io.input") -> DataFrame:
+    """The Parquet at ``path``, after checking that it exists and has ``columns`` (else one clear error)."""
+    require_input(spark, path, key)
+    check_published_together(spark, path)
+    df = spark.read.parquet(storage.for_spark(spark, path))
+    check_columns(df, columns, hint)
+    return df
+
+
+def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
+                                  + (f" ({hint})" if hint else ""))
+
+
+def require_text_column(df: DataFrame, column: str, key: str = "io.input") -> None:
+    """Refuse a text column that is not a string (an int64 ``text`` would make every row 'null text')."""
+    kind = df.schema[column].dataType
+    if not isinstance(kind, T.StringType):
+        raise ColumnTypeError(f"{key}: column {column!r} holds {kind.simpleString()} values, not text (string); "
+                              "point the job's text column at a string column, or write the text as strings")
+
+
+UTF8_ERROR = "text is not valid UTF-8"
+
+
+def utf8_or_null(column: Column) -> Column:
+    """``column`` where it is valid UTF-8, else null: bytes Arrow cannot decode never reach a Python worker.
+
+    Parquet not written by ``prepare`` may hold invalid UTF-8 (Spark does not validate it).
+    Jobs pass text through this and then report such rows with ``utf8_error``.
+    """
+    return F.when(F.is_valid_utf8(column), column)
+
+
+def utf8_error(valid: Column, error: Column) -> Column:
+    """The row's error: ``UTF8_ERROR`` where ``valid`` (``is_valid_utf8`` of the input) is false."""
+    return F.when(~valid, F.lit(UTF8_ERROR)).otherwise(error)
+
+
+def number_rows(df: DataFrame, order: list[Column], name: str) -> DataFrame:
+    """``df`` with ``name``: 0-based row numbers in ``order`` (which must be a total order, so
+    the numbering is the same on every evaluation), computed without a global window. A window
+    with no partitioning moves every row to one partition (Spark warns: WindowExec), which at
+    millions of rows is a real bottleneck. Instead: a distributed sort, each row's position in
+    its sorted partition (from ``monotonically_increasing_id``: partition id in the upper 31 bits,
+    the row's index within the partition in the lower 33), plus the row count of the partitions
+    before it (one small collect: a count per partition)."""
+    ordered = (df.orderBy(*order).withColumn("_tm_part", F.spark_partition_id())
+               .withColumn("_tm_pos", F.monotonically_increasing_id() - F.shiftleft(F.col("_tm_part").cast("long"), 33))
+               .localCheckpoint())
+    counts = sorted((r["_tm_part"], r["count"]) for r in ordered.groupBy("_tm_part").count().collect())
+    starts = itertools.accumulate((count for _, count in counts), initial=0)  # rows in the partitions before
+    offsets = [F.lit(x) for (part, _), before in zip(counts, starts) for x in (part, before)]
+    start = F.element_at(F.create_map(*offsets), F.col("_tm_part")) if offsets else F.lit(0)
+    return ordered.withColumn(name, start + F.col("_tm_pos")).drop("_tm_part", "_tm_pos")
+
+
+def task_partitions(spark: SparkSession, rows: int, rows_per_partition: int, given: int | None = None) -> int:
+    """``given``, else max(2 x parallelism, rows / rows_per_partition) rounded up to a multiple of the
+    parallelism, so the last wave of tasks does not leave cores idle."""
+    if given:
+        return given
+    parallelism = session_kinds.default_parallelism(spark)
+    wanted = max(2 * parallelism, -(-rows // rows_per_partition))
+    return parallelism * -(-wanted // parallelism)
+
+
+@dataclass
+class InputListing:
+    """The files an input path names, and what was left out (with why)."""
+
+    files: list[tuple[str, int]] = field(default_factory=list)  # (uri, bytes), to be read
+    not_matching: list[str] = field(default_factory=list)       # left out by the file-name glob
+    links: list[str] = field(default_factory=list)              # symbolic links met in the input, not followed
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def list_input(spark: SparkSession, path: str, name_glob: str | None = None) -> InputListing:
+    """Every file under a path or glob, recursively, in a stable order.
+
+    Hidden files and directories (``_x``, ``.x``) are skipped, as Spark's readers skip them.
+    Symbolic links, to files or to directories, are not followed wherever they are met
+    (inside a directory or as a match of a glob): they can lead out of the input, into loops,
+    or to a file read twice. Only ``io.input`` itself may be a link, since the user named it.
+    With ``name_glob``, only files whose name matches it are kept.
+    """
+    fs = storage.files(spark, path)
+    listing = InputListing()
+    is_glob = any(c in GLOB_CHARS for c in path)
+
+    def keep(uri: str, name: str, size: int) -> None:
+        if name_glob is None or fnmatch.fnmatchcase(name, name_glob):
+            listing.files.append((uri, size))
+        else:
+            listing.not_matching.append(uri)
+
+    for root in fs.glob(path):
+        if root.uri.startswith("file:"):
+            local = local_path(root.uri)
+            if is_glob and os.path.islink(local):
+                listing.links.append(local)
+                continue
+            if os.path.isfile(local):
+                keep(f"file:{local}", root.name, os.path.getsize(local))
+                continue
+            for folder, dirs, names in os.walk(local, followlinks=False):
+                linked = {n for n in dirs + names if not _hidden(n) and os.path.islink(os.path.join(folder, n))}
+                listing.links += [os.path.join(folder, n) for n in linked]
+                dirs[:] = sorted(d for d in dirs if not _hidden(d) and d not in linked)
+                for name in sorted(n for n in names if not _hidden(n) and n not in linked):
+                    file = os.path.join(folder, name)
+                    if os.path.isfile(file):
+                        keep(f"file:{file}", name, os.path.getsize(file))
+            continue
+        if not root.is_dir:
+            keep(root.uri, root.name, root.size)
+            continue
+        for entry in fs.files_under(root.uri):
+            keep(entry.uri, entry.name, entry.size)
+    listing.files.sort()
+    listing.links.sort()
+    return listing
+
+
+_SCRATCH_ROOT: list[str] = []
+LOCAL_SHIPPED = "local:"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder under this driver process's scratch root, removed when the process exits
+    (what executors may read for as long as the driver runs: shipped archives, downloaded models)."""
+    if not _SCRATCH_ROOT:
+        _SCRATCH_ROOT.append(tempfile.mkdtemp(prefix="textmill-scratch-"))
+        atexit.register(shutil.rmtree, _SCRATCH_ROOT[0], True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH_ROOT[0]))
+
+
+def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
+    """Make a local directory (a model, an index) readable by every executor; returns the name
+    that ``shipped_path`` turns back into a directory on an executor.
+
+    On a classic session in local mode (``local``, ``local[N]``) executors are threads of this
+    driver: they read the directory where it is, and a model of hundreds of MB is neither
+    archived nor unpacked (the caller keeps the directory until the job ends). Elsewhere,
+    Spark Connect included (its server need not see the client's disk), the directory travels
+    as an uncompressed tar archive added with ``SparkSession.addArtifacts(archive=True)``,
+    which executors unpack under that name (the API both kinds of session share; ``addFile``
+    would ship directories only in local mode). Each call ships a copy under a unique name,
+    since one session may ship several models of the same base name; the archives live in the
+    driver's scratch folder (executors may fetch them at any time until the driver exits).
+    """
+    source = Path(path).resolve()
+    master = session_kinds.spark_master(spark)
+    if not session_kinds.is_connect(spark) and (master == "local" or master.startswith("local[")):
+        # The token keeps each ship distinct (the workers' model cache is keyed by this name), so a
+        # model retrained into the same directory is never served from an earlier load.
+        return f"{LOCAL_SHIPPED}{uuid.uuid4().hex[:10]}:{source}"
+    name = f"{source.name}-{uuid.uuid4().hex[:10]}"
+    archive = scratch_dir("shipped-") / f"{name}.tar"
+    with tarfile.open(archive, "w") as tar:  # entries relative to the directory (no "./": Spark refuses it)
+        for child in sorted(source.iterdir()):
+            tar.add(child, arcname=child.name)
+    spark.addArtifacts(f"{archive}#{name}", archive=True)
+    return name
+
+
+def shipped_path(name: str) -> str:
+    """On an executor: the directory a ``ship_directory`` name stands for."""
+    if name.startswith(LOCAL_SHIPPED):
+        return name[len(LOCAL_SHIPPED):].split(":", 1)[1]
+    return session_kinds.shipped_file(name)
+
+
+def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None) -> tuple[int, int, Any]:
+    """Write ``df`` (one row per input row, with an ``error`` column) to the fresh directory ``path``.
+
+    Rows out must equal ``rows_in`` (else AccountingError); ``check(written)`` may inspect the
+    written rows and raise. Marks ``path``; returns (rows_out, rows with an error, what
+    ``check`` returned). The caller publishes ``path``.
+    """
+    import textmill
+
+    df.write.parquet(path)
+    written = spark.read.parquet(path)
+    totals = written.agg(F.count(F.lit(1)).alias("rows"), F.count("error").alias("errors")).first()
+    rows_out, rows_error = totals["rows"], totals["errors"]
+    if rows_out != rows_in:
+        raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
+    checked = check(written) if check is not None else None
+    write_marker(spark, path, {**marker, "textmill_version": textmill.__version__, "rows": rows_out, "columns": written.columns})
+    return rows_out, rows_error, checked
+
+
+def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
+                 check=None, replace_unmarked: bool = False) -> tuple[int, int, Any]:
+    """``write_rows`` into a staged directory, then publish it as ``output``."""
+    with staged_outputs(spark, output, replace_unmarked=replace_unmarked) as (staged,):
+        return write_rows(spark, df, staged, rows_in, marker, check)
+
+
+def count_parquet(spark: SparkSession, path: str) -> int:
+    """Row count of a written Parquet directory (answered from file footers)."""
+    return spark.read.parquet(path).count()
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None,
+                   suspect: Column | None = None, raw_bytes: Column | None = None) -> DataFrame:
+    none = F.lit(None).cast("string")
+    return df.select(
+        "*",
+        F.col("_metadata.file_path").alias(SOURCE),
+        (malformed if malformed is not None else none).alias(MALFORMED),
+        (decode_error if decode_error is not None else none).alias(DECODE_ERROR),
+        (suspect if suspect is not None else none).alias(SUSPECT),
+        (raw_bytes if raw_bytes is not None else F.lit(None).cast("binary")).alias(RAW_BYTES),
+    )
+
+
+def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataFrame:
+    """CSV files, each mapped by its own header. Local files (what the executors' Python can
+    open) and UTF-8 go through textmill's strict reader (``csv_records``); other schemes and
+    encodings through Spark's parser, which is lenient about quotes (jobs/reliability.md)."""
+    if reads_strict_csv(path, conf):
+        return _read_csv_strict(spark, [(csv_records.local_file(u), u) for u in path], conf)
+    if conf.parser == "strict":
+        logger.warning("prepare.csv: Spark's CSV parser reads these files (textmill's strict reader needs local UTF-8 files); "
+                       "an unclosed quote can read on into the next records, and columns are matched by position")
+    return _read_csv_spark(spark, path, conf)
+
+
+def reads_strict_csv(path: str | list[str], conf: CsvConf) -> bool:
+    """Whether ``read_csv`` reads these exact files with textmill's strict reader: UTF-8 files
+    the executors' Python can open (``prepare`` and ``watch`` list the files first)."""
+    return (conf.parser == "strict" and not isinstance(path, str) and conf.encoding.replace("-", "").lower() == "utf8"
+            and all(csv_records.local_file(u) for u in path))
+
+
+def csv_dialect(conf: CsvConf) -> csv_records.CsvDialect:
+    return csv_records.CsvDialect(conf.delimiter, conf.quote, conf.escape, conf.multiline)
+
+
+def csv_headers(files: list[tuple[str, str]], conf: CsvConf) -> dict[str, list[str]]:
+    """{uri: header} of every file that holds a record; one clear error when a header is
+    unreadable, repeats a name, or lists other columns than the first file's."""
+    dialect = csv_dialect(conf)
+    headers: dict[str, list[str]] = {}
+    for local, uri in files:
+        try:
+            header = csv_records.header_of(local, dialect)
+        except csv_records.HeaderError as exc:
+            raise CsvHeaderError(f"io.input: {exc}") from None
+        except (OSError, EOFError) as exc:
+            raise UnreadableInputError(f"io.input: cannot read {uri}: {exc} (a truncated or corrupt file?)") from None
+        if header is None:
+            continue
+        header = [name or f"_c{i}" for i, name in enumerate(header)]
+        repeated = sorted({n for n in header if header.count(n) > 1})
+        if repeated:
+            raise CsvHeaderError(f"io.input: the header of {uri} repeats the column name(s) {repeated}")
+        if headers:
+            first_uri, first = next(iter(headers.items()))
+            if sorted(header) != sorted(first):
+                raise CsvHeaderError(f"io.input: CSV files with different columns: {first_uri} has {first}, {uri} has "
+                                     f"{header}; read them separately or make the headers list the same columns")
+        headers[uri] = header
+    return headers
+
+
+def _read_csv_strict(spark: SparkSession, files: list[tuple[str, str]], conf: CsvConf) -> DataFrame:
+    headers = csv_headers(files, conf) if conf.header else None
+    if headers is not None:
+        columns = next(iter(headers.values()), [])
+        files = [(local, uri) for local, uri in files if uri in headers]  # header-only files hold no record
+    else:
+        columns = list(conf.columns or [])
+    sizes = [(local, uri, os.path.getsize(local)) for local, uri in files]
+    parts = csv_records.plan_parts(sizes, headers, columns, csv_records.SPLIT_BYTES, splittable=not conf.multiline)
+    csv_records.register(spark)
+    spec = csv_records.spec_json(columns, parts, csv_dialect(conf), conf.header)
+    return spark.read.format(csv_records.SOURCE_NAME).option("spec", spec).load()
+
+
+def _read_csv_spark(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataFrame:
+    reader = (
+        spark.read.option("sep", conf.delimiter)
+        .option("quote", conf.quote)
+        .option("escape", conf.escape)
+        .option("multiLine", conf.multiline)
+        .option("encoding", conf.encoding)
+        .option("header", conf.header)
+        .option("mode", "PERMISSIVE")
+    )
+    if conf.header:
+        names = reader.option("inferSchema", False).csv(path).columns
+    elif conf.columns:
+        names = list(conf.columns)
+    else:
+        raise ColumnNotFoundError("prepare.csv.columns must name the columns when prepare.csv.header is false")
+    corrupt = "_tm_corrupt_record"
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(corrupt, T.StringType())])
+    df = reader.schema(schema).option("columnNameOfCorruptRecord", corrupt).csv(path)
+    return _with_internal(df, malformed=F.col(corrupt)).drop(corrupt)
+
+
+def _raw_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
+    """Every line of ``path`` as its raw bytes (column ``value``, a string Spark has not
+    validated) and ``_tm_line``, the line as text: lines end at ``\\n`` or ``\\r\\n`` only,
+    and a byte-order mark at the start of a line is dropped. Invalid UTF-8 is found on
+    ``value`` before any parser decodes it."""
+    raw = spark.read.option("lineSep", "\n").text(path)
+    line = F.regexp_replace(F.regexp_replace("value", r"\r\z", ""), r"\A\x{FEFF}", "")  # \z, \A: the value's very ends
+    return raw.select("value", line.alias("_tm_line"), F.col("_metadata.file_path").alias(SOURCE))
+
+
+def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[Column]:
+    valid = F.is_valid_utf8("value")
+    return [
+        F.col(SOURCE),
+        F.when(~valid, F.make_valid_utf8("_tm_line")).otherwise(malformed if malformed is not None else F.lit(None))
+        .cast("string").alias(MALFORMED),
+        F.when(~valid, F.lit("bytes that are not valid UTF-8")).alias(DECODE_ERROR),
+        F.lit(None).cast("string").alias(SUSPECT),
+        F.when(~valid, F.col("value").cast("binary")).alias(RAW_BYTES),
+    ]
+
+
+def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
+    """JSON Lines: the raw bytes of each line are checked as UTF-8 before the JSON parser
+    decodes them (it maps overlong forms to real characters); every primitive is a string, so
+    ids stay '0012' and never become 12 or 12.0."""
+    corrupt = "_tm_corrupt_record"
+    inferred = spark.read.option("primitivesAsString", True).option("lineSep", "\n").json(path).schema
+    fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
+    schema = T.StructType(fields + [T.StructField(corrupt, T.StringType())])
+    lines = _raw_lines(spark, path).where(F.trim("_tm_line") != "")
+    parsed = lines.select("*", F.from_json(F.make_valid_utf8("_tm_line"), schema, {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt, "primitivesAsString": "true"}).alias("_tm_json"))
+    # A line that parses to no object (``[1, 2]``, ``"text"``) is malformed too.
+    malformed = F.when(F.col(f"_tm_json.{corrupt}").isNotNull() | F.col("_tm_json").isNull(), F.make_valid_utf8("_tm_line"))
+    return parsed.select(*[F.col(f"_tm_json.`{f.name}`").alias(f.name) for f in fields], *_line_internals(parsed, malformed))
+
+
+def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
+    lines = _raw_lines(spark, path)
+    return lines.select(F.make_valid_utf8("_tm_line").alias("text"), *_line_internals(lines))
+
+
+_DECODED = T.StructType([
+    T.StructField("text", T.StringType()),
+    T.StructField("title", T.StringType()),
+    T.StructField("error", T.StringType()),
+])
+
+
+def decode_file(content: bytes | None, encodings: list[str], first_line_is_title: bool) -> tuple[str | None, str | None, str | None]:
+    """(text, title, error) for one file's bytes: the first encoding that decodes strictly wins."""
+    if content is None:
+        return None, None, "no content"
+    for encoding in encodings:
+        try:
+            text = content.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None, None, f"not decodable as any of {', '.join(encodings)}"
+    if first_line_is_title:
+        title, _, body = text.partition("\n")
+        return body.strip("\r\n"), title.strip(), None
+    return text, None, None
+
+
+def make_decode_udf(encodings: list[str], first_line_is_title: bool):
+    encodings = list(encodings)
+
+    @F.pandas_udf(_DECODED)
+    def decode(contents: pd.Series) -> pd.DataFrame:
+        rows = [decode_file(c, encodings, first_line_is_title) for c in contents]
+        return pd.DataFrame(rows, columns=["text", "title", "error"])
+
+    return decode
+
+
+def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesConf) -> DataFrame:
+    """One document per file (``list_input`` picks the files). Columns: text, title (when
+    first_line_is_title), folder, name, relpath."""
+    raw = spark.read.format("binaryFile").load(path).select("path", "content")
+    if not isinstance(path, str):
+        # Spark's file scan skips 0-byte files, but each is a document here (quarantined as empty_text).
+        empty = [(uri,) for uri in path if (local := csv_records.local_file(uri)) and os.path.getsize(local) == 0]
+        if empty:
+            raw = raw.unionByName(spark.createDataFrame(empty, "path string").select("path", F.lit(b"").alias("content")))
+    decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
+    # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
+    decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))
+    parts = F.split(F.col("path"), "/")
+    folder = F.element_at(parts, -2)
+    name = F.element_at(parts, -1)
+    columns = [F.col("_d.text").alias("text")]
+    if conf.first_line_is_title:
+        columns.append(F.col("_d.title").alias("title"))
+    columns += [folder.alias("folder"), name.alias("name"), F.concat_ws("/", folder, name).alias("relpath")]
+    df = decoded.select(
+        *columns,
+        F.col("path").alias(SOURCE),
+        F.lit(None).cast("string").alias(MALFORMED),
+        F.col("_d.error").alias(DECODE_ERROR),
+        F.lit(None).cast("string").alias(SUSPECT),
+        F.lit(None).cast("binary").alias(RAW_BYTES),
+    )
+    return df
+
+
+def source_columns(df: DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in INTERNAL_COLUMNS]

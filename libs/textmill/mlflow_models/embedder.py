@@ -1,6 +1,0 @@
-"""MLflow models-from-code entry for textmill's document embedder (see __init__.py)."""
-import mlflow
-
-from textmill.docvectors import EmbedderPyfunc
-
-mlflow.models.set_model(EmbedderPyfunc())

@@ -1,6 +1,0 @@
-"""MLflow models-from-code entry for textmill's torch text classifier (see __init__.py)."""
-import mlflow
-
-from textmill.pyfunc_classifier import TextClassifierPyfunc
-
-mlflow.models.set_model(TextClassifierPyfunc())

@@ -1,0 +1,6 @@
+"""MLflow models-from-code entry for textmill's document embedder (see __init__.py)."""
+import mlflow
+
+from textmill.vectors.docvectors import EmbedderPyfunc
+
+mlflow.models.set_model(EmbedderPyfunc())

@@ -1,0 +1,99 @@
+"""Named exceptions for every failure kind that textmill reports to users.
+
+Raised on the driver while a job is being planned, before any Spark action, so that a
+bad config or a missing input costs seconds, not a cluster run. The CLI prints
+`TextmillError` messages as one line and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+import re
+
+
+class TextmillError(Exception):
+    """Base class: a user-facing problem with a message that says what to change."""
+
+
+class ConfigError(TextmillError):
+    """The configuration is invalid: unknown key, missing value or wrong type."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n  - ".join(problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  - {lines}")
+
+
+class StaticSettingError(TextmillError):
+    """A ``spark.conf`` setting that a Spark Connect session cannot take at runtime."""
+
+
+class JavaError(TextmillError):
+    """Java is missing or too old to start Spark."""
+
+
+class InputNotFoundError(TextmillError):
+    """The configured input path does not exist or matches no files."""
+
+
+class EmptyInputError(InputNotFoundError):
+    """The input exists but holds no records (every file empty, or nothing parsed)."""
+
+
+class ColumnNotFoundError(TextmillError):
+    """A configured source column is not in the input."""
+
+
+class ColumnTypeError(ColumnNotFoundError):
+    """A configured column has the wrong type (e.g. an int64 ``text`` column)."""
+
+
+class AccountingError(TextmillError):
+    """rows_in != rows_out + rows_quarantined: a row was lost or duplicated."""
+
+
+class OutputError(TextmillError):
+    """The output location is unusable (e.g. it is the input itself)."""
+
+
+class UnreadableInputError(InputNotFoundError):
+    """An input file cannot be read: truncated or corrupt (a cut gzip stream), or its files disagree on a column's type."""
+
+
+class CsvHeaderError(InputNotFoundError):
+    """A CSV header cannot be read, repeats a name, or lists other columns than the other files'."""
+
+
+_FAILED_READ = re.compile(r"\[FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s+(.*?)(?:SQLSTATE|$)", re.S)
+_TEXTMILL_UNREADABLE = re.compile(r"TEXTMILL_UNREADABLE_FILE\[(\S+)\]: ([^\n]+)")
+_CAUSE = re.compile(r"Caused by: ([\w.$]+)(?:: ([^\n]*))?")
+_CORRUPT_HINTS = ("EOF", "end of input stream", "Zip", "GZIP", "gzip", "header check", "stored block", "CRC", "compressed")
+
+
+def from_read_failure(exc: BaseException) -> TextmillError | None:
+    """The one-line user error for a Spark task that failed reading an input file (a truncated
+    or corrupt file, Parquet files that disagree on a column's type), or None for anything else.
+
+    Spark 4 wraps every such failure as ``FAILED_READ_FILE`` naming the file, on classic and
+    Connect sessions alike; textmill's CSV reader marks its own (``csv_records.UNREADABLE``).
+    """
+    text = str(exc)
+    own = _TEXTMILL_UNREADABLE.search(text)
+    if own:
+        return UnreadableInputError(f"io.input: cannot read {own.group(1)}: {own.group(2).strip()[:200]} "
+                                    "(a truncated or corrupt file?); repair or remove it and rerun")
+    failed = _FAILED_READ.search(text)
+    if failed is None:
+        return None
+    kind, path, detail = failed.group(1), failed.group(2), " ".join(failed.group(3).split())
+    if kind == "PARQUET_COLUMN_DATA_TYPE_MISMATCH":
+        return UnreadableInputError(f"io.input: the Parquet files disagree on a column's type: {path}: {detail.rstrip('. ')}; "
+                                    "rewrite the files with one type for the column")
+    cause = _CAUSE.search(text)
+    why = f"{cause.group(1).rsplit('.', 1)[-1]}: {(cause.group(2) or '').strip()}"[:200] if cause else kind
+    corrupt = any(hint in why for hint in _CORRUPT_HINTS)
+    return UnreadableInputError(f"io.input: cannot read {path}: {why}"
+                                + (" (the file is truncated or corrupt)" if corrupt else "") + "; repair or remove it and rerun")
+
+
+class NotASpacyModelError(TextmillError):
+    """A model that was expected to be a spaCy pipeline is something else."""
