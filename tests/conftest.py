@@ -18,11 +18,32 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
+def pytest_collection_finish(session) -> None:
+    """Start building Airflow's virtualenv now if a collected test runs Airflow: it overlaps the rest of the run."""
+    if any(item.get_closest_marker("airflow") for item in session.items):
+        import airflow_venv
+
+        airflow_venv.start_building()
+
+
+# Set to an ``sc://`` URL, the shared session is a Spark Connect client of that server instead
+# (tests/test_connect.py reruns the notebook tests this way, in their own process).
+REMOTE_VARIABLE = "TEXTMILL_TEST_SPARK_REMOTE"
+
+
 @pytest.fixture(scope="session")
 def spark():
     from textmill.runtime.config import SparkConf
     from textmill.runtime.session import get_spark
 
+    remote = os.environ.get(REMOTE_VARIABLE)
+    if remote:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.builder.remote(remote).getOrCreate()
+        yield session
+        session.stop()
+        return
     session = get_spark(
         SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),
         app_name="textmill-tests",
@@ -99,3 +120,30 @@ def connect_server(tmp_path_factory) -> Iterator[str]:
         yield url
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_cli_run(tmp_path_factory):
+    """``textmill run pipeline`` once, as ``make demo`` runs it (its own process and Spark, 120 generated
+    documents, local[2] as on the 2-core CI machine, 2 shuffle partitions as the Connect test server has): tests/test_pipeline.py checks it, tests/test_connect.py
+    compares the same run on a Connect server with it. Returns (process, folder): outputs under
+    ``<folder>/run``, artifacts under ``<folder>/art``, the store ``<folder>/mlflow.db``, experiment ``pipeline-e2e``."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("pipeline-cli")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    for variable in ("TEXTMILL_LOG_LEVEL", "TEXTMILL_VERBOSITY", "TEXTMILL_LINES_TO", "MLFLOW_LOGGING_LEVEL",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS", "MLFLOW_TRACKING_URI", "SPARK_REMOTE",
+                     "SPARK_CONNECT_MODE_ENABLED"):
+        env.pop(variable, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "textmill.cli", "run", "pipeline", "--conf", str(REPO / "conf" / "pipeline.yaml"),
+         "--env", "local", "--set", f"io.output={root / 'run'}", "--set", f"pipeline.sample.n_docs={PIPELINE_DOCS}",
+         "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "mlflow.experiment=pipeline-e2e",
+         "--set", f"mlflow.artifact_location={(root / 'art').as_uri()}", "--set", "spark.ui_enabled=false",
+         "--set", "spark.master=local[2]", "--set", "spark.shuffle_partitions=2"],
+        capture_output=True, text=True, cwd=root, env=env, timeout=900)
+    return proc, root
+
+
+PIPELINE_DOCS = 120

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from textmill.jobs import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,8 +80,13 @@ def runs_by_job(store: str, experiment: str) -> dict:
 
 
 @pytest.mark.slow
-def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_server, tmp_path):
-    n_docs = 120
+def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_server, pipeline_cli_run, tmp_path):
+    """The pipeline by the CLI on the Connect server, against the same run on classic (``pipeline_cli_run``)."""
+    from conftest import PIPELINE_DOCS
+
+    n_docs = PIPELINE_DOCS
+    classic_proc, classic_root = pipeline_cli_run
+    assert classic_proc.returncode == 0, classic_proc.stderr[-3000:]
     settings = {"pipeline.sample.n_docs": n_docs, "spark.ui_enabled": False, "spark.shuffle_partitions": 2}
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--conf", str(REPO / "conf" / "pipeline.yaml"), "--env", "local", "--set", f"mlflow.tracking_uri={store}",
@@ -92,15 +96,7 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
                   "--set", f"spark.remote={connect_server}", cwd=tmp_path)
     assert connect.returncode == 0, connect.stderr[-3000:]
 
-    from textmill.pipelines.pipeline import PipelineJobConf
-    from textmill.runtime.config import load_conf
-
-    conf = load_conf(PipelineJobConf, REPO / "conf" / "pipeline.yaml", "local", [
-        f"io.output={tmp_path / 'classic'}", f"mlflow.tracking_uri={store}", "mlflow.experiment=on-classic",
-        f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}", *[f"{k}={v}" for k, v in settings.items()]])
-    run_job("pipeline", conf, spark)
-
-    classic, remote = tmp_path / "classic", tmp_path / "connect"
+    classic, remote = classic_root / "run", tmp_path / "connect"
     # Row for row: prepare (and its quarantine), annotate (tokens and entities), classify, embed_docs.
     # ("source" names the input file, which each run generated in its own folder.)
     assert rows(spark, remote / "prepared", drop=("source",)) == rows(spark, classic / "prepared", drop=("source",))
@@ -116,7 +112,8 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
     # The same counts, quality within a stated margin: embeddings, index recall, neighbors, clusters.
     assert (rows(spark, remote / "embeddings" / "vocab", order="word")
             == rows(spark, classic / "embeddings" / "vocab", order="word"))
-    by_job = {"connect": runs_by_job(store, "on-connect"), "classic": runs_by_job(store, "on-classic")}
+    by_job = {"connect": runs_by_job(store, "on-connect"),
+              "classic": runs_by_job(f"sqlite:///{classic_root / 'mlflow.db'}", "pipeline-e2e")}
     for kind, runs in by_job.items():
         assert runs["pipeline"].data.tags["spark.session_kind"] == kind
         assert runs["build_index"].data.metrics["recall_at_10"] >= 0.9
@@ -203,3 +200,23 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
     assert [r["batch_id"] for r in records] == list(range(len(records))) and len(records) == 4 + 2 + 1
+
+
+@pytest.mark.slow
+def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_path):
+    """tests/test_notebooks.py again, in its own process, with the shared session a Connect client:
+    the same notebooks, widgets and assertions (conftest's ``TEXTMILL_TEST_SPARK_REMOTE``)."""
+    from conftest import REMOTE_VARIABLE
+    from test_notebooks import NOTEBOOKS
+
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", REMOTE_VARIABLE: connect_server}
+    for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "MLFLOW_TRACKING_URI"):
+        env.pop(variable, None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
+                           "-o", "addopts=", "-rA", str(REPO / "tests" / "test_notebooks.py")],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = re.findall(r"^PASSED \S+::(\w+)", proc.stdout, re.MULTILINE)
+    # every notebook's own test ran (and passed) on Connect, not only the listing check
+    assert len(passed) == len(NOTEBOOKS) + 1 and len(set(passed)) == len(passed), proc.stdout[-3000:]
+    assert "test_every_notebook_is_tested" in passed

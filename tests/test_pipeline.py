@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,21 +26,14 @@ STEPS = ["prepare", "annotate", "train_classifier", "classify", "train_embedding
 
 
 @pytest.mark.slow
-def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark, tmp_path):
+def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark, pipeline_cli_run):
     """``textmill run pipeline`` as ``make demo`` runs it, in its own process with its own Spark:
     every step's output, the nested MLflow runs, and the console a person reads (issue 16)."""
-    n_docs = 120
+    from conftest import PIPELINE_DOCS
+
+    n_docs = PIPELINE_DOCS
+    proc, tmp_path = pipeline_cli_run
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    for variable in ("TEXTMILL_LOG_LEVEL", "TEXTMILL_VERBOSITY", "TEXTMILL_LINES_TO", "MLFLOW_LOGGING_LEVEL",
-                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS", "MLFLOW_TRACKING_URI"):
-        env.pop(variable, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "textmill.cli", "run", "pipeline", "--conf", str(REPO / "conf" / "pipeline.yaml"),
-         "--env", "local", "--set", f"io.output={tmp_path / 'run'}", "--set", f"pipeline.sample.n_docs={n_docs}",
-         "--set", f"mlflow.tracking_uri={store}", "--set", "mlflow.experiment=pipeline-e2e",
-         "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}", "--set", "spark.ui_enabled=false"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err[-3000:]
 

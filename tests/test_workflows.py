@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,24 +16,10 @@ from pathlib import Path
 
 import pytest
 
+import airflow_venv
+
 REPO = Path(__file__).resolve().parents[1]
-AIRFLOW_VENV = REPO / ".venv-airflow"
-AIRFLOW_REQUIREMENTS = REPO / "jobs" / "workflows" / "airflow" / "requirements.txt"
 TEXTMILL_BIN = Path(sys.executable).parent
-
-
-def airflow_python() -> Path:
-    """The Airflow virtualenv's Python, built when missing or when the pins changed."""
-    python = AIRFLOW_VENV / "bin" / "python"
-    stamp = AIRFLOW_VENV / ".textmill-requirements"
-    wanted = AIRFLOW_REQUIREMENTS.read_text()
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    shutil.rmtree(AIRFLOW_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(AIRFLOW_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(AIRFLOW_REQUIREMENTS)], check=True, timeout=900)
-    stamp.write_text(wanted)
-    return python
 
 
 RUN_DAG = textwrap.dedent('''
@@ -56,11 +41,12 @@ RUN_DAG = textwrap.dedent('''
 
 
 @pytest.mark.slow
+@pytest.mark.airflow
 def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     from textmill.cli import build_pyfiles
     from textmill.data.sample import write_sample_csv
 
-    python = airflow_python()
+    python = airflow_venv.python()
     build_pyfiles(REPO / "dist")
     inbox, data, home = tmp_path / "inbox", tmp_path / "data", tmp_path / "airflow"
     inbox.mkdir()
@@ -87,7 +73,7 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("PYTHONPATH", None)
-    migrate = subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
+    migrate = subprocess.run([str(airflow_venv.VENV / "bin" / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     proc = subprocess.run([str(python), "-c", RUN_DAG, env["AIRFLOW__CORE__DAGS_FOLDER"]], env=env, cwd=tmp_path,
