@@ -107,12 +107,13 @@ def wait_until_serving(url: str, server, log: Path, timeout: float = 120) -> Non
             time.sleep(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def connect_server(tmp_path_factory) -> Iterator[str]:
     """A real Spark Connect server from the pyspark package (``tests/connect_server.py``: local[2],
-    127.0.0.1, a free port), started once per test session; yields its ``sc://`` URL and stops it
-    after. Jobs reach it as users do, from their own process with ``spark.remote`` set: pyspark
-    picks classic or Connect functions process-wide, so one process does not hold both kinds."""
+    127.0.0.1, a free port), started once per test module that uses it (tests/test_connect.py) and
+    stopped after it, so its JVM does not stay beside the rest of the run; yields its ``sc://`` URL.
+    Jobs reach it as users do, from their own process with ``spark.remote`` set: pyspark picks
+    classic or Connect functions process-wide, so one process does not hold both kinds."""
     from connect_server import start
 
     url, stop = start(tmp_path_factory.mktemp("connect-server"))
