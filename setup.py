@@ -45,6 +45,9 @@ TEST_REQUIRES = [
     "hypothesis==6.170.17",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
     "chinese-whispers==0.9.0",  # bench_clusters: the reference Chinese Whispers (networkx), same graph; never a runtime dependency
+    # bench_chain_scale: HNSW all-items kNN at the same recall as neighbors, the strongest one-process anchor (wheels on PyPI;
+    # hnswlib ships only an sdist that needs a compiler); never a runtime dependency
+    "faiss-cpu==1.15.1",
     "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
 ]
 

@@ -211,12 +211,17 @@ def test_build_index_neighbors_cluster_end_to_end_recovers_planted_clusters(spar
     assert manifest["n_items"] == 200
 
 
-def test_cluster_size_metrics_are_shares_of_nodes():
-    from textmill.pipelines.cluster import size_metrics
+def test_cluster_size_metrics_are_shares_of_nodes(spark):
+    from textmill.pipelines.cluster import size_histogram, size_metrics
+
+    def sizes(values):
+        return spark.createDataFrame([(v,) for v in values], "size long")
 
     # 10 nodes: one cluster of 6, one of 2, two alone. As a share of clusters singletons would be 0.5.
-    assert size_metrics([6, 2, 1, 1]) == {"clusters": 4, "singleton_share": 0.2, "largest_cluster": 6, "largest_cluster_share": 0.6}
-    assert size_metrics([]) == {"clusters": 0, "singleton_share": 0.0, "largest_cluster": 0, "largest_cluster_share": 0.0}
+    assert size_metrics(sizes([6, 2, 1, 1])) == {"clusters": 4, "singleton_share": 0.2, "largest_cluster": 6, "largest_cluster_share": 0.6}
+    assert size_metrics(sizes([])) == {"clusters": 0, "singleton_share": 0.0, "largest_cluster": 0, "largest_cluster_share": 0.0}
+    # power-of-two buckets: 1 | 2-3 | 4-7 | ... | 2^20-(2^21-1)
+    assert size_histogram(sizes([1, 1, 2, 3, 4, 7, 8, 2**20 + 5])) == [(1, 2), (2, 2), (4, 2), (8, 1), (2**20, 1)]
 
 
 def _random_graph(spark, n: int = 300, n_edges: int = 3000):

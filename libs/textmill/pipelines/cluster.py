@@ -17,12 +17,19 @@ which more rounds move back and forth without merging anything); or at
 ``max_iterations``. The reason, the iterations and the share of nodes that changed in the
 last one are reported. Nothing is collected to the driver but counts.
 
+A graph with at most ``local_max_edges`` directed edges (default 4M, ~200k documents at k=10)
+runs the same rounds in one Spark task, in memory (``textmill.vectors.whispers``): per-round
+Spark jobs cost seconds each, which on such a graph is nearly all of the work. Same seed, same
+clusters on either path (exactly, when the vote sums are exact; otherwise floating-point summation
+order can break a near-tie differently).
+
 Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
 ``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
 converged, and a size histogram plot.
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -38,6 +45,7 @@ from textmill.data import io, storage
 from textmill.runtime import console, session_kinds
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.errors import AccountingError, ColumnNotFoundError, TextmillError
+from textmill.vectors import whispers
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,11 @@ SCHEMA_VERSION = "cluster/v1"
 
 class GraphError(TextmillError):
     """The kNN graph cannot be clustered as given (neighbours that are not nodes)."""
+
+
+# 4M directed edges: ~200k documents at k=10, ~400 MB at the one task's peak; a Spark job per
+# round costs seconds, which on graphs this small is most of the work (issue 29's benchmark).
+LOCAL_MAX_EDGES = 4_000_000
 
 
 class ClusterConf(StrictModel):
@@ -62,6 +75,9 @@ class ClusterConf(StrictModel):
     update_fraction: float = Field(0.5, gt=0, le=1, description="share of nodes updated per iteration")
     seed: int = 7
     distance: str = Field("angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight")
+    local_max_edges: int = Field(
+        LOCAL_MAX_EDGES, ge=0, description="graphs with at most this many directed edges are clustered in one Spark task, in memory "
+        "(about 100 bytes per edge at its peak), the same rounds without a Spark job per round; 0 = always distributed")
 
 
 class ClusterJobConf(JobConf):
@@ -116,23 +132,29 @@ def vote_weights(edges: DataFrame, vote: str) -> DataFrame:
 
 
 def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, dict]:
-    """(``id, label``, how it stopped: ``iterations``, ``stop_reason`` (converged | stalled |
-    max_iterations), ``changed_share`` of the last iteration)."""
-    labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
-    edges = vote_weights(edges, c.vote).localCheckpoint()
+    """The distributed loop: (``id, label``, how it stopped: ``iterations``, ``stop_reason``
+    (converged | stalled | max_iterations), ``changed_share`` of the last iteration, ``changes``
+    per iteration). One Spark job per round, the labels checkpointed so no round replans the last."""
+    # Edges live partitioned by dst and labels by id, with the same partition count, so each
+    # round joins them where they lie; the only shuffle of edge-sized data per round is the
+    # votes' move to their src (one exchange serves both aggregations below).
+    parts = int(nodes.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    labels = nodes.select("id", F.col("id").alias("label")).repartition(parts, "id").localCheckpoint()
+    edges = vote_weights(edges, c.vote).repartition(parts, "dst").localCheckpoint()
     # With a tolerance, a few nodes flipping between two equally strong classes (they do, on
     # hub-rich graphs) no longer keep the loop going until max_iterations.
     n_nodes = n_nodes if n_nodes is not None else nodes.count()
-    allowed = int(c.tolerance * n_nodes)
+    stopping = whispers.Stopping(n_nodes, c.tolerance, c.patience)
     no_label = F.lit(None).cast(labels.schema["label"].dataType)
-    reason, iterations, changed, fewest, since_fewest, changes = "max_iterations", 0, 0, None, 0, []
     with console.Progress("chinese whispers", c.max_iterations, unit="rounds") as progress:
         for iteration in range(1, c.max_iterations + 1):
-            iterations = iteration
-            votes = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
-                     .groupBy("src", "dst_label").agg(F.sum("weight").alias("score")))
-            best = (votes.withColumn("rank", F.row_number().over(Window.partitionBy("src").orderBy(F.desc("score"), "dst_label")))
-                    .where("rank = 1").select(F.col("src").alias("id"), F.col("dst_label").alias("best")))
+            # The best class: the highest score, then the smallest class (min of (-score, class)).
+            best = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
+                    .repartition(parts, "src")
+                    .groupBy("src", "dst_label").agg(F.sum("weight").alias("score"))
+                    .groupBy("src").agg(F.min(F.struct((-F.col("score")).alias("neg_score"), F.col("dst_label").alias("label"))).alias("top"))
+                    .select(F.col("src").alias("id"), F.col("top.label").alias("best")))
+            # whispers.active computes the same set from xxhash64(id): keep the two in step.
             active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(1000 * c.update_fraction)
             # A union + groupBy, not labels.join(best): the checkpoint below keeps its plan's size
             # estimate, and Spark estimates a join as the product of its inputs, so with a join the
@@ -147,33 +169,48 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
             counts = updated.agg(F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
                                  F.sum(F.col("wants").cast("int")).alias("unsettled")).first()
             labels = updated.select("id", F.col("new").alias("label"))
-            logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration,
-                        counts["changed"] or 0, counts["unsettled"] or 0)
-            # Converged when every node already holds its neighbourhood's best class, or (tolerance)
-            # when at most the allowed number of nodes changed class this iteration.
             changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
-            changes.append(changed)
+            logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration, changed, unsettled)
             progress.advance(changed=changed)
-            if (not changed and not unsettled) or (allowed and changed <= allowed and iteration > 1):
-                reason = "converged"
+            if stopping.stop_after(iteration, changed, unsettled):
                 break
-            fewest, since_fewest = (changed, 0) if fewest is None or changed < fewest else (fewest, since_fewest + 1)
-            if c.patience and since_fewest >= c.patience:
-                reason = "stalled"
-                logger.info("chinese whispers stalled: %d iterations without fewer than %d changes", since_fewest, fewest)
-                break
-        progress.close(reason.replace("_", " ") + ("" if reason != "max_iterations" else " reached"))
-    return labels, {"iterations": iterations, "stop_reason": reason, "changed_share": changed / max(n_nodes, 1), "changes": changes}
+        progress.close(stopping.reason.replace("_", " ") + ("" if stopping.reason != "max_iterations" else " reached"))
+    if stopping.reason == "stalled":
+        logger.info("chinese whispers stalled: %d iterations without fewer than %d changes", stopping.since_fewest, stopping.fewest)
+    return labels, stopping.summary()
 
 
-def _histogram(sizes: list[int], path: Path) -> None:
+def chinese_whispers_in_one_task(nodes: DataFrame, edges: DataFrame, c: ClusterConf) -> tuple[DataFrame, dict]:
+    """The same rounds as ``chinese_whispers``, in one Spark task holding the graph in memory
+    (``textmill.vectors.whispers``): one Spark job instead of one per round. Same result shape."""
+    edges = vote_weights(edges, c.vote)
+    rows = (nodes.select("id", F.xxhash64("id").alias("key"), F.lit(None).cast("string").alias("dst"), F.lit(None).cast("double").alias("weight"))
+            .unionByName(edges.select(F.col("src").alias("id"), F.lit(None).cast("long").alias("key"), "dst", F.col("weight").cast("double"))))
+    conf = {"tolerance": c.tolerance, "patience": c.patience, "max_iterations": c.max_iterations, "seed": c.seed,
+            "update_fraction": c.update_fraction}
+    result = rows.repartition(1).mapInArrow(whispers.in_memory(conf), whispers.OUTPUT).localCheckpoint()
+    stats = json.loads(result.where(F.col("stats").isNotNull()).first()["stats"])
+    logger.info("chinese whispers in one task: %d rounds, %s; changes per round %s", stats["iterations"], stats["stop_reason"], stats["changes"])
+    return result.where(F.col("stats").isNull()).select("id", "label"), stats
+
+
+def size_histogram(sizes: DataFrame) -> list[tuple[int, int]]:
+    """(lower bound, clusters) per power-of-two bucket of cluster size: 1, 2-3, 4-7, ... At most
+    64 rows reach the driver, however many clusters there are."""
+    bucket = F.length(F.bin(F.col("size"))) - 1  # floor(log2), exact: a float log2 puts 8 in the 4-7 bucket
+    return [(1 << r["bucket"], r["clusters"]) for r in
+            sizes.groupBy(bucket.alias("bucket")).agg(F.count(F.lit(1)).alias("clusters")).orderBy("bucket").collect()]
+
+
+def _histogram(buckets: list[tuple[int, int]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(sizes, bins=min(50, max(1, len(set(sizes)))), log=True)
+    ax.bar([str(low) if low == 1 else f"{low}-{2 * low - 1}" for low, _ in buckets], [n for _, n in buckets], log=True)
+    ax.tick_params(axis="x", labelrotation=45)
     ax.set_xlabel("cluster size")
     ax.set_ylabel("clusters")
     fig.tight_layout()
@@ -196,7 +233,12 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
                          f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
                          "in items mode over the same ids it indexed")
     edges, threshold = edges_from_neighbors(neighbors, c)
-    labels, stop = chinese_whispers(nodes, edges, c, rows_in)
+    edges = edges.localCheckpoint()
+    n_edges = edges.count()
+    one_task = n_edges <= c.local_max_edges
+    console.status(logger, "clustering %d nodes, %d edges %s", rows_in, n_edges,
+                   "in one task (cluster.local_max_edges)" if one_task else "with a Spark job per round")
+    labels, stop = chinese_whispers_in_one_task(nodes, edges, c) if one_task else chinese_whispers(nodes, edges, c, rows_in)
     mlflow.set_tag("textmill.cluster.stop_reason", stop["stop_reason"])
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = io.number_rows(sizes, [F.desc("size"), F.col("label")], "cluster_id")
@@ -208,21 +250,22 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         if rows_out != rows_in:
             raise AccountingError(f"nodes in={rows_in} but rows out={rows_out}; nothing was published")
         storage.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out})
-    size_list = [r["size"] for r in spark.read.parquet(sizes_path(conf)).collect()]
+    published_sizes = spark.read.parquet(sizes_path(conf))
     with tempfile.TemporaryDirectory() as tmp:
         plot = Path(tmp) / "cluster_sizes.png"
-        _histogram(size_list, plot)
+        _histogram(size_histogram(published_sizes), plot)
         mlflow.log_artifact(str(plot), "cluster")
-    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(size_list), "iterations": stop["iterations"],
+    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(published_sizes), "iterations": stop["iterations"],
             "converged": float(stop["stop_reason"] == "converged"), "stalled": float(stop["stop_reason"] == "stalled"),
-            "changed_share": stop["changed_share"], "min_weight_used": threshold}
+            "changed_share": stop["changed_share"], "min_weight_used": threshold, "edges": n_edges, "one_task": float(one_task)}
 
 
-def size_metrics(sizes: list[int]) -> dict[str, float]:
-    """``clusters``; ``singleton_share``: the share of NODES alone in their cluster (not of
-    clusters); ``largest_cluster`` (nodes) and ``largest_cluster_share`` (its share of nodes)."""
-    nodes = sum(sizes)
-    singletons = sum(1 for size in sizes if size == 1)
-    largest = max(sizes, default=0)
-    return {"clusters": len(sizes), "singleton_share": singletons / max(nodes, 1), "largest_cluster": largest,
+def size_metrics(sizes: DataFrame) -> dict[str, float]:
+    """From the ``size`` column, by Spark (one row to the driver): ``clusters``; ``singleton_share``: the
+    share of NODES alone in their cluster (not of clusters); ``largest_cluster`` (nodes) and
+    ``largest_cluster_share`` (its share of nodes)."""
+    r = sizes.agg(F.count(F.lit(1)).alias("clusters"), F.sum((F.col("size") == 1).cast("long")).alias("singletons"),
+                  F.max("size").alias("largest"), F.sum("size").alias("nodes")).first()
+    nodes, largest = r["nodes"] or 0, r["largest"] or 0
+    return {"clusters": r["clusters"], "singleton_share": (r["singletons"] or 0) / max(nodes, 1), "largest_cluster": largest,
             "largest_cluster_share": largest / max(nodes, 1)}

@@ -5,9 +5,11 @@ co-occurrence matrix, or the update-weighted rows of two weight matrices. RDD
 ``mapPartitions`` + ``treeReduce`` do that on a classic session only. Here each partition's
 Python function runs inside ``mapInArrow`` (both kinds of session), its result is pickled and
 cut into chunks of at most ``CHUNK_BYTES`` (so no Arrow batch nears Spark Connect's 128 MiB
-message limit), and the driver streams the chunks back with ``toLocalIterator``, rebuilding
+message limit). All tasks run at once into a ``localCheckpoint`` (the chunks stay on the
+executors); only then does the driver stream them back with ``toLocalIterator``, rebuilding
 and adding one partial at a time: the driver holds the running total and one partial, never
-all K of them. Large inputs to the function (weights) travel as shipped files
+all K of them. (``toLocalIterator`` straight on the ``mapInArrow`` would run the tasks one
+partition after another, each only when the driver asks for it: K tasks in series.) Large inputs to the function (weights) travel as shipped files
 (``io.ship_directory``), not in the closure.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ def sum_partitions(df: DataFrame, task: Callable[[Iterator[pa.RecordBatch], int]
             partial = pickle.loads(b"".join(chunks))
             total = partial if total is None else add(total, partial)
 
-    for row in df.mapInArrow(run, SCHEMA).toLocalIterator():
+    for row in df.mapInArrow(run, SCHEMA).localCheckpoint().toLocalIterator():
         if row["part"] != current:
             finish()
             current, chunks = row["part"], []
