@@ -97,3 +97,15 @@ def test_best_label_takes_the_highest_vote_and_the_smallest_class_on_a_tie():
     dst_label = np.array([2, 2, 1, 3, 0])
     weight = np.array([0.5, 0.25, 0.75, 1.0, 0.5])
     assert whispers.best_labels(src, dst_label, weight, 4).tolist() == [1, 3, -1, -1]
+
+
+def test_one_task_path_on_graphs_without_edges_or_nodes(spark):
+    from textmill.pipelines.cluster import ClusterConf, chinese_whispers_in_one_task
+
+    no_edges = spark.createDataFrame([], "src string, dst string, weight double")
+    alone = spark.createDataFrame([("b",), ("a",), ("日",)], "id string")
+    labels, stats = chinese_whispers_in_one_task(alone, no_edges, ClusterConf())
+    assert {r.id: r.label for r in labels.collect()} == {"a": "a", "b": "b", "日": "日"}
+    assert stats["stop_reason"] == "converged" and stats["iterations"] == 1
+    labels, stats = chinese_whispers_in_one_task(spark.createDataFrame([], "id string"), no_edges, ClusterConf())
+    assert labels.count() == 0 and stats["stop_reason"] == "converged"

@@ -23,13 +23,21 @@ Then the anchors, in the same process after textmill's peaks are taken:
 - faiss-cpu HNSW (M=32, inner product on normalised vectors, all cores) with ``efSearch`` raised
   the same way;
 - the PyPI ``chinese-whispers`` (networkx; sequential; ``top``; 30 iterations) on the very edges
-  ``cluster`` clusters, when the graph has at most ``--reference-max-edges`` edges; above that
-  its graph's memory is extrapolated from the per-edge memory measured at the smaller sizes.
+  ``cluster`` clusters, when the graph has at most ``--reference-max-edges`` directed edges; above
+  that it is skipped with the edge count (its memory: ``graph_bytes_per_edge`` of a smaller size).
 
 Recall: recall@10 of the all-items kNN against exact brute force on 1,000 sampled documents.
+Peaks are VmRSS, which counts the pages of memory-mapped files a process touched: the Annoy
+shards that ``build_index`` checks and ``neighbors`` searches are in it, shared between processes.
+The JVM's RSS grows toward its heap limit over the session and never shrinks, so its per-job
+peak is the session's so far. Past the first pass the copies are near-duplicates of a base text:
+at 1M each document has about 11 perturbed siblings, which become its nearest neighbours, so
+the kNN graph is easier (Annoy tuned to a far smaller search_k) and falls into small families
+(Chinese Whispers converged in 11 rounds into ~82,000 clusters): compare sizes with that in mind.
 Each finished step prints ``STEP <json>`` at once, so a run cut short still reports what it measured.
 
 python tests/benchmarks/bench_chain_scale.py [--sizes 10000 100000 1000000] [--epochs 1] [--max-words 100]
+    [--train-max-docs N] [--ppmi-max 100000] [--reference-max-edges 24000000] [--tmp DIR]
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED, report, require
+from common import SHARED, report, require
 
 IMDB = require(SHARED / "imdb" / "train.jsonl")
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
@@ -243,7 +251,7 @@ def one_size(n: int, args) -> dict:
         del ids, vectors, exact, position, found
         job("cluster", "cluster", {"io": {"input": str(tmp / "knn"), "output": str(tmp / "clusters")}}, n,
             lambda m: {"rounds": int(m["iterations"]), "converged": bool(m["converged"]), "stalled": bool(m["stalled"]),
-                       "edges": int(m["edges"]), "one_task": bool(m["one_task"]), "clusters": int(m["clusters"]),
+                       "edges": int(m["edges"]), "one_task": bool(m["one_task"]), "clusters": int(m["clusters"]), "changed_share": round(m["changed_share"], 4),
                        "largest_cluster_share": round(m["largest_cluster_share"], 4)})
         if n <= args.ppmi_max and not train_files:
             job("train_embeddings", "train_embeddings_ppmi_svd", {"io": {"input": str(tmp / "docs"), "output": str(tmp / "emb_ppmi")},
@@ -409,7 +417,8 @@ def main() -> None:
     parser.add_argument("--train-max-docs", type=int, default=10**9,
                         help="above this size train_embeddings (and gensim) see only the first N documents (multiple of 100,000)")
     parser.add_argument("--ppmi-max", type=int, default=100_000, help="ppmi_svd only at sizes up to this")
-    parser.add_argument("--reference-max-edges", type=int, default=8_000_000, help="chinese-whispers only on graphs up to this")
+    parser.add_argument("--reference-max-edges", type=int, default=24_000_000,
+                        help="chinese-whispers only on graphs up to this many directed edges (networkx: ~400-480 bytes per undirected edge)")
     parser.add_argument("--tmp", default=None, help="where each size's data goes (default the system temp dir)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write-corpus", nargs=2, help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ which more rounds move back and forth without merging anything); or at
 ``max_iterations``. The reason, the iterations and the share of nodes that changed in the
 last one are reported. Nothing is collected to the driver but counts.
 
-A graph with at most ``local_max_edges`` directed edges (default 4M, ~200k documents at k=10)
+A graph with at most ``local_max_edges`` directed edges (default 4M, ~240k documents at k=10)
 runs the same rounds in one Spark task, in memory (``textmill.vectors.whispers``): per-round
 Spark jobs cost seconds each, which on such a graph is nearly all of the work. Same seed, same
 clusters on either path (exactly, when the vote sums are exact; otherwise floating-point summation
@@ -37,7 +37,7 @@ from typing import Literal
 
 import mlflow
 from pydantic import Field
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
@@ -56,7 +56,7 @@ class GraphError(TextmillError):
     """The kNN graph cannot be clustered as given (neighbours that are not nodes)."""
 
 
-# 4M directed edges: ~200k documents at k=10, ~400 MB at the one task's peak; a Spark job per
+# 4M directed edges: ~240k documents at k=10, ~500 MB in the one task's worker; a Spark job per
 # round costs seconds, which on graphs this small is most of the work (issue 29's benchmark).
 LOCAL_MAX_EDGES = 4_000_000
 
@@ -77,7 +77,7 @@ class ClusterConf(StrictModel):
     distance: str = Field("angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight")
     local_max_edges: int = Field(
         LOCAL_MAX_EDGES, ge=0, description="graphs with at most this many directed edges are clustered in one Spark task, in memory "
-        "(about 100 bytes per edge at its peak), the same rounds without a Spark job per round; 0 = always distributed")
+        "(about 120 bytes per edge at its peak), the same rounds without a Spark job per round; 0 = always distributed")
 
 
 class ClusterJobConf(JobConf):
@@ -135,12 +135,9 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
     """The distributed loop: (``id, label``, how it stopped: ``iterations``, ``stop_reason``
     (converged | stalled | max_iterations), ``changed_share`` of the last iteration, ``changes``
     per iteration). One Spark job per round, the labels checkpointed so no round replans the last."""
-    # Edges live partitioned by dst and labels by id, with the same partition count, so each
-    # round joins them where they lie; the only shuffle of edge-sized data per round is the
-    # votes' move to their src (one exchange serves both aggregations below).
     parts = int(nodes.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    labels = nodes.select("id", F.col("id").alias("label")).repartition(parts, "id").localCheckpoint()
-    edges = vote_weights(edges, c.vote).repartition(parts, "dst").localCheckpoint()
+    labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
+    edges = vote_weights(edges, c.vote).localCheckpoint()
     # With a tolerance, a few nodes flipping between two equally strong classes (they do, on
     # hub-rich graphs) no longer keep the loop going until max_iterations.
     n_nodes = n_nodes if n_nodes is not None else nodes.count()
@@ -149,6 +146,9 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
     with console.Progress("chinese whispers", c.max_iterations, unit="rounds") as progress:
         for iteration in range(1, c.max_iterations + 1):
             # The best class: the highest score, then the smallest class (min of (-score, class)).
+            # Votes move to their src once: that exchange serves both aggregations (a window
+            # over src after a groupBy on (src, class) needed a second one). The join still
+            # exchanges edges every round: a localCheckpoint does not keep its partitioning here.
             best = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
                     .repartition(parts, "src")
                     .groupBy("src", "dst_label").agg(F.sum("weight").alias("score"))
@@ -189,7 +189,9 @@ def chinese_whispers_in_one_task(nodes: DataFrame, edges: DataFrame, c: ClusterC
     conf = {"tolerance": c.tolerance, "patience": c.patience, "max_iterations": c.max_iterations, "seed": c.seed,
             "update_fraction": c.update_fraction}
     result = rows.repartition(1).mapInArrow(whispers.in_memory(conf), whispers.OUTPUT).localCheckpoint()
-    stats = json.loads(result.where(F.col("stats").isNotNull()).first()["stats"])
+    row = result.where(F.col("stats").isNotNull()).first()
+    # An empty graph can leave the one partition without a task to run (no stats row): nothing to cluster.
+    stats = json.loads(row["stats"]) if row is not None else {"iterations": 0, "stop_reason": "converged", "changed_share": 0.0, "changes": []}
     logger.info("chinese whispers in one task: %d rounds, %s; changes per round %s", stats["iterations"], stats["stop_reason"], stats["changes"])
     return result.where(F.col("stats").isNull()).select("id", "label"), stats
 
