@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 import mlflow
+import numpy as np
 from pydantic import Field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -134,10 +135,11 @@ def vote_weights(edges: DataFrame, vote: str) -> DataFrame:
 def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, dict]:
     """The distributed loop: (``id, label``, how it stopped: ``iterations``, ``stop_reason``
     (converged | stalled | max_iterations), ``changed_share`` of the last iteration, ``changes``
-    per iteration). One Spark job per round, the labels checkpointed so no round replans the last."""
-    parts = int(nodes.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    per iteration). One Spark job per round, the labels checkpointed so no round replans the last.
+    Every round reads ``edges``: pass them checkpointed (``run`` does) unless they are cheap to compute."""
     labels = nodes.select("id", F.col("id").alias("label")).localCheckpoint()
-    edges = vote_weights(edges, c.vote).localCheckpoint()
+    # `top` votes are the edges themselves, already checkpointed by run; the others are a join to checkpoint once.
+    edges = edges if c.vote == "top" else vote_weights(edges, c.vote).localCheckpoint()
     # With a tolerance, a few nodes flipping between two equally strong classes (they do, on
     # hub-rich graphs) no longer keep the loop going until max_iterations.
     n_nodes = n_nodes if n_nodes is not None else nodes.count()
@@ -150,7 +152,7 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
             # over src after a groupBy on (src, class) needed a second one). The join still
             # exchanges edges every round: a localCheckpoint does not keep its partitioning here.
             best = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
-                    .repartition(parts, "src")
+                    .repartition("src")
                     .groupBy("src", "dst_label").agg(F.sum("weight").alias("score"))
                     .groupBy("src").agg(F.min(F.struct((-F.col("score")).alias("neg_score"), F.col("dst_label").alias("label"))).alias("top"))
                     .select(F.col("src").alias("id"), F.col("top.label").alias("best")))
@@ -186,12 +188,14 @@ def chinese_whispers_in_one_task(nodes: DataFrame, edges: DataFrame, c: ClusterC
     edges = vote_weights(edges, c.vote)
     rows = (nodes.select("id", F.xxhash64("id").alias("key"), F.lit(None).cast("string").alias("dst"), F.lit(None).cast("double").alias("weight"))
             .unionByName(edges.select(F.col("src").alias("id"), F.lit(None).cast("long").alias("key"), "dst", F.col("weight").cast("double"))))
-    conf = {"tolerance": c.tolerance, "patience": c.patience, "max_iterations": c.max_iterations, "seed": c.seed,
-            "update_fraction": c.update_fraction}
+    conf = c.model_dump(include={"tolerance", "patience", "max_iterations", "seed", "update_fraction"})
     result = rows.repartition(1).mapInArrow(whispers.in_memory(conf), whispers.OUTPUT).localCheckpoint()
     row = result.where(F.col("stats").isNotNull()).first()
-    # An empty graph can leave the one partition without a task to run (no stats row): nothing to cluster.
-    stats = json.loads(row["stats"]) if row is not None else {"iterations": 0, "stop_reason": "converged", "changed_share": 0.0, "changes": []}
+    if row is None:  # an empty graph can leave the one partition without a task: the rounds of no nodes, here
+        empty = np.zeros(0, dtype=np.int64)
+        stats = whispers.chinese_whispers(empty, empty, np.zeros(0), empty, conf)[1]
+    else:
+        stats = json.loads(row["stats"])
     logger.info("chinese whispers in one task: %d rounds, %s; changes per round %s", stats["iterations"], stats["stop_reason"], stats["changes"])
     return result.where(F.col("stats").isNull()).select("id", "label"), stats
 

@@ -9,8 +9,9 @@ message limit). All tasks run at once into a ``localCheckpoint`` (the chunks sta
 executors); only then does the driver stream them back with ``toLocalIterator``, rebuilding
 and adding one partial at a time: the driver holds the running total and one partial, never
 all K of them. (``toLocalIterator`` straight on the ``mapInArrow`` would run the tasks one
-partition after another, each only when the driver asks for it: K tasks in series.) Large inputs to the function (weights) travel as shipped files
-(``io.ship_directory``), not in the closure.
+partition after another, each only when the driver asks for it: K tasks in series.) Large
+inputs to the function (weights) travel as shipped files (``io.ship_directory``), not in the
+closure.
 """
 from __future__ import annotations
 
