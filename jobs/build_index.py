@@ -1,8 +1,10 @@
 """The `build_index` job: id + vector Parquet -> sharded Annoy index, manifest and measured recall.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/build_index.py --conf conf/build_index.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/build_index.py \\
+    --conf conf/build_index.yaml --env cluster --set io.input=... --set io.output=...
 textmill run build_index --conf conf/build_index.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

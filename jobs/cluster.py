@@ -1,8 +1,10 @@
 """The `cluster` job: Chinese Whispers over the kNN graph, without choosing k.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/cluster.py --conf conf/cluster.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/cluster.py \\
+    --conf conf/cluster.yaml --env cluster --set io.input=... --set io.output=...
 textmill run cluster --conf conf/cluster.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,8 +1,10 @@
 """The `embed_docs` job: tokens or text + trained word vectors -> one vector per document.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/embed_docs.py --conf conf/embed_docs.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/embed_docs.py \\
+    --conf conf/embed_docs.yaml --env cluster --set io.input=... --set io.output=...
 textmill run embed_docs --conf conf/embed_docs.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

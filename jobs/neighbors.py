@@ -1,8 +1,10 @@
 """The `neighbors` job: batch kNN over a sharded Annoy index (all items, or a query file).
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/neighbors.py --conf conf/neighbors.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/neighbors.py \\
+    --conf conf/neighbors.yaml --env cluster --set io.input=... --set io.output=...
 textmill run neighbors --conf conf/neighbors.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

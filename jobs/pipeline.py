@@ -1,8 +1,10 @@
 """The end-to-end demo: generated sample (or io.input) -> prepare -> summary.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/pipeline.py --conf conf/pipeline.yaml --env cluster --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/pipeline.py \\
+    --conf conf/pipeline.yaml --env cluster --set io.output=...
 textmill run pipeline --conf conf/pipeline.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

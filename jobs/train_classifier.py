@@ -1,8 +1,10 @@
 """The `train_classifier` job: labelled prepare output -> a torch classifier logged (and registered) in MLflow.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/train_classifier.py --conf conf/train_classifier.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/train_classifier.py \\
+    --conf conf/train_classifier.yaml --env cluster --set io.input=... --set io.output=...
 textmill run train_classifier --conf conf/train_classifier.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

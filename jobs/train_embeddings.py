@@ -1,8 +1,11 @@
-"""The `train_embeddings` job: tokens or text -> word vectors (sgns or ppmi_svd) with subword vectors, all exports logged to MLflow.
+"""The `train_embeddings` job: tokens or text -> word vectors (sgns or ppmi_svd) with subword vectors, all
+exports logged to MLflow.
 
-spark-submit --py-files dist/textmill-<version>.zip jobs/train_embeddings.py --conf conf/train_embeddings.yaml --env cluster --set io.input=... --set io.output=...
+spark-submit --py-files dist/textmill-<version>.zip jobs/train_embeddings.py \\
+    --conf conf/train_embeddings.yaml --env cluster --set io.input=... --set io.output=...
 textmill run train_embeddings --conf conf/train_embeddings.yaml --env local   # the same code, Spark started on local[*]
 """
+
 from __future__ import annotations
 
 import sys

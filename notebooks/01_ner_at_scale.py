@@ -40,8 +40,11 @@ if not input_path:
 
 # COMMAND ----------
 
-prepare_conf = load_conf(PrepareJobConf, f"{conf_dir}/workflows/news_prepare.yaml",
-                         overrides=[f"io.input={input_path}", f"io.output={output_root}/prepared"])
+prepare_conf = load_conf(
+    PrepareJobConf,
+    f"{conf_dir}/workflows/news_prepare.yaml",
+    overrides=[f"io.input={input_path}", f"io.output={output_root}/prepared"],
+)
 prepared_metrics = run_job("prepare", prepare_conf, spark)
 prepared = spark.read.parquet(f"{output_root}/prepared")
 display(prepared.limit(5))
@@ -53,7 +56,9 @@ display(prepared.limit(5))
 
 # COMMAND ----------
 
-sample_entities = with_entities(prepared.limit(50), NlpConf(model=model), EntityOptions(labels=["PERSON", "ORG", "GPE"]))
+sample_entities = with_entities(
+    prepared.limit(50), NlpConf(model=model), EntityOptions(labels=["PERSON", "ORG", "GPE"])
+)
 display(sample_entities.limit(5))
 
 # COMMAND ----------
@@ -63,8 +68,11 @@ display(sample_entities.limit(5))
 
 # COMMAND ----------
 
-ner_conf = load_conf(NerJobConf, f"{conf_dir}/ner.yaml",
-                     overrides=[f"io.input={output_root}/prepared", f"io.output={output_root}/entities", f"nlp.model={model}"])
+ner_conf = load_conf(
+    NerJobConf,
+    f"{conf_dir}/ner.yaml",
+    overrides=[f"io.input={output_root}/prepared", f"io.output={output_root}/entities", f"nlp.model={model}"],
+)
 ner_metrics = run_job("ner", ner_conf, spark)
 entities = spark.read.parquet(f"{output_root}/entities")
 
@@ -75,9 +83,14 @@ entities = spark.read.parquet(f"{output_root}/entities")
 
 # COMMAND ----------
 
-entity_counts = (entities.select(F.explode("entities").alias("e"))
-                 .groupBy(F.col("e.label").alias("label"), F.col("e.text").alias("entity")).count()
-                 .orderBy(F.desc("count"), "label", "entity"))
+entity_counts = (
+    entities.select(F.explode("entities").alias("e"))
+    .groupBy(F.col("e.label").alias("label"), F.col("e.text").alias("entity"))
+    .count()
+    .orderBy(F.desc("count"), "label", "entity")
+)
 display(entity_counts.limit(20))
-print(f"{ner_metrics['rows_out']:.0f} documents, {ner_metrics['entities']:.0f} entities, "
-      f"spaCy loaded {ner_metrics['max_model_loads_per_worker']:.0f}x per Python worker")
+print(
+    f"{ner_metrics['rows_out']:.0f} documents, {ner_metrics['entities']:.0f} entities, "
+    f"spaCy loaded {ner_metrics['max_model_loads_per_worker']:.0f}x per Python worker"
+)

@@ -42,8 +42,15 @@ spark = get_spark()
 # COMMAND ----------
 
 sample = write_sample_csv(f"{output_root}/sample/news.csv", n_docs=n_docs)
-run_job("prepare", load_conf(PrepareJobConf, f"{conf_dir}/workflows/news_prepare.yaml",
-                             overrides=[f"io.input={sample}", f"io.output={output_root}/prepared"]), spark)
+run_job(
+    "prepare",
+    load_conf(
+        PrepareJobConf,
+        f"{conf_dir}/workflows/news_prepare.yaml",
+        overrides=[f"io.input={sample}", f"io.output={output_root}/prepared"],
+    ),
+    spark,
+)
 display(spark.read.parquet(f"{output_root}/prepared").groupBy("label").count().orderBy("label"))
 
 # COMMAND ----------
@@ -53,9 +60,15 @@ display(spark.read.parquet(f"{output_root}/prepared").groupBy("label").count().o
 
 # COMMAND ----------
 
-train_conf = load_conf(TrainClassifierJobConf, f"{conf_dir}/train_classifier.yaml",
-                       overrides=[f"io.input={output_root}/prepared", f"io.output={output_root}/model",
-                                  f"classifier.registry.name={model_name}"])
+train_conf = load_conf(
+    TrainClassifierJobConf,
+    f"{conf_dir}/train_classifier.yaml",
+    overrides=[
+        f"io.input={output_root}/prepared",
+        f"io.output={output_root}/model",
+        f"classifier.registry.name={model_name}",
+    ],
+)
 trained = run_job("train_classifier", train_conf, spark)
 print(f"validation accuracy {trained['val_accuracy']:.3f}, macro-F1 {trained['val_macro_f1']:.3f}")
 
@@ -69,8 +82,10 @@ print(f"validation accuracy {trained['val_accuracy']:.3f}, macro-F1 {trained['va
 client = MlflowClient()
 champion = client.get_model_version_by_alias(model_name, "champion")
 client.set_registered_model_alias(model_name, "production", champion.version)
-versions = [(v.version, v.run_id, sorted(client.get_model_version(model_name, v.version).aliases))
-            for v in client.search_model_versions(f"name = '{model_name}'")]
+versions = [
+    (v.version, v.run_id, sorted(client.get_model_version(model_name, v.version).aliases))
+    for v in client.search_model_versions(f"name = '{model_name}'")
+]
 print(versions)
 production_uri = f"models:/{model_name}@production"
 
@@ -81,9 +96,16 @@ production_uri = f"models:/{model_name}@production"
 
 # COMMAND ----------
 
-classify_conf = load_conf(ClassifyJobConf, f"{conf_dir}/classify.yaml",
-                          overrides=[f"io.input={output_root}/prepared", f"io.output={output_root}/classified",
-                                     f"classify.model_uri={production_uri}", "classify.evaluate=true"])
+classify_conf = load_conf(
+    ClassifyJobConf,
+    f"{conf_dir}/classify.yaml",
+    overrides=[
+        f"io.input={output_root}/prepared",
+        f"io.output={output_root}/classified",
+        f"classify.model_uri={production_uri}",
+        "classify.evaluate=true",
+    ],
+)
 scored = run_job("classify", classify_conf, spark)
 classified = spark.read.parquet(f"{output_root}/classified")
 display(classified.groupBy("label").agg(F.count("*").alias("docs"), F.avg("probability").alias("mean_probability")))
@@ -96,13 +118,16 @@ print(f"accuracy against the labels: {scored['eval_accuracy']:.3f}")
 
 # COMMAND ----------
 
-texts = ["The striker scored twice in the final match of the season.",
-         "Shares fell after the bank reported weaker quarterly profits."]
+texts = [
+    "The striker scored twice in the final match of the season.",
+    "Shares fell after the bank reported weaker quarterly profits.",
+]
 
 
 def invoke(url: str) -> list[dict]:
-    request = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": texts}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/invocations", data=json.dumps({"inputs": texts}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)["predictions"]
 

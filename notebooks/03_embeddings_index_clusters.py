@@ -37,8 +37,15 @@ def job(name: str, *overrides: str) -> dict:
 
 
 sample = write_sample_csv(f"{output_root}/sample/news.csv", n_docs=n_docs)
-run_job("prepare", load_conf(PrepareJobConf, f"{conf_dir}/workflows/news_prepare.yaml",
-                             overrides=[f"io.input={sample}", f"io.output={output_root}/prepared"]), spark)
+run_job(
+    "prepare",
+    load_conf(
+        PrepareJobConf,
+        f"{conf_dir}/workflows/news_prepare.yaml",
+        overrides=[f"io.input={sample}", f"io.output={output_root}/prepared"],
+    ),
+    spark,
+)
 
 # COMMAND ----------
 
@@ -47,11 +54,19 @@ run_job("prepare", load_conf(PrepareJobConf, f"{conf_dir}/workflows/news_prepare
 
 # COMMAND ----------
 
-embedded = job("train_embeddings", f"io.input={output_root}/prepared", f"io.output={output_root}/embeddings",
-               "embeddings.dim=32", "embeddings.min_count=3", "embeddings.subword.buckets=50000")
+embedded = job(
+    "train_embeddings",
+    f"io.input={output_root}/prepared",
+    f"io.output={output_root}/embeddings",
+    "embeddings.dim=32",
+    "embeddings.min_count=3",
+    "embeddings.subword.buckets=50000",
+)
 vectors, counts, manifest = load_embeddings(f"{output_root}/embeddings/export")
 probes = [w for w in ("profits", "match", "software", "election") if w in vectors.index]
-nearest_words = {w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=5, exclude=[w])] for w in probes}
+nearest_words = {
+    w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=5, exclude=[w])] for w in probes
+}
 print(f"vocabulary {manifest['vocab_size']}, dim {manifest['dim']}")
 for word, near in nearest_words.items():
     print(f"{word:>10}: {', '.join(near)}")
@@ -63,18 +78,38 @@ for word, near in nearest_words.items():
 
 # COMMAND ----------
 
-job("embed_docs", f"io.input={output_root}/prepared", f"io.output={output_root}/doc_vectors", f"embed.embeddings={output_root}/embeddings")
-indexed = job("build_index", f"io.input={output_root}/doc_vectors", f"io.output={output_root}/index", "index.id_column=doc_id",
-              "index.recall.queries=100")
-job("neighbors", f"io.input={output_root}/doc_vectors", f"io.output={output_root}/neighbors",
-    f"neighbors.index={output_root}/index", "neighbors.id_column=doc_id")
-clustered = job("cluster", f"io.input={output_root}/neighbors", f"io.output={output_root}/clusters", "cluster.min_weight=0.5")
+job(
+    "embed_docs",
+    f"io.input={output_root}/prepared",
+    f"io.output={output_root}/doc_vectors",
+    f"embed.embeddings={output_root}/embeddings",
+)
+indexed = job(
+    "build_index",
+    f"io.input={output_root}/doc_vectors",
+    f"io.output={output_root}/index",
+    "index.id_column=doc_id",
+    "index.recall.queries=100",
+)
+job(
+    "neighbors",
+    f"io.input={output_root}/doc_vectors",
+    f"io.output={output_root}/neighbors",
+    f"neighbors.index={output_root}/index",
+    "neighbors.id_column=doc_id",
+)
+clustered = job(
+    "cluster", f"io.input={output_root}/neighbors", f"io.output={output_root}/clusters", "cluster.min_weight=0.5"
+)
 print(f"index recall@10 {indexed['recall_at_10']:.3f}; {clustered['clusters']:.0f} clusters")
 
 prepared = spark.read.parquet(f"{output_root}/prepared").select("doc_id", "title", "label")
 neighbours = spark.read.parquet(f"{output_root}/neighbors")
-display(neighbours.join(prepared, F.col("id") == F.col("doc_id")).select("title", "label", F.col("neighbors")[0]["id"].alias("nearest"))
-        .limit(5))
+display(
+    neighbours.join(prepared, F.col("id") == F.col("doc_id"))
+    .select("title", "label", F.col("neighbors")[0]["id"].alias("nearest"))
+    .limit(5)
+)
 
 # COMMAND ----------
 
@@ -84,10 +119,21 @@ display(neighbours.join(prepared, F.col("id") == F.col("doc_id")).select("title"
 # COMMAND ----------
 
 clusters = spark.read.parquet(f"{output_root}/clusters").join(prepared, F.col("id") == F.col("doc_id"))
-purity = (clusters.groupBy("cluster_id", "label").count().groupBy("cluster_id").agg(F.max("count").alias("top"), F.sum("count").alias("n"))
-          .agg((F.sum("top") / F.sum("n")).alias("purity")).first()["purity"])
-rows = (spark.read.parquet(f"{output_root}/doc_vectors").where("vector is not null")
-        .join(clusters.select("id", "cluster_id", "label"), F.col("doc_id") == F.col("id")).select("vector", "label", "cluster_id").collect())
+purity = (
+    clusters.groupBy("cluster_id", "label")
+    .count()
+    .groupBy("cluster_id")
+    .agg(F.max("count").alias("top"), F.sum("count").alias("n"))
+    .agg((F.sum("top") / F.sum("n")).alias("purity"))
+    .first()["purity"]
+)
+rows = (
+    spark.read.parquet(f"{output_root}/doc_vectors")
+    .where("vector is not null")
+    .join(clusters.select("id", "cluster_id", "label"), F.col("doc_id") == F.col("id"))
+    .select("vector", "label", "cluster_id")
+    .collect()
+)
 points = np.array([r["vector"] for r in rows])
 points = points - points.mean(axis=0)
 xy = points @ np.linalg.svd(points, full_matrices=False)[2][:2].T  # the first two principal components

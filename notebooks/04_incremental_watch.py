@@ -38,9 +38,13 @@ def deliver(name: str, n_docs: int, seed: int) -> None:
 
 
 def watch() -> dict:
-    conf = load_conf(WatchJobConf, f"{conf_dir}/workflows/news_watch.yaml",
-                     overrides=[f"watch.inbox={inbox}", f"io.output={output_root}/watched", "watch.max_files_per_batch=2"])
+    conf = load_conf(
+        WatchJobConf,
+        f"{conf_dir}/workflows/news_watch.yaml",
+        overrides=[f"watch.inbox={inbox}", f"io.output={output_root}/watched", "watch.max_files_per_batch=2"],
+    )
     return run_job("watch", conf, spark)
+
 
 # COMMAND ----------
 
@@ -52,7 +56,10 @@ def watch() -> dict:
 for i in range(3):
     deliver(f"morning-{i}.csv", n_docs=40, seed=100 + i)
 morning = watch()
-print(f"{morning['batches']:.0f} batches, {morning['files']:.0f} files, {morning['total_rows_out']:.0f} documents published")
+print(
+    f"{morning['batches']:.0f} batches, {morning['files']:.0f} files, {morning['total_rows_out']:.0f} documents "
+    "published"
+)
 
 # COMMAND ----------
 
@@ -74,11 +81,20 @@ print(f"afternoon: {afternoon['files']:.0f} file(s); a run with nothing new read
 # COMMAND ----------
 
 watched = spark.read.parquet(f"{output_root}/watched/prepare")
-display(watched.groupBy("batch").agg(F.count("*").alias("documents"), F.countDistinct("source").alias("files")).orderBy("batch"))
-commit_log = [json.loads(p.read_text()) for p in sorted(Path(f"{output_root}/watched/_batches").glob("*.json"), key=lambda p: int(p.stem))]
+display(
+    watched.groupBy("batch")
+    .agg(F.count("*").alias("documents"), F.countDistinct("source").alias("files"))
+    .orderBy("batch")
+)
+commit_log = [
+    json.loads(p.read_text())
+    for p in sorted(Path(f"{output_root}/watched/_batches").glob("*.json"), key=lambda p: int(p.stem))
+]
 for record in commit_log:
     steps = record["steps"]
-    print(f"batch {record['batch_id']}: {len(record['files'])} file(s), prepare {steps['prepare']['rows_out']} rows "
-          f"(+{steps['prepare']['rows_quarantined']} quarantined), annotate {steps['annotate']['rows_out']} rows")
+    print(
+        f"batch {record['batch_id']}: {len(record['files'])} file(s), prepare {steps['prepare']['rows_out']} rows "
+        f"(+{steps['prepare']['rows_quarantined']} quarantined), annotate {steps['annotate']['rows_out']} rows"
+    )
 annotated = spark.read.parquet(f"{output_root}/watched/annotate")
 display(annotated.select(F.explode("entities.label").alias("label")).groupBy("label").count().orderBy(F.desc("count")))

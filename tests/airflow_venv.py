@@ -4,6 +4,7 @@ Building it is minutes of pip, mostly waiting on downloads and unpacking, so the
 it in a thread as soon as it knows a test needs it (``conftest.pytest_collection_finish``) and the
 tests that run Airflow wait for it (``python()``).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -28,8 +29,13 @@ def _ensure() -> Path:
         return python
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)], check=True, timeout=900,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
+        check=True,
+        timeout=900,
+        capture_output=True,
+        text=True,
+    )
     stamp.write_text(wanted)
     return python
 

@@ -4,12 +4,14 @@ Nothing is mocked. The session is built by textmill's own ``get_spark`` (local[2
 2 shuffle partitions) and stopped at the end; tests that need small Arrow batches set
 ``spark.sql.execution.arrow.maxRecordsPerBatch`` through the ``small_arrow_batches`` fixture.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -133,17 +135,52 @@ def pipeline_cli_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pipeline-cli")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    for variable in ("TEXTMILL_LOG_LEVEL", "TEXTMILL_VERBOSITY", "TEXTMILL_LINES_TO", "MLFLOW_LOGGING_LEVEL",
-                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS", "MLFLOW_TRACKING_URI", "SPARK_REMOTE",
-                     "SPARK_CONNECT_MODE_ENABLED"):
+    for variable in (
+        "TEXTMILL_LOG_LEVEL",
+        "TEXTMILL_VERBOSITY",
+        "TEXTMILL_LINES_TO",
+        "MLFLOW_LOGGING_LEVEL",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+        "PYTHONWARNINGS",
+        "MLFLOW_TRACKING_URI",
+        "SPARK_REMOTE",
+        "SPARK_CONNECT_MODE_ENABLED",
+    ):
         env.pop(variable, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "textmill.cli", "run", "pipeline", "--conf", str(REPO / "conf" / "pipeline.yaml"),
-         "--env", "local", "--set", f"io.output={root / 'run'}", "--set", f"pipeline.sample.n_docs={PIPELINE_DOCS}",
-         "--set", f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}", "--set", "mlflow.experiment=pipeline-e2e",
-         "--set", f"mlflow.artifact_location={(root / 'art').as_uri()}", "--set", "spark.ui_enabled=false",
-         "--set", "spark.master=local[2]", "--set", "spark.shuffle_partitions=2"],
-        capture_output=True, text=True, cwd=root, env=env, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "textmill.cli",
+            "run",
+            "pipeline",
+            "--conf",
+            str(REPO / "conf" / "pipeline.yaml"),
+            "--env",
+            "local",
+            "--set",
+            f"io.output={root / 'run'}",
+            "--set",
+            f"pipeline.sample.n_docs={PIPELINE_DOCS}",
+            "--set",
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            "--set",
+            "mlflow.experiment=pipeline-e2e",
+            "--set",
+            f"mlflow.artifact_location={(root / 'art').as_uri()}",
+            "--set",
+            "spark.ui_enabled=false",
+            "--set",
+            "spark.master=local[2]",
+            "--set",
+            "spark.shuffle_partitions=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=900,
+    )
     return proc, root
 
 

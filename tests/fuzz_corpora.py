@@ -16,6 +16,7 @@ good or carries one planted fault, and the corpus knows the outcome the README p
 Used by ``tests/test_fuzz_prepare.py`` (a bounded, seeded profile in CI) and
 ``tests/benchmarks/fuzz_prepare.py`` (the long profile, ``make fuzz``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,13 +49,15 @@ LINE_FORMATS = {"csv", "csv_headerless", "csv_multiline", "jsonl", "text_lines"}
 # Characters texts are made of: ASCII with the CSV metacharacters, accents, CJK, emoji, tab,
 # NUL and a lone \r (both are text). No U+FFFD (prepare reads it as a decoding error) and no
 # U+FEFF (a BOM).
-_ALPHABET = st.sampled_from(list("abcdefghij KLMNOP 0123456789 ,;\"'.-") + ["é", "ß", "中", "文", "😀", "\t", "\x00", "\r"])
+_ALPHABET = st.sampled_from(
+    list("abcdefghij KLMNOP 0123456789 ,;\"'.-") + ["é", "ß", "中", "文", "😀", "\t", "\x00", "\r"]
+)
 
 
 @dataclass
 class Record:
-    key: str                 # unique token, in the id (or the text where there is no id)
-    doc_id: str | None       # the id column's value (None: content hash)
+    key: str  # unique token, in the id (or the text where there is no id)
+    doc_id: str | None  # the id column's value (None: content hash)
     text: str
     title: str | None
     fault: str | None = None  # None = good; else the planted fault's name
@@ -77,7 +80,9 @@ class CorpusFile:
 class Corpus:
     fmt: str
     files: list[CorpusFile]
-    links: list[tuple[str, str, bool]] = field(default_factory=list)  # (link relpath, target, is_dir); target "outside/..." or relpath
+    links: list[tuple[str, str, bool]] = field(
+        default_factory=list
+    )  # (link relpath, target, is_dir); target "outside/..." or relpath
     empty_files: list[str] = field(default_factory=list)
     raises: str | None = None  # the run must fail with exit 2 and a line matching this
 
@@ -155,7 +160,9 @@ class Corpus:
         return top
 
     def _ext(self) -> str:
-        return {"jsonl": ".jsonl", "text_lines": ".txt", "text_files": ".txt", "parquet": ".parquet"}.get(self.fmt, ".csv")
+        return {"jsonl": ".jsonl", "text_lines": ".txt", "text_files": ".txt", "parquet": ".parquet"}.get(
+            self.fmt, ".csv"
+        )
 
     def _leak(self) -> Record:
         return Record("LEAK", "LEAK", "text behind a symbolic link", "leak")
@@ -219,11 +226,18 @@ def _parquet_bytes(records: list[Record]) -> bytes:
     import pyarrow.parquet as pq
 
     def column(values: list[str | None]) -> pa.Array:
-        return pa.array([None if v is None else v.encode("utf-8", "surrogatepass") for v in values], pa.binary()).view(pa.string())
+        return pa.array([None if v is None else v.encode("utf-8", "surrogatepass") for v in values], pa.binary()).view(
+            pa.string()
+        )
 
     texts = [_with_bad_bytes(r.text, r).decode("utf-8", "surrogateescape") if r.bad_bytes else r.text for r in records]
-    table = pa.table({"id": column([r.doc_id for r in records]), "title": column([r.title for r in records]),
-                      "text": pa.array([t.encode("utf-8", "surrogateescape") for t in texts], pa.binary()).view(pa.string())})
+    table = pa.table(
+        {
+            "id": column([r.doc_id for r in records]),
+            "title": column([r.title for r in records]),
+            "text": pa.array([t.encode("utf-8", "surrogateescape") for t in texts], pa.binary()).view(pa.string()),
+        }
+    )
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
@@ -240,8 +254,14 @@ _FAULTS = {
     "text_files": ["blank_text"],
     "parquet": ["bad_utf8_text", "blank_text"],
 }
-_REASON = {"bad_utf8_text": "undecodable_bytes", "bad_utf8_other": "undecodable_bytes", "blank_text": "empty_text",
-           "unclosed_quote": "malformed_record", "wrong_field_count": "malformed_record", "broken_json": "malformed_record"}
+_REASON = {
+    "bad_utf8_text": "undecodable_bytes",
+    "bad_utf8_other": "undecodable_bytes",
+    "blank_text": "empty_text",
+    "unclosed_quote": "malformed_record",
+    "wrong_field_count": "malformed_record",
+    "broken_json": "malformed_record",
+}
 
 
 @st.composite
@@ -294,9 +314,13 @@ def corpora(draw, formats: list[str] | None = None) -> Corpus:
         next_key += count
         ext = {"jsonl": ".jsonl", "text_lines": ".txt", "text_files": ".txt", "parquet": ".parquet"}.get(fmt, ".csv")
         gz = fmt in LINE_FORMATS and draw(st.booleans())
-        f = CorpusFile(f"{folder}f{i}{ext}{'.gz' if gz else ''}", recs, gz=gz,
-                       bom=fmt in LINE_FORMATS and draw(st.booleans()),
-                       crlf=fmt in LINE_FORMATS and draw(st.booleans()))
+        f = CorpusFile(
+            f"{folder}f{i}{ext}{'.gz' if gz else ''}",
+            recs,
+            gz=gz,
+            bom=fmt in LINE_FORMATS and draw(st.booleans()),
+            crlf=fmt in LINE_FORMATS and draw(st.booleans()),
+        )
         if fmt in ("csv", "csv_multiline") and draw(st.booleans()):
             f.header_order = draw(st.permutations(["id", "title", "text"]))
         files.append(f)
@@ -308,8 +332,12 @@ def corpora(draw, formats: list[str] | None = None) -> Corpus:
         draw(st.sampled_from(files)).records.append(copy)
     corpus = Corpus(fmt, files)
     if draw(st.booleans()):
-        corpus.empty_files.append(f"empty{'.txt' if fmt.startswith('text') else '.csv' if fmt.startswith('csv') else '.' + fmt}")
-    for kind in draw(st.lists(st.sampled_from(["file_outside", "dir_outside", "file_inside", "dir_inside"]), max_size=2, unique=True)):
+        corpus.empty_files.append(
+            f"empty{'.txt' if fmt.startswith('text') else '.csv' if fmt.startswith('csv') else '.' + fmt}"
+        )
+    for kind in draw(
+        st.lists(st.sampled_from(["file_outside", "dir_outside", "file_inside", "dir_inside"]), max_size=2, unique=True)
+    ):
         if kind == "file_outside":
             corpus.links.append((f"link_out{corpus._ext()}", f"outside/target{corpus._ext()}", False))
         elif kind == "dir_outside":
@@ -317,7 +345,9 @@ def corpora(draw, formats: list[str] | None = None) -> Corpus:
         elif kind == "file_inside":
             corpus.links.append((f"z/link_in{corpus._ext()}", files[0].relpath, False))
         elif any("/" in f.relpath for f in files):
-            corpus.links.append(("z/link_in_dir", next(f.relpath for f in files if "/" in f.relpath).split("/")[0], True))
+            corpus.links.append(
+                ("z/link_in_dir", next(f.relpath for f in files if "/" in f.relpath).split("/")[0], True)
+            )
     return corpus
 
 
@@ -335,7 +365,10 @@ def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[int, int]]:
             if any(_under(path, s) for s in skip):
                 continue
             st_ = path.lstat()
-            seen[str(path)] = (st_.st_size if not path.is_dir() or path.is_symlink() else 0, st_.st_mtime_ns if not path.is_dir() else 0)
+            seen[str(path)] = (
+                st_.st_size if not path.is_dir() or path.is_symlink() else 0,
+                st_.st_mtime_ns if not path.is_dir() else 0,
+            )
     return seen
 
 

@@ -1,4 +1,5 @@
 """Annoy index: sharded build, manifest, input errors, scatter-gather kNN vs brute force, Chinese Whispers."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,18 @@ import sys
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from test_prepare import REPO, load_job
 
 from textmill.jobs import run_job
 from textmill.pipelines.build_index import IndexInputError
 from textmill.vectors import ann
 
-from test_prepare import REPO, load_job
-
 
 def write_vectors(spark, path, vectors: np.ndarray, ids=None):
     ids = ids or [f"v{i:04d}" for i in range(len(vectors))]
-    spark.createDataFrame([(i, [float(x) for x in v]) for i, v in zip(ids, vectors)], "id string, vector array<float>").write.parquet(str(path))
+    spark.createDataFrame(
+        [(i, [float(x) for x in v]) for i, v in zip(ids, vectors)], "id string, vector array<float>"
+    ).write.parquet(str(path))
     return ids
 
 
@@ -34,9 +36,18 @@ def random_index(spark, tmp_path_factory, mlflow_uri):
     base = tmp_path_factory.mktemp("ann")
     vectors = np.random.default_rng(1).normal(size=(600, 8)).astype(np.float32)
     ids = write_vectors(spark, base / "vectors", vectors)
-    conf = {"io": {"input": str(base / "vectors"), "output": str(base / "index")},
-            "index": {"shards": 3, "n_trees": 10, "search_k": 20_000, "recall": {"queries": 100, "k": 5}, "tune": {"target_recall": None}},
-            "spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "ann-tests"}}
+    conf = {
+        "io": {"input": str(base / "vectors"), "output": str(base / "index")},
+        "index": {
+            "shards": 3,
+            "n_trees": 10,
+            "search_k": 20_000,
+            "recall": {"queries": 100, "k": 5},
+            "tune": {"target_recall": None},
+        },
+        "spark": {"ui_enabled": False},
+        "mlflow": {"tracking_uri": mlflow_uri, "experiment": "ann-tests"},
+    }
     metrics = run_job("build_index", conf, spark)
     return base, vectors, ids, metrics, conf
 
@@ -56,8 +67,14 @@ def test_sharded_build_writes_a_manifest_that_round_trips(random_index, spark):
 
 def test_scatter_gather_neighbours_match_brute_force(random_index, spark, job_conf, tmp_path):
     base, vectors, ids, _, _ = random_index
-    metrics = run_job("neighbors", job_conf(io={"input": str(base / "vectors"), "output": str(tmp_path / "knn")},
-                                            neighbors={"index": str(base / "index"), "k": 5, "partitions": 6}), spark)
+    metrics = run_job(
+        "neighbors",
+        job_conf(
+            io={"input": str(base / "vectors"), "output": str(tmp_path / "knn")},
+            neighbors={"index": str(base / "index"), "k": 5, "partitions": 6},
+        ),
+        spark,
+    )
     rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "knn")).collect()}
     assert len(rows) == 600 == metrics["rows_out"] == metrics["rows_in"]
     exact = ann.exact_topk(vectors, vectors, 5, "angular", exclude=np.arange(600))
@@ -73,8 +90,14 @@ def test_scatter_gather_neighbours_match_brute_force(random_index, spark, job_co
 def test_items_mode_reports_ids_missing_from_the_index(random_index, spark, job_conf, tmp_path):
     base, _, ids, _, _ = random_index
     spark.createDataFrame([(ids[5],), ("nowhere",), (None,)], "id string").write.parquet(str(tmp_path / "ids"))
-    metrics = run_job("neighbors", job_conf(io={"input": str(tmp_path / "ids"), "output": str(tmp_path / "out")},
-                                            neighbors={"index": str(base / "index"), "k": 4}), spark)
+    metrics = run_job(
+        "neighbors",
+        job_conf(
+            io={"input": str(tmp_path / "ids"), "output": str(tmp_path / "out")},
+            neighbors={"index": str(base / "index"), "k": 4},
+        ),
+        spark,
+    )
     rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert len(rows[ids[5]].neighbors) == 4 and ids[5] not in [n.id for n in rows[ids[5]].neighbors]
     assert rows["nowhere"].error == "id not in the index" and rows["nowhere"].neighbors is None
@@ -84,11 +107,21 @@ def test_items_mode_reports_ids_missing_from_the_index(random_index, spark, job_
 
 def test_query_mode_takes_new_vectors(random_index, spark, job_conf, tmp_path):
     base, vectors, ids, _, _ = random_index
-    write_vectors(spark, tmp_path / "queries", np.vstack([vectors[:3] + 1e-3, np.zeros((1, 8))]), ["q0", "q1", "q2", "q3"])
-    spark.createDataFrame([("q4", None), ("q5", [1.0, 2.0]), ("q6", [float("nan")] + [0.0] * 7), ("q7", [1.0, None] + [0.0] * 6)],
-                          "id string, vector array<float>").write.mode("append").parquet(str(tmp_path / "queries"))
-    metrics = run_job("neighbors", job_conf(io={"input": str(tmp_path / "queries"), "output": str(tmp_path / "out")},
-                                            neighbors={"index": str(base / "index"), "k": 3, "mode": "queries"}), spark)
+    write_vectors(
+        spark, tmp_path / "queries", np.vstack([vectors[:3] + 1e-3, np.zeros((1, 8))]), ["q0", "q1", "q2", "q3"]
+    )
+    spark.createDataFrame(
+        [("q4", None), ("q5", [1.0, 2.0]), ("q6", [float("nan")] + [0.0] * 7), ("q7", [1.0, None] + [0.0] * 6)],
+        "id string, vector array<float>",
+    ).write.mode("append").parquet(str(tmp_path / "queries"))
+    metrics = run_job(
+        "neighbors",
+        job_conf(
+            io={"input": str(tmp_path / "queries"), "output": str(tmp_path / "out")},
+            neighbors={"index": str(base / "index"), "k": 3, "mode": "queries"},
+        ),
+        spark,
+    )
     rows = {r.id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert [rows[f"q{i}"].neighbors[0].id for i in range(3)] == ids[:3]
     assert all(len(rows[f"q{i}"].neighbors) == 3 and rows[f"q{i}"].error is None for i in range(4))
@@ -104,7 +137,9 @@ def test_batched_search_merges_shards_to_the_exact_top_k(metric, tmp_path):
     shards = []
     for shard in range(3):
         local = np.arange(shard, 300, 3)
-        ann.build_shard(str(tmp_path / ann.shard_file(shard)), 6, metric, 5, 1, list(range(len(local))), vectors[local].tolist())
+        ann.build_shard(
+            str(tmp_path / ann.shard_file(shard)), 6, metric, 5, 1, list(range(len(local))), vectors[local].tolist()
+        )
         shards.append({"shard": shard, "file": ann.shard_file(shard), "items": len(local)})
     ann.Manifest(dim=6, metric=metric, n_trees=5, seed=1, search_k=100_000, shards=shards, n_items=300).save(tmp_path)
     index = ann.ShardedIndex(tmp_path)
@@ -120,25 +155,39 @@ def test_batched_search_merges_shards_to_the_exact_top_k(metric, tmp_path):
     assert (by_item == items).all() and np.allclose(by_item_distances, distances)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("dim", r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 3; e.g. id 'b'"),
-    ("first_dim", r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 2; e.g. id 'a'"),
-    ("empty", r"3 of 3 vector\(s\) are empty \(length 0\)"),
-    ("single", r"1 vector\(s\); nearest neighbours need at least 2"),
-    ("nulls", r"no vectors to index \(2 row\(s\) with a null vector\)"),
-    ("nan", r"2 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range .*e.g. id 'b'"),
-    ("overflow", r"1 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range \(\|x\| > 3.403e\+38\), e.g. id 'c'"),
-    ("dup", r"1 id\(s\) occur more than once, e.g. 'a'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            "dim",
+            r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 3; e.g. id 'b'",
+        ),
+        (
+            "first_dim",
+            r"1 vector\(s\) do not have dimension 4 \(the most common length, 2 vector\(s\)\): 1 of length 2; e.g. id 'a'",
+        ),
+        ("empty", r"3 of 3 vector\(s\) are empty \(length 0\)"),
+        ("single", r"1 vector\(s\); nearest neighbours need at least 2"),
+        ("nulls", r"no vectors to index \(2 row\(s\) with a null vector\)"),
+        ("nan", r"2 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range .*e.g. id 'b'"),
+        (
+            "overflow",
+            r"1 vector\(s\) contain NaN, infinite or null values, or values beyond float32's range \(\|x\| > 3.403e\+38\), e.g. id 'c'",
+        ),
+        ("dup", r"1 id\(s\) occur more than once, e.g. 'a'"),
+    ],
+)
 def test_bad_vectors_fail_before_the_build(bad, message, spark, job_conf, tmp_path):
-    rows = {"dim": [("a", [1.0, 0, 0, 0]), ("b", [1.0, 0, 0]), ("c", [0, 1.0, 0, 0])],
-            "nan": [("a", [1.0, 0, 0, 0]), ("b", [float("nan"), 0, 0, 0]), ("c", [float("inf"), 1, 0, 0])],
-            "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])],
-            "overflow": [("a", [1.0, 0, 0, 0]), ("b", [0, 1.0, 0, 0]), ("c", [1e300, 0, 0, 0])],
-            "first_dim": [("a", [1.0, 0]), ("b", [1.0, 0, 0, 0]), ("c", [0, 1.0, 0, 0])],
-            "empty": [("a", []), ("b", []), ("c", [])],
-            "single": [("a", [1.0, 0, 0, 0])],
-            "nulls": [("a", None), ("b", None)]}[bad]
+    rows = {
+        "dim": [("a", [1.0, 0, 0, 0]), ("b", [1.0, 0, 0]), ("c", [0, 1.0, 0, 0])],
+        "nan": [("a", [1.0, 0, 0, 0]), ("b", [float("nan"), 0, 0, 0]), ("c", [float("inf"), 1, 0, 0])],
+        "dup": [("a", [1.0, 0, 0, 0]), ("a", [0, 1.0, 0, 0]), ("c", [0, 0, 1.0, 0])],
+        "overflow": [("a", [1.0, 0, 0, 0]), ("b", [0, 1.0, 0, 0]), ("c", [1e300, 0, 0, 0])],
+        "first_dim": [("a", [1.0, 0]), ("b", [1.0, 0, 0, 0]), ("c", [0, 1.0, 0, 0])],
+        "empty": [("a", []), ("b", []), ("c", [])],
+        "single": [("a", [1.0, 0, 0, 0])],
+        "nulls": [("a", None), ("b", None)],
+    }[bad]
     rows = [(i, None if v is None else [float(x) for x in v]) for i, v in rows]
     element = "double" if bad == "overflow" else "float"  # float64 vectors, one value beyond float32's range
     spark.createDataFrame(rows, f"id string, vector array<{element}>").write.parquet(str(tmp_path / "v"))
@@ -150,9 +199,14 @@ def test_bad_vectors_fail_before_the_build(bad, message, spark, job_conf, tmp_pa
 def test_auto_tune_reaches_the_target_recall(spark, job_conf, tmp_path):
     vectors = np.random.default_rng(3).normal(size=(1500, 16)).astype(np.float32)
     write_vectors(spark, tmp_path / "v", vectors)
-    metrics = run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")},
-                                              index={"shards": 2, "recall": {"queries": 200, "k": 10},
-                                                     "tune": {"target_recall": 0.95}}), spark)
+    metrics = run_job(
+        "build_index",
+        job_conf(
+            io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")},
+            index={"shards": 2, "recall": {"queries": 200, "k": 10}, "tune": {"target_recall": 0.95}},
+        ),
+        spark,
+    )
     manifest = ann.Manifest.load(tmp_path / "idx")
     assert metrics["recall_at_10"] >= 0.95 and manifest.recall["reached"] is True
     assert manifest.search_k == metrics["search_k"] and len(manifest.recall["tried"]) >= 1
@@ -164,18 +218,32 @@ def test_default_build_reaches_the_promised_recall_where_annoys_defaults_do_not(
     # third on 7,532 newsgroup document vectors. The default configuration must not.
     vectors = np.random.default_rng(11).normal(size=(3000, 48)).astype(np.float32)
     write_vectors(spark, tmp_path / "v", vectors)
-    untuned = run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "plain")},
-                                              index={"tune": {"target_recall": None}, "recall": {"queries": 200}}), spark)
+    untuned = run_job(
+        "build_index",
+        job_conf(
+            io={"input": str(tmp_path / "v"), "output": str(tmp_path / "plain")},
+            index={"tune": {"target_recall": None}, "recall": {"queries": 200}},
+        ),
+        spark,
+    )
     assert untuned["recall_at_10"] < 0.9, untuned
-    metrics = run_job("build_index", job_conf(io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")},
-                                              index={"recall": {"queries": 200}}), spark)
+    metrics = run_job(
+        "build_index",
+        job_conf(
+            io={"input": str(tmp_path / "v"), "output": str(tmp_path / "idx")}, index={"recall": {"queries": 200}}
+        ),
+        spark,
+    )
     manifest = ann.Manifest.load(tmp_path / "idx")
     assert metrics["recall_at_10"] >= 0.9 and metrics["recall_target_reached"] == 1.0
     assert manifest.recall["target"] == 0.9 and manifest.recall["recall"] == metrics["recall_at_10"]
     assert metrics["tuning_seconds"] >= metrics["build_seconds"] > 0
     client = MlflowClient(mlflow_uri)
-    run = client.search_runs([client.get_experiment_by_name("textmill-build_index").experiment_id],
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("textmill-build_index").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
     assert run.data.metrics["recall_at_10"] == metrics["recall_at_10"] and "tuning_seconds" in run.data.metrics
 
 
@@ -183,14 +251,54 @@ def test_build_index_neighbors_cluster_end_to_end_recovers_planted_clusters(spar
     vectors, labels = blobs()
     ids = write_vectors(spark, tmp_path / "vectors", vectors)
     common = ["--env", "local", "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=ann-e2e"]
-    assert load_job("build_index").main(["--conf", str(REPO / "conf" / "build_index.yaml"), *common,
-                                         "--set", f"io.input={tmp_path / 'vectors'}", "--set", f"io.output={tmp_path / 'index'}",
-                                         "--set", "index.shards=2"]) == 0
-    assert load_job("neighbors").main(["--conf", str(REPO / "conf" / "neighbors.yaml"), *common,
-                                       "--set", f"io.input={tmp_path / 'vectors'}", "--set", f"io.output={tmp_path / 'knn'}",
-                                       "--set", f"neighbors.index={tmp_path / 'index'}", "--set", "neighbors.k=8"]) == 0
-    assert load_job("cluster").main(["--conf", str(REPO / "conf" / "cluster.yaml"), *common,
-                                     "--set", f"io.input={tmp_path / 'knn'}", "--set", f"io.output={tmp_path / 'clusters'}"]) == 0
+    assert (
+        load_job("build_index").main(
+            [
+                "--conf",
+                str(REPO / "conf" / "build_index.yaml"),
+                *common,
+                "--set",
+                f"io.input={tmp_path / 'vectors'}",
+                "--set",
+                f"io.output={tmp_path / 'index'}",
+                "--set",
+                "index.shards=2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        load_job("neighbors").main(
+            [
+                "--conf",
+                str(REPO / "conf" / "neighbors.yaml"),
+                *common,
+                "--set",
+                f"io.input={tmp_path / 'vectors'}",
+                "--set",
+                f"io.output={tmp_path / 'knn'}",
+                "--set",
+                f"neighbors.index={tmp_path / 'index'}",
+                "--set",
+                "neighbors.k=8",
+            ]
+        )
+        == 0
+    )
+    assert (
+        load_job("cluster").main(
+            [
+                "--conf",
+                str(REPO / "conf" / "cluster.yaml"),
+                *common,
+                "--set",
+                f"io.input={tmp_path / 'knn'}",
+                "--set",
+                f"io.output={tmp_path / 'clusters'}",
+            ]
+        )
+        == 0
+    )
     found = {r.id: r.cluster_id for r in spark.read.parquet(str(tmp_path / "clusters")).collect()}
     assert len(found) == len(ids)
     for blob in range(5):
@@ -218,8 +326,18 @@ def test_cluster_size_metrics_are_shares_of_nodes(spark):
         return spark.createDataFrame([(v,) for v in values], "size long")
 
     # 10 nodes: one cluster of 6, one of 2, two alone. As a share of clusters singletons would be 0.5.
-    assert size_metrics(sizes([6, 2, 1, 1])) == {"clusters": 4, "singleton_share": 0.2, "largest_cluster": 6, "largest_cluster_share": 0.6}
-    assert size_metrics(sizes([])) == {"clusters": 0, "singleton_share": 0.0, "largest_cluster": 0, "largest_cluster_share": 0.0}
+    assert size_metrics(sizes([6, 2, 1, 1])) == {
+        "clusters": 4,
+        "singleton_share": 0.2,
+        "largest_cluster": 6,
+        "largest_cluster_share": 0.6,
+    }
+    assert size_metrics(sizes([])) == {
+        "clusters": 0,
+        "singleton_share": 0.0,
+        "largest_cluster": 0,
+        "largest_cluster_share": 0.0,
+    }
     # power-of-two buckets: 1 | 2-3 | 4-7 | ... | 2^20-(2^21-1)
     assert size_histogram(sizes([1, 1, 2, 3, 4, 7, 8, 2**20 + 5])) == [(1, 2), (2, 2), (4, 2), (8, 1), (2**20, 1)]
 
@@ -227,9 +345,14 @@ def test_cluster_size_metrics_are_shares_of_nodes(spark):
 def _random_graph(spark, n: int = 300, n_edges: int = 3000):
     """(nodes, edges, n): a seeded random weighted graph with no cluster structure to settle into."""
     rng = np.random.default_rng(3)
-    edges = spark.createDataFrame([(f"n{i}", f"n{j}", float(w)) for i, j, w in
-                                   zip(rng.integers(0, n, n_edges), rng.integers(0, n, n_edges), rng.random(n_edges)) if i != j],
-                                  "src string, dst string, weight double")
+    edges = spark.createDataFrame(
+        [
+            (f"n{i}", f"n{j}", float(w))
+            for i, j, w in zip(rng.integers(0, n, n_edges), rng.integers(0, n, n_edges), rng.random(n_edges))
+            if i != j
+        ],
+        "src string, dst string, weight double",
+    )
     return spark.createDataFrame([(f"n{i}",) for i in range(n)], "id string"), edges, n
 
 
@@ -257,23 +380,29 @@ def test_distributed_exact_top_k_matches_brute_force_on_the_driver(metric, spark
     from textmill.pipelines.build_index import exact_sample_topk
 
     vectors = np.random.default_rng(8).normal(size=(400, 5)).astype(np.float32)
-    items = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(vectors)], "item long, vector array<float>").repartition(4)
+    items = spark.createDataFrame(
+        [(i, v.tolist()) for i, v in enumerate(vectors)], "item long, vector array<float>"
+    ).repartition(4)
     sample = np.array([0, 3, 77, 150, 399])
     exact = exact_sample_topk(spark, items, sample, 6, metric)
     assert (exact == ann.exact_topk(vectors[sample], vectors, 6, metric, exclude=sample)).all()
 
 
 def _neighbors_frame(spark, lists: dict[str, list[tuple[str, float]]]):
-    return spark.createDataFrame([(node, [(n, d) for n, d in items]) for node, items in lists.items()],
-                                 "id string, neighbors array<struct<id:string, distance:float>>")
+    return spark.createDataFrame(
+        [(node, [(n, d) for n, d in items]) for node, items in lists.items()],
+        "id string, neighbors array<struct<id:string, distance:float>>",
+    )
 
 
 def test_cluster_edges_mutual_pruning_and_quantile_threshold(spark):
     from textmill.pipelines.cluster import ClusterConf, edges_from_neighbors
 
     # distances d -> cosine weights 1 - d^2/2: 0.0 -> 1.0, 0.6 -> 0.82, 1.0 -> 0.5
-    neighbors = _neighbors_frame(spark, {"a": [("b", 0.0), ("c", 1.0)], "b": [("a", 0.0), ("d", 0.6)],
-                                         "c": [("d", 1.0)], "d": [("c", 1.0)]})
+    neighbors = _neighbors_frame(
+        spark, {"a": [("b", 0.0), ("c", 1.0)], "b": [("a", 0.0), ("d", 0.6)], "c": [("d", 1.0)], "d": [("c", 1.0)]}
+    )
+
     def pairs(conf):
         edges, threshold = edges_from_neighbors(neighbors, conf)
         return {(r.src, r.dst): round(r.weight, 3) for r in edges.collect()}, threshold
@@ -294,8 +423,19 @@ def test_cluster_votes_are_divided_by_the_voting_neighbours_degree(spark, vote):
     from textmill.pipelines.cluster import vote_weights
 
     # the hub h has 3 edges, x one
-    edges = spark.createDataFrame([("a", "h", 0.9), ("b", "h", 0.9), ("x", "h", 0.9), ("h", "a", 0.9), ("h", "b", 0.9),
-                                   ("h", "x", 0.9), ("a", "x", 0.6), ("x", "a", 0.6)], "src string, dst string, weight double")
+    edges = spark.createDataFrame(
+        [
+            ("a", "h", 0.9),
+            ("b", "h", 0.9),
+            ("x", "h", 0.9),
+            ("h", "a", 0.9),
+            ("h", "b", 0.9),
+            ("h", "x", 0.9),
+            ("a", "x", 0.6),
+            ("x", "a", 0.6),
+        ],
+        "src string, dst string, weight double",
+    )
     got = {(r.src, r.dst): r.weight for r in vote_weights(edges, vote).collect()}
     scale = (lambda degree: degree) if vote == "lin" else (lambda degree: math.log1p(degree))
     assert got[("a", "h")] == pytest.approx(0.9 / scale(3))
@@ -330,10 +470,10 @@ def test_chinese_whispers_stops_when_changes_stall_and_says_so(spark):
     # The stated criterion, checked from the changes per round: the last `patience` rounds
     # changed no fewer nodes than the fewest before them, and no earlier round ended such a run.
     assert min(changes[-patience:]) >= min(changes[:-patience])
-    assert all(min(changes[i - patience:i]) < min(changes[:i - patience]) for i in range(patience + 1, len(changes)))
+    assert all(min(changes[i - patience : i]) < min(changes[: i - patience]) for i in range(patience + 1, len(changes)))
     assert stop["changed_share"] == changes[-1] / n
     # Same seed, same rounds: stopping early is a prefix of the free run, not another clustering.
-    assert free["changes"][:len(changes)] == changes and len(free["changes"]) > len(changes)
+    assert free["changes"][: len(changes)] == changes and len(free["changes"]) > len(changes)
 
 
 def test_number_rows_matches_a_global_row_number_without_a_global_window(spark):
@@ -343,11 +483,15 @@ def test_number_rows_matches_a_global_row_number_without_a_global_window(spark):
     from textmill.data.io import number_rows
 
     rng = np.random.default_rng(4)
-    df = spark.createDataFrame([(f"c{i}", int(s)) for i, s in enumerate(rng.integers(1, 6, size=500))], "label string, size long").repartition(7)
+    df = spark.createDataFrame(
+        [(f"c{i}", int(s)) for i, s in enumerate(rng.integers(1, 6, size=500))], "label string, size long"
+    ).repartition(7)
     order = [F.desc("size"), F.col("label")]
     got = number_rows(df, order, "cluster_id")
     plan = got._jdf.queryExecution().executedPlan().toString()
     assert "Window" not in plan
-    expected = {r.label: r.n for r in df.select("label", (F.row_number().over(Window.orderBy(*order)) - 1).alias("n")).collect()}
+    expected = {
+        r.label: r.n for r in df.select("label", (F.row_number().over(Window.orderBy(*order)) - 1).alias("n")).collect()
+    }
     assert {r.label: r.cluster_id for r in got.collect()} == expected
     assert sorted(expected.values()) == list(range(500))

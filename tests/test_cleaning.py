@@ -1,9 +1,12 @@
 """Text cleaning on real-looking AG News rows and on Unicode edge cases."""
+
 from __future__ import annotations
 
 from textmill.data.cleaning import CleaningConf, clean_text
 
-AG = CleaningConf(ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True)
+AG = CleaningConf(
+    ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True
+)
 
 
 def test_cleaning_is_off_unless_asked_for():
@@ -15,19 +18,16 @@ def test_cleaning_is_off_unless_asked_for():
 def test_ag_news_rows_are_unescaped():
     rows = {
         # real AG News descriptions (test.csv), with their escaping
-        "SPACE.com - TORONTO, Canada -- A second\\team of rocketeers competing for the  #36;10 million Ansari X Prize":
-            "SPACE.com - TORONTO, Canada -- A second team of rocketeers competing for the $10 million Ansari X Prize",
+        "SPACE.com - TORONTO, Canada -- A second\\team of rocketeers competing for the  #36;10 million Ansari X Prize": "SPACE.com - TORONTO, Canada -- A second team of rocketeers competing for the $10 million Ansari X Prize",
         "hurt by a \\$232 million charge": "hurt by a $232 million charge",
-        "Unions representing workers at Turner   Newall say they are 'disappointed'":
-            "Unions representing workers at Turner Newall say they are 'disappointed'",
-        "The British Department for Education and Skills (DfES) recently launched a \"Music Manifesto\" campaign":
-            "The British Department for Education and Skills (DfES) recently launched a \"Music Manifesto\" campaign",
-        "Tehran #39;s nuclear plans, quot;a threat quot;": "Tehran 's nuclear plans, \"a threat \"",
+        "Unions representing workers at Turner   Newall say they are 'disappointed'": "Unions representing workers at Turner Newall say they are 'disappointed'",
+        'The British Department for Education and Skills (DfES) recently launched a "Music Manifesto" campaign': 'The British Department for Education and Skills (DfES) recently launched a "Music Manifesto" campaign',
+        "Tehran #39;s nuclear plans, quot;a threat quot;": 'Tehran \'s nuclear plans, "a threat "',
         "on a new threat #151;prostate cancer.": "on a new threat \u2014prostate cancer.",
         "Texas Instruments Inc. &lt;TXN.N&gt;, STMicroelectronics": "Texas Instruments Inc. , STMicroelectronics",
         "&lt;p&gt;ADVERTISEMENT&lt;/p&gt;&lt;p&gt;\\&lt;/p&gt; By Andrew Mitchell": "ADVERTISEMENT By Andrew Mitchell",
         "AT&amp;T said": "AT&T said",
-        "\\\\\"Sven Jaschan, self-confessed author": "\"Sven Jaschan, self-confessed author",
+        '\\\\"Sven Jaschan, self-confessed author': '"Sven Jaschan, self-confessed author',
     }
     for raw, expected in rows.items():
         assert clean_text(raw, AG) == expected, raw
@@ -35,7 +35,9 @@ def test_ag_news_rows_are_unescaped():
 
 def test_bare_entities_are_not_taken_from_inside_words():
     # 'forecast;' and 'equot;' are not entities; '#39;' glued to a word still is.
-    assert clean_text("the forecast; a prequot; Fed#39;s", CleaningConf(ag_news=True)) == "the forecast; a prequot; Fed's"
+    assert (
+        clean_text("the forecast; a prequot; Fed#39;s", CleaningConf(ag_news=True)) == "the forecast; a prequot; Fed's"
+    )
 
 
 def test_unicode_normalization_and_whitespace_folding():

@@ -1,4 +1,5 @@
 """Config merge order, override parsing, validation messages, and the shipped conf files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,23 +22,28 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_layers_merge_job_file_then_env_then_set(tmp_path):
-    job = write(tmp_path / "conf" / "prepare.yaml", {
-        "io": {"input": "in.csv", "output": "from-job"},
-        "prepare": {"max_chars": 10, "csv": {"header": True, "delimiter": ";"}},
-    })
+    job = write(
+        tmp_path / "conf" / "prepare.yaml",
+        {
+            "io": {"input": "in.csv", "output": "from-job"},
+            "prepare": {"max_chars": 10, "csv": {"header": True, "delimiter": ";"}},
+        },
+    )
     write(tmp_path / "conf" / "env" / "test.yaml", {"io": {"output": "from-env"}, "prepare": {"max_chars": 20}})
     conf = load_conf(PrepareJobConf, job, env="test", overrides=["prepare.max_chars=30"])
-    assert conf.io.input == "in.csv"            # job file only
-    assert conf.io.output == "from-env"         # env beats job file
-    assert conf.prepare.max_chars == 30         # --set beats env
-    assert conf.prepare.csv.delimiter == ";"    # deep merge keeps siblings
+    assert conf.io.input == "in.csv"  # job file only
+    assert conf.io.output == "from-env"  # env beats job file
+    assert conf.prepare.max_chars == 30  # --set beats env
+    assert conf.prepare.csv.delimiter == ";"  # deep merge keeps siblings
     assert conf.prepare.csv.header is True
 
 
 def test_override_values_are_yaml_and_dict_keys_may_hold_dots():
     assert parse_override("prepare.max_chars=12", PrepareJobConf) == {"prepare": {"max_chars": 12}}
     assert parse_override("io.quarantine=null", PrepareJobConf) == {"io": {"quarantine": None}}
-    assert parse_override("prepare.columns.extra=[a, b]", PrepareJobConf) == {"prepare": {"columns": {"extra": ["a", "b"]}}}
+    assert parse_override("prepare.columns.extra=[a, b]", PrepareJobConf) == {
+        "prepare": {"columns": {"extra": ["a", "b"]}}
+    }
     assert parse_override('prepare.csv.quote="', PrepareJobConf) == {"prepare": {"csv": {"quote": '"'}}}
     assert parse_override("spark.conf.spark.sql.shuffle.partitions=8", PrepareJobConf) == {
         "spark": {"conf": {"spark.sql.shuffle.partitions": 8}}
@@ -66,11 +72,16 @@ def test_missing_required_value_says_how_to_set_it():
 
 def test_wrong_type_says_what_was_given_and_what_is_allowed():
     with pytest.raises(ConfigError) as err:
-        validate_conf(PrepareJobConf, {"io": {"input": "a", "output": "b"}, "prepare": {"max_chars": "lots", "format": "xls"}})
+        validate_conf(
+            PrepareJobConf, {"io": {"input": "a", "output": "b"}, "prepare": {"max_chars": "lots", "format": "xls"}}
+        )
     message = str(err.value)
     assert "2 problems" in message
     assert "'prepare.max_chars': given 'lots' (str)" in message and "valid integer" in message
-    assert "'prepare.format': given 'xls' (str)" in message and "'csv', 'jsonl', 'parquet', 'text_lines' or 'text_files'" in message
+    assert (
+        "'prepare.format': given 'xls' (str)" in message
+        and "'csv', 'jsonl', 'parquet', 'text_lines' or 'text_files'" in message
+    )
 
 
 def test_bad_values_are_rejected_with_their_key():
@@ -79,7 +90,9 @@ def test_bad_values_are_rejected_with_their_key():
     with pytest.raises(ConfigError, match="must differ from 'io.input'"):
         validate_conf(PrepareJobConf, {"io": {"input": "same", "output": "same"}})
     with pytest.raises(ConfigError, match="may not carry \\['text'\\]"):
-        validate_conf(PrepareJobConf, {"io": {"input": "a", "output": "b"}, "prepare": {"columns": {"extra": ["text"]}}})
+        validate_conf(
+            PrepareJobConf, {"io": {"input": "a", "output": "b"}, "prepare": {"columns": {"extra": ["text"]}}}
+        )
 
 
 def test_missing_conf_file_and_env_overlay_are_named(tmp_path):
@@ -91,7 +104,10 @@ def test_missing_conf_file_and_env_overlay_are_named(tmp_path):
 
 
 def test_label_map_keys_read_from_yaml_as_ints_become_text():
-    conf = validate_conf(PrepareJobConf, {"io": {"input": "a", "output": "b"}, "prepare": {"csv": {"header": True}, "label_map": {1: "World"}}})
+    conf = validate_conf(
+        PrepareJobConf,
+        {"io": {"input": "a", "output": "b"}, "prepare": {"csv": {"header": True}, "label_map": {1: "World"}}},
+    )
     assert conf.prepare.label_map == {"1": "World"}
 
 
@@ -100,8 +116,12 @@ def test_shipped_conf_files_validate_and_document_every_key(path):
     data = yaml.safe_load(path.read_text())
     job = path.stem if path.stem in JOBS else path.stem.split("_")[0]
     model = JOBS[job].conf_model
-    required_extra = {"classify": ["classify.model_uri=models:/news@champion"], "embed_docs": ["embed.embeddings=out/e"],
-                      "neighbors": ["neighbors.index=out/i"], "watch": ["io.input=null", "watch.inbox=in"]}.get(job, [])
+    required_extra = {
+        "classify": ["classify.model_uri=models:/news@champion"],
+        "embed_docs": ["embed.embeddings=out/e"],
+        "neighbors": ["neighbors.index=out/i"],
+        "watch": ["io.input=null", "watch.inbox=in"],
+    }.get(job, [])
     conf = load_conf(model, path, env="local", overrides=["io.input=x", "io.output=y", *required_extra])
     if path.stem == job:
         # The job's main file documents every key; sections it shares with other jobs (the
@@ -115,40 +135,65 @@ def test_shipped_conf_files_validate_and_document_every_key(path):
 
 def test_env_overlays_validate():
     for env in ("local", "cluster"):
-        conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare.yaml", env=env, overrides=["io.input=x", "io.output=y"])
+        conf = load_conf(
+            PrepareJobConf, REPO / "conf" / "prepare.yaml", env=env, overrides=["io.input=x", "io.output=y"]
+        )
         assert conf.spark.master == ("local[*]" if env == "local" else None)
 
 
 def test_bool_is_not_a_number_and_a_mapping_must_be_a_mapping(tmp_path):
     from textmill.pipelines.annotate import AnnotateJobConf
 
-    with pytest.raises(ConfigError, match=r"'nlp.batch_size': given True \(bool\); expected: .*a number, not true/false"):
+    with pytest.raises(
+        ConfigError, match=r"'nlp.batch_size': given True \(bool\); expected: .*a number, not true/false"
+    ):
         load_conf(AnnotateJobConf, overrides=["io.input=a", "io.output=b", "nlp.batch_size=true"])
-    with pytest.raises(ConfigError, match=r"'spark.conf': given 5 \(int\); expected: Input should be a valid dictionary"):
+    with pytest.raises(
+        ConfigError, match=r"'spark.conf': given 5 \(int\); expected: Input should be a valid dictionary"
+    ):
         load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf=5"])
-    job = write(tmp_path / "job.yaml", {"io": {"input": "a", "output": "b"}, "spark": {"conf": 5}, "prepare": {"max_chars": False}})
+    job = write(
+        tmp_path / "job.yaml",
+        {"io": {"input": "a", "output": "b"}, "spark": {"conf": 5}, "prepare": {"max_chars": False}},
+    )
     with pytest.raises(ConfigError) as err:
         load_conf(PrepareJobConf, job)
-    assert "'spark.conf': given 5 (int)" in str(err.value) and "'prepare.max_chars': given False (bool)" in str(err.value)
+    assert "'spark.conf': given 5 (int)" in str(err.value) and "'prepare.max_chars': given False (bool)" in str(
+        err.value
+    )
     assert load_conf(AnnotateJobConf, overrides=["io.input=a", "io.output=b", "nlp.batch_size=7"]).nlp.batch_size == 7
-    assert load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf={spark.x: 1}"]).spark.conf == {"spark.x": 1}
+    assert load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf={spark.x: 1}"]).spark.conf == {
+        "spark.x": 1
+    }
 
 
 def test_secret_looking_keys_and_uri_passwords_are_redacted():
     from textmill.runtime.redact import REDACTED, redact_text, redact_tree
 
-    conf = {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "S3CR3T", "spark.hadoop.fs.s3a.access.key": "AKIA1",
-                               "spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net": "AZKEY",
-                               "spark.hadoop.fs.s3a.session.token": "TOK", "spark.sql.shuffle.partitions": 8}},
-            "mlflow": {"tracking_uri": "https://alice:pa55word@mlflow.example:5000/path"},
-            "tokenize": {"lowercase": True}, "embeddings": {"tokens_column": "tokens"}}
+    conf = {
+        "spark": {
+            "conf": {
+                "spark.hadoop.fs.s3a.secret.key": "S3CR3T",
+                "spark.hadoop.fs.s3a.access.key": "AKIA1",
+                "spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net": "AZKEY",
+                "spark.hadoop.fs.s3a.session.token": "TOK",
+                "spark.sql.shuffle.partitions": 8,
+            }
+        },
+        "mlflow": {"tracking_uri": "https://alice:pa55word@mlflow.example:5000/path"},
+        "tokenize": {"lowercase": True},
+        "embeddings": {"tokens_column": "tokens"},
+    }
     redacted = redact_tree(conf)
     assert set(redacted["spark"]["conf"].values()) == {REDACTED, 8}
     assert redacted["mlflow"]["tracking_uri"] == f"https://alice:{REDACTED}@mlflow.example:5000/path"
     assert redacted["tokenize"] == {"lowercase": True} and redacted["embeddings"] == {"tokens_column": "tokens"}
     assert redact_text("jdbc and s3a://KEY:SECRET@bucket/x") == f"jdbc and s3a://KEY:{REDACTED}@bucket/x"
     with pytest.raises(ConfigError) as err:
-        load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", "spark.conf.spark.hadoop.fs.s3a.secret.key=[S3CR3T]"])
+        load_conf(
+            PrepareJobConf,
+            overrides=["io.input=a", "io.output=b", "spark.conf.spark.hadoop.fs.s3a.secret.key=[S3CR3T]"],
+        )
     assert "S3CR3T" not in str(err.value)
 
 
@@ -158,23 +203,51 @@ def test_a_planted_secret_reaches_no_store_artifact_or_log(spark, mlflow_uri, tm
 
     src = tmp_path / "docs.txt"
     src.write_text("one\ntwo\n")
-    planted = {"spark.hadoop.fs.s3a.secret.key": "PLANTED-SECRET-7f3a9", "spark.hadoop.fs.s3a.access.key": "PLANTED-ACCESS-c01d"}
+    planted = {
+        "spark.hadoop.fs.s3a.secret.key": "PLANTED-SECRET-7f3a9",
+        "spark.hadoop.fs.s3a.access.key": "PLANTED-ACCESS-c01d",
+    }
     spec = importlib.util.spec_from_file_location("job_prepare", REPO / "jobs" / "prepare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     caplog.set_level(logging.DEBUG)
     artifacts = tmp_path / "art"
-    code = module.main(["--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={src}", "--log-level", "DEBUG",
-                        "--set", f"io.output={tmp_path / 'out'}", "--set", "prepare.format=text_lines",
-                        "--set", f"mlflow.tracking_uri={mlflow_uri}", "--set", "mlflow.experiment=secrets",
-                        "--set", f"mlflow.artifact_location={artifacts.as_uri()}",
-                        *[x for k, v in planted.items() for x in ("--set", f"spark.conf.{k}={v}")]])
+    code = module.main(
+        [
+            "--conf",
+            str(REPO / "conf" / "prepare.yaml"),
+            "--set",
+            f"io.input={src}",
+            "--log-level",
+            "DEBUG",
+            "--set",
+            f"io.output={tmp_path / 'out'}",
+            "--set",
+            "prepare.format=text_lines",
+            "--set",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "--set",
+            "mlflow.experiment=secrets",
+            "--set",
+            f"mlflow.artifact_location={artifacts.as_uri()}",
+            *[x for k, v in planted.items() for x in ("--set", f"spark.conf.{k}={v}")],
+        ]
+    )
     assert code == 0
     out, err = capfd.readouterr()
-    places = {"stdout": out, "stderr": err, "log": caplog.text,
-              "sqlite store": Path(mlflow_uri[len("sqlite:///"):]).read_bytes().decode("latin-1")}
-    places.update({str(p): p.read_bytes().decode("latin-1") for p in [*artifacts.rglob("*"), *(tmp_path / "out").rglob("*")]
-                   if p.is_file()})
+    places = {
+        "stdout": out,
+        "stderr": err,
+        "log": caplog.text,
+        "sqlite store": Path(mlflow_uri[len("sqlite:///") :]).read_bytes().decode("latin-1"),
+    }
+    places.update(
+        {
+            str(p): p.read_bytes().decode("latin-1")
+            for p in [*artifacts.rglob("*"), *(tmp_path / "out").rglob("*")]
+            if p.is_file()
+        }
+    )
     assert any("resolved.yaml" in name for name in places)
     for secret in planted.values():
         assert [name for name, text in places.items() if secret in text] == []
@@ -243,7 +316,14 @@ def test_readme_key_tables_state_the_code_defaults():
         defaults = _code_defaults(section) if section else all_defaults
         if key not in defaults:  # `recall.k` after `index.recall.queries`: relative to the row's first key
             parts = previous.split(".")
-            key = next((".".join(parts[:i] + [key]) for i in range(len(parts), 0, -1) if ".".join(parts[:i] + [key]) in defaults), key)
+            key = next(
+                (
+                    ".".join(parts[:i] + [key])
+                    for i in range(len(parts), 0, -1)
+                    if ".".join(parts[:i] + [key]) in defaults
+                ),
+                key,
+            )
         else:
             previous = key
         literal = re.fullmatch(r"`([^`<>$]*)`", cell) or re.fullmatch(r"(-?[\d,]+(?:\.\d+)?|true|false|null)", cell)
@@ -278,8 +358,12 @@ def _documented_keys() -> set[str]:
 
 def test_conf_readme_documents_every_key_of_every_job():
     documented = _documented_keys()
-    missing = {job: [k for k in _code_defaults(job) if k not in documented and not any(k.endswith("." + d) for d in documented)]
-               for job in JOBS}
+    missing = {
+        job: [
+            k for k in _code_defaults(job) if k not in documented and not any(k.endswith("." + d) for d in documented)
+        ]
+        for job in JOBS
+    }
     assert {job: keys for job, keys in missing.items() if keys} == {}
     assert {"prepare.columns.title", "index.vector_column", "tokenize.drop_space"} <= documented
 
@@ -292,14 +376,31 @@ def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path,
     import sys
 
     from conftest import free_port, wait_until_serving
+
     from textmill.jobs import run_job
 
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
-    server = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path, env=env,
-                              stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=(tmp_path / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     try:
@@ -307,16 +408,26 @@ def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path,
         src = tmp_path / "docs.txt"
         src.write_text("one\ntwo\n")
         caplog.set_level(logging.DEBUG)
-        conf = {"io": {"input": str(src), "output": str(tmp_path / "out")}, "prepare": {"format": "text_lines"},
-                "spark": {"ui_enabled": False},
-                "mlflow": {"tracking_uri": f"http://alice:PLANTED-PW-91c2@127.0.0.1:{port}", "experiment": "creds"}}
+        conf = {
+            "io": {"input": str(src), "output": str(tmp_path / "out")},
+            "prepare": {"format": "text_lines"},
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": f"http://alice:PLANTED-PW-91c2@127.0.0.1:{port}", "experiment": "creds"},
+        }
         assert run_job("prepare", conf, spark)["rows_out"] == 2
         out, err = capfd.readouterr()
         assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "PLANTED-PW-91c2"  # MLflow authenticates with it
-        for name, text in {"stdout": out, "stderr": err, "log": caplog.text, "server store": (tmp_path / "server.db").read_bytes().decode("latin-1"),
-                           "server log": (tmp_path / "server.log").read_text()}.items():
+        for name, text in {
+            "stdout": out,
+            "stderr": err,
+            "log": caplog.text,
+            "server store": (tmp_path / "server.db").read_bytes().decode("latin-1"),
+            "server log": (tmp_path / "server.log").read_text(),
+        }.items():
             assert "PLANTED-PW-91c2" not in text, name
-        assert f"http://alice:***redacted***@127.0.0.1:{port}" in (tmp_path / "server.db").read_bytes().decode("latin-1")
+        assert f"http://alice:***redacted***@127.0.0.1:{port}" in (tmp_path / "server.db").read_bytes().decode(
+            "latin-1"
+        )
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

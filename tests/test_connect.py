@@ -4,6 +4,7 @@ The Connect side runs as a user runs it: ``textmill run ... --set spark.remote=s
 its own process (pyspark chooses classic or Connect functions per process). Its outputs are
 compared with the same jobs run on the shared classic session.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,13 +19,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 # What only a classic session has; allowed in libs/textmill/runtime/session_kinds.py alone.
-CLASSIC_ONLY = re.compile(r"\bsparkContext\b|\._jvm\b|\._jsc\b|\._jsparkSession\b|\bSparkFiles\b|\.rdd\b|\baccumulator\b"
-                          r"|\bAccumulatorParam\b|(?<!\bF)\.broadcast\(|\bmapPartitions(WithIndex)?\b|\btreeReduce\b"
-                          r"|\bzipWithIndex\b|\baddArchive\b|\baddPyFile\b|\baddFile\b|\bdefaultParallelism\b|\bSparkContext\b")
+CLASSIC_ONLY = re.compile(
+    r"\bsparkContext\b|\._jvm\b|\._jsc\b|\._jsparkSession\b|\bSparkFiles\b|\.rdd\b|\baccumulator\b"
+    r"|\bAccumulatorParam\b|(?<!\bF)\.broadcast\(|\bmapPartitions(WithIndex)?\b|\btreeReduce\b"
+    r"|\bzipWithIndex\b|\baddArchive\b|\baddPyFile\b|\baddFile\b|\bdefaultParallelism\b|\bSparkContext\b"
+)
 BOUNDARY = REPO / "libs" / "textmill" / "runtime" / "session_kinds.py"
 
 
@@ -43,8 +45,11 @@ def code_only(source: str) -> str:
 
 
 def classic_only_uses(paths) -> list[str]:
-    return [f"{path.name}: {match.group(0)}" for path in paths
-            for match in CLASSIC_ONLY.finditer(code_only(path.read_text(encoding="utf-8")))]
+    return [
+        f"{path.name}: {match.group(0)}"
+        for path in paths
+        for match in CLASSIC_ONLY.finditer(code_only(path.read_text(encoding="utf-8")))
+    ]
 
 
 def test_classic_only_apis_appear_only_in_the_boundary_module(tmp_path):
@@ -54,9 +59,16 @@ def test_classic_only_apis_appear_only_in_the_boundary_module(tmp_path):
     assert classic_only_uses(sources) == []
     # The check finds what it looks for, in code and not in prose.
     planted = tmp_path / "planted.py"
-    planted.write_text('"""uses sparkContext in prose only"""\n# sc.broadcast(x) in a comment\nF.broadcast(df)\n'
-                       "n = spark.sparkContext.defaultParallelism\nrows = df.rdd.map(f)\nb = sc.broadcast(w)\n")
-    assert [u.split(": ")[1] for u in classic_only_uses([planted])] == ["sparkContext", "defaultParallelism", ".rdd", ".broadcast("]
+    planted.write_text(
+        '"""uses sparkContext in prose only"""\n# sc.broadcast(x) in a comment\nF.broadcast(df)\n'
+        "n = spark.sparkContext.defaultParallelism\nrows = df.rdd.map(f)\nb = sc.broadcast(w)\n"
+    )
+    assert [u.split(": ")[1] for u in classic_only_uses([planted])] == [
+        "sparkContext",
+        "defaultParallelism",
+        ".rdd",
+        ".broadcast(",
+    ]
     assert classic_only_uses([BOUNDARY]), "the boundary module holds the classic-only calls"
 
 
@@ -64,8 +76,9 @@ def cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "MLFLOW_TRACKING_URI"):
         env.pop(variable, None)
-    return subprocess.run([sys.executable, "-m", "textmill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "textmill.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
 
 
 def rows(spark, path: Path, order: str = "doc_id", drop: tuple[str, ...] = ()) -> list[dict]:
@@ -89,36 +102,65 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
     assert classic_proc.returncode == 0, classic_proc.stderr[-3000:]
     settings = {"pipeline.sample.n_docs": n_docs, "spark.ui_enabled": False, "spark.shuffle_partitions": 2}
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--conf", str(REPO / "conf" / "pipeline.yaml"), "--env", "local", "--set", f"mlflow.tracking_uri={store}",
-              "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}", "--json",
-              *[x for k, v in settings.items() for x in ("--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}")]]
-    connect = cli("run", "pipeline", *common, "--set", f"io.output={tmp_path / 'connect'}", "--set", "mlflow.experiment=on-connect",
-                  "--set", f"spark.remote={connect_server}", cwd=tmp_path)
+    common = [
+        "--conf",
+        str(REPO / "conf" / "pipeline.yaml"),
+        "--env",
+        "local",
+        "--set",
+        f"mlflow.tracking_uri={store}",
+        "--set",
+        f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
+        "--json",
+        *[x for k, v in settings.items() for x in ("--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}")],
+    ]
+    connect = cli(
+        "run",
+        "pipeline",
+        *common,
+        "--set",
+        f"io.output={tmp_path / 'connect'}",
+        "--set",
+        "mlflow.experiment=on-connect",
+        "--set",
+        f"spark.remote={connect_server}",
+        cwd=tmp_path,
+    )
     assert connect.returncode == 0, connect.stderr[-3000:]
 
     classic, remote = classic_root / "run", tmp_path / "connect"
     # Row for row: prepare (and its quarantine), annotate (tokens and entities), classify, embed_docs.
     # ("source" names the input file, which each run generated in its own folder.)
     assert rows(spark, remote / "prepared", drop=("source",)) == rows(spark, classic / "prepared", drop=("source",))
-    assert (rows(spark, remote / "prepared_quarantine", order="raw", drop=("source",))
-            == rows(spark, classic / "prepared_quarantine", order="raw", drop=("source",)))
+    assert rows(spark, remote / "prepared_quarantine", order="raw", drop=("source",)) == rows(
+        spark, classic / "prepared_quarantine", order="raw", drop=("source",)
+    )
     assert rows(spark, remote / "annotated") == rows(spark, classic / "annotated")
     on_connect, on_classic = rows(spark, remote / "classified"), rows(spark, classic / "classified")
     assert [r["label"] for r in on_connect] == [r["label"] for r in on_classic]
     assert all(abs(a["probability"] - b["probability"]) < 1e-6 for a, b in zip(on_connect, on_classic))
     vectors_connect, vectors_classic = rows(spark, remote / "doc_vectors"), rows(spark, classic / "doc_vectors")
     assert [r["doc_id"] for r in vectors_connect] == [r["doc_id"] for r in vectors_classic]
-    assert all(max(abs(x - y) for x, y in zip(a["vector"], b["vector"])) < 1e-4 for a, b in zip(vectors_connect, vectors_classic))
+    assert all(
+        max(abs(x - y) for x, y in zip(a["vector"], b["vector"])) < 1e-4
+        for a, b in zip(vectors_connect, vectors_classic)
+    )
     # The same counts, quality within a stated margin: embeddings, index recall, neighbors, clusters.
-    assert (rows(spark, remote / "embeddings" / "vocab", order="word")
-            == rows(spark, classic / "embeddings" / "vocab", order="word"))
-    by_job = {"connect": runs_by_job(store, "on-connect"),
-              "classic": runs_by_job(f"sqlite:///{classic_root / 'mlflow.db'}", "pipeline-e2e")}
+    assert rows(spark, remote / "embeddings" / "vocab", order="word") == rows(
+        spark, classic / "embeddings" / "vocab", order="word"
+    )
+    by_job = {
+        "connect": runs_by_job(store, "on-connect"),
+        "classic": runs_by_job(f"sqlite:///{classic_root / 'mlflow.db'}", "pipeline-e2e"),
+    }
     for kind, runs in by_job.items():
         assert runs["pipeline"].data.tags["spark.session_kind"] == kind
         assert runs["build_index"].data.metrics["recall_at_10"] >= 0.9
     metrics = {kind: {job: run.data.metrics for job, run in runs.items()} for kind, runs in by_job.items()}
-    assert abs(metrics["connect"]["train_embeddings"]["final_loss"] - metrics["classic"]["train_embeddings"]["final_loss"]) < 0.01
+    assert (
+        abs(metrics["connect"]["train_embeddings"]["final_loss"] - metrics["classic"]["train_embeddings"]["final_loss"])
+        < 0.01
+    )
     assert abs(metrics["connect"]["cluster"]["clusters"] - metrics["classic"]["cluster"]["clusters"]) <= 1
     assert spark.read.parquet(str(remote / "neighbors")).count() == n_docs
     assert spark.read.parquet(str(remote / "clusters")).count() == n_docs
@@ -138,10 +180,26 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
 def test_a_static_setting_on_connect_fails_with_one_line_naming_it(connect_server, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("one\ntwo\n")
-    result = cli("run", "prepare", "--conf", str(REPO / "conf" / "prepare.yaml"), "--set", f"io.input={source}",
-                 "--set", "prepare.format=text_lines", "--set", f"io.output={tmp_path / 'out'}",
-                 "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}", "--set", f"spark.remote={connect_server}",
-                 "--set", "spark.conf.spark.sql.warehouse.dir=/tmp/elsewhere", cwd=tmp_path, timeout=300)
+    result = cli(
+        "run",
+        "prepare",
+        "--conf",
+        str(REPO / "conf" / "prepare.yaml"),
+        "--set",
+        f"io.input={source}",
+        "--set",
+        "prepare.format=text_lines",
+        "--set",
+        f"io.output={tmp_path / 'out'}",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+        "--set",
+        f"spark.remote={connect_server}",
+        "--set",
+        "spark.conf.spark.sql.warehouse.dir=/tmp/elsewhere",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "spark.sql.warehouse.dir" in line]
     assert len(errors) == 1 and "cannot be set on a Spark Connect session" in errors[0], result.stderr[-2000:]
@@ -167,15 +225,28 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     ids = wave(inbox, outgoing, 0, 8, 400, "w")
-    cmd = watch_command(inbox, out, mlflow_uri, connect_server, "--set", "watch.steps=[prepare, ner]",
-                        "--set", "watch.max_files_per_batch=2")
+    cmd = watch_command(
+        inbox,
+        out,
+        mlflow_uri,
+        connect_server,
+        "--set",
+        "watch.steps=[prepare, ner]",
+        "--set",
+        "watch.max_files_per_batch=2",
+    )
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     watcher = BatchWatcher(out, ("prepare", "quarantine", "ner"))
     watcher.start()
     proc = _start(cmd, tmp_path / "first.log")
     # Kill the client once batch 0 is committed and batch 1 has written its prepare output to staging.
-    _wait_for(lambda: (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json")),
-              proc, tmp_path / "first.log")
+    _wait_for(
+        lambda: (
+            (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json"))
+        ),
+        proc,
+        tmp_path / "first.log",
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "_batches" / "1.json").exists()  # killed mid-batch, for real
@@ -194,8 +265,12 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
         assert run.returncode == 0, run.stderr[-3000:]
     assert "nothing to do" in idle.stdout + idle.stderr
     assert watcher.partial == []
-    prepared = Counter(t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"])
-    entities = Counter(t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"])
+    prepared = Counter(
+        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
+    entities = Counter(
+        t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
     assert prepared == entities == Counter({i: 1 for i in ids})
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
@@ -212,9 +287,27 @@ def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_pat
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", REMOTE_VARIABLE: connect_server}
     for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "MLFLOW_TRACKING_URI"):
         env.pop(variable, None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
-                           "-o", "addopts=", "-rA", str(REPO / "tests" / "test_notebooks.py")],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(tmp_path / "t"),
+            "-o",
+            "addopts=",
+            "-rA",
+            str(REPO / "tests" / "test_notebooks.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     passed = re.findall(r"^PASSED \S+::(\w+)", proc.stdout, re.MULTILINE)
     # every notebook's own test ran (and passed) on Connect, not only the listing check

@@ -1,4 +1,5 @@
 """Word embeddings: vocabulary, subsampling/negatives maths, training, subwords, exports, embed_docs."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,10 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_vocabulary_counts_match_a_hand_count(spark):
-    df = spark.createDataFrame([("a", ["the", "cat", "the"]), ("b", ["the", "dog"]), ("c", ["cat", "bird"]), ("d", [])],
-                               "doc_id string, tokens array<string>")
+    df = spark.createDataFrame(
+        [("a", ["the", "cat", "the"]), ("b", ["the", "dog"]), ("c", ["cat", "bird"]), ("d", [])],
+        "doc_id string, tokens array<string>",
+    )
     vocab = count_vocabulary(df, min_count=2, max_vocab=None)
     assert list(zip(vocab["word"], vocab["count"])) == [("the", 3), ("cat", 2)]
     assert list(count_vocabulary(df, 1, 2)["word"]) == ["the", "cat"]
@@ -64,9 +67,10 @@ def test_subsampling_follows_mikolovs_formula():
 def test_negatives_are_drawn_from_unigram_to_the_three_quarters():
     counts = np.array([810, 160, 10])
     probs = emb.negative_distribution(counts)
-    assert np.allclose(probs, counts ** 0.75 / (counts ** 0.75).sum())
-    draws = torch.multinomial(torch.tensor(probs, dtype=torch.float32), 200_000, replacement=True,
-                              generator=torch.Generator().manual_seed(0))
+    assert np.allclose(probs, counts**0.75 / (counts**0.75).sum())
+    draws = torch.multinomial(
+        torch.tensor(probs, dtype=torch.float32), 200_000, replacement=True, generator=torch.Generator().manual_seed(0)
+    )
     assert np.allclose(np.bincount(draws.numpy(), minlength=3) / 200_000, probs, atol=0.01)
 
 
@@ -78,11 +82,14 @@ def test_window_pairs_stay_inside_sentences():
     assert pairs and all((a <= 3) == (b <= 3) for a, b in pairs)
     centers, contexts = emb.dynamic_window_pairs(ids, np.zeros(6, int), window=1, rng=np.random.default_rng(0))
     assert sorted(zip(centers.tolist(), contexts.tolist())) == sorted(
-        [(a, a + 1) for a in range(1, 6)] + [(a + 1, a) for a in range(1, 6)])
+        [(a, a + 1) for a in range(1, 6)] + [(a + 1, a) for a in range(1, 6)]
+    )
 
 
 @settings(max_examples=200, deadline=None)
-@given(counts=st.lists(st.integers(0, 5000), min_size=1, max_size=40), batch=st.integers(1, 2048), cap=st.integers(1, 64))
+@given(
+    counts=st.lists(st.integers(0, 5000), min_size=1, max_size=40), batch=st.integers(1, 2048), cap=st.integers(1, 64)
+)
 def test_row_shares_cap_every_rows_expected_updates_per_batch_and_spare_the_rest(counts, batch, cap):
     rows = np.repeat(np.arange(len(counts)), counts)
     if len(rows) == 0:
@@ -131,7 +138,7 @@ def test_subword_fit_reaches_the_exact_least_squares_solution():
     exact = np.linalg.solve(a.T @ a + l2 * np.eye(buckets), a.T @ targets)
 
     def loss(z):
-        return ((a @ z - targets) ** 2).sum(1).mean() + l2 * (z ** 2).sum() / len(words)
+        return ((a @ z - targets) ** 2).sum(1).mean() + l2 * (z**2).sum() / len(words)
 
     fitted = emb.fit_subwords(words, targets, buckets, steps=100, dims_per_solve=4)
     assert fitted.shape == (buckets, 6) and fitted.dtype == np.float32
@@ -153,15 +160,31 @@ def corpus(spark, tmp_path_factory):
 
 
 def train(spark, job_conf, corpus, out: Path, **embeddings):
-    settings = {"dim": 16, "window": 3, "epochs": 3, "min_count": 3, "negative": 4, "lr": 0.05, "sample": 0,
-                "batch_pairs": 256, "subword": {"buckets": 20_000, "steps": 200}, **embeddings}
-    return run_job("train_embeddings", job_conf(io={"input": str(corpus), "output": str(out)}, embeddings=settings), spark)
+    settings = {
+        "dim": 16,
+        "window": 3,
+        "epochs": 3,
+        "min_count": 3,
+        "negative": 4,
+        "lr": 0.05,
+        "sample": 0,
+        "batch_pairs": 256,
+        "subword": {"buckets": 20_000, "steps": 200},
+        **embeddings,
+    }
+    return run_job(
+        "train_embeddings", job_conf(io={"input": str(corpus), "output": str(out)}, embeddings=settings), spark
+    )
 
 
 @pytest.fixture(scope="module")
 def sgns(spark, corpus, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("sgns") / "embeddings"
-    conf = lambda **s: {"spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "emb-tests"}, **s}
+    conf = lambda **s: {
+        "spark": {"ui_enabled": False},
+        "mlflow": {"tracking_uri": mlflow_uri, "experiment": "emb-tests"},
+        **s,
+    }
     metrics = train(spark, conf, corpus, out, partitions=3, rounds_per_epoch=2)
     return out, metrics, conf
 
@@ -201,7 +224,9 @@ def test_every_export_format_round_trips(sgns, spark):
     assert parquet["cat"][0] == counts[vectors.index["cat"]]
     assert np.load(out / "export" / "vectors.f16.npy").dtype == np.float16
     meta = (out / "export" / "projector" / "metadata.tsv").read_text().splitlines()
-    assert meta[0] == "word\tcount" and len(meta) - 1 == len(np.loadtxt(out / "export" / "projector" / "vectors.tsv", ndmin=2))
+    assert meta[0] == "word\tcount" and len(meta) - 1 == len(
+        np.loadtxt(out / "export" / "projector" / "vectors.tsv", ndmin=2)
+    )
     assert {r.word for r in spark.read.parquet(str(out / "vocab")).collect()} == set(vectors.words)
 
 
@@ -214,7 +239,11 @@ def test_embedder_pyfunc_turns_texts_into_document_vectors(sgns, mlflow_uri):
     a, b = np.array(out["vector"][0]), np.array(out["vector"][1])
     assert len(a) == 16 and cos(a, b) < 0.9
     assert {p.path for p in client.list_artifacts(run.info.run_id, "embeddings")} >= {
-        "embeddings/vectors.w2v.txt", "embeddings/vectors.f16.npy", "embeddings/vocab.tsv", "embeddings/embeddings.json"}
+        "embeddings/vectors.w2v.txt",
+        "embeddings/vectors.f16.npy",
+        "embeddings/vocab.tsv",
+        "embeddings/embeddings.json",
+    }
 
 
 def test_mlflow_spark_udf_runs_the_embedder(sgns, spark, mlflow_uri):
@@ -261,7 +290,10 @@ def planted_corpus(n_docs: int = 2400, groups: int = 12, per_group: int = 12, se
     docs = []
     for d in range(n_docs):
         topic = topics[rng.randrange(groups)]
-        words = [rng.choice(fillers) if rng.random() < 0.3 else rng.choices(topic, zipf)[0] for _ in range(rng.randint(20, 40))]
+        words = [
+            rng.choice(fillers) if rng.random() < 0.3 else rng.choices(topic, zipf)[0]
+            for _ in range(rng.randint(20, 40))
+        ]
         docs.append((f"p{d:05d}", " ".join(words)))
     return docs, topics
 
@@ -297,16 +329,24 @@ def test_sgns_quality_holds_from_one_to_eight_partitions(spark, tmp_path, job_co
 def repetitive_corpus(repeats: int = 60_000) -> list[tuple[str, str]]:
     """The topic corpus plus the posts that made sgns diverge on newsgroup text: a token
     repeated tens of thousands of times (uuencoded lines, ``>`` quote markers, ASCII art)."""
-    return topic_corpus(2000) + [("uuencoded", " ".join(["begin"] * repeats)), ("quoted", " ".join([">"] * repeats)),
-                                 ("ascii-art", " ".join(["7 8 9"] * (repeats // 3)))]
+    return topic_corpus(2000) + [
+        ("uuencoded", " ".join(["begin"] * repeats)),
+        ("quoted", " ".join([">"] * repeats)),
+        ("ascii-art", " ".join(["7 8 9"] * (repeats // 3))),
+    ]
 
 
 @pytest.mark.slow
 def test_sgns_at_defaults_trains_on_pathological_repetition(spark, tmp_path, job_conf):
     src = tmp_path / "repetitive"
     spark.createDataFrame(repetitive_corpus(), "doc_id string, text string").write.parquet(str(src))
-    run = lambda out, **e: run_job("train_embeddings", job_conf(io={"input": str(src), "output": str(tmp_path / out)},
-                                                                embeddings={"subword": {"enabled": False}, **e}), spark)
+    run = lambda out, **e: run_job(
+        "train_embeddings",
+        job_conf(
+            io={"input": str(src), "output": str(tmp_path / out)}, embeddings={"subword": {"enabled": False}, **e}
+        ),
+        spark,
+    )
     # The corpus is a real trap: without the per-row cap the first round's weights overflow.
     with pytest.raises(EmbeddingsDivergedError, match=r"max_row_updates=0: words repeated many times within a batch"):
         run("uncapped", max_row_updates=0)
@@ -323,21 +363,28 @@ def test_sgns_at_defaults_trains_on_pathological_repetition(spark, tmp_path, job
 
 def test_tiny_corpus_more_partitions_than_documents_works(spark, tmp_path, job_conf):
     src = tmp_path / "tiny"
-    spark.createDataFrame([("a", "cat dog"), ("b", "dog cat"), ("c", "")], "doc_id string, text string").write.parquet(str(src))
+    spark.createDataFrame([("a", "cat dog"), ("b", "dog cat"), ("c", "")], "doc_id string, text string").write.parquet(
+        str(src)
+    )
     metrics = train(spark, job_conf, src, tmp_path / "out", min_count=1, window=5, partitions=8, epochs=1)
     assert metrics["vocab_size"] == 2 and metrics["empty_docs"] == 1
 
 
 def test_a_vocabulary_too_large_for_memory_is_refused_up_front(spark, corpus, tmp_path, job_conf):
-    with pytest.raises(EmbeddingsMemoryError, match=r"vocabulary 18 x dim 100000 needs about 27 MB .* over embeddings.max_memory_mb=1"):
+    with pytest.raises(
+        EmbeddingsMemoryError, match=r"vocabulary 18 x dim 100000 needs about 27 MB .* over embeddings.max_memory_mb=1"
+    ):
         train(spark, job_conf, corpus, tmp_path / "big", dim=100_000, max_memory_mb=1)
     assert not (tmp_path / "big").exists()
 
 
 def test_embed_docs_gives_one_vector_per_document(sgns, corpus, spark, job_conf, tmp_path):
     out, _, _ = sgns
-    metrics = run_job("embed_docs", job_conf(io={"input": str(corpus), "output": str(tmp_path / "docvec")},
-                                             embed={"embeddings": str(out)}), spark)
+    metrics = run_job(
+        "embed_docs",
+        job_conf(io={"input": str(corpus), "output": str(tmp_path / "docvec")}, embed={"embeddings": str(out)}),
+        spark,
+    )
     rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "docvec")).collect()}
     assert len(rows) == metrics["rows_in"] == metrics["rows_out"] == 603
     assert rows["blank"].vector is None and rows["blank"].error == "no known tokens"
@@ -360,10 +407,13 @@ def test_watch_embeds_new_documents_from_their_tokens(sgns, spark, job_conf, tmp
     docs = topic_corpus(n_docs=40, seed=9)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
     os.rename(tmp_path / "docs.jsonl", inbox / "docs.jsonl")
-    conf = job_conf(io={"output": str(watched)},
-                    watch={"inbox": str(inbox), "steps": ["prepare", "tokenize", "embed_docs"]},
-                    prepare={"format": "jsonl", "columns": {"doc_id": "id"}}, nlp={"model": "blank:en"},
-                    embed={"embeddings": str(out)})
+    conf = job_conf(
+        io={"output": str(watched)},
+        watch={"inbox": str(inbox), "steps": ["prepare", "tokenize", "embed_docs"]},
+        prepare={"format": "jsonl", "columns": {"doc_id": "id"}},
+        nlp={"model": "blank:en"},
+        embed={"embeddings": str(out)},
+    )
     metrics = run_job("watch", conf, spark)
     assert metrics["total_rows_out"] == 40
     vectors = {r.doc_id: r for r in spark.read.parquet(str(watched / "embed_docs")).collect()}
@@ -379,10 +429,18 @@ def test_embed_docs_reports_invalid_utf8_text_as_a_row_error(sgns, spark, job_co
 
     out, _, _ = sgns
     source = tmp_path / "foreign"
-    (spark.createDataFrame([("d1", "the cat")], "doc_id string, text string")
-     .union(spark.range(1).select(F.lit("d2").alias("doc_id"), F.unhex(F.lit("636174FF")).cast("string").alias("text")))
-     .write.parquet(str(source)))
-    run_job("embed_docs", job_conf(io={"input": str(source), "output": str(tmp_path / "v")}, embed={"embeddings": str(out)}), spark)
+    (
+        spark.createDataFrame([("d1", "the cat")], "doc_id string, text string")
+        .union(
+            spark.range(1).select(F.lit("d2").alias("doc_id"), F.unhex(F.lit("636174FF")).cast("string").alias("text"))
+        )
+        .write.parquet(str(source))
+    )
+    run_job(
+        "embed_docs",
+        job_conf(io={"input": str(source), "output": str(tmp_path / "v")}, embed={"embeddings": str(out)}),
+        spark,
+    )
     rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "v")).collect()}
     assert rows["d1"].error is None and rows["d1"].vector is not None
     assert (rows["d2"].vector, rows["d2"].error) == (None, "text is not valid UTF-8")

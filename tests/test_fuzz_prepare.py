@@ -11,6 +11,7 @@ runs the same properties with thousands of examples:
 
 Failing examples that Hypothesis shrank are kept as plain regression tests at the end.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fuzz_corpora import FORMATS, Corpus, CorpusFile, Record, check_outcome, corpora, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz_corpora import FORMATS, Corpus, CorpusFile, Record, check_outcome, corpora, snapshot
 from textmill.data.csv_records import CsvDialect, _physical_lines, plan_parts, read_records
 from textmill.jobs import run_job
 
@@ -65,9 +66,12 @@ def run_prepare(spark, mlflow_uri: str, corpus: Corpus, root: Path) -> tuple[dic
     source = corpus.write(root)
     output = root / "out"
     before = snapshot(root, skip=(output, Path(f"{output}_quarantine")))
-    conf = {"io": {"input": str(source), "output": str(output)}, "prepare": corpus.prepare_conf(),
-            "spark": {"ui_enabled": False},
-            "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": (root.parent / "mlartifacts").as_uri()}}
+    conf = {
+        "io": {"input": str(source), "output": str(output)},
+        "prepare": corpus.prepare_conf(),
+        "spark": {"ui_enabled": False},
+        "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": (root.parent / "mlartifacts").as_uri()},
+    }
     metrics = run_job("prepare", conf, spark)
     assert snapshot(root, skip=(output, Path(f"{output}_quarantine"))) == before, "a file outside io.output changed"
     out = [r.asDict() for r in spark.read.parquet(str(output)).collect()]
@@ -87,8 +91,12 @@ def check_job_example(spark, mlflow_uri: str, corpus: Corpus) -> None:
 
 @pytest.mark.slow
 @given(corpus=corpora(FORMATS))
-@settings(max_examples=JOB_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@settings(
+    max_examples=JOB_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_fault(spark, mlflow_uri, corpus):
     check_job_example(spark, mlflow_uri, corpus)
 
@@ -98,8 +106,14 @@ def test_prepare_publishes_every_good_record_once_and_quarantines_every_planted_
 
 def test_shrunk_an_empty_text_file_is_an_empty_text_document(spark, mlflow_uri, tmp_path):
     """Spark's file scan skips 0-byte files, so an empty text file was neither read nor quarantined."""
-    corpus = Corpus("text_files", [CorpusFile("f0.txt", [Record("k0000", None, "k0000 w0", None)]),
-                                   CorpusFile("f1.txt", [Record("k0001", None, "k0001 w0", None)])], empty_files=["empty.txt"])
+    corpus = Corpus(
+        "text_files",
+        [
+            CorpusFile("f0.txt", [Record("k0000", None, "k0000 w0", None)]),
+            CorpusFile("f1.txt", [Record("k0001", None, "k0001 w0", None)]),
+        ],
+        empty_files=["empty.txt"],
+    )
     metrics, out, bad = run_prepare(spark, mlflow_uri, corpus, tmp_path / "case")
     check_outcome(corpus, metrics, out, bad)
     assert [b["reason"] for b in bad] == ["empty_text"] and bad[0]["source"].endswith("empty.txt")
@@ -117,7 +131,9 @@ def test_shrunk_a_multiline_record_with_a_field_too_many_is_quarantined_whole():
     data = b'id,text,title\nk0,"w0\n0",title k0,one field too many\nk1,w1,title k1\n'
     records = list(read_records(_physical_lines(io.BytesIO(data)), CsvDialect(multiline=True), width=3))
     assert [(r.fields, r.problem) for r in records[1:]] == [
-        (None, "4 field(s), expected 3"), (["k1", "w1", "title k1"], None)]
+        (None, "4 field(s), expected 3"),
+        (["k1", "w1", "title k1"], None),
+    ]
     assert records[1].raw == b'k0,"w0\n0",title k0,one field too many\n'
 
 
@@ -129,6 +145,9 @@ def test_byte_ranges_of_a_single_line_csv_hold_every_line_exactly_once(corpus, s
         data = corpus._file_bytes(f)
         whole = [(r.raw, r.fields, r.problem) for r in read_records(_physical_lines(io.BytesIO(data)), CsvDialect(), 3)]
         parts = plan_parts([("-", "-", len(data))], None, ["id", "title", "text"], split, splittable=True)
-        ranged = [(r.raw, r.fields, r.problem) for part in parts
-                  for r in read_records(_physical_lines(io.BytesIO(data), part["start"], part["end"]), CsvDialect(), 3)]
+        ranged = [
+            (r.raw, r.fields, r.problem)
+            for part in parts
+            for r in read_records(_physical_lines(io.BytesIO(data), part["start"], part["end"]), CsvDialect(), 3)
+        ]
         assert ranged == whole

@@ -5,6 +5,7 @@ entry points (jobs, cli, notebook). Every import in libs/textmill, module-level 
 function, must point to its own layer or one below, and no two modules may import each other
 round a circle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,12 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "textmill"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "textmill":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == "textmill"
+        ):
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules}
     return found
@@ -59,8 +65,12 @@ def rank(module: str) -> int | None:
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{source} imports {target}" for source, targets in graph.items() for target in targets
-                  if rank(source) is not None and rank(target) is not None and rank(target) > rank(source))
+    return sorted(
+        f"{source} imports {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if rank(source) is not None and rank(target) is not None and rank(target) > rank(source)
+    )
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -112,7 +122,10 @@ def missing_names(package: Path = PACKAGE) -> list[str]:
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "textmill":
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    submodule = hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{alias.name}") is not None
+                    submodule = (
+                        hasattr(module, "__path__")
+                        and importlib.util.find_spec(f"{node.module}.{alias.name}") is not None
+                    )
                     if not hasattr(module, alias.name) and not submodule:
                         missing.append(f"{path.relative_to(package.parent)}: from {node.module} import {alias.name}")
     return missing
@@ -126,13 +139,21 @@ def test_every_name_imported_from_textmill_exists():
 
 def test_the_checks_find_an_upward_import_and_a_circle(tmp_path):
     package = tmp_path / "textmill"
-    for name, source in {"__init__.py": "", "runtime/__init__.py": "", "runtime/a.py": "from textmill.data import b\n",
-                         "data/__init__.py": "", "data/b.py": "def f():\n    from textmill.runtime.a import x\n",
-                         "data/c.py": "import textmill.runtime.a\n"}.items():
+    for name, source in {
+        "__init__.py": "",
+        "runtime/__init__.py": "",
+        "runtime/a.py": "from textmill.data import b\n",
+        "data/__init__.py": "",
+        "data/b.py": "def f():\n    from textmill.runtime.a import x\n",
+        "data/c.py": "import textmill.runtime.a\n",
+    }.items():
         (package / name).parent.mkdir(parents=True, exist_ok=True)
         (package / name).write_text(source)
     graph = import_graph(package)
-    assert upward_imports(graph) == ["textmill.runtime.a imports textmill.data", "textmill.runtime.a imports textmill.data.b"]
+    assert upward_imports(graph) == [
+        "textmill.runtime.a imports textmill.data",
+        "textmill.runtime.a imports textmill.data.b",
+    ]
     assert circles(graph) == [["textmill.data.b", "textmill.runtime.a"]]
 
 
@@ -150,7 +171,10 @@ def test_every_old_module_name_still_imports():
         module = importlib.import_module(old)
         if len(new) == 1:
             assert module is importlib.import_module(new[0]), old
-    assert importlib.import_module("textmill.config").load_conf is importlib.import_module("textmill.runtime.config").load_conf
+    assert (
+        importlib.import_module("textmill.config").load_conf
+        is importlib.import_module("textmill.runtime.config").load_conf
+    )
     from textmill.docvectors import DocumentEmbedder, EmbedderPyfunc  # its pyfunc moved to the models layer
     from textmill.models.embedder_pyfunc import EmbedderPyfunc as moved
     from textmill.vectors.docvectors import DocumentEmbedder as kept
@@ -182,11 +206,24 @@ def test_models_logged_before_the_split_load_and_answer_as_they_did(tmp_path):
     assert names == ["embedder", "spacy_ruler", "text_classifier"]
     for name in names:
         shutil.copytree(FIXTURES / name, tmp_path / name)
-    proc = subprocess.run([sys.executable, "-c", LOAD_WITH_TODAYS_CODE, json.dumps(expected["texts"]),
-                           *[str(tmp_path / n) for n in names]], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_WITH_TODAYS_CODE,
+            json.dumps(expected["texts"]),
+            *[str(tmp_path / n) for n in names],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["modules"] and all(Path(m).is_relative_to(PACKAGE) for m in out["modules"]), "the models ran the old copy of the code"
+    assert out["modules"] and all(Path(m).is_relative_to(PACKAGE) for m in out["modules"]), (
+        "the models ran the old copy of the code"
+    )
     for name in names:
         got, want = out["answers"][name], expected["predictions"][name]
         assert len(got) == len(want) == len(expected["texts"])
@@ -200,8 +237,15 @@ def test_models_logged_before_the_split_load_and_answer_as_they_did(tmp_path):
                 assert g == w
 
 
-REFERENCE_PAGES = ["conf/README.md", "jobs/README.md", "jobs/outputs.md", "jobs/reliability.md", "jobs/workflows/README.md",
-                   "notebooks/README.md", "tests/benchmarks/README.md"]
+REFERENCE_PAGES = [
+    "conf/README.md",
+    "jobs/README.md",
+    "jobs/outputs.md",
+    "jobs/reliability.md",
+    "jobs/workflows/README.md",
+    "notebooks/README.md",
+    "tests/benchmarks/README.md",
+]
 
 
 def anchors_of(markdown: str) -> set[str]:
@@ -244,5 +288,10 @@ def test_the_readme_is_a_short_front_door_linking_every_reference_page():
 def test_a_broken_link_or_anchor_is_found(tmp_path):
     page = tmp_path / "page.md"
     (tmp_path / "other.md").write_text("# Other page\n\n## A `key`: here\n")
-    page.write_text("[ok](other.md#a-key-here) [gone](missing.md) [bad](other.md#nowhere) [web](https://example.org/x)\n")
-    assert broken_links(page, tmp_path) == ["page.md: missing.md (no such file)", "page.md: other.md#nowhere (no such heading)"]
+    page.write_text(
+        "[ok](other.md#a-key-here) [gone](missing.md) [bad](other.md#nowhere) [web](https://example.org/x)\n"
+    )
+    assert broken_links(page, tmp_path) == [
+        "page.md: missing.md (no such file)",
+        "page.md: other.md#nowhere (no such heading)",
+    ]

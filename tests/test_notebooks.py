@@ -5,6 +5,7 @@ test session), ``dbutils.widgets`` (taking this test's overrides) and ``display`
 materialises what it is given, as the notebook UI does). Each notebook runs on small
 generated data; the test then checks what it produced.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,8 +57,12 @@ def notebook_env(tmp_path, monkeypatch, mlflow_uri):
 
 
 def test_every_notebook_is_tested():
-    assert [p.name for p in NOTEBOOKS] == ["01_ner_at_scale.py", "02_classifier_lifecycle.py",
-                                           "03_embeddings_index_clusters.py", "04_incremental_watch.py"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_ner_at_scale.py",
+        "02_classifier_lifecycle.py",
+        "03_embeddings_index_clusters.py",
+        "04_incremental_watch.py",
+    ]
 
 
 def test_ner_at_scale_notebook(spark, tmp_path, notebook_env):
@@ -74,8 +79,9 @@ def test_ner_at_scale_notebook(spark, tmp_path, notebook_env):
 def test_classifier_lifecycle_notebook(spark, tmp_path, notebook_env):
     from mlflow.tracking import MlflowClient
 
-    ns, shown = run_notebook(NOTEBOOKS[1], spark, **notebook_env, output=str(tmp_path / "clf"), n_docs="240",
-                             model_name="notebook-news")
+    ns, shown = run_notebook(
+        NOTEBOOKS[1], spark, **notebook_env, output=str(tmp_path / "clf"), n_docs="240", model_name="notebook-news"
+    )
     assert ns["trained"]["val_accuracy"] > 0.8 and ns["scored"]["eval_accuracy"] > 0.8
     client = MlflowClient()
     assert client.get_model_version_by_alias("notebook-news", "production").version == ns["champion"].version

@@ -5,6 +5,7 @@ one task per partition in series, so sgns and the co-occurrence counts used one 
 cluster. Here each task waits for every other task to have started (a barrier of files); in
 series the first task would wait forever, so it gives up after a minute and the job fails.
 """
+
 from __future__ import annotations
 
 import time

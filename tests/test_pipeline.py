@@ -1,4 +1,5 @@
 """The end-to-end pipeline job (the README's first command) and the --py-files artifact."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,23 @@ from mlflow.tracking import MlflowClient
 from textmill.cli import build_pyfiles
 from textmill.data.sample import BROKEN_LINES
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 PYTHON_WARNING = re.compile(r"\b[A-Z]\w*Warning\b")  # UserWarning, FutureWarning, ... as Python prints them
 LOGGED_WARNING = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d\S* WARNING ")
 SPARK_WARN = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d WARN (\S+?):")
-STEPS = ["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs", "build_index",
-         "neighbors", "cluster"]
+STEPS = [
+    "prepare",
+    "annotate",
+    "train_classifier",
+    "classify",
+    "train_embeddings",
+    "embed_docs",
+    "build_index",
+    "neighbors",
+    "cluster",
+]
 
 
 @pytest.mark.slow
@@ -41,7 +50,12 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     quarantine = spark.read.parquet(str(tmp_path / "run" / "prepared_quarantine"))
     assert prepared.count() == n_docs
     assert quarantine.count() == len(BROKEN_LINES)
-    assert {r.label for r in prepared.select("label").distinct().collect()} == {"World", "Sports", "Business", "Sci_Tech"}
+    assert {r.label for r in prepared.select("label").distinct().collect()} == {
+        "World",
+        "Sports",
+        "Business",
+        "Sci_Tech",
+    }
     annotated = spark.read.parquet(str(tmp_path / "run" / "annotated"))
     assert annotated.count() == n_docs and annotated.where("error is not null").count() == 0
     assert annotated.columns == ["doc_id", "tokens", "n_tokens", "entities", "entity_counts", "error", "label"]
@@ -84,7 +98,9 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     assert not [line for line in err.splitlines() if LOGGED_WARNING.match(line)], err
     assert not [line for line in err.splitlines() if SPARK_WARN.match(line)], err
     # What is left on stderr is the JVM's own notice that Spark uses an incubator module.
-    assert [line for line in err.splitlines() if line.strip()] == ["WARNING: Using incubator modules: jdk.incubator.vector"], err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "WARNING: Using incubator modules: jdk.incubator.vector"
+    ], err
     assert "Downloading artifacts" not in err and " INFO " not in err
     # One line as each step starts and one as it ends, in order.
     done = re.findall(r"^\[(\d)/9\] (\w+) … done in ([\d.]+) s", out, flags=re.M)
@@ -92,18 +108,24 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     assert [int(i) for i, _, _ in done] == list(range(1, 10))
     assert all(f"[{i}/9] {name} …\n" in out for i, name in enumerate(STEPS, start=1))
     # The table's rows say what the step runs logged.
-    table = out[out.index("step  "):]
+    table = out[out.index("step  ") :]
     row = re.search(r"^prepare\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+-\s+([\d.]+)\s", table, flags=re.M)
     assert row, table
     assert [int(x.replace(",", "")) for x in row.groups()[:3]] == [
-        int(child.data.metrics[k]) for k in ("rows_in", "rows_out", "rows_quarantined")]
+        int(child.data.metrics[k]) for k in ("rows_in", "rows_out", "rows_quarantined")
+    ]
     accuracy = re.search(r"^train_classifier\s.*val accuracy ([\d.]+)", table, flags=re.M)
     assert accuracy and float(accuracy.group(1)) == round(trained.data.metrics["val_accuracy"], 3)
     for name in STEPS:
-        assert re.search(rf"^{name}\s+{n_docs if name != 'prepare' else n_docs + len(BROKEN_LINES)}\s", table, flags=re.M), name
+        assert re.search(
+            rf"^{name}\s+{n_docs if name != 'prepare' else n_docs + len(BROKEN_LINES)}\s", table, flags=re.M
+        ), name
     # Where to look next.
     assert f"MLflow run  {parent.info.run_id}" in out
-    assert f"mlflow ui --backend-store-uri {store}   then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in out
+    assert (
+        f"mlflow ui --backend-store-uri {store}   then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+        in out
+    )
     assert f"outputs     {tmp_path / 'run'}" in out
     # The pipeline's wall time over its rows is no rate; each step keeps its own.
     assert "docs_per_second" not in out and "docs_per_second" not in parent.data.metrics

@@ -1,4 +1,5 @@
 """The prepare job on every input format, broken files, reruns and its MLflow run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,14 +54,26 @@ def content_id(title: str | None, text: str) -> str:
 
 def test_csv_with_header_maps_columns_and_carries_extras(prepare, tmp_path):
     src = tmp_path / "in.csv"
-    src.write_text('id,headline,body,topic,lang\n1,First,"Hello, world",news,en\n2,Second,"Quoted ""word"" here",sport,de\n')
-    metrics, out, bad = prepare(src, csv={"header": True},
-                                columns={"doc_id": "id", "text": "body", "title": "headline", "label": "topic", "extra": ["lang"]})
+    src.write_text(
+        'id,headline,body,topic,lang\n1,First,"Hello, world",news,en\n2,Second,"Quoted ""word"" here",sport,de\n'
+    )
+    metrics, out, bad = prepare(
+        src,
+        csv={"header": True},
+        columns={"doc_id": "id", "text": "body", "title": "headline", "label": "topic", "extra": ["lang"]},
+    )
     assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_quarantined"]) == (2, 2, 0)
     by_id = {r["doc_id"]: r for r in out}
     assert by_id["2"]["text"] == 'Quoted "word" here'
-    assert by_id["1"] == {"doc_id": "1", "text": "Hello, world", "title": "First", "label": "news",
-                          "source": src.as_uri().replace("file:///", "file:/"), "n_chars": 12, "lang": "en"}
+    assert by_id["1"] == {
+        "doc_id": "1",
+        "text": "Hello, world",
+        "title": "First",
+        "label": "news",
+        "source": src.as_uri().replace("file:///", "file:/"),
+        "n_chars": 12,
+        "lang": "en",
+    }
     assert bad == []
 
 
@@ -72,14 +85,20 @@ def test_headerless_ag_news_layout_is_cleaned_and_labelled(spark, job_conf, tmp_
         '"1","Talks Resume","Diplomats met in Geneva on quot;peace quot; talks."\n'
         '"4","Chip Update &lt;INTC.O&gt;","A chip designer said it would release a new processor."\n'
     )
-    conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml",
-                     overrides=[f"io.input={src}", f"io.output={tmp_path / 'out'}"])
+    conf = load_conf(
+        PrepareJobConf,
+        REPO / "conf" / "prepare_ag_news.yaml",
+        overrides=[f"io.input={src}", f"io.output={tmp_path / 'out'}"],
+    )
     conf_dict = job_conf(**conf.model_dump(include={"io", "prepare"}))
     metrics = run_job("prepare", conf_dict, spark)
     assert (metrics["rows_out"], metrics["rows_quarantined"]) == (4, 0)
     rows = {r["label"]: r for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert set(rows) == {"World", "Sports", "Business", "Sci_Tech"}
-    assert rows["Business"]["text"] == 'Reuters - Oil prices rose on Monday after a report "surprised" traders, adding $2 to $40 a barrel.'
+    assert (
+        rows["Business"]["text"]
+        == 'Reuters - Oil prices rose on Monday after a report "surprised" traders, adding $2 to $40 a barrel.'
+    )
     assert rows["Sports"]["title"] == "Team 's Win"
     assert rows["World"]["text"] == 'Diplomats met in Geneva on "peace " talks.'
     assert rows["Sci_Tech"]["title"] == "Chip Update"
@@ -125,9 +144,9 @@ def test_duplicates_can_be_kept(prepare, spark, tmp_path):
 
 def test_text_lines_one_document_per_line(prepare, tmp_path):
     src = tmp_path / "docs.txt"
-    src.write_text("first document\n\nsecond document \U0001F600 \u65e5\u672c\n")
+    src.write_text("first document\n\nsecond document \U0001f600 \u65e5\u672c\n")
     metrics, out, bad = prepare(src, format="text_lines", cleaning={"fold_whitespace": True})
-    assert sorted(r["text"] for r in out) == ["first document", "second document \U0001F600 \u65e5\u672c"]
+    assert sorted(r["text"] for r in out) == ["first document", "second document \U0001f600 \u65e5\u672c"]
     assert reasons(bad) == {"empty_text": 1}
     assert metrics["rows_in"] == 3
 
@@ -140,8 +159,12 @@ def test_text_files_use_folder_as_label_and_fall_back_to_latin1(prepare, tmp_pat
     (root / "sport" / "002.txt").write_bytes("Ticket prices\n\nTickets cost \xa350.\n".encode("latin-1"))
     (root / "tech" / "001.txt").write_text("Chips\n\nA new chip.\n", encoding="utf-8")
     (root / "tech" / "notes.md").write_text("not matched by the glob")
-    metrics, out, bad = prepare(root, format="text_files", text_files={"first_line_is_title": True},
-                                columns={"doc_id": "relpath", "label": "folder", "title": "title"})
+    metrics, out, bad = prepare(
+        root,
+        format="text_files",
+        text_files={"first_line_is_title": True},
+        columns={"doc_id": "relpath", "label": "folder", "title": "title"},
+    )
     by_id = {r["doc_id"]: r for r in out}
     assert set(by_id) == {"sport/001.txt", "sport/002.txt", "tech/001.txt"}
     assert by_id["sport/002.txt"]["text"] == "Tickets cost \u00a350."
@@ -149,8 +172,13 @@ def test_text_files_use_folder_as_label_and_fall_back_to_latin1(prepare, tmp_pat
     assert by_id["tech/001.txt"]["label"] == "tech"
     assert bad == []
 
-    metrics, out, bad = prepare(root, output=tmp_path / "strict", format="text_files",
-                                text_files={"encodings": ["utf-8"]}, columns={"doc_id": "relpath"})
+    metrics, out, bad = prepare(
+        root,
+        output=tmp_path / "strict",
+        format="text_files",
+        text_files={"encodings": ["utf-8"]},
+        columns={"doc_id": "relpath"},
+    )
     assert reasons(bad) == {"undecodable_bytes": 1}
     assert bad[0]["doc_id"] == "sport/002.txt" and "not decodable as any of utf-8" in bad[0]["detail"]
     assert metrics["rows_in"] == metrics["rows_out"] + metrics["rows_quarantined"] == 3
@@ -169,8 +197,9 @@ def test_broken_csv_files_lose_no_row(prepare, tmp_path):
     (root / "e_empty.csv").write_text("")
     (root / "f_null_text.csv").write_text('"d10",,"x"\n"d11","","y"\n')
     physical_records = 2 + 2 + 2 + 3 + 0 + 2
-    metrics, out, bad = prepare(root, csv={"header": False, "columns": ["id", "text", "label"]},
-                                columns={"doc_id": "id", "label": "label"})
+    metrics, out, bad = prepare(
+        root, csv={"header": False, "columns": ["id", "text", "label"]}, columns={"doc_id": "id", "label": "label"}
+    )
     assert metrics["rows_in"] == physical_records
     assert metrics["rows_out"] + metrics["rows_quarantined"] == physical_records
     assert len(out) + len(bad) == physical_records
@@ -202,15 +231,22 @@ def test_unknown_label_is_quarantined(prepare, tmp_path):
 def test_wrong_column_name_fails_before_any_output(spark, job_conf, tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("id,body\n1,hello\n")
-    conf = job_conf(io={"input": str(src), "output": str(tmp_path / "out")},
-                    prepare={"csv": {"header": True}, "columns": {"text": "bdy"}})
-    with pytest.raises(ColumnNotFoundError, match=r"prepare.columns.text = 'bdy': not a column of the input. Available columns: id, body"):
+    conf = job_conf(
+        io={"input": str(src), "output": str(tmp_path / "out")},
+        prepare={"csv": {"header": True}, "columns": {"text": "bdy"}},
+    )
+    with pytest.raises(
+        ColumnNotFoundError,
+        match=r"prepare.columns.text = 'bdy': not a column of the input. Available columns: id, body",
+    ):
         run_job("prepare", conf, spark)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_input_fails_clearly(spark, job_conf, tmp_path):
-    conf = job_conf(io={"input": str(tmp_path / "nope.csv"), "output": str(tmp_path / "out")}, prepare={"csv": {"header": True}})
+    conf = job_conf(
+        io={"input": str(tmp_path / "nope.csv"), "output": str(tmp_path / "out")}, prepare={"csv": {"header": True}}
+    )
     with pytest.raises(InputNotFoundError, match="io.input: nothing exists at"):
         run_job("prepare", conf, spark)
 
@@ -224,7 +260,9 @@ def test_rerun_is_idempotent_and_doc_ids_are_stable(prepare, tmp_path):
     _, first, bad1 = prepare(src, format="text_lines")
     _, second, bad2 = prepare(src, format="text_lines")
     assert first == second and bad1 == bad2
-    assert sorted(r["doc_id"] for r in first) == sorted([content_id(None, "alpha beta"), content_id(None, "gamma delta")])
+    assert sorted(r["doc_id"] for r in first) == sorted(
+        [content_id(None, "alpha beta"), content_id(None, "gamma delta")]
+    )
     assert reasons(bad1) == {"duplicate_doc_id": 1}
 
     src.write_text("epsilon\n")
@@ -287,12 +325,26 @@ def assert_prepare_run_logged(tracking_uri: str, experiment: str, rows_out: int)
 def test_jobs_prepare_main_end_to_end(mlflow_uri, spark, tmp_path):
     src = tmp_path / "docs.txt"
     src.write_text("one\ntwo\n\nthree\n")
-    code = load_job("prepare").main([
-        "--conf", str(REPO / "conf" / "prepare.yaml"), "--env", "local",
-        "--set", f"io.input={src}", "--set", f"io.output={tmp_path / 'out'}",
-        "--set", "prepare.format=text_lines", "--set", f"mlflow.tracking_uri={mlflow_uri}",
-        "--set", "mlflow.experiment=e2e-main", "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
-    ])
+    code = load_job("prepare").main(
+        [
+            "--conf",
+            str(REPO / "conf" / "prepare.yaml"),
+            "--env",
+            "local",
+            "--set",
+            f"io.input={src}",
+            "--set",
+            f"io.output={tmp_path / 'out'}",
+            "--set",
+            "prepare.format=text_lines",
+            "--set",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "--set",
+            "mlflow.experiment=e2e-main",
+            "--set",
+            f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
+        ]
+    )
     assert code == 0
     assert sorted(r.text for r in spark.read.parquet(str(tmp_path / "out")).collect()) == ["one", "three", "two"]
     assert_prepare_run_logged(mlflow_uri, "e2e-main", rows_out=3)
@@ -309,13 +361,37 @@ def test_textmill_run_prepare_cli_end_to_end(tmp_path):
     # mlflow.set_tracking_uri() in this process exports MLFLOW_TRACKING_URI; test the embedded default.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
-        [str(textmill), "run", "prepare", "--conf", str(REPO / "conf" / "prepare.yaml"), "--env", "local",
-         "--set", f"io.input={src}", "--set", "io.output=out", "--set", "prepare.format=text_lines",
-         "--set", "spark.ui_enabled=false", "--set", "spark.master=local[1]"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(textmill),
+            "run",
+            "prepare",
+            "--conf",
+            str(REPO / "conf" / "prepare.yaml"),
+            "--env",
+            "local",
+            "--set",
+            f"io.input={src}",
+            "--set",
+            "io.output=out",
+            "--set",
+            "prepare.format=text_lines",
+            "--set",
+            "spark.ui_enabled=false",
+            "--set",
+            "spark.master=local[1]",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"^textmill prepare … done in [\d.]+ s \(2 rows in, 2 out, 0 quarantined; 1 input file\(s\)\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^textmill prepare … done in [\d.]+ s \(2 rows in, 2 out, 0 quarantined; 1 input file\(s\)\)$",
+        proc.stdout,
+        re.M,
+    ), proc.stdout
     # The embedded defaults: sqlite:///<cwd>/mlflow.db and <cwd>/mlartifacts.
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
     assert_prepare_run_logged(f"sqlite:///{tmp_path / 'mlflow.db'}", "textmill-prepare", rows_out=2)
@@ -329,8 +405,11 @@ def test_nested_files_are_read_and_counted(prepare, tmp_path, fmt):
     root = tmp_path / "in"
     (root / "2026" / "11").mkdir(parents=True)
     (root / ".hidden").mkdir()
-    lines = {"csv": ("text\nalpha\n", "text\nbeta\ngamma\n"), "jsonl": ('{"text": "alpha"}\n', '{"text": "beta"}\n{"text": "gamma"}\n'),
-             "text_lines": ("alpha\n", "beta\ngamma\n")}[fmt]
+    lines = {
+        "csv": ("text\nalpha\n", "text\nbeta\ngamma\n"),
+        "jsonl": ('{"text": "alpha"}\n', '{"text": "beta"}\n{"text": "gamma"}\n'),
+        "text_lines": ("alpha\n", "beta\ngamma\n"),
+    }[fmt]
     (root / "top.dat").write_text(lines[0])
     (root / "2026" / "11" / "deep.dat").write_text(lines[1])
     (root / ".hidden" / "skip.dat").write_text(lines[1])
@@ -343,7 +422,7 @@ def test_nested_files_are_read_and_counted(prepare, tmp_path, fmt):
 def test_unclosed_quote_in_multiline_csv_is_quarantined_not_merged_silently(prepare, tmp_path):
     src = tmp_path / "in.csv"
     records = [f"d{i},Text of record {i},x" for i in range(1, 201)]
-    records[99] = 'd100,"This quote never closes,x'    # reads on through d101 and d102 up to d103's quote
+    records[99] = 'd100,"This quote never closes,x'  # reads on through d101 and d102 up to d103's quote
     records[102] = 'd103,"Quoted text",x'
     records[149] = 'd150,"Two\nlines, legitimately, with ""quotes""",y'
     src.write_text("id,text,label\n" + "\n".join(records) + "\n")
@@ -394,7 +473,9 @@ def test_blank_means_the_same_in_spark_and_python(spark):
     from textmill.data.cleaning import BLANK_REGEX, is_blank
 
     chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c <= 0xDFFF]
-    df = spark.createDataFrame([(c,) for c in chars], "c string").select("c", F.col("c").rlike(BLANK_REGEX).alias("blank"))
+    df = spark.createDataFrame([(c,) for c in chars], "c string").select(
+        "c", F.col("c").rlike(BLANK_REGEX).alias("blank")
+    )
     spark_blank = {r["c"] for r in df.collect() if r["blank"]}
     assert spark_blank == {c for c in chars if is_blank(c)}
     assert len(spark_blank) == 29
@@ -406,7 +487,9 @@ def test_files_found_but_none_matching_the_glob_fails_and_says_what_matched(prep
     for i in range(3):
         (root / "sci.space" / f"6100{i}").write_text(f"message {i}")
     conf = job_conf(io={"input": str(root), "output": str(tmp_path / "out")}, prepare={"format": "text_files"})
-    with pytest.raises(InputNotFoundError, match=r"3 file\(s\) under .*none matches prepare.text_files.glob '\*.txt' \(e.g. '61000'\)"):
+    with pytest.raises(
+        InputNotFoundError, match=r"3 file\(s\) under .*none matches prepare.text_files.glob '\*.txt' \(e.g. '61000'\)"
+    ):
         run_job("prepare", conf, spark)
     (root / "sci.space" / "readme.txt").write_text("one that matches")
     metrics, out, _ = prepare(root, format="text_files")
@@ -431,8 +514,14 @@ def test_empty_csv_and_jsonl_files_hold_no_records_and_all_empty_is_said(prepare
             run_job("prepare", conf, spark)
     header_only = tmp_path / "header_only.csv"
     header_only.write_text("text\n")
-    with pytest.raises(EmptyInputError, match=r"read 1 non-empty file\(s\) .* as csv but found no records \(header lines only"):
-        run_job("prepare", job_conf(io={"input": str(header_only), "output": str(tmp_path / "h")}, prepare={"format": "csv"}), spark)
+    with pytest.raises(
+        EmptyInputError, match=r"read 1 non-empty file\(s\) .* as csv but found no records \(header lines only"
+    ):
+        run_job(
+            "prepare",
+            job_conf(io={"input": str(header_only), "output": str(tmp_path / "h")}, prepare={"format": "csv"}),
+            spark,
+        )
 
 
 def test_symlinked_directories_are_not_followed(prepare, tmp_path):

@@ -1,4 +1,5 @@
 """The SparkSession helper, the Java check (one clear sentence when Java is missing or old) and io's input helpers."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def test_too_old_java_is_refused(tmp_path, monkeypatch):
     # A stand-in 'java' that reports an old version exactly as Java 11 does.
     java = tmp_path / "bin" / "java"
     java.parent.mkdir()
-    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.21" 2023-10-17\' >&2\n')
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.21\" 2023-10-17' >&2\n")
     java.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
     with pytest.raises(JavaError, match=r"is Java 11\.0\.21; install Java 17"):
@@ -45,9 +46,21 @@ def test_cli_reports_missing_java_without_a_traceback(tmp_path):
     env.pop("PYSPARK_GATEWAY_PORT", None)
     (tmp_path / "in.txt").write_text("one document\n")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "prepare.py"), "--set", f"io.input={tmp_path / 'in.txt'}",
-         "--set", f"io.output={tmp_path / 'out'}", "--set", "prepare.format=text_lines"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "jobs" / "prepare.py"),
+            "--set",
+            f"io.input={tmp_path / 'in.txt'}",
+            "--set",
+            f"io.output={tmp_path / 'out'}",
+            "--set",
+            "prepare.format=text_lines",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "textmill: error: Spark needs Java 17 or newer, but none was found" in proc.stderr
@@ -72,7 +85,9 @@ def test_task_partitions_fill_every_core_in_each_wave(spark):
 def test_read_input_names_missing_columns_and_what_is_there(spark, tmp_path):
     spark.createDataFrame([("a", "x")], "doc_id string, body string").write.parquet(str(tmp_path / "in"))
     assert io.read_input(spark, str(tmp_path / "in"), ["doc_id", "body"]).count() == 1
-    with pytest.raises(ColumnNotFoundError, match=r"column\(s\) text, label not in the input; available: doc_id, body \(a hint\)"):
+    with pytest.raises(
+        ColumnNotFoundError, match=r"column\(s\) text, label not in the input; available: doc_id, body \(a hint\)"
+    ):
         io.read_input(spark, str(tmp_path / "in"), ["doc_id", "text", "label"], "a hint")
     with pytest.raises(InputNotFoundError, match="io.input: nothing exists at"):
         io.read_input(spark, str(tmp_path / "missing"), ["doc_id"])
@@ -96,7 +111,9 @@ spark.stop()
 def test_the_driver_logs_spark_warnings_but_not_the_startup_banner(tmp_path, user_options):
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_GATEWAY_PORT", "SPARK_CONF_DIR")}
     extra = ["spark.driver.extraJavaOptions=-Dtextmill.probe=1"] if user_options else []
-    proc = subprocess.run([sys.executable, "-c", LOG_PROBE, *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOG_PROBE, *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARN DAGScheduler: probe: a warning of Spark's own" in proc.stderr  # Spark's warnings are never hidden
     assert "probe: an info record" not in proc.stderr

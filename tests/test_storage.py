@@ -1,4 +1,5 @@
 """Outputs never delete what textmill did not write; one writer at a time; publishes are one unit."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,9 @@ def test_a_directory_or_file_textmill_did_not_write_is_replaced_only_when_asked(
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "thesis.docx").write_bytes(b"years of work")
-    with pytest.raises(OutputError, match=r"textmill did not write \(no _textmill.json; it holds 1 entry, e.g. 'thesis.docx'\)"):
+    with pytest.raises(
+        OutputError, match=r"textmill did not write \(no _textmill.json; it holds 1 entry, e.g. 'thesis.docx'\)"
+    ):
         run_job("prepare", prepare_conf(job_conf, source, theirs), spark)
     assert (theirs / "thesis.docx").read_bytes() == b"years of work"
 
@@ -84,15 +87,26 @@ def test_a_second_writer_fails_with_the_holders_name_and_a_killed_holder_is_take
     run_job("prepare", prepare_conf(job_conf, source, output), spark)
     before = tree(output)
     lock = Path(f"{output}{storage.LOCK_SUFFIX}")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import json, os, socket, sys, time\n"
-        f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
-        "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'started': 'now'}).encode())\n"
-        "os.close(fd); print('locked', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import json, os, socket, sys, time\n"
+                f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
+                "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'started': 'now'}).encode())\n"
+                "os.close(fd); print('locked', flush=True); time.sleep(120)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         source.write_text("changed\n")
-        with pytest.raises(OutputError, match=rf"being written by another textmill run \(host {socket.gethostname()}, pid {holder.pid}"):
+        with pytest.raises(
+            OutputError, match=rf"being written by another textmill run \(host {socket.gethostname()}, pid {holder.pid}"
+        ):
             run_job("prepare", prepare_conf(job_conf, source, output), spark)
         assert tree(output) == before
         os.kill(holder.pid, signal.SIGKILL)
@@ -145,9 +159,17 @@ def test_torn_publish_is_detected_by_readers_and_repaired_with_leftovers_by_the_
     with pytest.raises(OutputError, match="were published by different runs"):
         io.read_input(spark, str(run_a), ["doc_id", "text"])
     with pytest.raises(OutputError, match="were published by different runs"):
-        run_job("annotate", job_conf(io={"input": str(run_a), "output": str(tmp_path / "ann")}, nlp={"model": "blank:en"}), spark)
+        run_job(
+            "annotate",
+            job_conf(io={"input": str(run_a), "output": str(tmp_path / "ann")}, nlp={"model": "blank:en"}),
+            spark,
+        )
     # ...and killed runs' staging and set-aside directories.
-    for leftover in (f"{run_a}.__textmill_tmp-dead0001", f"{run_a}.__textmill_old-dead0002", f"{run_a}_quarantine.__textmill_tmp-dead0003"):
+    for leftover in (
+        f"{run_a}.__textmill_tmp-dead0001",
+        f"{run_a}.__textmill_old-dead0002",
+        f"{run_a}_quarantine.__textmill_tmp-dead0003",
+    ):
         Path(leftover).mkdir()
         (Path(leftover) / "part-0.parquet").write_bytes(b"partial")
     run_job("prepare", prepare_conf(job_conf, source, run_a), spark)
@@ -174,11 +196,15 @@ def test_an_output_of_another_kind_is_not_mixed_or_replaced(spark, job_conf, tmp
     source.write_text("one\n")
     prepared = tmp_path / "prepared"
     run_job("prepare", prepare_conf(job_conf, source, prepared), spark)
-    with pytest.raises(OutputError, match="holds a textmill dataset; replacing it with the outputs of train_embeddings"):
+    with pytest.raises(
+        OutputError, match="holds a textmill dataset; replacing it with the outputs of train_embeddings"
+    ):
         run_job("train_embeddings", job_conf(io={"input": str(source), "output": str(prepared)}), spark)
     container = tmp_path / "embeddings"
     with claimed_container(spark, str(container), "train_embeddings"):
         (container / "vocab").mkdir()
-    with pytest.raises(OutputError, match="holds the outputs of textmill's train_embeddings job; replacing it with a dataset"):
+    with pytest.raises(
+        OutputError, match="holds the outputs of textmill's train_embeddings job; replacing it with a dataset"
+    ):
         run_job("prepare", prepare_conf(job_conf, source, container), spark)
     assert (container / "vocab").is_dir() and spark.read.parquet(str(prepared)).count() == 1

@@ -1,4 +1,5 @@
 """User mistakes end with exit status 2 and one line saying what to change, never a traceback."""
+
 from __future__ import annotations
 
 import json
@@ -6,15 +7,22 @@ import shutil
 
 import numpy as np
 import pytest
-
 from test_ann import write_vectors
 from test_prepare import REPO, load_job
 
 
 def run_main(job: str, capsys, mlflow_uri, tmp_path, *sets: str) -> tuple[int, str]:
-    code = load_job(job).main(["--conf", str(REPO / "conf" / f"{job}.yaml"), "--set", f"mlflow.tracking_uri={mlflow_uri}",
-                               "--set", f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
-                               *[x for s in sets for x in ("--set", s)]])
+    code = load_job(job).main(
+        [
+            "--conf",
+            str(REPO / "conf" / f"{job}.yaml"),
+            "--set",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "--set",
+            f"mlflow.artifact_location={(tmp_path / 'art').as_uri()}",
+            *[x for s in sets for x in ("--set", s)],
+        ]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("textmill: error:")]
     return code, lines[0] if len(lines) == 1 else err
@@ -26,9 +34,16 @@ def small_index(spark, tmp_path_factory, mlflow_uri):
 
     base = tmp_path_factory.mktemp("idx")
     write_vectors(spark, base / "vectors", np.random.default_rng(2).normal(size=(60, 4)).astype(np.float32))
-    run_job("build_index", {"io": {"input": str(base / "vectors"), "output": str(base / "index")},
-                            "index": {"shards": 2, "recall": {"queries": 10, "k": 3}},
-                            "spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri}}, spark)
+    run_job(
+        "build_index",
+        {
+            "io": {"input": str(base / "vectors"), "output": str(base / "index")},
+            "index": {"shards": 2, "recall": {"queries": 10, "k": 3}},
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": mlflow_uri},
+        },
+        spark,
+    )
     return base
 
 
@@ -36,28 +51,43 @@ def test_classify_with_a_directory_that_is_not_a_model(spark, capsys, mlflow_uri
     (tmp_path / "not_a_model").mkdir()
     (tmp_path / "not_a_model" / "notes.txt").write_text("hello")
     spark.createDataFrame([("d1", "some text")], "doc_id string, text string").write.parquet(str(tmp_path / "in"))
-    code, line = run_main("classify", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'in'}",
-                          f"io.output={tmp_path / 'out'}", f"classify.model_uri={tmp_path / 'not_a_model'}")
+    code, line = run_main(
+        "classify",
+        capsys,
+        mlflow_uri,
+        tmp_path,
+        f"io.input={tmp_path / 'in'}",
+        f"io.output={tmp_path / 'out'}",
+        f"classify.model_uri={tmp_path / 'not_a_model'}",
+    )
     assert code == 2 and "is not a model directory (no MLmodel or textmill_classifier.json)" in line, line
 
 
-@pytest.mark.parametrize("vectors, message", [
-    ([("a", [1.0, 2.0])], "1 vector(s); nearest neighbours need at least 2"),
-    ([("a", []), ("b", [])], "2 of 2 vector(s) are empty (length 0)"),
-])
+@pytest.mark.parametrize(
+    "vectors, message",
+    [
+        ([("a", [1.0, 2.0])], "1 vector(s); nearest neighbours need at least 2"),
+        ([("a", []), ("b", [])], "2 of 2 vector(s) are empty (length 0)"),
+    ],
+)
 def test_build_index_refuses_what_cannot_be_indexed(vectors, message, spark, capsys, mlflow_uri, tmp_path):
     spark.createDataFrame(vectors, "id string, vector array<float>").write.parquet(str(tmp_path / "v"))
-    code, line = run_main("build_index", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'v'}", f"io.output={tmp_path / 'idx'}")
+    code, line = run_main(
+        "build_index", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'v'}", f"io.output={tmp_path / 'idx'}"
+    )
     assert code == 2 and message in line, line
     assert not (tmp_path / "idx").exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("manifest", "manifest.json cannot be read as JSON"),
-    ("truncate", "cannot be loaded (Index size is not a multiple of vector size"),
-    ("halve", "items, the manifest says 30 (truncated or replaced?)"),
-    ("remove", "is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("manifest", "manifest.json cannot be read as JSON"),
+        ("truncate", "cannot be loaded (Index size is not a multiple of vector size"),
+        ("halve", "items, the manifest says 30 (truncated or replaced?)"),
+        ("remove", "is missing"),
+    ],
+)
 def test_neighbors_with_a_damaged_index(damage, message, small_index, spark, capsys, mlflow_uri, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(small_index / "index", index)
@@ -72,13 +102,24 @@ def test_neighbors_with_a_damaged_index(damage, message, small_index, spark, cap
         shard.write_bytes(data[: len(data) // 2 // node * node])  # a whole number of nodes, half of them
     else:
         shard.unlink()
-    code, line = run_main("neighbors", capsys, mlflow_uri, tmp_path, f"io.input={small_index / 'vectors'}",
-                          f"io.output={tmp_path / 'nn'}", f"neighbors.index={index}")
+    code, line = run_main(
+        "neighbors",
+        capsys,
+        mlflow_uri,
+        tmp_path,
+        f"io.input={small_index / 'vectors'}",
+        f"io.output={tmp_path / 'nn'}",
+        f"neighbors.index={index}",
+    )
     assert code == 2 and message in line, line
 
 
 def test_cluster_names_neighbours_that_are_not_nodes(spark, capsys, mlflow_uri, tmp_path):
-    spark.createDataFrame([("a", [("b", 0.1)]), ("b", [("a", 0.1), ("zz", 0.2)])],
-                          "id string, neighbors array<struct<id:string,distance:float>>").write.parquet(str(tmp_path / "g"))
-    code, line = run_main("cluster", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'g'}", f"io.output={tmp_path / 'c'}")
+    spark.createDataFrame(
+        [("a", [("b", 0.1)]), ("b", [("a", 0.1), ("zz", 0.2)])],
+        "id string, neighbors array<struct<id:string,distance:float>>",
+    ).write.parquet(str(tmp_path / "g"))
+    code, line = run_main(
+        "cluster", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'g'}", f"io.output={tmp_path / 'c'}"
+    )
     assert code == 2 and "1 neighbour id(s) are not nodes of the graph (no row with that id), e.g. 'zz'" in line, line

@@ -3,6 +3,7 @@
 In-process tests use the shared SparkSession; the kill -9 and SIGTERM tests run the job as
 a subprocess (``jobs/watch.py``, its own Spark) and kill it for real.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -54,10 +55,12 @@ def wave(inbox: Path, outgoing: Path, first: int, files: int, rows: int, tag: st
 
 
 def watch_conf(job_conf, inbox: Path, out: Path, **watch) -> dict:
-    return job_conf(io={"output": str(out)},
-                    watch={"inbox": str(inbox), "steps": ["prepare", "tokenize"], **watch},
-                    prepare={"columns": {"doc_id": "id"}},
-                    nlp={"model": "blank:en"})
+    return job_conf(
+        io={"output": str(out)},
+        watch={"inbox": str(inbox), "steps": ["prepare", "tokenize"], **watch},
+        prepare={"columns": {"doc_id": "id"}},
+        nlp={"model": "blank:en"},
+    )
 
 
 def published_ids(spark, out: Path, step: str = "prepare") -> Counter:
@@ -87,16 +90,26 @@ def test_three_waves_each_row_once_and_each_run_reads_only_new_files(spark, job_
     for r in records:
         p = r["steps"]["prepare"]
         assert p["rows_in"] == p["rows_out"] + p["rows_quarantined"] == r["steps"]["tokenize"]["rows_out"]
-    assert log.batch_ids("prepare") == log.batch_ids("tokenize") == log.batch_ids("quarantine") == [r["batch_id"] for r in records]
+    assert (
+        log.batch_ids("prepare")
+        == log.batch_ids("tokenize")
+        == log.batch_ids("quarantine")
+        == [r["batch_id"] for r in records]
+    )
 
     client = mlflow.tracking.MlflowClient(conf["mlflow"]["tracking_uri"])
-    run = client.search_runs([client.get_experiment_by_name("textmill-watch").experiment_id],
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("textmill-watch").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
     assert run.data.tags["textmill.watch.checkpoint"].endswith(str(out / "_checkpoint"))
     history = client.get_metric_history(run.info.run_id, "rows_in")
     assert sorted(m.step for m in history) == [r["batch_id"] for r in records[-2:]]
     assert sum(m.value for m in history) == 4 * 25
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "batch_seconds")) == sorted(m.step for m in history)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "batch_seconds")) == sorted(
+        m.step for m in history
+    )
 
     with caplog.at_level(logging.INFO, logger="textmill"):
         again = run_job("watch", conf, spark)
@@ -105,7 +118,9 @@ def test_three_waves_each_row_once_and_each_run_reads_only_new_files(spark, job_
     assert published_ids(spark, out) == Counter({i: 1 for i in expected})
 
 
-def test_a_batch_published_before_a_crash_is_not_run_again_and_a_foreign_checkpoint_is_refused(spark, job_conf, tmp_path):
+def test_a_batch_published_before_a_crash_is_not_run_again_and_a_foreign_checkpoint_is_refused(
+    spark, job_conf, tmp_path
+):
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     conf = watch_conf(job_conf, inbox, out)
@@ -122,7 +137,10 @@ def test_a_batch_published_before_a_crash_is_not_run_again_and_a_foreign_checkpo
     wave(inbox, outgoing, 100, 1, 10, "b")
     for path in sorted((out / "_checkpoint").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
-    with pytest.raises(BatchFailedError, match=r"batch 0 .* committed with other files .*checkpoint and the output do not belong together"):
+    with pytest.raises(
+        BatchFailedError,
+        match=r"batch 0 .* committed with other files .*checkpoint and the output do not belong together",
+    ):
         run_job("watch", conf, spark)
     assert published_ids(spark, out) == Counter({i: 1 for i in ids})
 
@@ -131,7 +149,12 @@ def test_bad_rows_are_quarantined_and_a_broken_file_fails_its_batch_until_fixed(
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     conf = watch_conf(job_conf, inbox, out)
-    drop_file(inbox, "mixed.csv", b'id,text\n1,fine text\n2,"too","many","fields"\n3,bad \xff\xfe bytes\n4,\n1,dup\n', outgoing)
+    drop_file(
+        inbox,
+        "mixed.csv",
+        b'id,text\n1,fine text\n2,"too","many","fields"\n3,bad \xff\xfe bytes\n4,\n1,dup\n',
+        outgoing,
+    )
     first = run_job("watch", conf, spark)
     assert (first["total_rows_in"], first["total_rows_out"], first["total_rows_quarantined"]) == (5, 1, 4)
     bad = {r["doc_id"]: r["reason"] for r in spark.read.parquet(str(out / "quarantine")).collect()}
@@ -140,7 +163,9 @@ def test_bad_rows_are_quarantined_and_a_broken_file_fails_its_batch_until_fixed(
     # A file that cannot be read at all fails its batch; nothing of the batch is published.
     drop_file(inbox, "late.csv.gz", b"this is not gzip data" * 10, outgoing)
     drop_file(inbox, "ok.csv", csv_bytes(range(10, 15)), outgoing)
-    with pytest.raises(BatchFailedError, match=r"batch 1 \(2 file\(s\).*failed: .*Nothing of it was published; the next run retries"):
+    with pytest.raises(
+        BatchFailedError, match=r"batch 1 \(2 file\(s\).*failed: .*Nothing of it was published; the next run retries"
+    ):
         run_job("watch", conf, spark)
     log = BatchLog(spark, str(out))
     assert [r["batch_id"] for r in log.records()] == [0] and log.batch_ids("prepare") == [0]
@@ -172,7 +197,12 @@ def test_archive_moves_processed_files_and_a_doc_id_seen_in_an_earlier_batch_is_
     # A doc_id an earlier batch published is quarantined, not published twice.
     assert second["total_rows_quarantined"] == 1
     [dup] = spark.read.parquet(str(out / "quarantine")).collect()
-    assert (dup.doc_id, dup.reason, dup.detail, dup.batch) == ("0", "duplicate_doc_id", "doc_id 0 seen in an earlier batch", 1)
+    assert (dup.doc_id, dup.reason, dup.detail, dup.batch) == (
+        "0",
+        "duplicate_doc_id",
+        "doc_id 0 seen in an earlier batch",
+        1,
+    )
 
 
 def test_an_inbox_that_is_missing_a_file_or_a_glob_is_named(spark, job_conf, tmp_path):
@@ -204,17 +234,26 @@ def test_a_replayed_batch_replaces_its_own_output_everywhere(spark, tmp_path):
     assert [p.name for p in (out / "_staging").iterdir()] == [Path(replay).name]  # the old batch=7 was not left aside
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"watch": {"steps": ["prepare", "cluster"]}}, r"'cluster' needs the whole corpus and cannot run per micro-batch"),
-    ({"watch": {"steps": ["ner"]}}, r"the first step must be 'prepare'"),
-    ({"watch": {"steps": ["prepare", "classify", "ner"]}}, r"steps must keep the order"),
-    ({"watch": {"steps": ["prepare", "ner", "tokenize"]}}, r"at most one of annotate, ner, tokenize"),
-    ({"watch": {"trigger": {"every": "soon"}}}, r"'watch.trigger': given \{'every': 'soon'\}.*interval above zero such as 30s"),
-    ({"watch": {"trigger": "once"}}, r"'watch.trigger': given 'once' .*available_now, or \{every: <interval>\}"),
-    ({"watch": {"checkpoint": "IN/ck"}}, r"'watch.checkpoint' .* may not contain one another"),
-    ({"io": {"input": "x"}}, r"'io.input' is not used by watch: set 'watch.inbox'"),
-    ({"watch": {"steps": ["prepare", "classify"]}}, r"'classify.model_uri' is required with the classify step"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"watch": {"steps": ["prepare", "cluster"]}},
+            r"'cluster' needs the whole corpus and cannot run per micro-batch",
+        ),
+        ({"watch": {"steps": ["ner"]}}, r"the first step must be 'prepare'"),
+        ({"watch": {"steps": ["prepare", "classify", "ner"]}}, r"steps must keep the order"),
+        ({"watch": {"steps": ["prepare", "ner", "tokenize"]}}, r"at most one of annotate, ner, tokenize"),
+        (
+            {"watch": {"trigger": {"every": "soon"}}},
+            r"'watch.trigger': given \{'every': 'soon'\}.*interval above zero such as 30s",
+        ),
+        ({"watch": {"trigger": "once"}}, r"'watch.trigger': given 'once' .*available_now, or \{every: <interval>\}"),
+        ({"watch": {"checkpoint": "IN/ck"}}, r"'watch.checkpoint' .* may not contain one another"),
+        ({"io": {"input": "x"}}, r"'io.input' is not used by watch: set 'watch.inbox'"),
+        ({"watch": {"steps": ["prepare", "classify"]}}, r"'classify.model_uri' is required with the classify step"),
+    ],
+)
 def test_watch_conf_problems_are_named(tmp_path, change, message):
     from textmill.runtime.config import deep_merge
 
@@ -225,9 +264,17 @@ def test_watch_conf_problems_are_named(tmp_path, change, message):
 
 
 def test_shipped_watch_conf_and_the_every_trigger_validate():
-    conf = load_conf(WatchJobConf, REPO / "conf" / "watch.yaml",
-                     overrides=["watch.inbox=in", "io.output=out", "watch.trigger.every=2s", "watch.steps=[prepare, ner, classify]",
-                                "classify.model_uri=models:/news@champion"])
+    conf = load_conf(
+        WatchJobConf,
+        REPO / "conf" / "watch.yaml",
+        overrides=[
+            "watch.inbox=in",
+            "io.output=out",
+            "watch.trigger.every=2s",
+            "watch.steps=[prepare, ner, classify]",
+            "classify.model_uri=models:/news@champion",
+        ],
+    )
     assert conf.watch.trigger.every == "2s" and conf.watch.steps == ["prepare", "ner", "classify"]
 
 
@@ -235,10 +282,27 @@ def test_shipped_watch_conf_and_the_every_trigger_validate():
 
 
 def _command(inbox: Path, out: Path, mlflow_uri: str, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "jobs" / "watch.py"), "--conf", str(REPO / "conf" / "watch.yaml"),
-            "--set", f"watch.inbox={inbox}", "--set", f"io.output={out}", "--set", "prepare.columns.doc_id=id",
-            "--set", "spark.master=local[2]", "--set", "spark.ui_enabled=false", "--set", "spark.shuffle_partitions=2",
-            "--set", f"mlflow.tracking_uri={mlflow_uri}", *extra]
+    return [
+        sys.executable,
+        str(REPO / "jobs" / "watch.py"),
+        "--conf",
+        str(REPO / "conf" / "watch.yaml"),
+        "--set",
+        f"watch.inbox={inbox}",
+        "--set",
+        f"io.output={out}",
+        "--set",
+        "prepare.columns.doc_id=id",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "spark.ui_enabled=false",
+        "--set",
+        "spark.shuffle_partitions=2",
+        "--set",
+        f"mlflow.tracking_uri={mlflow_uri}",
+        *extra,
+    ]
 
 
 class BatchWatcher(threading.Thread):
@@ -290,26 +354,39 @@ def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(tmp_path, ml
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     ids = wave(inbox, outgoing, 0, 8, 400, "w")
-    cmd = _command(inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]", "--set", "watch.max_files_per_batch=2")
+    cmd = _command(
+        inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]", "--set", "watch.max_files_per_batch=2"
+    )
     watcher = BatchWatcher(out, ("prepare", "quarantine", "ner"))
     watcher.start()
     proc = _start(cmd, tmp_path / "first.log")
     # Kill once batch 0 is committed and batch 1 has written its prepare output to staging.
-    _wait_for(lambda: (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json")),
-              proc, tmp_path / "first.log")
+    _wait_for(
+        lambda: (
+            (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json"))
+        ),
+        proc,
+        tmp_path / "first.log",
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "_batches" / "1.json").exists()  # killed mid-batch, for real
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    again = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=420, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    )
     watcher.done.set()
     watcher.join()
     assert again.returncode == 0, again.stderr[-3000:]
     assert "batch 1 " in again.stderr  # the killed batch was replayed
     assert watcher.partial == []
     assert len(watcher.seen) >= 3
-    prepared = Counter(t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"])
-    entities = Counter(t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"])
+    prepared = Counter(
+        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
+    entities = Counter(
+        t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
     assert prepared == entities == Counter({i: 1 for i in ids})
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
@@ -321,8 +398,17 @@ def test_sigterm_stops_a_long_running_watch_cleanly_and_models_stay_loaded(tmp_p
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     ids = wave(inbox, outgoing, 0, 1, 50, "a")
-    cmd = _command(inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]", "--set", "watch.trigger.every=2s",
-                   "--set", "mlflow.experiment=watch-sigterm")
+    cmd = _command(
+        inbox,
+        out,
+        mlflow_uri,
+        "--set",
+        "watch.steps=[prepare, ner]",
+        "--set",
+        "watch.trigger.every=2s",
+        "--set",
+        "mlflow.experiment=watch-sigterm",
+    )
     log = tmp_path / "every.log"
     proc = _start(cmd, log)
     for n, tag in enumerate("bcd", start=1):
@@ -346,8 +432,15 @@ def test_sigterm_stops_a_long_running_watch_cleanly_and_models_stay_loaded(tmp_p
     # The spaCy model was loaded once per Python worker, across all the micro-batches.
     assert run.data.metrics["max_model_loads_per_worker"] == 1 and run.data.metrics["python_workers"] >= 1
 
-    restart = subprocess.run(_command(inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]"), capture_output=True,
-                             text=True, timeout=420, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    restart = subprocess.run(
+        _command(inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]"),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+    )
     assert restart.returncode == 0, restart.stderr[-3000:]
-    prepared = Counter(t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"])
+    prepared = Counter(
+        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
     assert prepared == Counter({i: 1 for i in ids})

@@ -7,6 +7,7 @@ random sizes, isolated nodes, non-ASCII ids, and weights that are multiples of 1
 sums are exact in any order and the two paths must agree label for label (ties included,
 which such weights make common).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,10 +23,14 @@ def test_active_nodes_are_sparks_xxhash_choice_for_every_kind_of_seed(spark):
     alphabet = list("abcxyz019_-") + ["é", "ß", "日", "本", "🙂", "\u0000", " "]
     ids = sorted({"".join(rng.choice(alphabet, rng.integers(0, 12))) for _ in range(300)})
     # int literals hash as 4 bytes, larger ones as 8: both sides of each boundary, and negatives
-    seeds = [0, 7, -1, 2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**63 - 1, -2**63, 123456789012]
+    seeds = [0, 7, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63 - 1, -(2**63), 123456789012]
     rounds = [1, 17, 2**31 - 1]
     frame = spark.createDataFrame([(i,) for i in ids], "id string")
-    columns = [(F.abs(F.xxhash64("id", F.lit(r), F.lit(s))) % 1000).alias(f"h_{r}_{k}") for r in rounds for k, s in enumerate(seeds)]
+    columns = [
+        (F.abs(F.xxhash64("id", F.lit(r), F.lit(s))) % 1000).alias(f"h_{r}_{k}")
+        for r in rounds
+        for k, s in enumerate(seeds)
+    ]
     rows = frame.select("id", F.xxhash64("id").alias("key"), *columns).orderBy("id").collect()
     keys = np.array([r["key"] for r in rows], dtype=np.int64)
     checked = 0
@@ -51,9 +56,14 @@ def _graph(spark, seed: int):
         if a != b and (group[a] == group[b] or rng.random() < 0.3):
             pairs.add((min(a, b), max(a, b)))
     weights = {p: float(rng.integers(1, 5)) / 4 for p in pairs}
-    edges = [(names[a], names[b], w) for (a, b), w in weights.items()] + [(names[b], names[a], w) for (a, b), w in weights.items()]
-    return (spark.createDataFrame([(x,) for x in names], "id string"),
-            spark.createDataFrame(edges, "src string, dst string, weight double"), n)
+    edges = [(names[a], names[b], w) for (a, b), w in weights.items()] + [
+        (names[b], names[a], w) for (a, b), w in weights.items()
+    ]
+    return (
+        spark.createDataFrame([(x,) for x in names], "id string"),
+        spark.createDataFrame(edges, "src string, dst string, weight double"),
+        n,
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -61,7 +71,9 @@ def test_one_task_path_gives_the_distributed_clusters_for_the_same_seed(spark, s
     from textmill.pipelines.cluster import ClusterConf, chinese_whispers, chinese_whispers_in_one_task
 
     nodes, edges, n = _graph(spark, seed)
-    conf = ClusterConf(seed=seed * 101, max_iterations=12, update_fraction=[0.5, 0.9][seed - 1], tolerance=0.0, patience=3)
+    conf = ClusterConf(
+        seed=seed * 101, max_iterations=12, update_fraction=[0.5, 0.9][seed - 1], tolerance=0.0, patience=3
+    )
     distributed, d_stats = chinese_whispers(nodes, edges, conf, n)
     in_one_task, o_stats = chinese_whispers_in_one_task(nodes, edges, conf)
     expected = {r.id: r.label for r in distributed.collect()}
@@ -74,19 +86,33 @@ def test_one_task_path_gives_the_distributed_clusters_for_the_same_seed(spark, s
 def test_cluster_job_publishes_the_same_clusters_on_either_path(spark, mlflow_uri, tmp_path):
     nodes, edges, n = _graph(spark, 4)
     # neighbors output whose "distance" is the weight itself (cluster.distance: similarity), so it stays exact
-    lists = edges.groupBy(F.col("src").alias("id")).agg(F.collect_list(F.struct(
-        F.col("dst").alias("id"), F.col("weight").cast("float").alias("distance"))).alias("neighbors"))
-    knn = nodes.join(lists, "id", "left").select("id", F.coalesce("neighbors", F.array().cast(lists.schema["neighbors"].dataType)).alias("neighbors"))
+    lists = edges.groupBy(F.col("src").alias("id")).agg(
+        F.collect_list(F.struct(F.col("dst").alias("id"), F.col("weight").cast("float").alias("distance"))).alias(
+            "neighbors"
+        )
+    )
+    knn = nodes.join(lists, "id", "left").select(
+        "id", F.coalesce("neighbors", F.array().cast(lists.schema["neighbors"].dataType)).alias("neighbors")
+    )
     knn.write.parquet(str(tmp_path / "knn"))
     base = {"spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": mlflow_uri, "experiment": "whispers-tests"}}
     outputs = {}
     for name, limit in (("one_task", 10**9), ("distributed", 0)):
-        metrics = run_job("cluster", {**base, "io": {"input": str(tmp_path / "knn"), "output": str(tmp_path / name)},
-                                      "cluster": {"local_max_edges": limit, "max_iterations": 15, "distance": "similarity"}}, spark)
+        metrics = run_job(
+            "cluster",
+            {
+                **base,
+                "io": {"input": str(tmp_path / "knn"), "output": str(tmp_path / name)},
+                "cluster": {"local_max_edges": limit, "max_iterations": 15, "distance": "similarity"},
+            },
+            spark,
+        )
         assert metrics["one_task"] == float(name == "one_task") and metrics["rows_out"] == n
-        outputs[name] = ({r.id: r.cluster_id for r in spark.read.parquet(str(tmp_path / name)).collect()},
-                         sorted((r.cluster_id, r.size) for r in spark.read.parquet(str(tmp_path / f"{name}_sizes")).collect()),
-                         {k: metrics[k] for k in ("clusters", "iterations", "singleton_share", "largest_cluster", "edges")})
+        outputs[name] = (
+            {r.id: r.cluster_id for r in spark.read.parquet(str(tmp_path / name)).collect()},
+            sorted((r.cluster_id, r.size) for r in spark.read.parquet(str(tmp_path / f"{name}_sizes")).collect()),
+            {k: metrics[k] for k in ("clusters", "iterations", "singleton_share", "largest_cluster", "edges")},
+        )
     assert outputs["one_task"] == outputs["distributed"]
     assert len(outputs["one_task"][0]) == n
 

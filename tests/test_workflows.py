@@ -5,6 +5,7 @@ Airflow gets its own virtualenv (``.venv-airflow/``, built once from
 pins never touch textmill's. The DAG runs with ``dag.test()`` against ``local[2]`` Spark:
 every task is a real ``spark-submit`` of ``jobs/<job>.py`` with the ``--py-files`` zip.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import airflow_venv
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTMILL_BIN = Path(sys.executable).parent
 
 
-RUN_DAG = textwrap.dedent('''
+RUN_DAG = textwrap.dedent("""
     import json, sys
     import pendulum
     from airflow.dag_processing.dagbag import DagBag
@@ -37,7 +37,7 @@ RUN_DAG = textwrap.dedent('''
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print(json.dumps({"state": str(run.state), "tasks": states, "upstream": upstream,
                       "schedule": str(dag.schedule), "catchup": dag.catchup}))
-''')
+""")
 
 
 @pytest.mark.slow
@@ -53,7 +53,9 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     home.mkdir()
     # Cluster-wide Spark defaults, as an operator sets them in $SPARK_CONF_DIR/spark-defaults.conf.
     (tmp_path / "spark-conf").mkdir()
-    (tmp_path / "spark-conf" / "spark-defaults.conf").write_text("spark.sql.shuffle.partitions 4\nspark.ui.enabled false\n")
+    (tmp_path / "spark-conf" / "spark-defaults.conf").write_text(
+        "spark.sql.shuffle.partitions 4\nspark.ui.enabled false\n"
+    )
     os.rename(write_sample_csv(tmp_path / "incoming" / "news.csv", n_docs=240, seed=3), inbox / "news.csv")
     env = {
         **os.environ,
@@ -73,17 +75,32 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("PYTHONPATH", None)
-    migrate = subprocess.run([str(airflow_venv.VENV / "bin" / "airflow"), "db", "migrate"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)
+    migrate = subprocess.run(
+        [str(airflow_venv.VENV / "bin" / "airflow"), "db", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    proc = subprocess.run([str(python), "-c", RUN_DAG, env["AIRFLOW__CORE__DAGS_FOLDER"]], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [str(python), "-c", RUN_DAG, env["AIRFLOW__CORE__DAGS_FOLDER"]],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and len(lines) == 2, (proc.stdout[-3000:], proc.stderr[-5000:])
     loaded, result = lines
     assert loaded == {"import_errors": {}, "dags": ["textmill_news"]}
     logs = {log.parent.name: log.read_text()[-4000:] for log in home.glob("logs/**/attempt=*.log")}
-    assert result["state"] == "success", (result["tasks"], {k: v for k, v in logs.items() if "failed" in v.lower()} or logs)
+    assert result["state"] == "success", (
+        result["tasks"],
+        {k: v for k, v in logs.items() if "failed" in v.lower()} or logs,
+    )
     assert set(result["tasks"].values()) == {"success"} and len(result["tasks"]) == 8
     assert result["upstream"]["classify"] == ["train_classifier"] and result["upstream"]["cluster"] == ["neighbors"]
     assert result["catchup"] is False
@@ -93,7 +110,9 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     prepared = spark.read.parquet(str(watched / "prepare"))
     assert prepared.count() == 240 and spark.read.parquet(str(watched / "quarantine")).count() == 3
     assert spark.read.parquet(str(watched / "annotate")).count() == 240
-    classified = spark.read.parquet(str(day / "classified")).join(prepared.select("doc_id", prepared.label.alias("truth")), "doc_id")
+    classified = spark.read.parquet(str(day / "classified")).join(
+        prepared.select("doc_id", prepared.label.alias("truth")), "doc_id"
+    )
     assert classified.count() == 240 and classified.where("label = truth").count() / 240 > 0.8
     assert (day / "embeddings" / "export" / "embeddings.json").is_file()
     assert spark.read.parquet(str(day / "doc_vectors")).where("vector is not null").count() == 240
@@ -162,19 +181,25 @@ def test_the_databricks_bundle_validates_and_every_task_is_a_valid_textmill_comm
     assert [name for key, _, name in checked if key == "textmill_news_on_arrival"] == ["watch"]
     # The serverless variant: the same tasks, no cluster, every task in a declared environment holding the wheel.
     serverless = jobs["textmill_news_daily_serverless"]
-    assert "job_clusters" not in serverless and all("job_cluster_key" not in t and "libraries" not in t for t in serverless["tasks"])
+    assert "job_clusters" not in serverless and all(
+        "job_cluster_key" not in t and "libraries" not in t for t in serverless["tasks"]
+    )
     environments = {e["environment_key"]: e["spec"] for e in serverless["environments"]}
     assert {t["environment_key"] for t in serverless["tasks"]} == set(environments)
     for spec in environments.values():
         wheels = [d for d in spec["dependencies"] if d.endswith(".whl")]
         assert len(wheels) == 1 and (BUNDLE.parent / wheels[0]).parent.resolve() == REPO / "dist"
     assert [t["task_key"] for t in serverless["tasks"]] == keys
-    assert ([name for key, _, name in checked if key == "textmill_news_daily_serverless"]
-            == [name for key, _, name in checked if key == "textmill_news_daily"])
+    assert [name for key, _, name in checked if key == "textmill_news_daily_serverless"] == [
+        name for key, _, name in checked if key == "textmill_news_daily"
+    ]
     watch_task = next(t for t in serverless["tasks"] if t["task_key"] == "watch_inbox")
     watch_args = [_substitute(a, variables) for a in watch_task["spark_python_task"]["parameters"]]
-    watch_conf = load_conf(get_job("watch").conf_model, watch_args[watch_args.index("--conf") + 1],
-                           overrides=[watch_args[i + 1] for i, a in enumerate(watch_args) if a == "--set"])
+    watch_conf = load_conf(
+        get_job("watch").conf_model,
+        watch_args[watch_args.index("--conf") + 1],
+        overrides=[watch_args[i + 1] for i, a in enumerate(watch_args) if a == "--set"],
+    )
     assert watch_conf.watch.trigger == "available_now"  # the one trigger serverless allows
     assert len(checked) == 17
 
@@ -192,4 +217,8 @@ def test_a_wrong_field_or_a_wrong_textmill_key_in_the_bundle_is_caught():
     with pytest.raises(ValueError, match="python_fil"):
         Job.from_dict(broken)
     with pytest.raises(ConfigError, match="classify.model_urii"):
-        load_conf(ClassifyJobConf, REPO / "conf" / "classify.yaml", overrides=["io.input=a", "io.output=b", "classify.model_urii=x"])
+        load_conf(
+            ClassifyJobConf,
+            REPO / "conf" / "classify.yaml",
+            overrides=["io.input=a", "io.output=b", "classify.model_urii=x"],
+        )

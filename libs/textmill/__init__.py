@@ -12,6 +12,7 @@ The package is layered; a module imports only from its own layer and the layers 
 - ``streaming``: the ``watch`` job, composing the pipelines' per-document steps;
 - on top: ``jobs`` (``run_job``), ``cli`` (``textmill``), ``notebook`` (notebook helpers).
 """
+
 __version__ = "0.1.0"
 
 from textmill import _moved

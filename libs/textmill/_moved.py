@@ -8,6 +8,7 @@ module itself (``textmill.config is textmill.runtime.config``); ``textmill.docve
 pyfunc moved apart from its vectors, forwards to both of its new homes. ``textmill.models`` is
 now the models layer, not the worker cache (``textmill.runtime.worker_cache``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,18 +20,33 @@ import types
 MOVED: dict[str, tuple[str, ...]] = {
     f"textmill.{old}": tuple(f"textmill.{new}" for new in news)
     for old, news in {
-        "errors": ("runtime.errors",), "redact": ("runtime.redact",), "config": ("runtime.config",),
-        "console": ("runtime.console",), "session": ("runtime.session",), "session_kinds": ("runtime.session_kinds",),
-        "filesystems": ("runtime.filesystems",), "tracking": ("runtime.tracking",), "registry": ("runtime.registry",),
+        "errors": ("runtime.errors",),
+        "redact": ("runtime.redact",),
+        "config": ("runtime.config",),
+        "console": ("runtime.console",),
+        "session": ("runtime.session",),
+        "session_kinds": ("runtime.session_kinds",),
+        "filesystems": ("runtime.filesystems",),
+        "tracking": ("runtime.tracking",),
+        "registry": ("runtime.registry",),
         "partials": ("runtime.partials",),
-        "io": ("data.io",), "storage": ("data.storage",), "cleaning": ("data.cleaning",),
-        "csv_records": ("data.csv_records",), "sample": ("data.sample",),
-        "featurize": ("text.featurize",), "udfs": ("text.udfs",), "nlp": ("text.spacy_annotator",),
-        "embeddings": ("vectors.embeddings",), "docvectors": ("vectors.docvectors", "models.embedder_pyfunc"),
+        "io": ("data.io",),
+        "storage": ("data.storage",),
+        "cleaning": ("data.cleaning",),
+        "csv_records": ("data.csv_records",),
+        "sample": ("data.sample",),
+        "featurize": ("text.featurize",),
+        "udfs": ("text.udfs",),
+        "nlp": ("text.spacy_annotator",),
+        "embeddings": ("vectors.embeddings",),
+        "docvectors": ("vectors.docvectors", "models.embedder_pyfunc"),
         "ann": ("vectors.ann",),
-        "classifier": ("models.classifier",), "logistic_solver": ("models.logistic_solver",),
-        "spacy_textcat": ("models.spacy_textcat",), "plots": ("models.plots",),
-        "pyfunc_classifier": ("models.classifier_pyfunc",), "spacy_models": ("models.spacy_flavor",),
+        "classifier": ("models.classifier",),
+        "logistic_solver": ("models.logistic_solver",),
+        "spacy_textcat": ("models.spacy_textcat",),
+        "plots": ("models.plots",),
+        "pyfunc_classifier": ("models.classifier_pyfunc",),
+        "spacy_models": ("models.spacy_flavor",),
         "mlflow_models": ("models.from_code",),
     }.items()
 }
@@ -47,8 +63,10 @@ class _Forward(types.ModuleType):
         for target in self._targets:
             if hasattr(target, attribute):
                 return getattr(target, attribute)
-        raise AttributeError(f"module {self.__name__!r} (moved to {', '.join(t.__name__ for t in self._targets)}) "
-                             f"has no attribute {attribute!r}")
+        raise AttributeError(
+            f"module {self.__name__!r} (moved to {', '.join(t.__name__ for t in self._targets)}) "
+            f"has no attribute {attribute!r}"
+        )
 
     def __dir__(self):
         return sorted({name for target in self._targets for name in dir(target)})

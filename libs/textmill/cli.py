@@ -10,6 +10,7 @@ a line per step, the end report (the pipeline's step table, then the outputs, th
 exact ``mlflow ui`` command), or with ``--json`` one JSON object on stdout. User errors
 (``TextmillError``) print one line and exit 2; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ import json
 import os
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import textmill
@@ -32,16 +34,29 @@ if TYPE_CHECKING:
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", help="job YAML file (e.g. conf/prepare.yaml); default: built-in defaults only")
     parser.add_argument("--env", help="overlay conf/env/<ENV>.yaml (or a YAML path), e.g. local or cluster")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key, e.g. --set io.output=out/x (repeatable; values are YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set io.output=out/x (repeatable; values are YAML)",
+    )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors (and --json)")
     loudness.add_argument("-v", "--verbose", action="store_true", help="also print textmill's INFO log records")
-    parser.add_argument("--json", action="store_true",
-                        help="print the report (metrics, run id, outputs; the pipeline's steps and summary) as one JSON "
-                             "object on stdout; the human-readable lines then go to stderr")
-    parser.add_argument("--log-level", choices=console.LOG_LEVELS, type=str.upper,
-                        help="log level (default WARNING, INFO with --verbose; env TEXTMILL_LOG_LEVEL)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report (metrics, run id, outputs; the pipeline's steps and summary) as one JSON "
+        "object on stdout; the human-readable lines then go to stderr",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=console.LOG_LEVELS,
+        type=str.upper,
+        help="log level (default WARNING, INFO with --verbose; env TEXTMILL_LOG_LEVEL)",
+    )
 
 
 def _configure_console(args: argparse.Namespace) -> None:
@@ -81,8 +96,11 @@ def print_report(report: JobReport) -> None:
     console.report("")
     output = report.outputs.get("io.output")
     if output:
-        children = sorted(p.name for p in Path(output).iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
-            if Path(output).is_dir() else []
+        children = (
+            sorted(p.name for p in Path(output).iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+            if Path(output).is_dir()
+            else []
+        )
         console.report(f"  outputs     {output}" + (f"  ({', '.join(children)})" if steps and children else ""))
     console.report(f"  MLflow run  {report.run_id}  (experiment {report.experiment_id}, store {report.tracking_uri})")
     console.report(f"  look at it  {mlflow_ui_hint(report.tracking_uri, report.experiment_id, report.run_id)}")
@@ -102,9 +120,23 @@ def _run(job_name: str, args: argparse.Namespace) -> int:
     report = run_job_report(job_name, conf)
     print_report(report)
     if args.json:
-        print(json.dumps({"job": report.job, "run_id": report.run_id, "experiment_id": report.experiment_id,
-                          "tracking_uri": report.tracking_uri, "seconds": round(report.seconds, 3), "outputs": report.outputs,
-                          "metrics": report.metrics, **report.details}, indent=2, ensure_ascii=False, default=str))
+        print(
+            json.dumps(
+                {
+                    "job": report.job,
+                    "run_id": report.run_id,
+                    "experiment_id": report.experiment_id,
+                    "tracking_uri": report.tracking_uri,
+                    "seconds": round(report.seconds, 3),
+                    "outputs": report.outputs,
+                    "metrics": report.metrics,
+                    **report.details,
+                },
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
+        )
     return 0
 
 
@@ -115,7 +147,11 @@ def _guarded(job_name: str, args: argparse.Namespace) -> int:
         return _run(job_name, args)
     except BaseException as exc:
         if getattr(args, "json", False) and isinstance(exc, Exception):
-            print(json.dumps({"job": job_name, "error": {"type": type(exc).__name__, "message": str(exc)}}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"job": job_name, "error": {"type": type(exc).__name__, "message": str(exc)}}, ensure_ascii=False
+                )
+            )
         if isinstance(exc, TextmillError):
             print(f"textmill: error: {exc}", file=sys.stderr)
             return 2

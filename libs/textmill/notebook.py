@@ -7,6 +7,7 @@ Databricks (where ``dbutils`` is a notebook global) and returns ``default`` else
 ``serving(model_uri)`` starts ``mlflow models serve`` on 127.0.0.1 for the block and yields
 its URL: what a Databricks Model Serving endpoint gives you, on your own machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 
 def display(value: Any) -> None:
@@ -50,9 +52,25 @@ def serving(model_uri: str, timeout: float = 180) -> Iterator[str]:
     # mlflow starts uvicorn by name: this environment's bin must be on PATH.
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tempfile.NamedTemporaryFile(prefix="textmill-serve-", suffix=".log", delete=False)
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(bin_dir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -62,7 +80,9 @@ def serving(model_uri: str, timeout: float = 180) -> Iterator[str]:
                     break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow models serve did not start: {Path(log.name).read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"mlflow models serve did not start: {Path(log.name).read_text()[-2000:]}"
+                    ) from None
                 time.sleep(1)
         yield url
     finally:

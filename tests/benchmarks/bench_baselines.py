@@ -30,6 +30,7 @@ validation ECE before and after it, and the test ECE (15 bins; ``classify.evalua
 
 python tests/benchmarks/bench_baselines.py [--splits imdb bbc ag_news bbc_ag_9_topics] [--set classifier.training.epochs=8 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import SHARED, report, require
 
 IMDB = require(SHARED / "imdb" / "train.jsonl")
@@ -91,8 +91,14 @@ def bbc_split() -> tuple[list[dict], list[dict]]:
 
 def ag_split() -> tuple[list[dict], list[dict]]:
     with AG.open(newline="", encoding="utf-8") as fh:
-        rows = [{"doc_id": f"ag{i:05d}", "text": f"{title}. {description}".replace("\\", " "),
-                 "label": AG_CLASSES[int(cls) - 1]} for i, (cls, title, description) in enumerate(csv.reader(fh))]
+        rows = [
+            {
+                "doc_id": f"ag{i:05d}",
+                "text": f"{title}. {description}".replace("\\", " "),
+                "label": AG_CLASSES[int(cls) - 1],
+            }
+            for i, (cls, title, description) in enumerate(csv.reader(fh))
+        ]
     return stratified(rows)
 
 
@@ -124,9 +130,14 @@ def scored(truth: list[str], predicted: list[str], seconds: float) -> dict:
 
     labels = sorted(set(truth) | set(predicted))
     index = {label: i for i, label in enumerate(labels)}
-    result = scores(confusion(np.array([index[t] for t in truth]), np.array([index[p] for p in predicted]), len(labels)))
-    return {"test_accuracy": round(result["accuracy"], 4), "test_macro_f1": round(result["macro_f1"], 4),
-            "train_seconds": round(seconds, 2)}
+    result = scores(
+        confusion(np.array([index[t] for t in truth]), np.array([index[p] for p in predicted]), len(labels))
+    )
+    return {
+        "test_accuracy": round(result["accuracy"], 4),
+        "test_macro_f1": round(result["macro_f1"], 4),
+        "train_seconds": round(seconds, 2),
+    }
 
 
 def sklearn_svm(train: list[dict], test: list[dict]) -> dict:
@@ -148,15 +159,17 @@ def spark_ml(spark, train_path: Path, test_path: Path) -> dict:
 
     train = spark.read.parquet(str(train_path))
     test = spark.read.parquet(str(test_path))
-    pipeline = Pipeline(stages=[
-        StringIndexer(inputCol="label", outputCol="label_index"),
-        Tokenizer(inputCol="text", outputCol="words"),
-        NGram(n=2, inputCol="words", outputCol="bigrams"),
-        SQLTransformer(statement="SELECT *, concat(words, bigrams) AS terms FROM __THIS__"),
-        HashingTF(inputCol="terms", outputCol="tf", numFeatures=1 << 20),
-        IDF(inputCol="tf", outputCol="features"),
-        LogisticRegression(featuresCol="features", labelCol="label_index"),
-    ])
+    pipeline = Pipeline(
+        stages=[
+            StringIndexer(inputCol="label", outputCol="label_index"),
+            Tokenizer(inputCol="text", outputCol="words"),
+            NGram(n=2, inputCol="words", outputCol="bigrams"),
+            SQLTransformer(statement="SELECT *, concat(words, bigrams) AS terms FROM __THIS__"),
+            HashingTF(inputCol="terms", outputCol="tf", numFeatures=1 << 20),
+            IDF(inputCol="tf", outputCol="features"),
+            LogisticRegression(featuresCol="features", labelCol="label_index"),
+        ]
+    )
     started = time.perf_counter()
     model = pipeline.fit(train)
     seconds = time.perf_counter() - started
@@ -169,14 +182,29 @@ def textmill_linear(spark, base: dict, train_path: Path, test_path: Path, out: P
     from textmill.jobs import run_job
 
     started = time.perf_counter()
-    trained = run_job("train_classifier", {**base, "io": {"input": str(train_path), "output": str(out / "model")},
-                                           "classifier": overrides}, spark)
+    trained = run_job(
+        "train_classifier",
+        {**base, "io": {"input": str(train_path), "output": str(out / "model")}, "classifier": overrides},
+        spark,
+    )
     seconds = time.perf_counter() - started
-    evaluated = run_job("classify", {**base, "io": {"input": str(test_path), "output": str(out / "scored")},
-                                     "classify": {"model_uri": str(out / "model" / "model"), "evaluate": True}}, spark)
-    result = {"test_accuracy": round(evaluated["eval_accuracy"], 4), "test_macro_f1": round(evaluated["eval_macro_f1"], 4),
-              "train_seconds": round(seconds, 1), "val_accuracy": round(trained["val_accuracy"], 4),
-              "rows_train": trained["rows_train"], "rows_val": trained["rows_val"]}
+    evaluated = run_job(
+        "classify",
+        {
+            **base,
+            "io": {"input": str(test_path), "output": str(out / "scored")},
+            "classify": {"model_uri": str(out / "model" / "model"), "evaluate": True},
+        },
+        spark,
+    )
+    result = {
+        "test_accuracy": round(evaluated["eval_accuracy"], 4),
+        "test_macro_f1": round(evaluated["eval_macro_f1"], 4),
+        "train_seconds": round(seconds, 1),
+        "val_accuracy": round(trained["val_accuracy"], 4),
+        "rows_train": trained["rows_train"],
+        "rows_val": trained["rows_val"],
+    }
     result["test_ece"] = round(evaluated["eval_ece"], 4)
     for key in ("val_ece", "val_ece_uncalibrated", "temperature", "epochs", "best_epoch"):
         if key in trained:  # best_epoch: only with classifier.training.keep_best
@@ -205,7 +233,9 @@ def _nested(assignments: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--splits", nargs="+", choices=list(SPLITS), default=list(SPLITS))
-    parser.add_argument("--set", action="append", default=[], help="textmill classifier override, e.g. classifier.training.epochs=8")
+    parser.add_argument(
+        "--set", action="append", default=[], help="textmill classifier override, e.g. classifier.training.epochs=8"
+    )
     parser.add_argument("--skip-spark-ml", action="store_true")
     args = parser.parse_args()
 
@@ -218,24 +248,34 @@ def main() -> None:
     result: dict = {"textmill_overrides": overrides}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        base = {"spark": {"ui_enabled": False},
-                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "textmill-bench-baselines"}}
+        base = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "textmill-bench-baselines"},
+        }
         for name in args.splits:
             train, test = SPLITS[name]()
             write(train, tmp_path / name / "train")
             write(test, tmp_path / name / "test")
             entry: dict = {"rows_train": len(train), "rows_test": len(test)}
-            entry["textmill_linear"] = textmill_linear(spark, base, tmp_path / name / "train", tmp_path / name / "test",
-                                                       tmp_path / name, overrides)
+            entry["textmill_linear"] = textmill_linear(
+                spark, base, tmp_path / name / "train", tmp_path / name / "test", tmp_path / name, overrides
+            )
             entry["tfidf_linear_svc"] = sklearn_svm(train, test)
             if not args.skip_spark_ml:
                 entry["spark_ml_tfidf_logreg"] = spark_ml(spark, tmp_path / name / "train", tmp_path / name / "test")
-            entry["gaps"] = {f"textmill_minus_{other}": round(entry["textmill_linear"]["test_accuracy"] - entry[other]["test_accuracy"], 4)
-                             for other in ("tfidf_linear_svc", "spark_ml_tfidf_logreg") if other in entry}
+            entry["gaps"] = {
+                f"textmill_minus_{other}": round(
+                    entry["textmill_linear"]["test_accuracy"] - entry[other]["test_accuracy"], 4
+                )
+                for other in ("tfidf_linear_svc", "spark_ml_tfidf_logreg")
+                if other in entry
+            }
             entry["gaps"]["textmill_macro_f1_minus_tfidf_linear_svc"] = round(
-                entry["textmill_linear"]["test_macro_f1"] - entry["tfidf_linear_svc"]["test_macro_f1"], 4)
+                entry["textmill_linear"]["test_macro_f1"] - entry["tfidf_linear_svc"]["test_macro_f1"], 4
+            )
             entry["train_seconds_ratio_textmill_job_over_linear_svc"] = round(
-                entry["textmill_linear"]["train_seconds"] / max(entry["tfidf_linear_svc"]["train_seconds"], 1e-9), 2)
+                entry["textmill_linear"]["train_seconds"] / max(entry["tfidf_linear_svc"]["train_seconds"], 1e-9), 2
+            )
             result[name] = entry
             print(json.dumps({name: entry}), flush=True)
     spark.stop()

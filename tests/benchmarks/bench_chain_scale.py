@@ -39,6 +39,7 @@ Each finished step prints ``STEP <json>`` at once, so a run cut short still repo
 python tests/benchmarks/bench_chain_scale.py [--sizes 10000 100000 1000000] [--epochs 1] [--max-words 100]
     [--train-max-docs N] [--ppmi-max 100000] [--reference-max-edges 24000000] [--tmp DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import SHARED, report, require
 
 IMDB = require(SHARED / "imdb" / "train.jsonl")
@@ -136,7 +136,7 @@ class PeakSampler:
             frontier += children
         return found
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.peaks = {"driver_python_mb": 0.0, "driver_jvm_mb": 0.0, "worker_mb": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -181,8 +181,8 @@ def one_size(n: int, args) -> dict:
     import pyarrow.parquet as pq
 
     from textmill.jobs import run_job
-    from textmill.runtime.session import get_spark
     from textmill.runtime.config import SparkConf
+    from textmill.runtime.session import get_spark
     from textmill.vectors import ann
 
     result: dict = {"docs": n}
@@ -190,12 +190,18 @@ def one_size(n: int, args) -> dict:
         tmp = Path(tmp)
         started = time.perf_counter()
         # its own process: the base texts held while writing would otherwise count in this driver's peak
-        written = subprocess.run([sys.executable, __file__, "--write-corpus", str(n), str(tmp / "docs"), "--max-words", str(args.max_words)],
-                                 check=True, capture_output=True, text=True)
+        written = subprocess.run(
+            [sys.executable, __file__, "--write-corpus", str(n), str(tmp / "docs"), "--max-words", str(args.max_words)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         result["words"] = int(written.stdout.split()[-1])
         result["corpus_seconds"] = round(time.perf_counter() - started, 1)
-        base = {"spark": {"ui_enabled": False}, "mlflow": {"experiment": "textmill-bench-chain-scale",
-                                                           "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}}
+        base = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {"experiment": "textmill-bench-chain-scale", "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+        }
         spark = get_spark(SparkConf(ui_enabled=False), f"textmill-bench-chain-{n}")
         spark.sparkContext.setLogLevel("ERROR")
         jvm = getattr(spark.sparkContext._gateway, "proc", None)
@@ -206,14 +212,27 @@ def one_size(n: int, args) -> dict:
                 started = time.perf_counter()
                 metrics = run_job(name, {**base, **conf}, spark)
                 seconds = time.perf_counter() - started
-            step(result, label, {"wall_seconds": round(seconds, 1), "seconds_per_item_us": round(1e6 * seconds / items, 1),
-                                 "peak_worker_rss_mb": peaks.peaks["worker_mb"], "peak_driver_python_rss_mb": peaks.peaks["driver_python_mb"],
-                                 "peak_driver_jvm_rss_mb": peaks.peaks["driver_jvm_mb"], **extra(metrics)})
+            step(
+                result,
+                label,
+                {
+                    "wall_seconds": round(seconds, 1),
+                    "seconds_per_item_us": round(1e6 * seconds / items, 1),
+                    "peak_worker_rss_mb": peaks.peaks["worker_mb"],
+                    "peak_driver_python_rss_mb": peaks.peaks["driver_python_mb"],
+                    "peak_driver_jvm_rss_mb": peaks.peaks["driver_jvm_mb"],
+                    **extra(metrics),
+                },
+            )
             return metrics
 
         emb = {"dim": 100, "epochs": args.epochs, "min_count": 5, "window": 5, "negative": 5}
         # Above --train-max-docs, sgns trains on the first files only (100,000 documents each) and the later jobs use those vectors.
-        train_files = sorted((tmp / "docs").glob("*.parquet"))[: max(1, args.train_max_docs // 100_000)] if n > args.train_max_docs else []
+        train_files = (
+            sorted((tmp / "docs").glob("*.parquet"))[: max(1, args.train_max_docs // 100_000)]
+            if n > args.train_max_docs
+            else []
+        )
         train_input = tmp / "docs_train"
         if train_files:
             train_input.mkdir()
@@ -221,42 +240,105 @@ def one_size(n: int, args) -> dict:
                 (train_input / f.name).symlink_to(f)
         trained = sum(pq.ParquetFile(f).metadata.num_rows for f in train_files) if train_files else n
         result["train_docs"] = trained
-        job("train_embeddings", "train_embeddings_sgns", {"io": {"input": str(train_input if train_files else tmp / "docs"), "output": str(tmp / "emb")},
-                                                          "embeddings": {"method": "sgns", **emb}}, trained,
-            lambda m: {"rounds": args.epochs, "tokens": int(m["tokens"]), "vocab": int(m["vocab_size"]),
-                       "words_per_second": round(m["words_per_second"]),
-                       **{key: round(m[key], 1) for key in ("init_seconds", "train_seconds", "subword_seconds") if key in m}, "final_loss": round(m.get("final_loss", float("nan")), 4)})
-        job("embed_docs", "embed_docs", {"io": {"input": str(tmp / "docs"), "output": str(tmp / "docvec")},
-                                         "embed": {"embeddings": str(tmp / "emb")}}, n, lambda m: {"rows_error": int(m["rows_error"])})
-        index = job("build_index", "build_index", {"io": {"input": str(tmp / "docvec"), "output": str(tmp / "index")},
-                                                   "index": {"id_column": "doc_id"}}, n,
-                    lambda m: {"shards": int(m["shards"]), "n_trees": int(m["n_trees"]), "search_k": int(m["search_k"]),
-                               "sample_recall_at_10": round(m["recall_at_10"], 4), "recall_target_reached": bool(m["recall_target_reached"])})
-        job("neighbors", "neighbors", {"io": {"input": str(tmp / "docvec"), "output": str(tmp / "knn")},
-                                       "neighbors": {"index": str(tmp / "index"), "k": K, "id_column": "doc_id"}}, n,
-            lambda m: {"partitions": int(m["partitions"]), "rows_out": int(m["rows_out"])})
+        job(
+            "train_embeddings",
+            "train_embeddings_sgns",
+            {
+                "io": {"input": str(train_input if train_files else tmp / "docs"), "output": str(tmp / "emb")},
+                "embeddings": {"method": "sgns", **emb},
+            },
+            trained,
+            lambda m: {
+                "rounds": args.epochs,
+                "tokens": int(m["tokens"]),
+                "vocab": int(m["vocab_size"]),
+                "words_per_second": round(m["words_per_second"]),
+                **{key: round(m[key], 1) for key in ("init_seconds", "train_seconds", "subword_seconds") if key in m},
+                "final_loss": round(m.get("final_loss", float("nan")), 4),
+            },
+        )
+        job(
+            "embed_docs",
+            "embed_docs",
+            {
+                "io": {"input": str(tmp / "docs"), "output": str(tmp / "docvec")},
+                "embed": {"embeddings": str(tmp / "emb")},
+            },
+            n,
+            lambda m: {"rows_error": int(m["rows_error"])},
+        )
+        index = job(
+            "build_index",
+            "build_index",
+            {"io": {"input": str(tmp / "docvec"), "output": str(tmp / "index")}, "index": {"id_column": "doc_id"}},
+            n,
+            lambda m: {
+                "shards": int(m["shards"]),
+                "n_trees": int(m["n_trees"]),
+                "search_k": int(m["search_k"]),
+                "sample_recall_at_10": round(m["recall_at_10"], 4),
+                "recall_target_reached": bool(m["recall_target_reached"]),
+            },
+        )
+        job(
+            "neighbors",
+            "neighbors",
+            {
+                "io": {"input": str(tmp / "docvec"), "output": str(tmp / "knn")},
+                "neighbors": {"index": str(tmp / "index"), "k": K, "id_column": "doc_id"},
+            },
+            n,
+            lambda m: {"partitions": int(m["partitions"]), "rows_out": int(m["rows_out"])},
+        )
         # ---- the kNN anchors now, while the vectors are at hand; freed before cluster runs
         ids, vectors = load_vectors(tmp / "docvec")
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(len(ids), min(RECALL_QUERIES, len(ids)), replace=False))
-        exact = ann.exact_topk(vectors[sample], vectors, K, "angular", exclude=sample, block=64)  # 64 x 1M scores: 256 MB
+        exact = ann.exact_topk(
+            vectors[sample], vectors, K, "angular", exclude=sample, block=64
+        )  # 64 x 1M scores: 256 MB
         position = {d: i for i, d in enumerate(ids)}
         knn = spark.read.parquet(str(tmp / "knn"))
-        found = {r.id: [position[x.id] for x in r.neighbors] for r in knn.where(knn.id.isin(ids[sample].tolist())).collect()}
+        found = {
+            r.id: [position[x.id] for x in r.neighbors] for r in knn.where(knn.id.isin(ids[sample].tolist())).collect()
+        }
         recall = ann.recall_at_k([found[ids[i]] for i in sample], exact)
         result["neighbors"]["recall_at_10"] = round(recall, 4)
         step(result, "neighbors_recall", {"recall_at_10": round(recall, 4), "queries": len(sample)})
-        step(result, "anchor_annoy", annoy_anchor(vectors, sample, exact, int(index["n_trees"]) * int(index["shards"]), recall))
+        step(
+            result,
+            "anchor_annoy",
+            annoy_anchor(vectors, sample, exact, int(index["n_trees"]) * int(index["shards"]), recall),
+        )
         step(result, "anchor_faiss_hnsw", faiss_anchor(vectors, sample, exact, recall))
         del ids, vectors, exact, position, found
-        job("cluster", "cluster", {"io": {"input": str(tmp / "knn"), "output": str(tmp / "clusters")}}, n,
-            lambda m: {"rounds": int(m["iterations"]), "converged": bool(m["converged"]), "stalled": bool(m["stalled"]),
-                       "edges": int(m["edges"]), "one_task": bool(m["one_task"]), "clusters": int(m["clusters"]), "changed_share": round(m["changed_share"], 4),
-                       "largest_cluster_share": round(m["largest_cluster_share"], 4)})
+        job(
+            "cluster",
+            "cluster",
+            {"io": {"input": str(tmp / "knn"), "output": str(tmp / "clusters")}},
+            n,
+            lambda m: {
+                "rounds": int(m["iterations"]),
+                "converged": bool(m["converged"]),
+                "stalled": bool(m["stalled"]),
+                "edges": int(m["edges"]),
+                "one_task": bool(m["one_task"]),
+                "clusters": int(m["clusters"]),
+                "changed_share": round(m["changed_share"], 4),
+                "largest_cluster_share": round(m["largest_cluster_share"], 4),
+            },
+        )
         if n <= args.ppmi_max and not train_files:
-            job("train_embeddings", "train_embeddings_ppmi_svd", {"io": {"input": str(tmp / "docs"), "output": str(tmp / "emb_ppmi")},
-                                                                  "embeddings": {"method": "ppmi_svd", **emb}}, n,
-                lambda m: {"vocab": int(m["vocab_size"])})
+            job(
+                "train_embeddings",
+                "train_embeddings_ppmi_svd",
+                {
+                    "io": {"input": str(tmp / "docs"), "output": str(tmp / "emb_ppmi")},
+                    "embeddings": {"method": "ppmi_svd", **emb},
+                },
+                n,
+                lambda m: {"vocab": int(m["vocab_size"])},
+            )
         step(result, "anchor_gensim_sgns", gensim_anchor(train_input if train_files else tmp / "docs", emb))
         step(result, "anchor_chinese_whispers", whispers_anchor(spark, tmp, args.reference_max_edges))
         spark.stop()
@@ -292,9 +374,16 @@ def annoy_anchor(vectors: np.ndarray, sample: np.ndarray, exact: np.ndarray, tre
     for i in queried.tolist():
         index.get_nns_by_item(i, K + 1, search_k)
     query = (time.perf_counter() - started) * len(vectors) / len(queried)
-    return {"trees": trees, "search_k": search_k, "recall_at_10": round(recall, 4), "build_seconds": round(build, 1),
-            "query_all_seconds": round(query, 1), "queried": len(queried), "seconds": round(build + query, 1),
-            "reached_target": recall >= target}
+    return {
+        "trees": trees,
+        "search_k": search_k,
+        "recall_at_10": round(recall, 4),
+        "build_seconds": round(build, 1),
+        "query_all_seconds": round(query, 1),
+        "queried": len(queried),
+        "seconds": round(build + query, 1),
+        "reached_target": recall >= target,
+    }
 
 
 def faiss_anchor(vectors: np.ndarray, sample: np.ndarray, exact: np.ndarray, target: float) -> dict:
@@ -308,16 +397,25 @@ def faiss_anchor(vectors: np.ndarray, sample: np.ndarray, exact: np.ndarray, tar
     for ef in (16, 32, 64, 128, 256, 512, 1024):
         index.hnsw.efSearch = ef
         _, got = index.search(data[sample], K + 1)
-        recall = _recall_of(lambda i, got=got, pos={int(s): j for j, s in enumerate(sample)}: got[pos[i]].tolist(), sample, exact)
+        recall = _recall_of(
+            lambda i, got=got, pos={int(s): j for j, s in enumerate(sample)}: got[pos[i]].tolist(), sample, exact
+        )
         if recall >= target:
             break
     started = time.perf_counter()
     for start in range(0, len(data), 50_000):
-        index.search(data[start:start + 50_000], K + 1)
+        index.search(data[start : start + 50_000], K + 1)
     query = time.perf_counter() - started
-    return {"M": 32, "efSearch": ef, "threads": faiss.omp_get_max_threads(), "recall_at_10": round(recall, 4),
-            "build_seconds": round(build, 1), "query_all_seconds": round(query, 1), "seconds": round(build + query, 1),
-            "reached_target": recall >= target}
+    return {
+        "M": 32,
+        "efSearch": ef,
+        "threads": faiss.omp_get_max_threads(),
+        "recall_at_10": round(recall, 4),
+        "build_seconds": round(build, 1),
+        "query_all_seconds": round(query, 1),
+        "seconds": round(build + query, 1),
+        "reached_target": recall >= target,
+    }
 
 
 def gensim_anchor(docs: Path, emb: dict) -> dict:
@@ -333,11 +431,25 @@ def gensim_anchor(docs: Path, emb: dict) -> dict:
             for text in pq.read_table(part, columns=["text"]).column("text").to_pylist():
                 out.write(" ".join(featurizer.tokens(text)) + "\n")
     started = time.perf_counter()
-    model = Word2Vec(corpus_file=str(corpus), sg=1, vector_size=emb["dim"], window=emb["window"], negative=emb["negative"],
-                     min_count=emb["min_count"], sample=0.001, epochs=emb["epochs"], workers=2, seed=1)
+    model = Word2Vec(
+        corpus_file=str(corpus),
+        sg=1,
+        vector_size=emb["dim"],
+        window=emb["window"],
+        negative=emb["negative"],
+        min_count=emb["min_count"],
+        sample=0.001,
+        epochs=emb["epochs"],
+        workers=2,
+        seed=1,
+    )
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 1), "vocab": len(model.wv), "words": model.corpus_total_words,
-            "words_per_second": round(model.corpus_total_words * emb["epochs"] / seconds)}
+    return {
+        "seconds": round(seconds, 1),
+        "vocab": len(model.wv),
+        "words": model.corpus_total_words,
+        "words_per_second": round(model.corpus_total_words * emb["epochs"] / seconds),
+    }
 
 
 def whispers_anchor(spark, tmp: Path, max_edges: int) -> dict:
@@ -362,9 +474,15 @@ def whispers_anchor(spark, tmp: Path, max_edges: int) -> dict:
     chinese_whispers(graph, weighting="top", iterations=30, seed=1)
     seconds = time.perf_counter() - started
     labels = {graph.nodes[x]["label"] for x in nodes}
-    return {"seconds": round(seconds, 1), "graph_build_seconds": round(build, 1), "iterations": 30, "edges": graph.number_of_edges(),
-            "graph_rss_mb": round(graph_mb, 1), "graph_bytes_per_edge": round(graph_mb * 2**20 / max(graph.number_of_edges(), 1)),
-            "clusters": len(labels)}
+    return {
+        "seconds": round(seconds, 1),
+        "graph_build_seconds": round(build, 1),
+        "iterations": 30,
+        "edges": graph.number_of_edges(),
+        "graph_rss_mb": round(graph_mb, 1),
+        "graph_bytes_per_edge": round(graph_mb * 2**20 / max(graph.number_of_edges(), 1)),
+        "clusters": len(labels),
+    }
 
 
 def slope(small: dict, large: dict, key: str) -> float | None:
@@ -388,23 +506,37 @@ def summarise(runs: list[dict]) -> dict:
                 out[f"{name}_slope_{small['docs']}_{large['docs']}"] = slope(a, b, "wall_seconds")
                 if a["peak_worker_rss_mb"]:
                     out[f"{name}_worker_rss_growth"] = round(b["peak_worker_rss_mb"] / a["peak_worker_rss_mb"] - 1, 3)
-                out[f"{name}_driver_jvm_rss_growth"] = round(b["peak_driver_jvm_rss_mb"] / a["peak_driver_jvm_rss_mb"] - 1, 3)
+                out[f"{name}_driver_jvm_rss_growth"] = round(
+                    b["peak_driver_jvm_rss_mb"] / a["peak_driver_jvm_rss_mb"] - 1, 3
+                )
     for run in runs:
         tag, ratios = run["docs"], {}
         if "neighbors" in run and "anchor_annoy" in run:
-            ratios["neighbors_vs_one_annoy_index"] = round(run["anchor_annoy"]["seconds"] / run["neighbors"]["wall_seconds"], 3)
-            ratios["neighbors_vs_one_annoy_index_query_only"] = round(run["anchor_annoy"]["query_all_seconds"] / run["neighbors"]["wall_seconds"], 3)
+            ratios["neighbors_vs_one_annoy_index"] = round(
+                run["anchor_annoy"]["seconds"] / run["neighbors"]["wall_seconds"], 3
+            )
+            ratios["neighbors_vs_one_annoy_index_query_only"] = round(
+                run["anchor_annoy"]["query_all_seconds"] / run["neighbors"]["wall_seconds"], 3
+            )
             ratios["build_index_plus_neighbors_vs_one_annoy_index"] = round(
-                run["anchor_annoy"]["seconds"] / (run["neighbors"]["wall_seconds"] + run["build_index"]["wall_seconds"]), 3)
+                run["anchor_annoy"]["seconds"]
+                / (run["neighbors"]["wall_seconds"] + run["build_index"]["wall_seconds"]),
+                3,
+            )
         if "neighbors" in run and "anchor_faiss_hnsw" in run:
-            ratios["neighbors_vs_faiss_hnsw"] = round(run["anchor_faiss_hnsw"]["seconds"] / run["neighbors"]["wall_seconds"], 3)
+            ratios["neighbors_vs_faiss_hnsw"] = round(
+                run["anchor_faiss_hnsw"]["seconds"] / run["neighbors"]["wall_seconds"], 3
+            )
         ref = run.get("anchor_chinese_whispers", {})
         if "cluster" in run and "seconds" in ref:
             ratios["cluster_vs_chinese_whispers"] = round(ref["seconds"] / run["cluster"]["wall_seconds"], 3)
             ratios["cluster_vs_chinese_whispers_with_graph_build"] = round(
-                (ref["seconds"] + ref["graph_build_seconds"]) / run["cluster"]["wall_seconds"], 3)
+                (ref["seconds"] + ref["graph_build_seconds"]) / run["cluster"]["wall_seconds"], 3
+            )
         if "train_embeddings_sgns" in run and "anchor_gensim_sgns" in run:
-            ratios["sgns_vs_gensim"] = round(run["anchor_gensim_sgns"]["seconds"] / run["train_embeddings_sgns"]["wall_seconds"], 3)
+            ratios["sgns_vs_gensim"] = round(
+                run["anchor_gensim_sgns"]["seconds"] / run["train_embeddings_sgns"]["wall_seconds"], 3
+            )
         out[f"ratios_{tag}"] = ratios  # > 1: textmill is faster
     return out
 
@@ -414,11 +546,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--epochs", type=int, default=1, help="sgns passes (textmill and gensim alike)")
     parser.add_argument("--max-words", type=int, default=100, help="each base text cut to its first N words")
-    parser.add_argument("--train-max-docs", type=int, default=10**9,
-                        help="above this size train_embeddings (and gensim) see only the first N documents (multiple of 100,000)")
+    parser.add_argument(
+        "--train-max-docs",
+        type=int,
+        default=10**9,
+        help="above this size train_embeddings (and gensim) see only the first N documents (multiple of 100,000)",
+    )
     parser.add_argument("--ppmi-max", type=int, default=100_000, help="ppmi_svd only at sizes up to this")
-    parser.add_argument("--reference-max-edges", type=int, default=24_000_000,
-                        help="chinese-whispers only on graphs up to this many directed edges (networkx: ~400-480 bytes per undirected edge)")
+    parser.add_argument(
+        "--reference-max-edges",
+        type=int,
+        default=24_000_000,
+        help="chinese-whispers only on graphs up to this many directed edges (networkx: ~400-480 bytes per undirected edge)",
+    )
     parser.add_argument("--tmp", default=None, help="where each size's data goes (default the system temp dir)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write-corpus", nargs=2, help=argparse.SUPPRESS)
@@ -430,8 +570,19 @@ def main() -> None:
         print("RESULT " + json.dumps(one_size(args.one, args)), flush=True)
         return
     runs = []
-    passed = ["--epochs", str(args.epochs), "--train-max-docs", str(args.train_max_docs), "--max-words", str(args.max_words), "--ppmi-max", str(args.ppmi_max),
-              "--reference-max-edges", str(args.reference_max_edges), *(["--tmp", args.tmp] if args.tmp else [])]
+    passed = [
+        "--epochs",
+        str(args.epochs),
+        "--train-max-docs",
+        str(args.train_max_docs),
+        "--max-words",
+        str(args.max_words),
+        "--ppmi-max",
+        str(args.ppmi_max),
+        "--reference-max-edges",
+        str(args.reference_max_edges),
+        *(["--tmp", args.tmp] if args.tmp else []),
+    ]
     for n in args.sizes:
         proc = subprocess.Popen([sys.executable, __file__, "--one", str(n), *passed], stdout=subprocess.PIPE, text=True)
         partial: dict = {"docs": n}
@@ -442,13 +593,20 @@ def main() -> None:
                 partial[data.pop("step")] = {k: v for k, v in data.items() if k != "docs"}
                 print(f"size {n}: {line[5:].strip()}", file=sys.stderr, flush=True)
             elif line.startswith("RESULT "):
-                final = json.loads(line[len("RESULT "):])
+                final = json.loads(line[len("RESULT ") :])
         proc.wait()
         runs.append(final or {**partial, "incomplete": f"exit {proc.returncode}"})
         if final is None:
             print(f"size {n} failed (exit {proc.returncode}); its finished steps are kept", file=sys.stderr, flush=True)
-    report("chain_scale", {"corpus": f"{IMDB.name} + {UNSUP.name} + {AG.name}, cut to {args.max_words} words, perturbed copies",
-                           "epochs": args.epochs, "runs": runs, **summarise(runs)})
+    report(
+        "chain_scale",
+        {
+            "corpus": f"{IMDB.name} + {UNSUP.name} + {AG.name}, cut to {args.max_words} words, perturbed copies",
+            "epochs": args.epochs,
+            "runs": runs,
+            **summarise(runs),
+        },
+    )
 
 
 if __name__ == "__main__":

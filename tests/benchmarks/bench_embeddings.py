@@ -18,6 +18,7 @@ questions. Speed: corpus words x passes / training seconds.
 python tests/benchmarks/bench_embeddings.py [--partitions 2 4 8] [--random-init-partitions 8]
     [--spark-ml-iter 1] [--skip-spark-ml] [--skip-ppmi]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import REPO, SHARED, report, require, timer
 
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
@@ -78,10 +78,13 @@ def evaluate(words: list[str], vectors: np.ndarray) -> dict:
         for j in range(3):
             sims[np.arange(len(block)), block[:, j]] = -np.inf
         correct += int((sims.argmax(axis=1) == block[:, 3]).sum())
-    return {"wordsim353_spearman": round(float(spearmanr(gold, predicted).statistic), 4) if gold else None,
-            "wordsim353_coverage": f"{len(gold)}/{total}",
-            "analogy_accuracy": round(correct / len(q), 4) if len(q) else None,
-            "analogy_coverage": f"{len(q)}/19544", "vocab_size": len(words)}
+    return {
+        "wordsim353_spearman": round(float(spearmanr(gold, predicted).statistic), 4) if gold else None,
+        "wordsim353_coverage": f"{len(gold)}/{total}",
+        "analogy_accuracy": round(correct / len(q), 4) if len(q) else None,
+        "analogy_coverage": f"{len(q)}/19544",
+        "vocab_size": len(words),
+    }
 
 
 def main() -> None:
@@ -100,15 +103,28 @@ def main() -> None:
 
     sentences = load_tokens()
     corpus_words = sum(len(s) for s in sentences)
-    result: dict = {"corpus": {"file": str(UNSUP), "documents": len(sentences), "words": corpus_words},
-                    "settings": {"dim": DIM, "window": WINDOW, "negative": NEGATIVE, "epochs": EPOCHS, "min_count": MIN_COUNT}}
+    result: dict = {
+        "corpus": {"file": str(UNSUP), "documents": len(sentences), "words": corpus_words},
+        "settings": {"dim": DIM, "window": WINDOW, "negative": NEGATIVE, "epochs": EPOCHS, "min_count": MIN_COUNT},
+    }
 
     from gensim.models import Word2Vec as GensimWord2Vec
 
     g: dict = {}
     with timer(g, "train_seconds"):
-        model = GensimWord2Vec(sentences, vector_size=DIM, window=WINDOW, negative=NEGATIVE, sg=1, hs=0, epochs=EPOCHS,
-                               min_count=MIN_COUNT, workers=2, sample=1e-3, seed=1)
+        model = GensimWord2Vec(
+            sentences,
+            vector_size=DIM,
+            window=WINDOW,
+            negative=NEGATIVE,
+            sg=1,
+            hs=0,
+            epochs=EPOCHS,
+            min_count=MIN_COUNT,
+            workers=2,
+            sample=1e-3,
+            seed=1,
+        )
     g["words_per_second"] = round(corpus_words * EPOCHS / g["train_seconds"])
     g.update(evaluate(list(model.wv.index_to_key), model.wv.vectors))
     result["gensim_sg_ns_workers2"] = g
@@ -119,22 +135,43 @@ def main() -> None:
         tmp_path = Path(tmp)
         tokens_path = tmp_path / "tokens"
         tokens_path.mkdir()
-        pq.write_table(pa.table({"doc_id": [f"u{i:05d}" for i in range(len(sentences))], "tokens": sentences}),
-                       tokens_path / "part-0.parquet")
-        base = {"spark": {"ui_enabled": False},
-                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "textmill-bench-embeddings"}}
-        common = {"dim": DIM, "window": WINDOW, "negative": NEGATIVE, "epochs": EPOCHS, "min_count": MIN_COUNT,
-                  "max_vocab": None, "subword": {"enabled": False}}
+        pq.write_table(
+            pa.table({"doc_id": [f"u{i:05d}" for i in range(len(sentences))], "tokens": sentences}),
+            tokens_path / "part-0.parquet",
+        )
+        base = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "experiment": "textmill-bench-embeddings",
+            },
+        }
+        common = {
+            "dim": DIM,
+            "window": WINDOW,
+            "negative": NEGATIVE,
+            "epochs": EPOCHS,
+            "min_count": MIN_COUNT,
+            "max_vocab": None,
+            "subword": {"enabled": False},
+        }
 
         def textmill_run(name: str, **embeddings) -> dict:
             out = tmp_path / name
-            metrics = run_job("train_embeddings", {**base, "io": {"input": str(tokens_path), "output": str(out)},
-                                                   "embeddings": {**common, **embeddings}}, spark)
+            metrics = run_job(
+                "train_embeddings",
+                {**base, "io": {"input": str(tokens_path), "output": str(out)}, "embeddings": {**common, **embeddings}},
+                spark,
+            )
             vectors, _, _ = load_embeddings(out / "export")
             passes = EPOCHS if embeddings.get("method", "sgns") == "sgns" else 1
-            return {"train_seconds": round(metrics["train_seconds"], 1), "init_seconds": round(metrics["init_seconds"], 1),
-                    "words_per_second": round(corpus_words * passes / metrics["train_seconds"]),
-                    "partitions": metrics["partitions"], **evaluate(vectors.words, vectors.vectors)}
+            return {
+                "train_seconds": round(metrics["train_seconds"], 1),
+                "init_seconds": round(metrics["init_seconds"], 1),
+                "words_per_second": round(corpus_words * passes / metrics["train_seconds"]),
+                "partitions": metrics["partitions"],
+                **evaluate(vectors.words, vectors.vectors),
+            }
 
         for n in args.partitions:
             result[f"textmill_sgns_{n}_partitions"] = textmill_run(f"sgns{n}", partitions=n)
@@ -155,12 +192,25 @@ def main() -> None:
             df.count()
             s: dict = {"iterations": args.spark_ml_iter, "partitions": 2}
             with timer(s, "train_seconds"):
-                fitted = SparkWord2Vec(vectorSize=DIM, windowSize=WINDOW, minCount=MIN_COUNT, maxIter=args.spark_ml_iter,
-                                       numPartitions=2, seed=1, inputCol="tokens").fit(df)
+                fitted = SparkWord2Vec(
+                    vectorSize=DIM,
+                    windowSize=WINDOW,
+                    minCount=MIN_COUNT,
+                    maxIter=args.spark_ml_iter,
+                    numPartitions=2,
+                    seed=1,
+                    inputCol="tokens",
+                ).fit(df)
             s["words_per_second"] = round(corpus_words * args.spark_ml_iter / s["train_seconds"])
             rows = fitted.getVectors().collect()
-            counts = dict(spark.read.parquet(str(tokens_path)).selectExpr("explode(tokens) as w").groupBy("w").count()
-                          .where(f"count >= {MIN_COUNT}").collect())
+            counts = dict(
+                spark.read.parquet(str(tokens_path))
+                .selectExpr("explode(tokens) as w")
+                .groupBy("w")
+                .count()
+                .where(f"count >= {MIN_COUNT}")
+                .collect()
+            )
             rows.sort(key=lambda r: -counts.get(r.word, 0))
             s.update(evaluate([r.word for r in rows], np.array([r.vector.toArray() for r in rows], dtype=np.float32)))
             result["spark_ml_word2vec"] = s
@@ -175,12 +225,16 @@ def main() -> None:
         }
         for n in args.partitions[1:]:
             tn = result[f"textmill_sgns_{n}_partitions"]
-            result["ratios"][f"wordsim_gap_vs_gensim_{n}_partitions"] = round(tn["wordsim353_spearman"] - g["wordsim353_spearman"], 4)
+            result["ratios"][f"wordsim_gap_vs_gensim_{n}_partitions"] = round(
+                tn["wordsim353_spearman"] - g["wordsim353_spearman"], 4
+            )
             result["ratios"][f"analogy_gap_vs_gensim_points_{n}_partitions"] = round(
-                100 * (tn["analogy_accuracy"] - g["analogy_accuracy"]), 2)
+                100 * (tn["analogy_accuracy"] - g["analogy_accuracy"]), 2
+            )
         if "spark_ml_word2vec" in result:
             result["ratios"]["textmill_over_spark_ml_words_per_second"] = round(
-                t2["words_per_second"] / result["spark_ml_word2vec"]["words_per_second"], 3)
+                t2["words_per_second"] / result["spark_ml_word2vec"]["words_per_second"], 3
+            )
     report("embeddings", result)
 
 

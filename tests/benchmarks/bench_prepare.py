@@ -4,6 +4,7 @@ Both read the same CSV, apply the same AG cleaning (textmill.data.cleaning.clean
 Parquet. textmill also hashes ids, classifies rows, and checks the row accounting.
 Prints JSON with wall seconds, docs/s and the ratio textmill/baseline.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import REPO, SHARED, report, require, timer
 
 AG = require(SHARED / "ag_news" / "test.csv")
@@ -23,7 +23,9 @@ def single_process(out: Path, source: Path) -> dict:
     from textmill.pipelines.prepare import PrepareJobConf
     from textmill.runtime.config import load_conf
 
-    cleaning = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", overrides=["io.output=x"]).prepare.cleaning
+    cleaning = load_conf(
+        PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", overrides=["io.output=x"]
+    ).prepare.cleaning
     labels = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci_Tech"}
     result: dict = {}
     with timer(result):
@@ -42,9 +44,17 @@ def textmill_prepare(out: Path, source: Path, parser: str = "strict", repeat: in
     from textmill.runtime.config import load_conf
     from textmill.runtime.session import get_spark
 
-    conf = load_conf(PrepareJobConf, REPO / "conf" / "prepare_ag_news.yaml", env="local",
-                     overrides=[f"io.input={source}", f"io.output={out / 'textmill'}", "spark.ui_enabled=false",
-                                f"prepare.csv.parser={parser}"])
+    conf = load_conf(
+        PrepareJobConf,
+        REPO / "conf" / "prepare_ag_news.yaml",
+        env="local",
+        overrides=[
+            f"io.input={source}",
+            f"io.output={out / 'textmill'}",
+            "spark.ui_enabled=false",
+            f"prepare.csv.parser={parser}",
+        ],
+    )
     result: dict = {}
     with timer(result, "spark_start_seconds"):
         spark = get_spark(conf.spark, "textmill-bench-prepare")
@@ -62,7 +72,9 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--copies", type=int, default=1, help="read N copies of test.csv in one file (repeats are duplicate_doc_id)")
+    parser.add_argument(
+        "--copies", type=int, default=1, help="read N copies of test.csv in one file (repeats are duplicate_doc_id)"
+    )
     copies = parser.parse_args().copies
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -74,15 +86,22 @@ def main() -> None:
         # textmill's strict CSV reader (the default), then Spark's parser: 3 timed runs each, one warm session.
         strict = textmill_prepare(out, source, "strict", repeat=3)
         lenient = textmill_prepare(out, source, "spark", repeat=3)
-    report("prepare_ag_news" if copies == 1 else f"prepare_ag_news_x{copies}", {
-        "input": {"file": str(AG), "copies": copies, "rows": 7600 * copies},
-        "textmill_local": strict,
-        "textmill_local_spark_csv_parser": lenient,
-        "single_process_python": baseline,
-        "ratio_textmill_over_single_process_docs_per_second": round(strict["docs_per_second"] / baseline["docs_per_second"], 3),
-        "ratio_strict_reader_over_spark_parser_docs_per_second": round(strict["docs_per_second"] / lenient["docs_per_second"], 3),
-        "note": "textmill time includes MLflow logging, id hashing, quarantine and the accounting check; warm Spark session",
-    })
+    report(
+        "prepare_ag_news" if copies == 1 else f"prepare_ag_news_x{copies}",
+        {
+            "input": {"file": str(AG), "copies": copies, "rows": 7600 * copies},
+            "textmill_local": strict,
+            "textmill_local_spark_csv_parser": lenient,
+            "single_process_python": baseline,
+            "ratio_textmill_over_single_process_docs_per_second": round(
+                strict["docs_per_second"] / baseline["docs_per_second"], 3
+            ),
+            "ratio_strict_reader_over_spark_parser_docs_per_second": round(
+                strict["docs_per_second"] / lenient["docs_per_second"], 3
+            ),
+            "note": "textmill time includes MLflow logging, id hashing, quarantine and the accounting check; warm Spark session",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ with progress as plain log lines (stdout not a terminal), and with a tqdm bar dr
 Reports microseconds per step and the ratios, and the cost of one ``advance`` call alone (200,000 calls) in
 each mode. Needs no data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import threading
 import time
 
 import torch
-
 from common import report
 
 BUCKETS, CLASSES, DOCS, IDS = 2_000_000, 4, 64, 200

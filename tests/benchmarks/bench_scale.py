@@ -16,6 +16,7 @@ nothing in proportion to the corpus, whatever its resident size grows to without
 
 python tests/benchmarks/bench_scale.py [--sizes 60800 1000000] [--driver-memory 1g]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,29 +61,58 @@ def one_size(n: int, driver_memory: str | None = None) -> dict:
         tmp = Path(tmp)
         (tmp / "raw").mkdir()
         write_corpus(tmp / "raw" / "ag.csv", n)
-        common = ["spark.ui_enabled=false", "mlflow.experiment=textmill-bench-scale", f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}"]
+        common = [
+            "spark.ui_enabled=false",
+            "mlflow.experiment=textmill-bench-scale",
+            f"mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+        ]
         if driver_memory:
             common.append(f"spark.driver_memory={driver_memory}")
-        prepare = load_conf(get_job("prepare").conf_model, REPO / "conf" / "prepare_ag_news.yaml", env="local", overrides=[
-            *common, f"io.input={tmp / 'raw'}", f"io.output={tmp / 'prepared'}", "prepare.columns.doc_id=id",
-            "prepare.csv.columns=[id, class, title, description]"])
-        ner = load_conf(get_job("ner").conf_model, REPO / "conf" / "ner.yaml", env="local",
-                        overrides=[*common, f"io.input={tmp / 'prepared'}", f"io.output={tmp / 'entities'}"])
+        prepare = load_conf(
+            get_job("prepare").conf_model,
+            REPO / "conf" / "prepare_ag_news.yaml",
+            env="local",
+            overrides=[
+                *common,
+                f"io.input={tmp / 'raw'}",
+                f"io.output={tmp / 'prepared'}",
+                "prepare.columns.doc_id=id",
+                "prepare.csv.columns=[id, class, title, description]",
+            ],
+        )
+        ner = load_conf(
+            get_job("ner").conf_model,
+            REPO / "conf" / "ner.yaml",
+            env="local",
+            overrides=[*common, f"io.input={tmp / 'prepared'}", f"io.output={tmp / 'entities'}"],
+        )
         spark = get_spark(prepare.spark, f"textmill-bench-scale-{n}")
         spark.sparkContext.setLogLevel("ERROR")
         result: dict = {"docs": n, "driver_memory": driver_memory or "default (a quarter of RAM)"}
         started = time.perf_counter()
         p = run_job("prepare", prepare, spark)
         seconds = time.perf_counter() - started
-        result["prepare"] = {"wall_seconds": round(seconds, 1), "docs_per_second": round(n / seconds, 1),
-                             "rows_in": p["rows_in"], "rows_out": p["rows_out"], "rows_quarantined": p["rows_quarantined"]}
+        result["prepare"] = {
+            "wall_seconds": round(seconds, 1),
+            "docs_per_second": round(n / seconds, 1),
+            "rows_in": p["rows_in"],
+            "rows_out": p["rows_out"],
+            "rows_quarantined": p["rows_quarantined"],
+        }
         started = time.perf_counter()
         m = run_job("ner", ner, spark)
         seconds = time.perf_counter() - started
-        result["ner"] = {"wall_seconds": round(seconds, 1), "docs_per_second": round(m["rows_in"] / seconds, 1),
-                         "rows_in": m["rows_in"], "rows_out": m["rows_out"], "partitions": m["partitions"],
-                         "entities": m["entities"], "model_loads": m["model_loads"], "python_workers": m["python_workers"],
-                         "worker_peak_rss_mb": round(m["worker_peak_rss_mb"], 1)}
+        result["ner"] = {
+            "wall_seconds": round(seconds, 1),
+            "docs_per_second": round(m["rows_in"] / seconds, 1),
+            "rows_in": m["rows_in"],
+            "rows_out": m["rows_out"],
+            "partitions": m["partitions"],
+            "entities": m["entities"],
+            "model_loads": m["model_loads"],
+            "python_workers": m["python_workers"],
+            "worker_peak_rss_mb": round(m["worker_peak_rss_mb"], 1),
+        }
         result["driver_python_peak_rss_mb"] = round(self_peak_rss_mb(), 1)
         result["driver_jvm_peak_rss_mb"] = round(jvm_peak_rss_mb(spark) or 0, 1)
         spark.stop()
@@ -105,15 +135,20 @@ def main() -> None:
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if out.returncode or line is None:
             sys.exit(f"size {n} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-        runs.append(json.loads(line[len("RESULT "):]))
+        runs.append(json.loads(line[len("RESULT ") :]))
         print(f"size {n}: {runs[-1]}", file=sys.stderr, flush=True)
     result = {"corpus": f"{AG} rows repeated under unique ids", "runs": runs}
     if len(runs) > 1:
         small, large = runs[0], runs[-1]
-        result["worker_peak_rss_growth"] = round(large["ner"]["worker_peak_rss_mb"] / small["ner"]["worker_peak_rss_mb"] - 1, 3)
-        result["driver_jvm_peak_rss_growth"] = round(large["driver_jvm_peak_rss_mb"] / small["driver_jvm_peak_rss_mb"] - 1, 3)
+        result["worker_peak_rss_growth"] = round(
+            large["ner"]["worker_peak_rss_mb"] / small["ner"]["worker_peak_rss_mb"] - 1, 3
+        )
+        result["driver_jvm_peak_rss_growth"] = round(
+            large["driver_jvm_peak_rss_mb"] / small["driver_jvm_peak_rss_mb"] - 1, 3
+        )
         result["driver_python_peak_rss_growth"] = round(
-            large["driver_python_peak_rss_mb"] / small["driver_python_peak_rss_mb"] - 1, 3)
+            large["driver_python_peak_rss_mb"] / small["driver_python_peak_rss_mb"] - 1, 3
+        )
     report("scale", result)
 
 

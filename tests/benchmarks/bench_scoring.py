@@ -18,6 +18,7 @@ the per-text ``Featurizer.ids`` + ``collate`` path scoring used before, and the 
 
 python tests/benchmarks/bench_scoring.py
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -45,38 +46,79 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        base = {"spark": {"ui_enabled": False}, "mlflow": {"tracking_uri": tracking, "experiment": "textmill-bench-scoring"}}
+        base = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {"tracking_uri": tracking, "experiment": "textmill-bench-scoring"},
+        }
         train = spark.read.json(str(IMDB)).select(F.col("id").alias("doc_id"), "text", "label")
         train.write.parquet(str(tmp_path / "train"))
-        unsup = spark.read.text(str(UNSUP)).select(F.concat(F.lit("u"), F.monotonically_increasing_id().cast("string")).alias("doc_id"),
-                                                 F.col("value").alias("text"))
+        unsup = spark.read.text(str(UNSUP)).select(
+            F.concat(F.lit("u"), F.monotonically_increasing_id().cast("string")).alias("doc_id"),
+            F.col("value").alias("text"),
+        )
         again = train.select(F.concat(F.lit("r"), "doc_id").alias("doc_id"), "text")
         train.select("doc_id", "text").unionByName(unsup).unionByName(again).write.parquet(str(tmp_path / "corpus"))
         corpus = spark.read.parquet(str(tmp_path / "corpus"))
         rows = corpus.count()
-        run_job("train_classifier", {**base, "io": {"input": str(tmp_path / "train"), "output": str(tmp_path / "model")},
-                                     "classifier": {"training": {"epochs": 1}, "registry": {"name": "imdb_scoring"}}}, spark)
+        run_job(
+            "train_classifier",
+            {
+                **base,
+                "io": {"input": str(tmp_path / "train"), "output": str(tmp_path / "model")},
+                "classifier": {"training": {"epochs": 1}, "registry": {"name": "imdb_scoring"}},
+            },
+            spark,
+        )
         uri = "models:/imdb_scoring@champion"
         corpus.limit(2000).write.parquet(str(tmp_path / "warm"))
-        run_job("classify", {**base, "io": {"input": str(tmp_path / "warm"), "output": str(tmp_path / "warm_out")},
-                             "classify": {"model_uri": uri}}, spark)
+        run_job(
+            "classify",
+            {
+                **base,
+                "io": {"input": str(tmp_path / "warm"), "output": str(tmp_path / "warm_out")},
+                "classify": {"model_uri": uri},
+            },
+            spark,
+        )
 
         started = time.perf_counter()
-        metrics = run_job("classify", {**base, "io": {"input": str(tmp_path / "corpus"), "output": str(tmp_path / "scored")},
-                                       "classify": {"model_uri": uri}}, spark)
+        metrics = run_job(
+            "classify",
+            {
+                **base,
+                "io": {"input": str(tmp_path / "corpus"), "output": str(tmp_path / "scored")},
+                "classify": {"model_uri": uri},
+            },
+            spark,
+        )
         wall = time.perf_counter() - started
-        textmill = {"wall_seconds": round(wall, 1), "docs_per_second": round(rows / wall, 1), "rows_out": metrics["rows_out"],
-                    "partitions": metrics["partitions"], "model_loads": metrics["model_loads"]}
+        textmill = {
+            "wall_seconds": round(wall, 1),
+            "docs_per_second": round(rows / wall, 1),
+            "rows_out": metrics["rows_out"],
+            "partitions": metrics["partitions"],
+            "model_loads": metrics["model_loads"],
+        }
 
         mlflow.set_tracking_uri(tracking)
         started = time.perf_counter()
-        udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local",
-                                      result_type="label string, probability double, probabilities map<string,double>, error string")
+        udf = mlflow.pyfunc.spark_udf(
+            spark,
+            uri,
+            env_manager="local",
+            result_type="label string, probability double, probabilities map<string,double>, error string",
+        )
         resolved = time.perf_counter()
-        corpus.select("doc_id", udf("text").alias("p")).select("doc_id", "p.*").write.parquet(str(tmp_path / "spark_udf"))
+        corpus.select("doc_id", udf("text").alias("p")).select("doc_id", "p.*").write.parquet(
+            str(tmp_path / "spark_udf")
+        )
         wall = time.perf_counter() - started
-        spark_udf = {"wall_seconds": round(wall, 1), "of_which_resolve_seconds": round(resolved - started, 1),
-                     "docs_per_second": round(rows / wall, 1), "input_partitions": corpus.rdd.getNumPartitions()}
+        spark_udf = {
+            "wall_seconds": round(wall, 1),
+            "of_which_resolve_seconds": round(resolved - started, 1),
+            "docs_per_second": round(rows / wall, 1),
+            "input_partitions": corpus.rdd.getNumPartitions(),
+        }
 
         texts = [r.text for r in corpus.select("text").collect()]
         scorer = load_scorer(str(tmp_path / "model" / "model"))
@@ -105,12 +147,22 @@ def main() -> None:
         for t in texts:
             featurizer.tokens(t)
         tokenize_only = time.perf_counter() - started
-        result["featurization"] = {"per_text_ids_and_collate_seconds": round(per_text, 2),
-                                   "vectorised_seconds": round(vectorised, 2), "tokenize_only_seconds": round(tokenize_only, 2),
-                                   "ratio_vectorised_over_per_text": round(per_text / vectorised, 3)}
-        result.update({"rows": rows, "textmill_classify": textmill, "mlflow_spark_udf": spark_udf, "raw_single_process_predict": raw,
-                       "ratio_textmill_over_raw": round(textmill["docs_per_second"] / raw["docs_per_second"], 3),
-                       "ratio_textmill_over_spark_udf": round(textmill["docs_per_second"] / spark_udf["docs_per_second"], 3)})
+        result["featurization"] = {
+            "per_text_ids_and_collate_seconds": round(per_text, 2),
+            "vectorised_seconds": round(vectorised, 2),
+            "tokenize_only_seconds": round(tokenize_only, 2),
+            "ratio_vectorised_over_per_text": round(per_text / vectorised, 3),
+        }
+        result.update(
+            {
+                "rows": rows,
+                "textmill_classify": textmill,
+                "mlflow_spark_udf": spark_udf,
+                "raw_single_process_predict": raw,
+                "ratio_textmill_over_raw": round(textmill["docs_per_second"] / raw["docs_per_second"], 3),
+                "ratio_textmill_over_spark_udf": round(textmill["docs_per_second"] / spark_udf["docs_per_second"], 3),
+            }
+        )
     spark.stop()
     report("scoring", result)
 

@@ -17,6 +17,7 @@ WordSim-353 and analogy accuracy (``bench_embeddings.evaluate``); ratios capped/
 python tests/benchmarks/bench_sgns_corpora.py [--corpora ag_news bbc_news imdb imdb_unsup ag_news+repetition]
     [--repeats 60000] [--uncapped-corpora ag_news ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import SHARED, report, require
 
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
@@ -55,53 +55,92 @@ def longest_run(texts: list[str]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--corpora", nargs="+", default=["ag_news", "bbc_news", "imdb", "imdb_unsup", "ag_news+repetition"])
+    parser.add_argument(
+        "--corpora", nargs="+", default=["ag_news", "bbc_news", "imdb", "imdb_unsup", "ag_news+repetition"]
+    )
     parser.add_argument("--repeats", type=int, default=60_000)
-    parser.add_argument("--uncapped-corpora", nargs="*", default=None, help="corpora that also run uncapped; default all")
+    parser.add_argument(
+        "--uncapped-corpora", nargs="*", default=None, help="corpora that also run uncapped; default all"
+    )
     args = parser.parse_args()
 
     from bench_baselines import ag_split, bbc_split, imdb_split
     from bench_embeddings import evaluate
+
     from textmill.jobs import run_job
     from textmill.pipelines.train_embeddings import EmbeddingsDivergedError
     from textmill.runtime.config import SparkConf
     from textmill.runtime.session import get_spark
     from textmill.vectors.docvectors import load_embeddings
 
-    loaders = {"ag_news": lambda: texts_of(ag_split), "bbc_news": lambda: texts_of(bbc_split), "imdb": lambda: texts_of(imdb_split),
-               "imdb_unsup": unsup_texts, "ag_news+repetition": lambda: with_repetition(texts_of(ag_split), args.repeats)}
+    loaders = {
+        "ag_news": lambda: texts_of(ag_split),
+        "bbc_news": lambda: texts_of(bbc_split),
+        "imdb": lambda: texts_of(imdb_split),
+        "imdb_unsup": unsup_texts,
+        "ag_news+repetition": lambda: with_repetition(texts_of(ag_split), args.repeats),
+    }
     spark = get_spark(SparkConf(ui_enabled=False), "textmill-bench-sgns-corpora")
     spark.sparkContext.setLogLevel("ERROR")
-    result: dict = {"settings": "train_embeddings defaults (sgns, dim 100, window 5, negative 5, epochs 5, ppmi_svd start)",
-                    "corpora": {}, "ratios": {}}
+    result: dict = {
+        "settings": "train_embeddings defaults (sgns, dim 100, window 5, negative 5, epochs 5, ppmi_svd start)",
+        "corpora": {},
+        "ratios": {},
+    }
     uncapped_on = set(args.corpora if args.uncapped_corpora is None else args.uncapped_corpora)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        base = {"spark": {"ui_enabled": False},
-                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "textmill-bench-sgns-corpora"}}
+        base = {
+            "spark": {"ui_enabled": False},
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                "experiment": "textmill-bench-sgns-corpora",
+            },
+        }
         # Warm-up: the first job of a session pays for JVM code paths and Python workers.
         warm = tmp_path / "warm-in"
         warm.mkdir()
-        pq.write_table(pa.table({"doc_id": [f"w{i}" for i in range(500)], "text": texts_of(ag_split)[:500]}), warm / "part-0.parquet")
-        run_job("train_embeddings", {**base, "io": {"input": str(warm), "output": str(tmp_path / "warm-out")},
-                                     "embeddings": {"epochs": 1, "subword": {"enabled": False}}}, spark)
+        pq.write_table(
+            pa.table({"doc_id": [f"w{i}" for i in range(500)], "text": texts_of(ag_split)[:500]}),
+            warm / "part-0.parquet",
+        )
+        run_job(
+            "train_embeddings",
+            {
+                **base,
+                "io": {"input": str(warm), "output": str(tmp_path / "warm-out")},
+                "embeddings": {"epochs": 1, "subword": {"enabled": False}},
+            },
+            spark,
+        )
         for name in args.corpora:
             texts = loaders[name]()
             src = tmp_path / f"{name}-in"
             src.mkdir()
-            pq.write_table(pa.table({"doc_id": [f"d{i:06d}" for i in range(len(texts))], "text": texts}), src / "part-0.parquet")
+            pq.write_table(
+                pa.table({"doc_id": [f"d{i:06d}" for i in range(len(texts))], "text": texts}), src / "part-0.parquet"
+            )
             entry: dict = {"documents": len(texts), "longest_token_run_in_one_document": longest_run(texts)}
             contenders = {"capped_16": {}, **({"uncapped": {"max_row_updates": 0}} if name in uncapped_on else {})}
             for contender, settings in contenders.items():
                 out = tmp_path / f"{name}-{contender}"
-                conf = {**base, "io": {"input": str(src), "output": str(out)}, "embeddings": {"subword": {"enabled": False}, **settings}}
+                conf = {
+                    **base,
+                    "io": {"input": str(src), "output": str(out)},
+                    "embeddings": {"subword": {"enabled": False}, **settings},
+                }
                 try:
                     metrics = run_job("train_embeddings", conf, spark)
                 except EmbeddingsDivergedError as error:
                     entry[contender] = {"diverged": True, "error": str(error)[:160]}
                     continue
-                run = {"diverged": False, "final_loss": round(metrics["final_loss"], 4), "train_seconds": round(metrics["train_seconds"], 1),
-                       "tokens": int(metrics["tokens"]), "vocab_size": int(metrics["vocab_size"])}
+                run = {
+                    "diverged": False,
+                    "final_loss": round(metrics["final_loss"], 4),
+                    "train_seconds": round(metrics["train_seconds"], 1),
+                    "tokens": int(metrics["tokens"]),
+                    "vocab_size": int(metrics["vocab_size"]),
+                }
                 if name.startswith("imdb"):
                     vectors, _, _ = load_embeddings(out / "export")
                     quality = evaluate(vectors.words, vectors.vectors)
@@ -110,7 +149,9 @@ def main() -> None:
             result["corpora"][name] = entry
             capped, uncapped = entry["capped_16"], entry.get("uncapped")
             if uncapped and not capped["diverged"] and not uncapped["diverged"]:
-                result["ratios"][f"{name}_train_seconds_capped_over_uncapped"] = round(capped["train_seconds"] / uncapped["train_seconds"], 3)
+                result["ratios"][f"{name}_train_seconds_capped_over_uncapped"] = round(
+                    capped["train_seconds"] / uncapped["train_seconds"], 3
+                )
             print(json.dumps({name: entry}), flush=True)
     spark.stop()
     report("sgns_corpora", result)

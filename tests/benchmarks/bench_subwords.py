@@ -12,6 +12,7 @@ Prints JSON: seconds, loss, and ratios.
 
 python tests/benchmarks/bench_subwords.py [--adam-steps 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import re
 import time
 
 import numpy as np
-
 from common import SHARED, report, require
 
 UNSUP = require(SHARED / "imdb_unsup" / "unsup.txt")
@@ -48,14 +48,15 @@ def adam_fit(words, targets, buckets, steps, lr=0.05, l2=1e-4):
         rows += [i] * len(ids)
         cols += ids
         vals += [1.0 / len(ids)] * len(ids)
-    a = torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals, dtype=torch.float32),
-                                (len(words), buckets)).coalesce()
+    a = torch.sparse_coo_tensor(
+        torch.tensor([rows, cols]), torch.tensor(vals, dtype=torch.float32), (len(words), buckets)
+    ).coalesce()
     target = torch.from_numpy(targets)
     z = torch.zeros(buckets, targets.shape[1], requires_grad=True)
     optimizer = torch.optim.Adam([z], lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
-        value = ((torch.sparse.mm(a, z) - target) ** 2).sum(1).mean() + l2 * (z ** 2).sum() / len(words)
+        value = ((torch.sparse.mm(a, z) - target) ** 2).sum(1).mean() + l2 * (z**2).sum() / len(words)
         value.backward()
         optimizer.step()
     return z.detach().numpy()
@@ -78,12 +79,16 @@ def main() -> None:
     for steps in (50, 100, 200):
         started = time.perf_counter()
         z = fit_subwords(words, targets, buckets, steps=steps)
-        result[f"textmill_cg_{steps}"] = {"seconds": round(time.perf_counter() - started, 1),
-                                          "loss": round(loss(z, words, targets, buckets), 5)}
+        result[f"textmill_cg_{steps}"] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "loss": round(loss(z, words, targets, buckets), 5),
+        }
     started = time.perf_counter()
     z = adam_fit(words, targets, buckets, args.adam_steps)
-    result[f"previous_adam_{args.adam_steps}"] = {"seconds": round(time.perf_counter() - started, 1),
-                                                  "loss": round(loss(z, words, targets, buckets), 5)}
+    result[f"previous_adam_{args.adam_steps}"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "loss": round(loss(z, words, targets, buckets), 5),
+    }
     baseline = result[f"previous_adam_{args.adam_steps}"]
     for steps in (50, 100, 200):
         mine = result[f"textmill_cg_{steps}"]

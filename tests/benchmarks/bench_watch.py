@@ -13,6 +13,7 @@ ratios b/a and c/a (the goal is >= 0.8).
 
 python tests/benchmarks/bench_watch.py [--files 50] [--batch-files 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows = split(tmp / "inbox", args.files)
-        conf = lambda job, path, *sets: load_conf(get_job(job).conf_model, path, env="local", overrides=[*prepare_keys, *sets])  # noqa: E731
-        prepare_conf = conf("prepare", REPO / "conf" / "prepare_ag_news.yaml", f"io.input={tmp / 'inbox'}", f"io.output={tmp / 'prepared'}")
-        ner_conf = conf("ner", REPO / "conf" / "ner.yaml", f"io.input={tmp / 'prepared'}", f"io.output={tmp / 'entities'}")
+        conf = lambda job, path, *sets: load_conf(
+            get_job(job).conf_model, path, env="local", overrides=[*prepare_keys, *sets]
+        )  # noqa: E731
+        prepare_conf = conf(
+            "prepare",
+            REPO / "conf" / "prepare_ag_news.yaml",
+            f"io.input={tmp / 'inbox'}",
+            f"io.output={tmp / 'prepared'}",
+        )
+        ner_conf = conf(
+            "ner", REPO / "conf" / "ner.yaml", f"io.input={tmp / 'prepared'}", f"io.output={tmp / 'entities'}"
+        )
         # watch takes the same prepare section as the batch job (AG columns, label map, cleaning).
         ag = prepare_conf.prepare.model_dump(mode="json")
 
@@ -63,9 +73,18 @@ def main() -> None:
             watch = {"inbox": str(inbox), "steps": ["prepare", "ner"], "duplicates_across_batches": dedupe}
             if files_per_batch:
                 watch["max_files_per_batch"] = files_per_batch
-            return load_conf(get_job("watch").conf_model, REPO / "conf" / "watch.yaml", env="local",
-                             overrides={"io": {"output": str(tmp / name)}, "prepare": ag, "watch": watch,
-                                        "spark": {"ui_enabled": False}, "mlflow": {"experiment": "textmill-bench-watch"}})
+            return load_conf(
+                get_job("watch").conf_model,
+                REPO / "conf" / "watch.yaml",
+                env="local",
+                overrides={
+                    "io": {"output": str(tmp / name)},
+                    "prepare": ag,
+                    "watch": watch,
+                    "spark": {"ui_enabled": False},
+                    "mlflow": {"experiment": "textmill-bench-watch"},
+                },
+            )
 
         spark = get_spark(prepare_conf.spark, "textmill-bench-watch")
         # Warm-up: Python workers with spaCy loaded, JIT, the MLflow store (a watch on a copy of 2 files).
@@ -79,36 +98,53 @@ def main() -> None:
         with timer(batch):
             prepared = run_job("prepare", prepare_conf, spark)
             entities = run_job("ner", ner_conf, spark)
-        batch.update(rows_in=prepared["rows_in"], rows_out=entities["rows_out"], entities=entities["entities"],
-                     docs_per_second=round(prepared["rows_in"] / batch["wall_seconds"], 1))
+        batch.update(
+            rows_in=prepared["rows_in"],
+            rows_out=entities["rows_out"],
+            entities=entities["entities"],
+            docs_per_second=round(prepared["rows_in"] / batch["wall_seconds"], 1),
+        )
 
         contenders = {}
-        for name, files_per_batch, dedupe in (("watch_one_batch", None, True), ("watch_batches", args.batch_files, True),
-                                              ("watch_batches_no_dedupe", args.batch_files, False)):
+        for name, files_per_batch, dedupe in (
+            ("watch_one_batch", None, True),
+            ("watch_batches", args.batch_files, True),
+            ("watch_batches_no_dedupe", args.batch_files, False),
+        ):
             result: dict = {}
             with timer(result):
                 metrics = run_job("watch", watch_conf(name, tmp / "inbox", files_per_batch, dedupe), spark)
             records = BatchLog(spark, str(tmp / name)).records()
-            result.update(batches=int(metrics["batches"]), rows_in=int(metrics["total_rows_in"]),
-                          rows_out=int(metrics["total_rows_out"]),
-                          entities=sum(r["steps"]["ner"]["entities"] for r in records),
-                          batch_seconds=[r["seconds"] for r in records],
-                          max_model_loads_per_worker=metrics.get("max_model_loads_per_worker"),
-                          docs_per_second=round(metrics["total_rows_in"] / result["wall_seconds"], 1))
+            result.update(
+                batches=int(metrics["batches"]),
+                rows_in=int(metrics["total_rows_in"]),
+                rows_out=int(metrics["total_rows_out"]),
+                entities=sum(r["steps"]["ner"]["entities"] for r in records),
+                batch_seconds=[r["seconds"] for r in records],
+                max_model_loads_per_worker=metrics.get("max_model_loads_per_worker"),
+                docs_per_second=round(metrics["total_rows_in"] / result["wall_seconds"], 1),
+            )
             contenders[name] = result
 
     one, many = contenders["watch_one_batch"], contenders["watch_batches"]
-    report("watch_ag_news", {
-        "input": {"file": str(AG), "rows": rows, "files": args.files},
-        "batch_jobs_prepare_then_ner": batch,
-        "watch_prepare_ner_one_batch": one,
-        f"watch_prepare_ner_{args.batch_files}_files_per_batch": many,
-        f"watch_prepare_ner_{args.batch_files}_files_per_batch_without_cross_batch_dedupe": contenders["watch_batches_no_dedupe"],
-        "ratio_watch_one_batch_over_batch_jobs": round(one["docs_per_second"] / batch["docs_per_second"], 3),
-        "ratio_watch_batches_over_batch_jobs": round(many["docs_per_second"] / batch["docs_per_second"], 3),
-        "per_batch_overhead_seconds": round((many["wall_seconds"] - one["wall_seconds"]) / max(1, many["batches"] - one["batches"]), 2),
-        "note": "same warm Spark session; each contender is one or two textmill runs with MLflow logging; ner = en_core_web_sm ner only",
-    })
+    report(
+        "watch_ag_news",
+        {
+            "input": {"file": str(AG), "rows": rows, "files": args.files},
+            "batch_jobs_prepare_then_ner": batch,
+            "watch_prepare_ner_one_batch": one,
+            f"watch_prepare_ner_{args.batch_files}_files_per_batch": many,
+            f"watch_prepare_ner_{args.batch_files}_files_per_batch_without_cross_batch_dedupe": contenders[
+                "watch_batches_no_dedupe"
+            ],
+            "ratio_watch_one_batch_over_batch_jobs": round(one["docs_per_second"] / batch["docs_per_second"], 3),
+            "ratio_watch_batches_over_batch_jobs": round(many["docs_per_second"] / batch["docs_per_second"], 3),
+            "per_batch_overhead_seconds": round(
+                (many["wall_seconds"] - one["wall_seconds"]) / max(1, many["batches"] - one["batches"]), 2
+            ),
+            "note": "same warm Spark session; each contender is one or two textmill runs with MLflow logging; ner = en_core_web_sm ner only",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Benchmarks are not tests: they run on the real corpora in ../shared/data, print 
 document, log it to MLflow (experiment ``textmill-benchmarks``), and report ratios, because
 absolute times on shared machines are noisy.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 # Jobs export MLFLOW_TRACKING_URI when they run; benchmark results go where the user pointed.
@@ -36,8 +38,12 @@ def timer(result: dict[str, Any], key: str = "wall_seconds") -> Iterator[None]:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def self_peak_rss_mb() -> float:

@@ -6,6 +6,7 @@
 Prints one JSON object: examples run per level, seconds, and the first falsifying example of
 each level (Hypothesis shrinks it) or null. Exit 1 when an invariant failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,8 @@ sys.path.insert(0, str(TESTS))
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
-
 from fuzz_corpora import FORMATS, corpora  # noqa: E402
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
 
 def run_level(name: str, body, examples: int, seed_value: int, formats: list[str]) -> dict:
@@ -58,21 +58,31 @@ def main() -> int:
 
     from test_fuzz_prepare import CSV_FORMATS, check_job_example, check_parsed
 
-    result = {"benchmark": "fuzz_prepare", "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "machine": os.uname().machine,
-              "cpus": os.cpu_count()}
-    result["parser"] = run_level("parser", lambda c: [check_parsed(c, f) for f in c.files], args.parser_examples, args.seed,
-                                 CSV_FORMATS)
+    result = {
+        "benchmark": "fuzz_prepare",
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "machine": os.uname().machine,
+        "cpus": os.cpu_count(),
+    }
+    result["parser"] = run_level(
+        "parser", lambda c: [check_parsed(c, f) for f in c.files], args.parser_examples, args.seed, CSV_FORMATS
+    )
 
     from textmill.runtime.config import SparkConf
     from textmill.runtime.session import get_spark
 
-    spark = get_spark(SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),
-                      app_name="textmill-fuzz")
+    spark = get_spark(
+        SparkConf(master="local[2]", shuffle_partitions=2, ui_enabled=False, driver_memory="2g"),
+        app_name="textmill-fuzz",
+    )
     spark.sparkContext.setLogLevel("ERROR")
     store = Path(tempfile.mkdtemp(prefix="textmill-fuzz-mlflow-"))
     uri = f"sqlite:///{store / 'mlflow.db'}"
 
-    result["job"] = run_level("job", lambda corpus: check_job_example(spark, uri, corpus), args.job_examples, args.seed, FORMATS)
+    result["job"] = run_level(
+        "job", lambda corpus: check_job_example(spark, uri, corpus), args.job_examples, args.seed, FORMATS
+    )
     spark.stop()
     shutil.rmtree(store, ignore_errors=True)
     print(json.dumps(result, indent=2))

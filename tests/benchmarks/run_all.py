@@ -3,6 +3,7 @@
 make bench -> python tests/benchmarks/run_all.py [bench_prepare ...]
 Each script prints its JSON and writes out/benchmarks/<name>.json.
 """
+
 from __future__ import annotations
 
 import subprocess

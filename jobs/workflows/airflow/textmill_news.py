@@ -20,6 +20,7 @@ Paths to the code are relative to this file (the repository checkout the DAG sit
 ``--py-files`` zip is ``dist/textmill-<version>.zip`` from ``make pyfiles``. The DAG holds no
 logic: each task is the command a person would type.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,25 +42,57 @@ MODEL = "textmill-news"
 # task id -> (job, conf file, --set overrides); upstream tasks below.
 TASKS: dict[str, tuple[str, str, list[str]]] = {
     "watch_inbox": ("watch", "conf/workflows/news_watch.yaml", [f"watch.inbox={INBOX}", f"io.output={WATCHED}"]),
-    "train_classifier": ("train_classifier", "conf/train_classifier.yaml", [
-        f"io.input={WATCHED}/prepare", f"io.output={DAY}/classifier", f"classifier.registry.name={MODEL}",
-        "mlflow.run_name=train_classifier-{{ ds }}"]),
-    "classify": ("classify", "conf/classify.yaml", [
-        f"io.input={WATCHED}/prepare", f"io.output={DAY}/classified", f"classify.model_uri=models:/{MODEL}@champion"]),
-    "train_embeddings": ("train_embeddings", "conf/train_embeddings.yaml", [
-        f"io.input={WATCHED}/annotate", f"io.output={DAY}/embeddings",
-        "embeddings.subword.buckets=50000"]),  # a news vocabulary: 50,000 n-gram buckets are plenty
-    "embed_docs": ("embed_docs", "conf/embed_docs.yaml", [
-        f"io.input={WATCHED}/annotate", f"io.output={DAY}/doc_vectors", f"embed.embeddings={DAY}/embeddings"]),
-    "build_index": ("build_index", "conf/build_index.yaml", [
-        f"io.input={DAY}/doc_vectors", f"io.output={DAY}/index", "index.id_column=doc_id"]),
-    "neighbors": ("neighbors", "conf/neighbors.yaml", [
-        f"io.input={DAY}/doc_vectors", f"io.output={DAY}/neighbors", f"neighbors.index={DAY}/index",
-        "neighbors.id_column=doc_id"]),
+    "train_classifier": (
+        "train_classifier",
+        "conf/train_classifier.yaml",
+        [
+            f"io.input={WATCHED}/prepare",
+            f"io.output={DAY}/classifier",
+            f"classifier.registry.name={MODEL}",
+            "mlflow.run_name=train_classifier-{{ ds }}",
+        ],
+    ),
+    "classify": (
+        "classify",
+        "conf/classify.yaml",
+        [f"io.input={WATCHED}/prepare", f"io.output={DAY}/classified", f"classify.model_uri=models:/{MODEL}@champion"],
+    ),
+    "train_embeddings": (
+        "train_embeddings",
+        "conf/train_embeddings.yaml",
+        [f"io.input={WATCHED}/annotate", f"io.output={DAY}/embeddings", "embeddings.subword.buckets=50000"],
+    ),  # a news vocabulary: 50,000 n-gram buckets are plenty
+    "embed_docs": (
+        "embed_docs",
+        "conf/embed_docs.yaml",
+        [f"io.input={WATCHED}/annotate", f"io.output={DAY}/doc_vectors", f"embed.embeddings={DAY}/embeddings"],
+    ),
+    "build_index": (
+        "build_index",
+        "conf/build_index.yaml",
+        [f"io.input={DAY}/doc_vectors", f"io.output={DAY}/index", "index.id_column=doc_id"],
+    ),
+    "neighbors": (
+        "neighbors",
+        "conf/neighbors.yaml",
+        [
+            f"io.input={DAY}/doc_vectors",
+            f"io.output={DAY}/neighbors",
+            f"neighbors.index={DAY}/index",
+            "neighbors.id_column=doc_id",
+        ],
+    ),
     "cluster": ("cluster", "conf/cluster.yaml", [f"io.input={DAY}/neighbors", f"io.output={DAY}/clusters"]),
 }
-UPSTREAM = {"train_classifier": "watch_inbox", "classify": "train_classifier", "train_embeddings": "watch_inbox",
-            "embed_docs": "train_embeddings", "build_index": "embed_docs", "neighbors": "build_index", "cluster": "neighbors"}
+UPSTREAM = {
+    "train_classifier": "watch_inbox",
+    "classify": "train_classifier",
+    "train_embeddings": "watch_inbox",
+    "embed_docs": "train_embeddings",
+    "build_index": "embed_docs",
+    "neighbors": "build_index",
+    "cluster": "neighbors",
+}
 
 
 def arguments(conf: str, overrides: list[str]) -> list[str]:

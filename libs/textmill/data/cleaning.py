@@ -12,6 +12,7 @@ pandas UDF. The order is fixed, because later steps rely on earlier ones:
 4. ``strip_control_chars``: drop C0/C1 control characters other than tab and newline;
 5. ``fold_whitespace``: every run of whitespace becomes one space; ends are trimmed.
 """
+
 from __future__ import annotations
 
 import html
@@ -33,7 +34,9 @@ class CleaningConf(StrictModel):
 
     @property
     def enabled(self) -> bool:
-        return any([self.ag_news, self.strip_html_tags, self.unicode_form, self.strip_control_chars, self.fold_whitespace])
+        return any(
+            [self.ag_news, self.strip_html_tags, self.unicode_form, self.strip_control_chars, self.fold_whitespace]
+        )
 
 
 _ESCAPED_DOLLAR = re.compile(r"\\\$")

@@ -26,14 +26,16 @@ documents (jobs/reliability.md):
 the Spark Python data source that runs it on executors, one task per file or per byte range
 of a large single-line file. Both run on classic and Spark Connect sessions.
 """
+
 from __future__ import annotations
 
 import codecs
 import csv
 import gzip
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 BOM = codecs.BOM_UTF8
 MAX_RECORD_BYTES = 64 * 2**20  # a record longer than this is taken for an unclosed quote
@@ -52,8 +54,13 @@ class CsvDialect:
 
     def reader_kwargs(self) -> dict:
         doubled = self.escape == self.quote
-        return {"delimiter": self.delimiter, "quotechar": self.quote, "doublequote": doubled,
-                "escapechar": None if doubled else self.escape, "strict": True}
+        return {
+            "delimiter": self.delimiter,
+            "quotechar": self.quote,
+            "doublequote": doubled,
+            "escapechar": None if doubled else self.escape,
+            "strict": True,
+        }
 
 
 @dataclass
@@ -61,10 +68,10 @@ class Record:
     """One record: its fields (None when it could not be parsed), where it was, and what was wrong."""
 
     fields: list[str | None] | None
-    line: int                 # 1-based physical line where the record starts
-    raw: bytes                # the record's exact bytes, line endings included
+    line: int  # 1-based physical line where the record starts
+    raw: bytes  # the record's exact bytes, line endings included
     problem: str | None = None  # why the record was not parsed (malformed)
-    undecodable: bool = False   # raw is not valid UTF-8
+    undecodable: bool = False  # raw is not valid UTF-8
 
     @property
     def raw_text(self) -> str:
@@ -87,7 +94,9 @@ def _physical_lines(stream: BinaryIO, start: int = 0, end: int | None = None) ->
     position = start
     if start:
         stream.seek(start)
-        position += len(stream.readline())  # the line holding byte ``start`` began in the previous range, which reads it
+        position += len(
+            stream.readline()
+        )  # the line holding byte ``start`` began in the previous range, which reads it
     number = 0
     while end is None or position <= end:
         line = stream.readline()
@@ -96,7 +105,7 @@ def _physical_lines(stream: BinaryIO, start: int = 0, end: int | None = None) ->
         number += 1
         position += len(line)
         if number == 1 and start == 0 and line.startswith(BOM):
-            line = line[len(BOM):]
+            line = line[len(BOM) :]
         yield number, line
 
 
@@ -172,7 +181,9 @@ def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width:
             continue
         values = [_restore_cr(v) if v else None for v in fields]  # an empty field is null, as in Spark's CSV reader
         if not valid:
-            values = [v if v is None else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for v in values]
+            values = [
+                v if v is None else v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for v in values
+            ]
         yield Record(values, first[0], raw, None, undecodable=not valid)
 
 
@@ -193,11 +204,14 @@ def _absorbed(lines: list[tuple[int, bytes, str, bool]], width: int, kwargs: dic
 
 def _explain(message: str, dialect: CsvDialect, size: int) -> str:
     if "unexpected end of data" in message and size > MAX_RECORD_BYTES:
-        return f"a quoted field ({dialect.quote}) runs on over more than {MAX_RECORD_BYTES // 2**20} MB (an unclosed quote?)"
+        mb = MAX_RECORD_BYTES // 2**20
+        return f"a quoted field ({dialect.quote}) runs on over more than {mb} MB (an unclosed quote?)"
     if "unexpected end of data" in message:
         if not dialect.multiline:
-            return (f"a quoted field ({dialect.quote}) is not closed on its line (set prepare.csv.multiline: true if "
-                    "fields hold line breaks)")
+            return (
+                f"a quoted field ({dialect.quote}) is not closed on its line (set prepare.csv.multiline: true if "
+                "fields hold line breaks)"
+            )
         return f"an unclosed quote ({dialect.quote}) runs to the end of the file"
     if "expected after" in message:
         return f"a quote ({dialect.quote}) inside a quoted field is neither doubled nor followed by the delimiter"
@@ -209,8 +223,10 @@ def header_of(path: str, dialect: CsvDialect) -> list[str | None] | None:
     with open_bytes(path) as stream:
         for record in read_records(_physical_lines(stream), dialect):
             if record.fields is None or record.undecodable:
-                raise HeaderError(f"{path}: the header (line {record.line}) is not a readable CSV record: "
-                                  f"{record.problem or 'bytes that are not valid UTF-8'}")
+                raise HeaderError(
+                    f"{path}: the header (line {record.line}) is not a readable CSV record: "
+                    f"{record.problem or 'bytes that are not valid UTF-8'}"
+                )
             return list(record.fields)
     return None
 
@@ -227,17 +243,24 @@ except ImportError:  # pragma: no cover - pyspark is a dependency; kept importab
     DataSource = DataSourceReader = InputPartition = object  # type: ignore[misc,assignment]
 
 SOURCE_NAME = "textmill_csv"
-SPLIT_BYTES = 128 * 2**20  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
+SPLIT_BYTES = (
+    128 * 2**20
+)  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
 BATCH_ROWS = 4096
 # The internal columns of every textmill reader (textmill.data.io names them), in this source's order.
-INTERNAL = [("_tm_source", "string"), ("_tm_malformed", "string"), ("_tm_decode_error", "string"), ("_tm_suspect", "string"),
-            ("_tm_raw_bytes_in", "binary")]
+INTERNAL = [
+    ("_tm_source", "string"),
+    ("_tm_malformed", "string"),
+    ("_tm_decode_error", "string"),
+    ("_tm_suspect", "string"),
+    ("_tm_raw_bytes_in", "binary"),
+]
 
 
 @dataclass
 class FilePart(InputPartition):  # type: ignore[misc]
-    path: str          # local path
-    uri: str           # what _tm_source says
+    path: str  # local path
+    uri: str  # what _tm_source says
     start: int
     end: int | None
     order: list[int] | None  # header position of each output column; None = as written (no header)
@@ -252,7 +275,9 @@ class CsvRecordsSource(DataSource):  # type: ignore[misc]
 
     def schema(self) -> str:
         spec = json.loads(self.options["spec"])
-        return ", ".join([f"`{c.replace('`', '``')}` string" for c in spec["columns"]] + [f"{n} {t}" for n, t in INTERNAL])
+        return ", ".join(
+            [f"`{c.replace('`', '``')}` string" for c in spec["columns"]] + [f"{n} {t}" for n, t in INTERNAL]
+        )
 
     def reader(self, schema):  # noqa: ANN001 - pyspark's signature
         return CsvRecordsReader(json.loads(self.options["spec"]))
@@ -301,8 +326,17 @@ class CsvRecordsReader(DataSourceReader):  # type: ignore[misc]
                     decode_error = f"bytes that are not valid UTF-8 ({where})" if record.undecodable else None
                     if record.problem:
                         suspect = f"{record.problem} ({where})"
-                    for values, value in zip(batch, [*row, partition.uri, malformed, decode_error, suspect,
-                                                     record.raw if record.undecodable else None]):
+                    for values, value in zip(
+                        batch,
+                        [
+                            *row,
+                            partition.uri,
+                            malformed,
+                            decode_error,
+                            suspect,
+                            record.raw if record.undecodable else None,
+                        ],
+                    ):
                         values.append(value)
                     if len(batch[0]) >= BATCH_ROWS:
                         yield flush()
@@ -312,8 +346,13 @@ class CsvRecordsReader(DataSourceReader):  # type: ignore[misc]
             yield flush()
 
 
-def plan_parts(files: list[tuple[str, str, int]], headers: dict[str, list[str]] | None, columns: list[str],
-               split_bytes: int, splittable: bool) -> list[dict]:
+def plan_parts(
+    files: list[tuple[str, str, int]],
+    headers: dict[str, list[str]] | None,
+    columns: list[str],
+    split_bytes: int,
+    splittable: bool,
+) -> list[dict]:
     """One part per file, or per ``split_bytes`` range of a large uncompressed file when records
     cannot span lines. ``files``: (local path, uri, size); ``headers``: each file's header."""
     parts = []
@@ -334,7 +373,7 @@ def local_file(uri: str) -> str | None:
     if uri.startswith("file:"):
         from urllib.parse import unquote
 
-        return "/" + unquote(uri[len("file:"):]).lstrip("/")
+        return "/" + unquote(uri[len("file:") :]).lstrip("/")
     if uri.startswith("/"):
         return uri
     return None

@@ -15,6 +15,7 @@ Writers never leave a half-written output: a job writes to a temporary sibling
 directory, checks it, and only then swaps it into place (``publish``). A rerun on the
 same path replaces the old output whole. Used by the pipelines on the driver.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -37,15 +38,29 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from textmill.data import csv_records, storage
+from textmill.data.storage import (
+    GLOB_CHARS,
+    check_published_together,
+    local_path,
+    path_exists,
+    staged_outputs,
+    write_marker,
+)
 from textmill.runtime import session_kinds
 from textmill.runtime.config import StrictModel
-from textmill.runtime.errors import (AccountingError, ColumnNotFoundError, ColumnTypeError, CsvHeaderError, InputNotFoundError,
-                             UnreadableInputError)
-from textmill.data.storage import GLOB_CHARS, check_published_together, local_path, path_exists, staged_outputs, write_marker
+from textmill.runtime.errors import (
+    AccountingError,
+    ColumnNotFoundError,
+    ColumnTypeError,
+    CsvHeaderError,
+    InputNotFoundError,
+    UnreadableInputError,
+)
 
 logger = logging.getLogger(__name__)
 
-# _tm_source, _tm_malformed, _tm_decode_error, _tm_suspect, _tm_raw_bytes_in: named once, where the strict CSV reader writes them.
+# _tm_source, _tm_malformed, _tm_decode_error, _tm_suspect, _tm_raw_bytes_in: named once, where the strict CSV
+# reader writes them.
 INTERNAL_COLUMNS = tuple(name for name, _ in csv_records.INTERNAL)
 SOURCE, MALFORMED, DECODE_ERROR, SUSPECT, RAW_BYTES = INTERNAL_COLUMNS
 
@@ -61,21 +76,31 @@ class CsvConf(StrictModel):
     multiline: bool = Field(False, description="quoted fields may span lines (slower: files are not split)")
     encoding: str = "UTF-8"
     parser: Literal["strict", "spark"] = Field(
-        "strict", description="strict: textmill's reader (local UTF-8 files; others fall back to spark) | spark: Spark's lenient parser")
+        "strict",
+        description=(
+            "strict: textmill's reader (local UTF-8 files; others fall back to spark) | spark: Spark's lenient parser"
+        ),
+    )
 
 
 class TextFilesConf(StrictModel):
     glob: str = Field("*.txt", description="file-name pattern, searched recursively")
-    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "latin-1"], min_length=1,
-                                 description="tried in order; a file no encoding decodes is quarantined")
+    encodings: list[str] = Field(
+        default_factory=lambda: ["utf-8", "latin-1"],
+        min_length=1,
+        description="tried in order; a file no encoding decodes is quarantined",
+    )
     first_line_is_title: bool = Field(False, description="the first line becomes column 'title', the rest 'text'")
 
 
 # ---------------------------------------------------------------------------- paths
 
+
 def require_input(spark: SparkSession, path: str, key: str = "io.input") -> None:
     if not path_exists(spark, path):
-        raise InputNotFoundError(f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)")
+        raise InputNotFoundError(
+            f"{key}: nothing exists at {path!r} (checked before reading; is the path or glob right?)"
+        )
 
 
 def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "", key: str = "io.input") -> DataFrame:
@@ -90,16 +115,20 @@ def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "
 def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ColumnNotFoundError(f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
-                                  + (f" ({hint})" if hint else ""))
+        raise ColumnNotFoundError(
+            f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
+            + (f" ({hint})" if hint else "")
+        )
 
 
 def require_text_column(df: DataFrame, column: str, key: str = "io.input") -> None:
     """Refuse a text column that is not a string (an int64 ``text`` would make every row 'null text')."""
     kind = df.schema[column].dataType
     if not isinstance(kind, T.StringType):
-        raise ColumnTypeError(f"{key}: column {column!r} holds {kind.simpleString()} values, not text (string); "
-                              "point the job's text column at a string column, or write the text as strings")
+        raise ColumnTypeError(
+            f"{key}: column {column!r} holds {kind.simpleString()} values, not text (string); "
+            "point the job's text column at a string column, or write the text as strings"
+        )
 
 
 UTF8_ERROR = "text is not valid UTF-8"
@@ -127,9 +156,12 @@ def number_rows(df: DataFrame, order: list[Column], name: str) -> DataFrame:
     its sorted partition (from ``monotonically_increasing_id``: partition id in the upper 31 bits,
     the row's index within the partition in the lower 33), plus the row count of the partitions
     before it (one small collect: a count per partition)."""
-    ordered = (df.orderBy(*order).withColumn("_tm_part", F.spark_partition_id())
-               .withColumn("_tm_pos", F.monotonically_increasing_id() - F.shiftleft(F.col("_tm_part").cast("long"), 33))
-               .localCheckpoint())
+    ordered = (
+        df.orderBy(*order)
+        .withColumn("_tm_part", F.spark_partition_id())
+        .withColumn("_tm_pos", F.monotonically_increasing_id() - F.shiftleft(F.col("_tm_part").cast("long"), 33))
+        .localCheckpoint()
+    )
     counts = sorted((r["_tm_part"], r["count"]) for r in ordered.groupBy("_tm_part").count().collect())
     starts = itertools.accumulate((count for _, count in counts), initial=0)  # rows in the partitions before
     offsets = [F.lit(x) for (part, _), before in zip(counts, starts) for x in (part, before)]
@@ -152,8 +184,8 @@ class InputListing:
     """The files an input path names, and what was left out (with why)."""
 
     files: list[tuple[str, int]] = field(default_factory=list)  # (uri, bytes), to be read
-    not_matching: list[str] = field(default_factory=list)       # left out by the file-name glob
-    links: list[str] = field(default_factory=list)              # symbolic links met in the input, not followed
+    not_matching: list[str] = field(default_factory=list)  # left out by the file-name glob
+    links: list[str] = field(default_factory=list)  # symbolic links met in the input, not followed
 
 
 def _hidden(name: str) -> bool:
@@ -252,11 +284,13 @@ def ship_directory(spark: SparkSession, path: str | os.PathLike) -> str:
 def shipped_path(name: str) -> str:
     """On an executor: the directory a ``ship_directory`` name stands for."""
     if name.startswith(LOCAL_SHIPPED):
-        return name[len(LOCAL_SHIPPED):].split(":", 1)[1]
+        return name[len(LOCAL_SHIPPED) :].split(":", 1)[1]
     return session_kinds.shipped_file(name)
 
 
-def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None) -> tuple[int, int, Any]:
+def write_rows(
+    spark: SparkSession, df: DataFrame, path: str, rows_in: int, marker: dict, check=None
+) -> tuple[int, int, Any]:
     """Write ``df`` (one row per input row, with an ``error`` column) to the fresh directory ``path``.
 
     Rows out must equal ``rows_in`` (else AccountingError); ``check(written)`` may inspect the
@@ -272,12 +306,21 @@ def write_rows(spark: SparkSession, df: DataFrame, path: str, rows_in: int, mark
     if rows_out != rows_in:
         raise AccountingError(f"rows_in={rows_in} but rows_out={rows_out}; nothing was published")
     checked = check(written) if check is not None else None
-    write_marker(spark, path, {**marker, "textmill_version": textmill.__version__, "rows": rows_out, "columns": written.columns})
+    write_marker(
+        spark, path, {**marker, "textmill_version": textmill.__version__, "rows": rows_out, "columns": written.columns}
+    )
     return rows_out, rows_error, checked
 
 
-def publish_rows(spark: SparkSession, df: DataFrame, output: str, rows_in: int, marker: dict,
-                 check=None, replace_unmarked: bool = False) -> tuple[int, int, Any]:
+def publish_rows(
+    spark: SparkSession,
+    df: DataFrame,
+    output: str,
+    rows_in: int,
+    marker: dict,
+    check=None,
+    replace_unmarked: bool = False,
+) -> tuple[int, int, Any]:
     """``write_rows`` into a staged directory, then publish it as ``output``."""
     with staged_outputs(spark, output, replace_unmarked=replace_unmarked) as (staged,):
         return write_rows(spark, df, staged, rows_in, marker, check)
@@ -291,8 +334,13 @@ def count_parquet(spark: SparkSession, path: str) -> int:
 # ---------------------------------------------------------------------------- readers
 
 
-def _with_internal(df: DataFrame, malformed: Column | None = None, decode_error: Column | None = None,
-                   suspect: Column | None = None, raw_bytes: Column | None = None) -> DataFrame:
+def _with_internal(
+    df: DataFrame,
+    malformed: Column | None = None,
+    decode_error: Column | None = None,
+    suspect: Column | None = None,
+    raw_bytes: Column | None = None,
+) -> DataFrame:
     none = F.lit(None).cast("string")
     return df.select(
         "*",
@@ -311,16 +359,22 @@ def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataF
     if reads_strict_csv(path, conf):
         return _read_csv_strict(spark, [(csv_records.local_file(u), u) for u in path], conf)
     if conf.parser == "strict":
-        logger.warning("prepare.csv: Spark's CSV parser reads these files (textmill's strict reader needs local UTF-8 files); "
-                       "an unclosed quote can read on into the next records, and columns are matched by position")
+        logger.warning(
+            "prepare.csv: Spark's CSV parser reads these files (textmill's strict reader needs local UTF-8 files); "
+            "an unclosed quote can read on into the next records, and columns are matched by position"
+        )
     return _read_csv_spark(spark, path, conf)
 
 
 def reads_strict_csv(path: str | list[str], conf: CsvConf) -> bool:
     """Whether ``read_csv`` reads these exact files with textmill's strict reader: UTF-8 files
     the executors' Python can open (``prepare`` and ``watch`` list the files first)."""
-    return (conf.parser == "strict" and not isinstance(path, str) and conf.encoding.replace("-", "").lower() == "utf8"
-            and all(csv_records.local_file(u) for u in path))
+    return (
+        conf.parser == "strict"
+        and not isinstance(path, str)
+        and conf.encoding.replace("-", "").lower() == "utf8"
+        and all(csv_records.local_file(u) for u in path)
+    )
 
 
 def csv_dialect(conf: CsvConf) -> csv_records.CsvDialect:
@@ -348,8 +402,10 @@ def csv_headers(files: list[tuple[str, str]], conf: CsvConf) -> dict[str, list[s
         if headers:
             first_uri, first = next(iter(headers.items()))
             if sorted(header) != sorted(first):
-                raise CsvHeaderError(f"io.input: CSV files with different columns: {first_uri} has {first}, {uri} has "
-                                     f"{header}; read them separately or make the headers list the same columns")
+                raise CsvHeaderError(
+                    f"io.input: CSV files with different columns: {first_uri} has {first}, {uri} has "
+                    f"{header}; read them separately or make the headers list the same columns"
+                )
         headers[uri] = header
     return headers
 
@@ -404,8 +460,10 @@ def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[C
     valid = F.is_valid_utf8("value")
     return [
         F.col(SOURCE),
-        F.when(~valid, F.make_valid_utf8("_tm_line")).otherwise(malformed if malformed is not None else F.lit(None))
-        .cast("string").alias(MALFORMED),
+        F.when(~valid, F.make_valid_utf8("_tm_line"))
+        .otherwise(malformed if malformed is not None else F.lit(None))
+        .cast("string")
+        .alias(MALFORMED),
         F.when(~valid, F.lit("bytes that are not valid UTF-8")).alias(DECODE_ERROR),
         F.lit(None).cast("string").alias(SUSPECT),
         F.when(~valid, F.col("value").cast("binary")).alias(RAW_BYTES),
@@ -421,11 +479,21 @@ def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
     schema = T.StructType(fields + [T.StructField(corrupt, T.StringType())])
     lines = _raw_lines(spark, path).where(F.trim("_tm_line") != "")
-    parsed = lines.select("*", F.from_json(F.make_valid_utf8("_tm_line"), schema, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt, "primitivesAsString": "true"}).alias("_tm_json"))
+    parsed = lines.select(
+        "*",
+        F.from_json(
+            F.make_valid_utf8("_tm_line"),
+            schema,
+            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt, "primitivesAsString": "true"},
+        ).alias("_tm_json"),
+    )
     # A line that parses to no object (``[1, 2]``, ``"text"``) is malformed too.
-    malformed = F.when(F.col(f"_tm_json.{corrupt}").isNotNull() | F.col("_tm_json").isNull(), F.make_valid_utf8("_tm_line"))
-    return parsed.select(*[F.col(f"_tm_json.`{f.name}`").alias(f.name) for f in fields], *_line_internals(parsed, malformed))
+    malformed = F.when(
+        F.col(f"_tm_json.{corrupt}").isNotNull() | F.col("_tm_json").isNull(), F.make_valid_utf8("_tm_line")
+    )
+    return parsed.select(
+        *[F.col(f"_tm_json.`{f.name}`").alias(f.name) for f in fields], *_line_internals(parsed, malformed)
+    )
 
 
 def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
@@ -433,14 +501,18 @@ def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
     return lines.select(F.make_valid_utf8("_tm_line").alias("text"), *_line_internals(lines))
 
 
-_DECODED = T.StructType([
-    T.StructField("text", T.StringType()),
-    T.StructField("title", T.StringType()),
-    T.StructField("error", T.StringType()),
-])
+_DECODED = T.StructType(
+    [
+        T.StructField("text", T.StringType()),
+        T.StructField("title", T.StringType()),
+        T.StructField("error", T.StringType()),
+    ]
+)
 
 
-def decode_file(content: bytes | None, encodings: list[str], first_line_is_title: bool) -> tuple[str | None, str | None, str | None]:
+def decode_file(
+    content: bytes | None, encodings: list[str], first_line_is_title: bool
+) -> tuple[str | None, str | None, str | None]:
     """(text, title, error) for one file's bytes: the first encoding that decodes strictly wins."""
     if content is None:
         return None, None, "no content"
@@ -477,7 +549,9 @@ def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesC
         # Spark's file scan skips 0-byte files, but each is a document here (quarantined as empty_text).
         empty = [(uri,) for uri in path if (local := csv_records.local_file(uri)) and os.path.getsize(local) == 0]
         if empty:
-            raw = raw.unionByName(spark.createDataFrame(empty, "path string").select("path", F.lit(b"").alias("content")))
+            raw = raw.unionByName(
+                spark.createDataFrame(empty, "path string").select("path", F.lit(b"").alias("content"))
+            )
     decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
     # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
     decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))

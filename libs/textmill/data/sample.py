@@ -6,6 +6,7 @@ step (tokens, entities, topic labels) has real signal to work on. It appends a f
 lines on purpose (an empty body, a wrong column count, an unterminated quote) so the demo
 also shows the quarantine. Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,21 @@ from pathlib import Path
 
 TOPICS: dict[str, dict[str, list[str]]] = {
     "World": {
-        "subjects": ["The prime minister", "The foreign ministry", "United Nations envoys", "Rebel leaders", "The president"],
+        "subjects": [
+            "The prime minister",
+            "The foreign ministry",
+            "United Nations envoys",
+            "Rebel leaders",
+            "The president",
+        ],
         "verbs": ["called for talks with", "warned", "signed a treaty with", "condemned", "met officials from"],
-        "objects": ["neighbouring governments", "the security council", "refugee agencies", "opposition parties", "peacekeepers"],
+        "objects": [
+            "neighbouring governments",
+            "the security council",
+            "refugee agencies",
+            "opposition parties",
+            "peacekeepers",
+        ],
         "words": ["election", "ceasefire", "embassy", "parliament", "sanctions", "border", "diplomats", "troops"],
     },
     "Sports": {
@@ -27,18 +40,39 @@ TOPICS: dict[str, dict[str, list[str]]] = {
     },
     "Business": {
         "subjects": ["Shares of the retailer", "The central bank", "The carmaker", "Investors", "The airline"],
-        "verbs": ["reported profits for", "cut forecasts for", "agreed to buy", "raised prices for", "announced layoffs at"],
+        "verbs": [
+            "reported profits for",
+            "cut forecasts for",
+            "agreed to buy",
+            "raised prices for",
+            "announced layoffs at",
+        ],
         "objects": ["the third quarter", "its European unit", "a rival chain", "oil futures", "its regional offices"],
         "words": ["earnings", "revenue", "stocks", "merger", "quarter", "inflation", "dividend", "market"],
     },
     "Sci_Tech": {
         "subjects": ["Researchers", "The software maker", "Astronomers", "The chip designer", "Engineers"],
         "verbs": ["released an update for", "discovered", "unveiled", "patched a flaw in", "launched"],
-        "objects": ["its operating system", "a distant galaxy", "a faster processor", "the web browser", "a new satellite"],
+        "objects": [
+            "its operating system",
+            "a distant galaxy",
+            "a faster processor",
+            "the web browser",
+            "a new satellite",
+        ],
         "words": ["software", "internet", "scientists", "laboratory", "wireless", "computer", "space", "genome"],
     },
 }
-PEOPLE = ["John Smith", "Maria Garcia", "Wei Chen", "Angela Merkel", "Kofi Annan", "Serena Williams", "Bill Gates", "Ravi Patel"]
+PEOPLE = [
+    "John Smith",
+    "Maria Garcia",
+    "Wei Chen",
+    "Angela Merkel",
+    "Kofi Annan",
+    "Serena Williams",
+    "Bill Gates",
+    "Ravi Patel",
+]
 ORGS = ["Microsoft", "Reuters", "the World Bank", "NASA", "Google", "Toyota", "FIFA", "the European Union"]
 PLACES = ["London", "Tokyo", "Paris", "Nairobi", "Washington", "Berlin", "Sydney", "Sao Paulo"]
 
@@ -53,7 +87,8 @@ def _document(rng: random.Random, topic: str) -> tuple[str, str]:
     t = TOPICS[topic]
     place, person, org = rng.choice(PLACES), rng.choice(PEOPLE), rng.choice(ORGS)
     sentences = [
-        f"{rng.choice(t['subjects'])} {rng.choice(t['verbs'])} {rng.choice(t['objects'])} in {place} on {rng.choice(['Monday', 'Tuesday', 'Friday'])}.",
+        f"{rng.choice(t['subjects'])} {rng.choice(t['verbs'])} {rng.choice(t['objects'])} in {place} on "
+        f"{rng.choice(['Monday', 'Tuesday', 'Friday'])}.",
         f"{person} of {org} said the {rng.choice(t['words'])} and the {rng.choice(t['words'])} would matter most.",
         f"About {rng.randint(2, 950)} people followed the {rng.choice(t['words'])}, according to {rng.choice(ORGS)}.",
     ]

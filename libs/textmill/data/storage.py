@@ -18,6 +18,7 @@ rows, the run that published it). Rules, enforced here for every job:
 All functions run on the driver and reach files through ``textmill.runtime.filesystems`` (local paths and
 mounts from Python on every session; other schemes as ``session_kinds.files_for`` says).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 from pyspark.sql import SparkSession
 
@@ -129,8 +130,14 @@ def read_marker(spark: SparkSession, directory: str) -> dict | None:
         raise OutputError(f"{directory}: {MARKER} is damaged ({exc}); rerun the job that writes it") from exc
 
 
-def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replace_unmarked: bool = False,
-                 key: str = "io.output", container_for: str | None = None) -> None:
+def check_output(
+    spark: SparkSession,
+    output: str,
+    inputs: Iterable[str],
+    replace_unmarked: bool = False,
+    key: str = "io.output",
+    container_for: str | None = None,
+) -> None:
     """Refuse ``output`` if it overlaps an input, or holds a file or data textmill did not write.
 
     ``container_for`` names the job when ``output`` is a directory of several outputs: it must
@@ -140,10 +147,12 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
     for given in inputs:
         for location in _input_locations(spark, given):
             if _inside(location, target) or _inside(target, location):
-                relation = ("is" if target == location else "contains" if _inside(target, location) else "is inside")
-                raise OutputError(f"{key} {output!r} {relation} the input {location} (symbolic links resolved): the "
-                                  "output is replaced whole, and its lock and staging files sit beside it, so the job "
-                                  "would delete or read its own files; write the output somewhere else")
+                relation = "is" if target == location else "contains" if _inside(target, location) else "is inside"
+                raise OutputError(
+                    f"{key} {output!r} {relation} the input {location} (symbolic links resolved): the "
+                    "output is replaced whole, and its lock and staging files sit beside it, so the job "
+                    "would delete or read its own files; write the output somewhere else"
+                )
     fs = files(spark, output)
     entry = fs.info(output)
     if entry is None:
@@ -152,26 +161,34 @@ def check_output(spark: SparkSession, output: str, inputs: Iterable[str], replac
         if replace_unmarked:
             logger.warning("%s %s is a file; replacing it (io.replace_unmarked is true)", key, output)
             return
-        raise OutputError(f"{key} {output!r} is an existing file, and textmill replaces its output whole; {REPLACE_HINT}")
+        raise OutputError(
+            f"{key} {output!r} is an existing file, and textmill replaces its output whole; {REPLACE_HINT}"
+        )
     marker = read_marker(spark, output)
     if marker is not None:
         owner = marker.get("job") if marker.get("kind") == "container" else None
         if owner != container_for:
             held = f"the outputs of textmill's {owner} job" if owner else "a textmill dataset"
-            raise OutputError(f"{key} {output!r} holds {held}; replacing it with "
-                              f"{'the outputs of ' + container_for if container_for else 'a dataset'} would mix or delete "
-                              "them; choose another path")
+            raise OutputError(
+                f"{key} {output!r} holds {held}; replacing it with "
+                f"{'the outputs of ' + container_for if container_for else 'a dataset'} would mix or delete "
+                "them; choose another path"
+            )
         return
     contents = fs.children(output)
     if len(contents) == 0:
         return
     if replace_unmarked:
-        logger.warning("%s %s was not written by textmill (no %s); replacing it (io.replace_unmarked is true)", key, output, MARKER)
+        logger.warning(
+            "%s %s was not written by textmill (no %s); replacing it (io.replace_unmarked is true)", key, output, MARKER
+        )
         return
     example = contents[0].name
-    raise OutputError(f"{key} {output!r} is a directory that textmill did not write (no {MARKER}; it holds "
-                      f"{len(contents)} entr{'y' if len(contents) == 1 else 'ies'}, e.g. {example!r}) and would be "
-                      f"replaced whole; {REPLACE_HINT}")
+    raise OutputError(
+        f"{key} {output!r} is a directory that textmill did not write (no {MARKER}; it holds "
+        f"{len(contents)} entr{'y' if len(contents) == 1 else 'ies'}, e.g. {example!r}) and would be "
+        f"replaced whole; {REPLACE_HINT}"
+    )
 
 
 @contextmanager
@@ -224,18 +241,28 @@ def _read_lock(spark: SparkSession, lock: str) -> dict:
 
 def _acquire(spark: SparkSession, output: str) -> str:
     lock = f"{output.rstrip('/')}{LOCK_SUFFIX}"
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-          "writer": uuid.uuid4().hex[:12]}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "writer": uuid.uuid4().hex[:12],
+    }
     for _ in range(2):
         if _write_text(spark, lock, json.dumps(me), exclusive=True):
             return lock
         holder = _read_lock(spark, lock)
-        stale = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+        stale = (
+            holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+        )
         if not stale:
             who = f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('started', '?')}"
-            raise OutputError(f"{output!r} is being written by another textmill run ({who}); wait for it to finish, "
-                              f"or, if no such run is alive, delete {lock}")
-        logger.warning("taking over the lock on %s left by pid %s, which is no longer running", output, holder.get("pid"))
+            raise OutputError(
+                f"{output!r} is being written by another textmill run ({who}); wait for it to finish, "
+                f"or, if no such run is alive, delete {lock}"
+            )
+        logger.warning(
+            "taking over the lock on %s left by pid %s, which is no longer running", output, holder.get("pid")
+        )
         delete_path(spark, lock)
     raise OutputError(f"could not lock {output!r}: {lock} keeps reappearing (another writer?)")
 
@@ -255,7 +282,9 @@ def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
                     taken.append(lock)
                     continue
                 if holder is not None:
-                    raise OutputError(f"{output!r} is being written by another job in this process; run them one after the other")
+                    raise OutputError(
+                        f"{output!r} is being written by another job in this process; run them one after the other"
+                    )
             _acquire(spark, output)
             with _held_guard:
                 _held[lock] = (threading.get_ident(), 1)
@@ -290,7 +319,9 @@ def _clean_leftovers(spark: SparkSession, output: str) -> None:
     if fs.info(final) is None and len(aside) == 1:
         # Killed after moving the previous output aside and before the new one was in place.
         fs.rename(aside[0].uri, final)
-        logger.warning("restored the previous output of %s from %s (a run was killed while publishing)", output, aside[0].name)
+        logger.warning(
+            "restored the previous output of %s from %s (a run was killed while publishing)", output, aside[0].name
+        )
         leftovers.remove(aside[0])
     for entry in leftovers:
         logger.warning("removing %s, left by a run that did not finish", entry.uri)
@@ -324,7 +355,9 @@ def _replaceable(spark: SparkSession, final: str, replace_unmarked: bool) -> Non
         raise OutputError(f"{final!r} holds data textmill did not write (no {MARKER}); {REPLACE_HINT}")
 
 
-def publish_all(spark: SparkSession, pairs: list[tuple[str, str]], replace_unmarked: bool = False, token: str | None = None) -> None:
+def publish_all(
+    spark: SparkSession, pairs: list[tuple[str, str]], replace_unmarked: bool = False, token: str | None = None
+) -> None:
     """Move fully written staged directories to their finals, replacing what was there.
 
     Every old output is moved aside first, then every new one is renamed into place, then
@@ -410,8 +443,12 @@ def _warn_if_torn(spark: SparkSession, finals: list[str]) -> None:
     for final in finals:
         torn = _torn(spark, final) if path_exists(spark, final) else []
         if torn:
-            logger.warning("%s and %s were published by different runs (a run was killed while publishing); "
-                           "this run replaces them together", final, ", ".join(torn))
+            logger.warning(
+                "%s and %s were published by different runs (a run was killed while publishing); "
+                "this run replaces them together",
+                final,
+                ", ".join(torn),
+            )
             return
 
 
@@ -419,5 +456,7 @@ def check_published_together(spark: SparkSession, path: str) -> None:
     """Fail if ``path`` and the outputs published with it come from different runs."""
     torn = _torn(spark, path)
     if torn:
-        raise OutputError(f"{path} and {', '.join(torn)} were published by different runs (a run was killed while "
-                          "publishing them); rerun the job that writes them")
+        raise OutputError(
+            f"{path} and {', '.join(torn)} were published by different runs (a run was killed while "
+            "publishing them); rerun the job that writes them"
+        )

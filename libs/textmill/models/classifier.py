@@ -17,6 +17,7 @@ the buffer, not by the corpus. With ``rank``/``world`` each process reads its ow
 the files (data-parallel training). ``train`` runs the same loop on CPU or CUDA (autocast
 and pinned memory there). Called on the driver, or in each TorchDistributor process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,8 +58,9 @@ class LinearClassifier(nn.Module):
 
     input_kind = "bag"
 
-    def __init__(self, n_ids: int, dim: int, n_classes: int, form: str = "fasttext", weighting: str = "none",
-                 sparse: bool = True) -> None:
+    def __init__(
+        self, n_ids: int, dim: int, n_classes: int, form: str = "fasttext", weighting: str = "none", sparse: bool = True
+    ) -> None:
         super().__init__()
         if form not in ("logistic", "fasttext") or weighting not in ("tfidf", "none"):
             raise ValueError(f"unknown linear model form={form!r} / weighting={weighting!r}")
@@ -89,13 +92,16 @@ class LinearClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         weights = None
         if self.weighting == "tfidf":
-            weights = ngram_weights(ids, offsets, self.idf, self.embedding.weight.shape[0],
-                                    "l2" if self.form == "logistic" else "sum")
+            weights = ngram_weights(
+                ids, offsets, self.idf, self.embedding.weight.shape[0], "l2" if self.form == "logistic" else "sum"
+            )
         bags = self.embedding(ids, offsets, per_sample_weights=weights)
         return bags + self.bias if self.form == "logistic" else self.head(bags)
 
 
-def ngram_weights(ids: torch.Tensor, offsets: torch.Tensor, idf: torch.Tensor, n_ids: int, normalize: str) -> torch.Tensor:
+def ngram_weights(
+    ids: torch.Tensor, offsets: torch.Tensor, idf: torch.Tensor, n_ids: int, normalize: str
+) -> torch.Tensor:
     """Per-occurrence weights of a flat id batch whose sum over a document's occurrences of one id
     is (1 + ln c) x idf (c: that id's count in the document), normalised per document to unit L2
     norm (``"l2"``) or unit sum (``"sum"``). Works on the occurrences as they come, so the ids need
@@ -136,8 +142,16 @@ def document_frequencies(files: list[str], n_ids: int, batch_rows: int = 4096) -
 class GRUClassifier(nn.Module):
     input_kind = "sequence"
 
-    def __init__(self, n_ids: int, dim: int, n_classes: int, hidden: int = 128, bidirectional: bool = True,
-                 dropout: float = 0.3, layers: int = 1) -> None:
+    def __init__(
+        self,
+        n_ids: int,
+        dim: int,
+        n_classes: int,
+        hidden: int = 128,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        layers: int = 1,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(n_ids, dim, padding_idx=PAD)
         self.dropout = nn.Dropout(dropout)
@@ -178,8 +192,14 @@ class ModelSpec:
         if self.kind == "linear":
             return self.n_ids * self.dim + (self.dim + 1) * self.n_classes
         directions = 2 if self.bidirectional else 1
-        gru = sum(3 * self.hidden * (self.dim if layer == 0 else self.hidden * directions) + 3 * self.hidden * (self.hidden + 2)
-                  for layer in range(self.layers)) * directions
+        gru = (
+            sum(
+                3 * self.hidden * (self.dim if layer == 0 else self.hidden * directions)
+                + 3 * self.hidden * (self.hidden + 2)
+                for layer in range(self.layers)
+            )
+            * directions
+        )
         return self.n_ids * self.dim + gru + (self.hidden * directions + 1) * self.n_classes
 
     def training_memory_mb(self, keep_best: bool) -> float:
@@ -191,7 +211,9 @@ class ModelSpec:
     def build(self) -> nn.Module:
         if self.kind == "linear":
             return LinearClassifier(self.n_ids, self.dim, self.n_classes, self.form, self.weighting)
-        return GRUClassifier(self.n_ids, self.dim, self.n_classes, self.hidden, self.bidirectional, self.dropout, self.layers)
+        return GRUClassifier(
+            self.n_ids, self.dim, self.n_classes, self.hidden, self.bidirectional, self.dropout, self.layers
+        )
 
 
 def collate(examples: list[tuple[list[int], int]], kind: str) -> dict[str, torch.Tensor]:
@@ -203,8 +225,11 @@ def collate(examples: list[tuple[list[int], int]], kind: str) -> dict[str, torch
         ids = torch.tensor([i for seq, _ in examples for i in seq], dtype=torch.long)
         return {"ids": ids, "offsets": offsets, "labels": labels}
     seqs = [torch.tensor(ids, dtype=torch.long) for ids, _ in examples]
-    return {"padded": pad_sequence(seqs, batch_first=True, padding_value=PAD),
-            "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.long), "labels": labels}
+    return {
+        "padded": pad_sequence(seqs, batch_first=True, padding_value=PAD),
+        "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.long),
+        "labels": labels,
+    }
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -214,8 +239,16 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class ParquetExamples(IterableDataset):
     """(ids, label_id) examples streamed from Parquet files, shuffled through a bounded buffer."""
 
-    def __init__(self, files: list[str], shuffle: bool = True, seed: int = 0, buffer_size: int = 20_000,
-                 batch_rows: int = 4096, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        files: list[str],
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_size: int = 20_000,
+        batch_rows: int = 4096,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.files = sorted(files)[rank::world]
         self.shuffle = shuffle
         self.seed = seed
@@ -230,7 +263,9 @@ class ParquetExamples(IterableDataset):
             rng.shuffle(files)
         buffer: list[tuple[list[int], int]] = []
         for path in files:
-            for record_batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows, columns=["ids", "label_id"]):
+            for record_batch in pq.ParquetFile(path).iter_batches(
+                batch_size=self.batch_rows, columns=["ids", "label_id"]
+            ):
                 ids, labels = record_batch.column(0).to_pylist(), record_batch.column(1).to_pylist()
                 if not self.shuffle:
                     yield from zip(ids, labels)
@@ -292,13 +327,17 @@ def _optimizers(model: nn.Module, spec: ModelSpec, lr: float, weight_decay: floa
         # seen, where Adam's per-coordinate scaling gave rare n-grams (names, typos) full-size steps
         # and the model memorised them (IMDB validation fell from 0.891 after epoch 1 to 0.882 by
         # epoch 10 under Adam; under Adagrad it held 0.89-0.90).
-        sparse = (torch.optim.Adagrad if spec.form == "logistic" else torch.optim.SparseAdam)(list(raw.embedding.parameters()), lr=lr)
+        sparse = (torch.optim.Adagrad if spec.form == "logistic" else torch.optim.SparseAdam)(
+            list(raw.embedding.parameters()), lr=lr
+        )
         return [sparse, torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)]
     return [torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)]
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for batch in batches:
@@ -325,8 +364,14 @@ def scores(matrix: np.ndarray) -> dict[str, Any]:
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
     total = matrix.sum()
-    return {"accuracy": float(tp.sum() / total) if total else 0.0, "macro_f1": float(f1.mean()) if len(f1) else 0.0,
-            "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(), "support": support.astype(int).tolist()}
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "macro_f1": float(f1.mean()) if len(f1) else 0.0,
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.astype(int).tolist(),
+    }
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -363,7 +408,9 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
     rows = np.bincount(index, minlength=bins)
     confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
     correct_sum = np.bincount(index, weights=correct, minlength=bins)
-    return calibration_table({b: (int(rows[b]), confidence_sum[b], correct_sum[b]) for b in range(bins) if rows[b]}, bins)
+    return calibration_table(
+        {b: (int(rows[b]), confidence_sum[b], correct_sum[b]) for b in range(bins) if rows[b]}, bins
+    )
 
 
 def bin_of(confidence, bins: int):
@@ -381,8 +428,15 @@ def calibration_table(sums: dict[int, tuple[int, float, float]], bins: int) -> l
     table = []
     for b in range(bins):
         n, confidence_sum, correct_sum = sums.get(b, (0, 0.0, 0.0))
-        table.append({"lower": b / bins, "upper": (b + 1) / bins, "rows": int(n),
-                      "confidence": float(confidence_sum / n) if n else 0.0, "accuracy": float(correct_sum / n) if n else 0.0})
+        table.append(
+            {
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "rows": int(n),
+                "confidence": float(confidence_sum / n) if n else 0.0,
+                "accuracy": float(correct_sum / n) if n else 0.0,
+            }
+        )
     return table
 
 
@@ -394,8 +448,15 @@ def expected_calibration_error(table: list[dict[str, float]]) -> float:
 
 def per_label(result: dict[str, Any], labels: list[str]) -> dict[str, dict[str, float]]:
     """``{label: {precision, recall, f1, support}}`` from a ``scores`` result over ``labels``."""
-    return {label: {"precision": result["precision"][i], "recall": result["recall"][i], "f1": result["f1"][i],
-                    "support": result["support"][i]} for i, label in enumerate(labels)}
+    return {
+        label: {
+            "precision": result["precision"][i],
+            "recall": result["recall"][i],
+            "f1": result["f1"][i],
+            "support": result["support"][i],
+        }
+        for i, label in enumerate(labels)
+    }
 
 
 # Adagrad and SparseAdam build their updates with torch.sparse_coo_tensor, which warns on every run
@@ -433,15 +494,23 @@ def train(
         model = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
     optimizers = _optimizers(model, spec, settings.lr, settings.weight_decay)
     kind = "bag" if spec.kind == "linear" else "sequence"
-    data = ParquetExamples(train_files, shuffle=True, seed=settings.seed, buffer_size=settings.buffer_size, rank=rank, world=world)
-    loader_args = {"batch_size": settings.batch_size, "collate_fn": lambda ex: collate(ex, kind), "pin_memory": device.type == "cuda"}
+    data = ParquetExamples(
+        train_files, shuffle=True, seed=settings.seed, buffer_size=settings.buffer_size, rank=rank, world=world
+    )
+    loader_args = {
+        "batch_size": settings.batch_size,
+        "collate_fn": lambda ex: collate(ex, kind),
+        "pin_memory": device.type == "cuda",
+    }
     loader = DataLoader(data, **loader_args)
     val_loader = DataLoader(ParquetExamples(val_files, shuffle=False), **loader_args)
     steps_per_epoch = max(1, math.ceil(n_train_rows / world / settings.batch_size))
     if settings.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
     total_steps = steps_per_epoch * settings.epochs
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: max(0.0, 1.0 - step / total_steps)) for o in optimizers]
+    schedulers = [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda step: max(0.0, 1.0 - step / total_steps)) for o in optimizers
+    ]
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     loss_fn = nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
@@ -469,19 +538,31 @@ def train(
                 seen += len(labels)
                 steps += 1
                 progress.advance(epoch=f"{epoch + 1}/{settings.epochs}", loss=round(loss_sum / seen, 4))
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_examples": seen,
-                      "epoch_seconds": time.perf_counter() - started}
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_examples": seen,
+                "epoch_seconds": time.perf_counter() - started,
+            }
             if rank == 0:
                 logits, labels = predict_logits(model, iter(val_loader), device)
                 if len(labels):
                     result = scores(confusion(labels, logits.argmax(axis=1), spec.n_classes))
                     record.update({"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]})
-                logger.info("epoch %d/%d: %s", epoch + 1, settings.epochs,
-                            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+                logger.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    settings.epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"),
+                )
                 if on_epoch is not None:
                     on_epoch(epoch + 1, record)
-                progress.advance(0, epoch=f"{epoch + 1}/{settings.epochs}", loss=round(record["train_loss"], 4),
-                                 val_accuracy=record.get("val_accuracy"))
+                progress.advance(
+                    0,
+                    epoch=f"{epoch + 1}/{settings.epochs}",
+                    loss=round(record["train_loss"], 4),
+                    val_accuracy=record.get("val_accuracy"),
+                )
             history.append(record)
             stop = [False]
             if best is not None:
@@ -490,7 +571,12 @@ def train(
             if distributed and settings.keep_best:  # only rank 0 can decide; every rank has the same settings
                 torch.distributed.broadcast_object_list(stop, src=0)
             if stop[0]:
-                logger.info("no better %s for %d epochs: stopping after epoch %d", settings.select_by, settings.patience, epoch + 1)
+                logger.info(
+                    "no better %s for %d epochs: stopping after epoch %d",
+                    settings.select_by,
+                    settings.patience,
+                    epoch + 1,
+                )
                 break
     raw = model.module if distributed else model
     if best is not None:

@@ -8,6 +8,7 @@ DataFrame (column ``text``, else the first column) and returns a DataFrame with 
 ``probability``, ``probabilities`` ({label: p}) and ``error`` (null and blank texts get no
 label and an empty ``probabilities``, as in the ``classify`` job), one row per input, batched inside.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,15 +30,26 @@ CONFIG = "textmill_classifier.json"
 WEIGHTS = "weights.pt"
 
 
-def save_model_dir(path: str | Path, model: torch.nn.Module, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
-                   temperature: float = 1.0) -> Path:
+def save_model_dir(
+    path: str | Path,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    featurizer: Featurizer,
+    labels: list[str],
+    temperature: float = 1.0,
+) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # A new file, then a rename: a worker that memory-mapped the previous weights keeps reading them.
     torch.save(model.state_dict(), path / f"{WEIGHTS}.tmp")
     (path / f"{WEIGHTS}.tmp").replace(path / WEIGHTS)
-    config = {"format": FORMAT, "spec": asdict(spec), "featurizer": featurizer.to_dict(), "labels": labels,
-              "temperature": temperature}
+    config = {
+        "format": FORMAT,
+        "spec": asdict(spec),
+        "featurizer": featurizer.to_dict(),
+        "labels": labels,
+        "temperature": temperature,
+    }
     (path / CONFIG).write_text(json.dumps(config))
     return path
 
@@ -85,15 +97,21 @@ class TextClassifier:
         scored = [i for i, t in enumerate(texts) if not is_blank(t)]
         probs = self.probabilities([texts[i] for i in scored])
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-        out = pd.DataFrame({"label": pd.Series([None] * len(texts), dtype=object),
-                            "probability": np.full(len(texts), np.nan),
-                            # {} rather than null: mlflow.pyfunc.spark_udf cannot carry a null map.
-                            "probabilities": pd.Series([{} for _ in texts], dtype=object),
-                            "error": pd.Series(["null text" if t is None else "empty text" for t in texts], dtype=object)})
+        out = pd.DataFrame(
+            {
+                "label": pd.Series([None] * len(texts), dtype=object),
+                "probability": np.full(len(texts), np.nan),
+                # {} rather than null: mlflow.pyfunc.spark_udf cannot carry a null map.
+                "probabilities": pd.Series([{} for _ in texts], dtype=object),
+                "error": pd.Series(["null text" if t is None else "empty text" for t in texts], dtype=object),
+            }
+        )
         if scored:
             out.loc[scored, "label"] = [self.labels[i] for i in best]
             out.loc[scored, "probability"] = probs[np.arange(len(best)), best]
-            out.loc[scored, "probabilities"] = pd.Series([dict(zip(self.labels, map(float, row))) for row in probs], index=scored)
+            out.loc[scored, "probabilities"] = pd.Series(
+                [dict(zip(self.labels, map(float, row))) for row in probs], index=scored
+            )
             out.loc[scored, "error"] = None
         return out
 

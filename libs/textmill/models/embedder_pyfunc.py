@@ -3,6 +3,7 @@
 ``models/from_code/embedder.py`` builds it when MLflow loads a logged embedder; the vectors
 come from ``vectors.docvectors.DocumentEmbedder``, the same code the ``embed_docs`` UDF runs.
 """
+
 from __future__ import annotations
 
 import mlflow.pyfunc

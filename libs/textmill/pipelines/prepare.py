@@ -12,6 +12,7 @@ Both are staged and published together only after ``rows_in == rows_out + rows_q
 has been checked on the written files. ``prepare_frame`` is the pure DataFrame transform
 (used by tests and notebooks); ``run`` is the job.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,7 +74,9 @@ class PrepareConf(StrictModel):
     csv: io.CsvConf = Field(default_factory=io.CsvConf)
     text_files: io.TextFilesConf = Field(default_factory=io.TextFilesConf)
     columns: ColumnsConf = Field(default_factory=ColumnsConf)
-    label_map: dict[str, str] = Field(default_factory=dict, description="source label -> label; unmapped values are quarantined")
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="source label -> label; unmapped values are quarantined"
+    )
     cleaning: CleaningConf = Field(default_factory=CleaningConf)
     max_chars: int = Field(1_000_000, gt=0, description="longer texts (after cleaning) are quarantined")
     replacement_char_is_error: bool = Field(True, description="U+FFFD in a line-based input means undecodable bytes")
@@ -104,8 +107,10 @@ class PrepareJobConf(JobConf):
         if p.format == "csv" and not p.csv.header and not p.csv.columns:
             problems.append("'prepare.csv.columns' must list the column names when 'prepare.csv.header' is false")
         if p.format == "csv" and p.csv.header and p.csv.columns:
-            problems.append("'prepare.csv.columns' names the columns of files without a header, but 'prepare.csv.header' is "
-                            "true (the names come from each file's header): drop one of the two")
+            problems.append(
+                "'prepare.csv.columns' names the columns of files without a header, but 'prepare.csv.header' is "
+                "true (the names come from each file's header): drop one of the two"
+            )
         return problems
 
 
@@ -116,7 +121,9 @@ def quarantine_path(conf: JobConf) -> str:
 # ---------------------------------------------------------------------------- extract
 
 
-def read_source(spark: SparkSession, path: str | list[str], conf: PrepareConf, base_path: str | None = None) -> DataFrame:
+def read_source(
+    spark: SparkSession, path: str | list[str], conf: PrepareConf, base_path: str | None = None
+) -> DataFrame:
     """The source rows of ``path`` (a path, or the exact files to read) in ``conf.format``;
     ``base_path``: the directory whose ``key=value`` folders are Parquet partition columns."""
     if conf.format == "csv":
@@ -206,7 +213,9 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         label_src.alias("_tm_label_src"),
         label.alias("label_out"),
     )
-    content_id = F.substring(F.sha2(F.concat_ws("\u001f", F.coalesce("title_out", F.lit("")), F.coalesce("text_out", F.lit(""))), 256), 1, 32)
+    content_id = F.substring(
+        F.sha2(F.concat_ws("\u001f", F.coalesce("title_out", F.lit("")), F.coalesce("text_out", F.lit(""))), 256), 1, 32
+    )
     doc_id = given_id if given_id is not None else content_id
     n_chars = F.length("text_out")
     fffd = "\ufffd"
@@ -215,33 +224,58 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     undecodable = F.col(io.DECODE_ERROR).isNotNull() | invalid_utf8
     undecodable_detail = F.when(invalid_utf8, F.lit("bytes that are not valid UTF-8"))
     if conf.replacement_char_is_error and conf.format != "text_files":
-        fffd_found = F.coalesce(F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False))
+        fffd_found = F.coalesce(
+            F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False)
+        )
         undecodable = undecodable | fffd_found
-        undecodable_detail = F.coalesce(undecodable_detail, F.when(fffd_found, F.lit("bytes that are not valid text (U+FFFD found)")))
+        undecodable_detail = F.coalesce(
+            undecodable_detail, F.when(fffd_found, F.lit("bytes that are not valid text (U+FFFD found)"))
+        )
     conditions = [
         # Bad bytes first: they are why a JSON parser fails, so they are the reason to report.
         (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), undecodable_detail)),
-        (F.col(io.MALFORMED).isNotNull(), "malformed_record",
-         F.coalesce(F.col(io.SUSPECT), F.lit("the parser could not read this record"))),
+        (
+            F.col(io.MALFORMED).isNotNull(),
+            "malformed_record",
+            F.coalesce(F.col(io.SUSPECT), F.lit("the parser could not read this record")),
+        ),
         (F.col(io.SUSPECT).isNotNull(), "malformed_record", F.col(io.SUSPECT)),
         (F.col("_tm_raw_text").isNull(), "null_text", F.lit(f"column {c.text!r} is null")),
         (blank_column(F.col("text_out")), "empty_text", F.lit("no text left after cleaning")),
-        (n_chars > conf.max_chars, "text_too_long", F.format_string(f"n_chars=%d > max_chars={conf.max_chars}", n_chars)),
+        (
+            n_chars > conf.max_chars,
+            "text_too_long",
+            F.format_string(f"n_chars=%d > max_chars={conf.max_chars}", n_chars),
+        ),
     ]
     if given_id is not None:
-        conditions.append(((given_id.isNull()) | blank_column(given_id), "null_doc_id", F.lit(f"column {c.doc_id!r} is null or empty")))
+        conditions.append(
+            (
+                (given_id.isNull()) | blank_column(given_id),
+                "null_doc_id",
+                F.lit(f"column {c.doc_id!r} is null or empty"),
+            )
+        )
     if conf.label_map:
         conditions.append(
-            (F.col("_tm_label_src").isNotNull() & F.col("label_out").isNull(), "unknown_label",
-             F.concat(F.lit("label "), F.col("_tm_label_src"), F.lit(" is not in prepare.label_map")))
+            (
+                F.col("_tm_label_src").isNotNull() & F.col("label_out").isNull(),
+                "unknown_label",
+                F.concat(F.lit("label "), F.col("_tm_label_src"), F.lit(" is not in prepare.label_map")),
+            )
         )
     reason, detail = _reason_and_detail(conditions)
     original = F.coalesce(F.col(io.MALFORMED), F.to_json(F.struct(*[F.col(x) for x in src_cols])))
     # Every Parquet reader must be able to read the quarantine: text made valid, the exact bytes kept as binary.
     raw = F.make_valid_utf8(original)
-    invalid_strings = [F.col(x) for x in [io.MALFORMED, *src_cols] if isinstance(source.schema[x].dataType, T.StringType)]
-    raw_bytes = F.coalesce(F.col(io.RAW_BYTES), *[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings],
-                           F.lit(None).cast("binary"))
+    invalid_strings = [
+        F.col(x) for x in [io.MALFORMED, *src_cols] if isinstance(source.schema[x].dataType, T.StringType)
+    ]
+    raw_bytes = F.coalesce(
+        F.col(io.RAW_BYTES),
+        *[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings],
+        F.lit(None).cast("binary"),
+    )
 
     df = df.select(
         "*",
@@ -257,7 +291,10 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         is_good = F.col(_REASON).isNull()
         window = Window.partitionBy("doc_id", is_good).orderBy(io.SOURCE, "title_out", "label_out", "text_out", _RAW)
         dup = is_good & (F.row_number().over(window) > 1)
-        df = df.withColumn(_DETAIL, F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(" seen before"))).otherwise(F.col(_DETAIL)))
+        df = df.withColumn(
+            _DETAIL,
+            F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(" seen before"))).otherwise(F.col(_DETAIL)),
+        )
         df = df.withColumn(_REASON, F.when(dup, F.lit("duplicate_doc_id")).otherwise(F.col(_REASON)))
 
     extras = [F.col(x) for x in c.extra]
@@ -294,7 +331,9 @@ def quarantine_seen(prepared: DataFrame, repeated: DataFrame, where: str) -> Dat
     return joined.select(
         *[c for c in prepared.columns if c not in (_REASON, _DETAIL)],
         F.when(dup, F.lit("duplicate_doc_id")).otherwise(F.col(_REASON)).alias(_REASON),
-        F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(f" seen in {where}"))).otherwise(F.col(_DETAIL)).alias(_DETAIL),
+        F.when(dup, F.concat(F.lit("doc_id "), F.col("doc_id"), F.lit(f" seen in {where}")))
+        .otherwise(F.col(_DETAIL))
+        .alias(_DETAIL),
     ).select(*prepared.columns)
 
 
@@ -313,27 +352,45 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     glob = p.text_files.glob if p.format == "text_files" else None
     listed = io.list_input(spark, input_path, glob)
     if listed.links:
-        logger.warning("%d symbolic link(s) under %s not followed (links to files or directories are never read), e.g. %s",
-                       len(listed.links), input_path, listed.links[0])
+        logger.warning(
+            "%d symbolic link(s) under %s not followed (links to files or directories are never read), e.g. %s",
+            len(listed.links),
+            input_path,
+            listed.links[0],
+        )
     if listed.not_matching:
         example = listed.not_matching[0].rsplit("/", 1)[-1]
         if not listed.files:
-            raise InputNotFoundError(f"io.input: {len(listed.not_matching)} file(s) under {input_path!r}, but none matches "
-                                     f"prepare.text_files.glob {glob!r} (e.g. {example!r}); set prepare.text_files.glob, e.g. '*'")
-        logger.warning("%d file(s) under %s do not match prepare.text_files.glob %r and are skipped, e.g. %s",
-                       len(listed.not_matching), input_path, glob, example)
+            raise InputNotFoundError(
+                f"io.input: {len(listed.not_matching)} file(s) under {input_path!r}, but none matches "
+                f"prepare.text_files.glob {glob!r} (e.g. {example!r}); set prepare.text_files.glob, e.g. '*'"
+            )
+        logger.warning(
+            "%d file(s) under %s do not match prepare.text_files.glob %r and are skipped, e.g. %s",
+            len(listed.not_matching),
+            input_path,
+            glob,
+            example,
+        )
     files = listed.files
     if not files:
-        raise InputNotFoundError(f"io.input: {input_path!r} exists but holds no files"
-                                 + (" (symbolic links are not followed)" if listed.links else ""))
+        raise InputNotFoundError(
+            f"io.input: {input_path!r} exists but holds no files"
+            + (" (symbolic links are not followed)" if listed.links else "")
+        )
     # A file is one document in text_files (an empty one is quarantined); elsewhere an empty file holds no records.
     to_read = [uri for uri, size in files if size > 0 or p.format == "text_files"]
     if len(to_read) < len(files):
-        logger.warning("%d empty input file(s), e.g. %s: they hold no records", len(files) - len(to_read),
-                       next(uri for uri, size in files if size == 0))
+        logger.warning(
+            "%d empty input file(s), e.g. %s: they hold no records",
+            len(files) - len(to_read),
+            next(uri for uri, size in files if size == 0),
+        )
     if not to_read:
-        raise EmptyInputError(f"io.input: all {len(files)} input file(s) under {input_path!r} are empty (0 bytes); "
-                              "there are no records to prepare")
+        raise EmptyInputError(
+            f"io.input: all {len(files)} input file(s) under {input_path!r} are empty (0 bytes); "
+            "there are no records to prepare"
+        )
     return listed, to_read
 
 
@@ -345,13 +402,15 @@ def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) 
     read = {_file_uri(u) for u in source.inputFiles()}
     missing = [u for u in to_read if _file_uri(u) not in read]
     if missing:
-        raise AccountingError(f"{len(missing)} input file(s) would not be read by the {len(read)}-file reader, e.g. {missing[0]}; "
-                              "nothing was written")
+        raise AccountingError(
+            f"{len(missing)} input file(s) would not be read by the {len(read)}-file reader, e.g. {missing[0]}; "
+            "nothing was written"
+        )
 
 
 def _file_uri(uri: str) -> str:
     uri = urllib.parse.unquote(uri)
-    return "file:/" + uri[len("file:"):].lstrip("/") if uri.startswith("file:") else uri
+    return "file:/" + uri[len("file:") :].lstrip("/") if uri.startswith("file:") else uri
 
 
 # How a prepared frame is cached (here and in ``watch``): on disk only. A cached block is a whole
@@ -371,8 +430,15 @@ def reason_stats(prepared: DataFrame) -> dict[str | None, tuple[int, int]]:
     }
 
 
-def write_prepared(spark: SparkSession, prepared: DataFrame, stats: dict[str | None, tuple[int, int]], out: str, bad_out: str,
-                   p: PrepareConf, marker: dict) -> dict[str, float]:
+def write_prepared(
+    spark: SparkSession,
+    prepared: DataFrame,
+    stats: dict[str | None, tuple[int, int]],
+    out: str,
+    bad_out: str,
+    p: PrepareConf,
+    marker: dict,
+) -> dict[str, float]:
     """Write the good rows of ``prepared`` to ``out`` and the others to ``bad_out`` (both fresh
     directories), check rows_in == rows_out + rows_quarantined on the written files, and mark both.
 
@@ -385,8 +451,12 @@ def write_prepared(spark: SparkSession, prepared: DataFrame, stats: dict[str | N
     n_bad = _n_files(rows_in - rows_good, 0, p.files)
     good = prepared.where(F.col(_REASON).isNull()).drop(_REASON, _DETAIL, _RAW, _RAW_BYTES)
     bad = prepared.where(F.col(_REASON).isNotNull()).select(
-        "doc_id", F.col(_REASON).alias("reason"), F.col(_DETAIL).alias("detail"), "source", F.col(_RAW).alias("raw"),
-        F.col(_RAW_BYTES).alias("raw_bytes")
+        "doc_id",
+        F.col(_REASON).alias("reason"),
+        F.col(_DETAIL).alias("detail"),
+        "source",
+        F.col(_RAW).alias("raw"),
+        F.col(_RAW_BYTES).alias("raw_bytes"),
     )
     good.repartitionByRange(n_out, "doc_id").sortWithinPartitions("doc_id").write.parquet(out)
     bad.repartition(n_bad).sortWithinPartitions("source", "raw").write.parquet(bad_out)
@@ -399,11 +469,18 @@ def write_prepared(spark: SparkSession, prepared: DataFrame, stats: dict[str | N
         )
     marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__, **marker}
     storage.write_marker(spark, out, {**marker, "rows": rows_out, "columns": good.columns})
-    storage.write_marker(spark, bad_out, {**marker, "rows": rows_quarantined, "columns": bad.columns,
-                                          "schema": SCHEMA_VERSION + "-quarantine"})
+    storage.write_marker(
+        spark,
+        bad_out,
+        {**marker, "rows": rows_quarantined, "columns": bad.columns, "schema": SCHEMA_VERSION + "-quarantine"},
+    )
     reasons = {r: stats[r][0] for r in stats if r is not None}
-    metrics: dict[str, float] = {"rows_in": rows_in, "rows_out": rows_out, "rows_quarantined": rows_quarantined,
-                                 "output_files": n_out}
+    metrics: dict[str, float] = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "output_files": n_out,
+    }
     metrics.update({f"quarantined.{r}": reasons.get(r, 0) for r in REASONS})
     return metrics
 
@@ -426,23 +503,40 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
         stats = reason_stats(prepared)
         rows_in = sum(n for n, _ in stats.values())
         if rows_in == 0:
-            raise EmptyInputError(f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
-                                  "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else ""))
-        logger.info("prepare: %d rows read, %d good, %d to quarantine", rows_in, stats.get(None, (0, 0))[0],
-                    rows_in - stats.get(None, (0, 0))[0])
-        with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (tmp_out, tmp_bad):
+            raise EmptyInputError(
+                f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
+                "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else "")
+            )
+        logger.info(
+            "prepare: %d rows read, %d good, %d to quarantine",
+            rows_in,
+            stats.get(None, (0, 0))[0],
+            rows_in - stats.get(None, (0, 0))[0],
+        )
+        with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (
+            tmp_out,
+            tmp_bad,
+        ):
             metrics = write_prepared(spark, prepared, stats, tmp_out, tmp_bad, p, {"input": input_path})
     finally:
         prepared.unpersist()
 
-    logger.info("prepare: wrote %d rows to %s and %d to %s %s", metrics["rows_out"], output, metrics["rows_quarantined"],
-                quarantine, {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("quarantined.") and v} or "")
-    metrics.update({
-        "input_files": len(listed.files),
-        "empty_input_files": len(listed.files) - len(to_read),
-        "skipped_input_files": len(listed.not_matching),
-        "skipped_links": len(listed.links),
-    })
+    logger.info(
+        "prepare: wrote %d rows to %s and %d to %s %s",
+        metrics["rows_out"],
+        output,
+        metrics["rows_quarantined"],
+        quarantine,
+        {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("quarantined.") and v} or "",
+    )
+    metrics.update(
+        {
+            "input_files": len(listed.files),
+            "empty_input_files": len(listed.files) - len(to_read),
+            "skipped_input_files": len(listed.not_matching),
+            "skipped_links": len(listed.links),
+        }
+    )
     return metrics
 
 

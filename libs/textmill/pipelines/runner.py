@@ -5,14 +5,16 @@ all call (through ``textmill.jobs``), so the three paths run the same code; the 
 job runs its steps through it too. Job modules are imported lazily, by name, so that
 ``textmill --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -48,26 +50,57 @@ _UDF = ("{python_workers:.0f} Python workers, {model_loads:.0f} model loads",)
 JOBS: dict[str, Job] = {
     job.name: job
     for job in [
-        Job("prepare", "textmill.pipelines.prepare", "raw corpus -> clean Parquet + quarantine",
-            ("{input_files:,.0f} input file(s)",)),
+        Job(
+            "prepare",
+            "textmill.pipelines.prepare",
+            "raw corpus -> clean Parquet + quarantine",
+            ("{input_files:,.0f} input file(s)",),
+        ),
         Job("tokenize", "textmill.pipelines.tokenize", "prepare output -> tokens (+ lemmas, pos, sentences)", _PARSE),
         Job("ner", "textmill.pipelines.ner", "prepare output -> named entities", _PARSE),
         Job("annotate", "textmill.pipelines.annotate", "prepare output -> tokens and entities from one parse", _PARSE),
-        Job("train_classifier", "textmill.pipelines.train_classifier", "labelled Parquet -> torch classifier in MLflow",
-            ("val accuracy {val_accuracy:.3f}", "macro-F1 {val_macro_f1:.3f}", "ECE {val_ece:.3f}")),
+        Job(
+            "train_classifier",
+            "textmill.pipelines.train_classifier",
+            "labelled Parquet -> torch classifier in MLflow",
+            ("val accuracy {val_accuracy:.3f}", "macro-F1 {val_macro_f1:.3f}", "ECE {val_ece:.3f}"),
+        ),
         Job("classify", "textmill.pipelines.classify", "Parquet + classifier -> labels and probabilities", _UDF),
-        Job("train_embeddings", "textmill.pipelines.train_embeddings", "tokens -> word vectors (sgns or ppmi_svd) + subwords",
-            ("vocabulary {vocab_size:,.0f}", "{words_per_second:,.0f} words/s")),
+        Job(
+            "train_embeddings",
+            "textmill.pipelines.train_embeddings",
+            "tokens -> word vectors (sgns or ppmi_svd) + subwords",
+            ("vocabulary {vocab_size:,.0f}", "{words_per_second:,.0f} words/s"),
+        ),
         Job("embed_docs", "textmill.pipelines.embed_docs", "tokens or text + word vectors -> document vectors", _UDF),
-        Job("build_index", "textmill.pipelines.build_index", "id + vector -> sharded Annoy index, recall measured",
-            ("recall@10 {recall_at_10:.3f}", "{n_trees:.0f} trees", "search_k {search_k:.0f}")),
-        Job("neighbors", "textmill.pipelines.neighbors", "index + queries -> k nearest neighbours (scatter-gather)", _UDF),
-        Job("cluster", "textmill.pipelines.cluster", "kNN graph -> Chinese Whispers clusters, no k",
-            ("{clusters:,.0f} clusters", "largest {largest_cluster_share:.1%}", "{iterations:.0f} rounds")),
-        Job("log_spacy_model", "textmill.pipelines.log_spacy_model", "spaCy pipeline -> MLflow model (+ registry alias)"),
+        Job(
+            "build_index",
+            "textmill.pipelines.build_index",
+            "id + vector -> sharded Annoy index, recall measured",
+            ("recall@10 {recall_at_10:.3f}", "{n_trees:.0f} trees", "search_k {search_k:.0f}"),
+        ),
+        Job(
+            "neighbors",
+            "textmill.pipelines.neighbors",
+            "index + queries -> k nearest neighbours (scatter-gather)",
+            _UDF,
+        ),
+        Job(
+            "cluster",
+            "textmill.pipelines.cluster",
+            "kNN graph -> Chinese Whispers clusters, no k",
+            ("{clusters:,.0f} clusters", "largest {largest_cluster_share:.1%}", "{iterations:.0f} rounds"),
+        ),
+        Job(
+            "log_spacy_model", "textmill.pipelines.log_spacy_model", "spaCy pipeline -> MLflow model (+ registry alias)"
+        ),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),
-        Job("watch", "textmill.streaming.watch", "new files in an inbox -> prepare (+ annotate, classify, ...) once each",
-            ("{batches:,.0f} batches",)),
+        Job(
+            "watch",
+            "textmill.streaming.watch",
+            "new files in an inbox -> prepare (+ annotate, classify, ...) once each",
+            ("{batches:,.0f} batches",),
+        ),
     ]
 }
 
@@ -126,14 +159,24 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
 
     def check_outputs() -> None:
         for key, path in outputs.items():
-            storage.check_output(spark, path, conf.input_paths(), conf.io.replace_unmarked, key,
-                                 container_for=name if conf.container_output and key == "io.output" else None)
+            storage.check_output(
+                spark,
+                path,
+                conf.input_paths(),
+                conf.io.replace_unmarked,
+                key,
+                container_for=name if conf.container_output and key == "io.output" else None,
+            )
 
     check_outputs()  # before the lock: a lock file must never be made inside an input
     # One writer per output for the whole job; a second run fails at once instead of at publish time.
     with storage.output_lock(spark, *outputs.values()):
         check_outputs()  # again under the lock: another run may have written there meanwhile
-        claim = storage.claimed_container(spark, conf.io.output, name) if conf.container_output else contextlib.nullcontext()
+        claim = (
+            storage.claimed_container(spark, conf.io.output, name)
+            if conf.container_output
+            else contextlib.nullcontext()
+        )
         with claim, job_run(name, conf, spark) as tracked:
             try:
                 result = job.load().run(spark, conf)
@@ -146,6 +189,13 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
             tracked.log_metrics(outcome.metrics)
     metrics = {**outcome.metrics, **tracked.metrics}
     logger.info("%s finished: %s", name, {k: metrics[k] for k in list(metrics)[:6]})
-    return JobReport(job=name, metrics=metrics, run_id=tracked.run_id, experiment_id=tracked.experiment_id,
-                     tracking_uri=tracked.tracking_uri, outputs=dict(outputs), seconds=metrics.get("wall_seconds", 0.0),
-                     details=outcome.details)
+    return JobReport(
+        job=name,
+        metrics=metrics,
+        run_id=tracked.run_id,
+        experiment_id=tracked.experiment_id,
+        tracking_uri=tracked.tracking_uri,
+        outputs=dict(outputs),
+        seconds=metrics.get("wall_seconds", 0.0),
+        details=outcome.details,
+    )

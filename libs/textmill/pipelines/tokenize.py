@@ -2,6 +2,7 @@
 
 With ``nlp.model: blank:en`` it needs no model package. Shares its body with ``annotate``.
 """
+
 from __future__ import annotations
 
 from pydantic import Field

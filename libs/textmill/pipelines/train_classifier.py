@@ -14,15 +14,16 @@ Steps (Spark does the data work, torch the training):
    written shuffled, as several files, to ``<output>/features/{train,val}``;
 4. train: the ``linear`` kind's logistic form by default to its L2-regularised optimum on
    the driver (``training.solver: auto`` -> ``lbfgs``, ``textmill.models.logistic_solver``; C chosen
-   on the validation split), where its memory estimate fits; otherwise from those files in streamed chunks, in this process or, with
-   ``distributed.num_processes > 1``, through ``TorchDistributor`` (DDP, gloo on CPU), each
-   process reading its own shard of files; for ``spacy_textcat`` the files hold ``text,
+   on the validation split), where its memory estimate fits; otherwise from those files in streamed
+   chunks, in this process or, with ``distributed.num_processes > 1``, through ``TorchDistributor``
+   (DDP, gloo on CPU), each process reading its own shard of files; for ``spacy_textcat`` the files hold ``text,
    label`` and spaCy's own training loop trains its ``textcat`` (``textmill.models.spacy_textcat``);
 5. log per-epoch and final metrics, a confusion-matrix PNG, a training-curve PNG, a
    per-class report and the label map, and the model as an MLflow pyfunc (spaCy flavor +
    textmill pyfunc for ``spacy_textcat``); optionally
    register it and move the ``champion`` alias only if it beats the current champion.
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,11 +43,21 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from textmill.data import io, storage
-from textmill.models import plots
-from textmill.runtime import tracking
-from textmill.models.classifier import (ModelSpec, TrainSettings, calibration_bins, confusion, expected_calibration_error, fit_temperature,
-                                 per_label, scores, softmax, train)
 from textmill.data.cleaning import blank_column
+from textmill.models import plots
+from textmill.models.classifier import (
+    ModelSpec,
+    TrainSettings,
+    calibration_bins,
+    confusion,
+    expected_calibration_error,
+    fit_temperature,
+    per_label,
+    scores,
+    softmax,
+    train,
+)
+from textmill.runtime import tracking
 from textmill.runtime.config import JobConf, RegisteredModelName, StrictModel
 from textmill.runtime.errors import AccountingError, ColumnNotFoundError, TextmillError
 from textmill.runtime.registry import promote_if_better
@@ -56,14 +67,26 @@ logger = logging.getLogger(__name__)
 
 
 class ModelConf(StrictModel):
-    kind: Literal["linear", "gru", "spacy_textcat"] = Field("linear", description="linear (hashed n-grams) | gru | spacy_textcat (spaCy's textcat, spaCy's training loop)")
+    kind: Literal["linear", "gru", "spacy_textcat"] = Field(
+        "linear", description="linear (hashed n-grams) | gru | spacy_textcat (spaCy's textcat, spaCy's training loop)"
+    )
     form: Literal["logistic", "fasttext"] = Field(
-        "logistic", description="linear: logistic (one weight per bucket and label) | fasttext (dim-sized bucket embeddings, mean, linear layer)")
+        "logistic",
+        description=(
+            "linear: logistic (one weight per bucket and label) | fasttext (dim-sized bucket embeddings, "
+            "mean, linear layer)"
+        ),
+    )
     weighting: Literal["tfidf", "none"] = Field(
-        "tfidf", description="linear: n-gram weights (1 + ln count) x idf, idf from the training split and saved with the model | none")
+        "tfidf",
+        description=(
+            "linear: n-gram weights (1 + ln count) x idf, idf from the training split and saved with the model | none"
+        ),
+    )
     min_df: int = Field(2, gt=0, description="linear, tfidf: n-grams in fewer training documents weigh 0")
     features: Literal["hashed_ngrams", "word_ids", "char_ids"] | None = Field(
-        None, description="default: hashed_ngrams for linear, word_ids for gru")
+        None, description="default: hashed_ngrams for linear, word_ids for gru"
+    )
     dim: int = Field(100, gt=0, description="embedding size")
     n_buckets: int = Field(2_000_000, gt=0, lt=2**31, description="hash buckets (linear)")
     ngrams: Literal[1, 2] = Field(2, description="word n-grams hashed (linear)")
@@ -78,17 +101,34 @@ class ModelConf(StrictModel):
 
 class TrainingConf(StrictModel):
     solver: Literal["auto", "lbfgs", "sgd"] = Field(
-        "auto", description="linear logistic form: lbfgs solves the L2-regularised objective to optimum on the driver, "
-                            "C chosen on the validation split; sgd streams epochs (Adagrad); auto: lbfgs when one process "
-                            "and its memory estimate fits classifier.max_memory_mb, else sgd. Other kinds: sgd")
-    C: list[float] = Field(default_factory=lambda: [1.0, 4.0, 16.0, 64.0], min_length=1,
-                           description="lbfgs: inverse L2 strengths tried, the best on the validation split (registry.metric) kept")
+        "auto",
+        description="linear logistic form: lbfgs solves the L2-regularised objective to optimum on the driver, "
+        "C chosen on the validation split; sgd streams epochs (Adagrad); auto: lbfgs when one process "
+        "and its memory estimate fits classifier.max_memory_mb, else sgd. Other kinds: sgd",
+    )
+    C: list[float] = Field(
+        default_factory=lambda: [1.0, 4.0, 16.0, 64.0],
+        min_length=1,
+        description="lbfgs: inverse L2 strengths tried, the best on the validation split (registry.metric) kept",
+    )
     max_iter: int = Field(300, gt=0, description="lbfgs: solver iterations per C")
     epochs: int | None = Field(None, gt=0, description="default 10 for linear, 5 for gru and spacy_textcat")
     batch_size: int = Field(64, gt=0)
-    lr: float | None = Field(None, gt=0, description="default 0.2 for the logistic form (Adagrad), 0.02 otherwise (Adam)")
-    keep_best: bool = Field(False, description="torch kinds: end with the epoch of the best validation registry.metric (for the fasttext form and gru, which overfit)")
-    patience: int | None = Field(None, gt=0, description="with keep_best: stop after this many epochs without a better one; null = run all epochs")
+    lr: float | None = Field(
+        None, gt=0, description="default 0.2 for the logistic form (Adagrad), 0.02 otherwise (Adam)"
+    )
+    keep_best: bool = Field(
+        False,
+        description=(
+            "torch kinds: end with the epoch of the best validation registry.metric (for the fasttext form "
+            "and gru, which overfit)"
+        ),
+    )
+    patience: int | None = Field(
+        None,
+        gt=0,
+        description="with keep_best: stop after this many epochs without a better one; null = run all epochs",
+    )
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 13
     shuffle_buffer: int = Field(20_000, gt=0, description="examples held for shuffling while streaming")
@@ -108,7 +148,9 @@ class DistributedConf(StrictModel):
 
 class SpacyTrainingConf(StrictModel):
     config: str = Field("conf/spacy/textcat.cfg", description="spaCy training config for spacy_textcat")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="spaCy config overrides, e.g. {training.optimizer.learn_rate: 0.002}")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="spaCy config overrides, e.g. {training.optimizer.learn_rate: 0.002}"
+    )
 
 
 class ClassifierConf(StrictModel):
@@ -117,14 +159,20 @@ class ClassifierConf(StrictModel):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     validation_path: str | None = Field(None, description="separate validation Parquet; overrides the fraction")
     calibration: Literal["temperature", "none"] = Field(
-        "temperature", description="temperature: probabilities softmax(logits / T), T fitted on the validation split (torch kinds)")
+        "temperature",
+        description="temperature: probabilities softmax(logits / T), T fitted on the validation split (torch kinds)",
+    )
     model: ModelConf = Field(default_factory=ModelConf)
     training: TrainingConf = Field(default_factory=TrainingConf)
     distributed: DistributedConf = Field(default_factory=DistributedConf)
     registry: RegistryConf = Field(default_factory=RegistryConf)
     spacy: SpacyTrainingConf = Field(default_factory=SpacyTrainingConf)
     feature_files: int | None = Field(None, gt=0, description="Parquet files per split; default max(4, 2 x processes)")
-    max_memory_mb: int = Field(8192, gt=0, description="refuse a model whose training state (weights, gradients, optimizer) needs more, per process")
+    max_memory_mb: int = Field(
+        8192,
+        gt=0,
+        description="refuse a model whose training state (weights, gradients, optimizer) needs more, per process",
+    )
 
 
 class TrainClassifierJobConf(JobConf):
@@ -138,16 +186,27 @@ class TrainClassifierJobConf(JobConf):
     def cross_field_problems(self) -> list[str]:
         problems = super().cross_field_problems()
         if self.classifier.model.kind == "spacy_textcat" and self.classifier.distributed.num_processes > 1:
-            problems.append("'classifier.distributed.num_processes' > 1 needs a torch kind (linear, gru); spacy_textcat trains in one process")
+            problems.append(
+                "'classifier.distributed.num_processes' > 1 needs a torch kind (linear, gru); spacy_textcat trains "
+                "in one process"
+            )
         t, m = self.classifier.training, self.classifier.model
         if t.solver == "lbfgs" and not (m.kind == "linear" and m.form == "logistic"):
-            problems.append(f"'classifier.training.solver' lbfgs needs the linear kind's logistic form (got kind {m.kind!r}, form {m.form!r})")
+            problems.append(
+                f"'classifier.training.solver' lbfgs needs the linear kind's logistic form (got kind {m.kind!r}, "
+                f"form {m.form!r})"
+            )
         if t.solver == "lbfgs" and self.classifier.distributed.num_processes > 1:
-            problems.append("'classifier.training.solver' lbfgs trains in one process; use sgd with distributed.num_processes > 1")
+            problems.append(
+                "'classifier.training.solver' lbfgs trains in one process; use sgd with distributed.num_processes > 1"
+            )
         if any(c <= 0 for c in t.C):
             problems.append(f"'classifier.training.C' values must be > 0 (got {t.C})")
         if self.classifier.training.patience is not None and not self.classifier.training.keep_best:
-            problems.append("'classifier.training.patience' needs 'classifier.training.keep_best: true' (it stops on the best epoch's metric)")
+            problems.append(
+                "'classifier.training.patience' needs 'classifier.training.keep_best: true' (it stops on the best "
+                "epoch's metric)"
+            )
         return problems
 
 
@@ -177,7 +236,9 @@ def featurizer_for(model: ModelConf) -> Featurizer:
     return Featurizer(kind=kind, n_buckets=model.n_buckets, ngrams=model.ngrams, max_tokens=model.max_tokens)
 
 
-def build_vocabulary(train_df: DataFrame, text_column: str, featurizer: Featurizer, size: int, min_count: int) -> list[str]:
+def build_vocabulary(
+    train_df: DataFrame, text_column: str, featurizer: Featurizer, size: int, min_count: int
+) -> list[str]:
     """Most frequent tokens of the training split, counted on the executors."""
     options = featurizer.to_dict()
 
@@ -186,8 +247,14 @@ def build_vocabulary(train_df: DataFrame, text_column: str, featurizer: Featuriz
         f = Featurizer.from_dict(options)
         return pd.Series([f.tokens(t) for t in texts])
 
-    counts = (train_df.select(F.explode(tokens(F.col(text_column))).alias("token")).groupBy("token").count()
-              .where(F.col("count") >= min_count).orderBy(F.desc("count"), "token").limit(size))
+    counts = (
+        train_df.select(F.explode(tokens(F.col(text_column))).alias("token"))
+        .groupBy("token")
+        .count()
+        .where(F.col("count") >= min_count)
+        .orderBy(F.desc("count"), "token")
+        .limit(size)
+    )
     return [r["token"] for r in counts.collect()]
 
 
@@ -209,22 +276,27 @@ def stratified_split(df: DataFrame, label_column: str, fraction: float, seed: in
     key = F.xxhash64(F.col("doc_id"), F.lit(seed))
     by_label = Window.partitionBy(label_column)
     ranked = df.withColumn("_tm_rank", F.row_number().over(by_label.orderBy(key, "doc_id"))).withColumn(
-        "_tm_n", F.count(F.lit(1)).over(by_label))
+        "_tm_n", F.count(F.lit(1)).over(by_label)
+    )
     is_val = F.col("_tm_rank") <= F.round(F.col("_tm_n") * fraction)
     return ranked.where(~is_val).drop("_tm_rank", "_tm_n"), ranked.where(is_val).drop("_tm_rank", "_tm_n")
 
 
 def _labelled(df: DataFrame, c: ClassifierConf) -> tuple[DataFrame, DataFrame]:
     """(good rows, quarantined rows with a reason)."""
-    reason = (F.when(F.col(c.text_column).isNull(), "null_text")
-              .when(~F.is_valid_utf8(F.col(c.text_column)), "undecodable_text")
-              .when(blank_column(F.col(c.text_column)), "empty_text")
-              .when(F.col(c.label_column).isNull(), "null_label"))
+    reason = (
+        F.when(F.col(c.text_column).isNull(), "null_text")
+        .when(~F.is_valid_utf8(F.col(c.text_column)), "undecodable_text")
+        .when(blank_column(F.col(c.text_column)), "empty_text")
+        .when(F.col(c.label_column).isNull(), "null_label")
+    )
     marked = df.withColumn("_tm_reason", reason)
     good = marked.where(F.col("_tm_reason").isNull()).drop("_tm_reason")
     bad = marked.where(F.col("_tm_reason").isNotNull()).select(
-        "doc_id", F.col("_tm_reason").alias("reason"),
-        F.make_valid_utf8(F.to_json(F.struct(*[F.col(x) for x in df.columns]))).alias("raw"))
+        "doc_id",
+        F.col("_tm_reason").alias("reason"),
+        F.make_valid_utf8(F.to_json(F.struct(*[F.col(x) for x in df.columns]))).alias("raw"),
+    )
     return good, bad
 
 
@@ -234,17 +306,32 @@ def check_training_memory(c: ClassifierConf, n_labels: int) -> None:
     if c.model.kind == "spacy_textcat":
         return
     featurizer = featurizer_for(c.model)
-    n_ids = c.model.vocab_size + 2 if featurizer.kind == "word_ids" else featurizer.n_ids  # vocab_size: the most it keeps
-    spec = ModelSpec(kind=c.model.kind, n_ids=n_ids, n_classes=n_labels, dim=c.model.dim, hidden=c.model.hidden,
-                     bidirectional=c.model.bidirectional, layers=c.model.layers, form=c.model.form)
+    n_ids = (
+        c.model.vocab_size + 2 if featurizer.kind == "word_ids" else featurizer.n_ids
+    )  # vocab_size: the most it keeps
+    spec = ModelSpec(
+        kind=c.model.kind,
+        n_ids=n_ids,
+        n_classes=n_labels,
+        dim=c.model.dim,
+        hidden=c.model.hidden,
+        bidirectional=c.model.bidirectional,
+        layers=c.model.layers,
+        form=c.model.form,
+    )
     need = spec.training_memory_mb(c.training.keep_best)
     if need > c.max_memory_mb:
-        shape = (f"{n_ids:,} ids x {n_labels:,} labels" if c.model.kind == "linear" and c.model.form == "logistic"
-                 else f"{n_ids:,} ids x dim {c.model.dim}")
+        shape = (
+            f"{n_ids:,} ids x {n_labels:,} labels"
+            if c.model.kind == "linear" and c.model.form == "logistic"
+            else f"{n_ids:,} ids x dim {c.model.dim}"
+        )
         raise ClassifierMemoryError(
-            f"a {c.model.kind} classifier of {shape} needs about {need:,.0f} MB to train, over classifier.max_memory_mb="
+            f"a {c.model.kind} classifier of {shape} needs about {need:,.0f} MB to train, over "
+            "classifier.max_memory_mb="
             f"{c.max_memory_mb:,}; lower classifier.model.n_buckets (or vocab_size/dim), merge rare labels, or raise "
-            "classifier.max_memory_mb")
+            "classifier.max_memory_mb"
+        )
 
 
 class ClassifierMemoryError(TextmillError):
@@ -256,7 +343,9 @@ def _read_checked(spark: SparkSession, path: str, c: ClassifierConf, key: str) -
     df = spark.read.parquet(path)
     missing = [x for x in ("doc_id", c.text_column, c.label_column) if x not in df.columns]
     if missing:
-        raise ColumnNotFoundError(f"{key}: column(s) {', '.join(missing)} not in {path}; available: {', '.join(df.columns)}")
+        raise ColumnNotFoundError(
+            f"{key}: column(s) {', '.join(missing)} not in {path}; available: {', '.join(df.columns)}"
+        )
     io.require_text_column(df, c.text_column, key)
     return df.withColumn(c.label_column, F.col(c.label_column).cast("string"))
 
@@ -264,8 +353,9 @@ def _read_checked(spark: SparkSession, path: str, c: ClassifierConf, key: str) -
 # ---------------------------------------------------------------------------- training
 
 
-def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_files: list[str], n_train: int,
-                       result_path: str) -> None:
+def _distributed_train(
+    spec: dict, settings: dict, train_files: list[str], val_files: list[str], n_train: int, result_path: str
+) -> None:
     """Body of each TorchDistributor process: DDP over gloo, its own shard of the files.
 
     Rank 0 writes the trained state and history to ``result_path`` (a new file, then a rename).
@@ -280,10 +370,19 @@ def _distributed_train(spec: dict, settings: dict, train_files: list[str], val_f
     dist.init_process_group("gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        result = train(ModelSpec(**spec), TrainSettings(**settings), train_files, val_files, n_train, rank=rank, world=world)
+        result = train(
+            ModelSpec(**spec), TrainSettings(**settings), train_files, val_files, n_train, rank=rank, world=world
+        )
         if rank == 0:
-            torch.save({"state": result.model.state_dict(), "history": result.history, "device": result.device,
-                        "best_epoch": result.best_epoch}, f"{result_path}.tmp")
+            torch.save(
+                {
+                    "state": result.model.state_dict(),
+                    "history": result.history,
+                    "device": result.device,
+                    "best_epoch": result.best_epoch,
+                },
+                f"{result_path}.tmp",
+            )
             os.replace(f"{result_path}.tmp", result_path)
     finally:
         dist.destroy_process_group()
@@ -298,9 +397,14 @@ def log_pyfunc(model_dir: Path, input_example: list[str], registered_name: str |
 
     signature = ModelSignature(
         inputs=Schema([ColSpec(DataType.string)]),  # one text column, by position: a Series, a list or a DataFrame
-        outputs=Schema([ColSpec(DataType.string, "label", required=False), ColSpec(DataType.double, "probability", required=False),
-                        ColSpec(Map(DataType.double), "probabilities", required=False),
-                        ColSpec(DataType.string, "error", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "label", required=False),
+                ColSpec(DataType.double, "probability", required=False),
+                ColSpec(Map(DataType.double), "probabilities", required=False),
+                ColSpec(DataType.string, "error", required=False),
+            ]
+        ),
     )
     return mlflow.pyfunc.log_model(
         name="model",
@@ -327,7 +431,9 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
         train_df, val_df = stratified_split(good, c.label_column, c.validation_fraction, c.training.seed)
     labels = sorted(r[0] for r in train_df.unionByName(val_df).select(c.label_column).distinct().collect())
     if len(labels) < 2:
-        raise LabelError(f"classifier.label_column {c.label_column!r} has {len(labels)} distinct value(s) {labels}; need at least 2")
+        raise LabelError(
+            f"classifier.label_column {c.label_column!r} has {len(labels)} distinct value(s) {labels}; need at least 2"
+        )
     check_training_memory(c, len(labels))
 
     spacy_kind = c.model.kind == "spacy_textcat"
@@ -337,7 +443,9 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
     else:
         featurizer = featurizer_for(c.model)
         if featurizer.kind == "word_ids":
-            featurizer.vocab = build_vocabulary(train_df, c.text_column, featurizer, c.model.vocab_size, c.model.min_count)
+            featurizer.vocab = build_vocabulary(
+                train_df, c.text_column, featurizer, c.model.vocab_size, c.model.min_count
+            )
             featurizer = Featurizer.from_dict(featurizer.to_dict())
             logger.info("vocabulary: %d words", len(featurizer.vocab))
         featurize = make_featurize_udf(featurizer.to_dict())
@@ -347,12 +455,20 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
 
     def features(df: DataFrame, seed: int) -> DataFrame:
         # Shuffled across files so a streaming reader sees mixed labels.
-        return (df.withColumn("_tm_order", F.xxhash64(F.col("doc_id"), F.lit(seed))).select(*columns, "_tm_order")
-                .repartition(n_files, "_tm_order").sortWithinPartitions("_tm_order").drop("_tm_order"))
+        return (
+            df.withColumn("_tm_order", F.xxhash64(F.col("doc_id"), F.lit(seed)))
+            .select(*columns, "_tm_order")
+            .repartition(n_files, "_tm_order")
+            .sortWithinPartitions("_tm_order")
+            .drop("_tm_order")
+        )
 
     rows_in = source.count() + (spark.read.parquet(c.validation_path).count() if c.validation_path else 0)
     feature_dir = f"{out}/features"
-    with storage.staged_outputs(spark, feature_dir, f"{out}/quarantine", replace_unmarked=conf.io.replace_unmarked) as (staged, staged_bad):
+    with storage.staged_outputs(spark, feature_dir, f"{out}/quarantine", replace_unmarked=conf.io.replace_unmarked) as (
+        staged,
+        staged_bad,
+    ):
         features(train_df, c.training.seed).write.parquet(f"{staged}/train")
         features(val_df, c.training.seed + 1).write.parquet(f"{staged}/val")
         bad.write.parquet(staged_bad)
@@ -362,7 +478,9 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
             raise AccountingError(f"rows_in={rows_in} but train={n_train} + val={n_val} + quarantined={n_bad}")
     if n_val == 0:
         raise LabelError("the validation split is empty; raise classifier.validation_fraction or give validation_path")
-    logger.info("train_classifier: %d train, %d validation, %d quarantined rows; %d labels", n_train, n_val, n_bad, len(labels))
+    logger.info(
+        "train_classifier: %d train, %d validation, %d quarantined rows; %d labels", n_train, n_val, n_bad, len(labels)
+    )
 
     local_features = _local_dir(feature_dir)
     train_files = sorted(glob.glob(f"{local_features}/train/*.parquet"))
@@ -375,33 +493,64 @@ def run(spark: SparkSession, conf: TrainClassifierJobConf) -> dict[str, float]:
 
     if spacy_kind:
         return _train_spacy_textcat(conf, labels, train_files, val_files, n_train, counts, log_epoch)
-    spec = ModelSpec(kind=c.model.kind, n_ids=featurizer.n_ids, n_classes=len(labels), dim=c.model.dim, hidden=c.model.hidden,
-                     bidirectional=c.model.bidirectional, dropout=c.model.dropout, layers=c.model.layers,
-                     form=c.model.form, weighting=c.model.weighting, min_df=c.model.min_df)
+    spec = ModelSpec(
+        kind=c.model.kind,
+        n_ids=featurizer.n_ids,
+        n_classes=len(labels),
+        dim=c.model.dim,
+        hidden=c.model.hidden,
+        bidirectional=c.model.bidirectional,
+        dropout=c.model.dropout,
+        layers=c.model.layers,
+        form=c.model.form,
+        weighting=c.model.weighting,
+        min_df=c.model.min_df,
+    )
     t = c.training
-    settings = TrainSettings(epochs=epochs_for(c), batch_size=t.batch_size, lr=lr_for(c), seed=t.seed, weight_decay=t.weight_decay,
-                             buffer_size=t.shuffle_buffer, threads=t.threads, keep_best=t.keep_best, patience=t.patience,
-                             select_by=c.registry.metric)
+    settings = TrainSettings(
+        epochs=epochs_for(c),
+        batch_size=t.batch_size,
+        lr=lr_for(c),
+        seed=t.seed,
+        weight_decay=t.weight_decay,
+        buffer_size=t.shuffle_buffer,
+        threads=t.threads,
+        keep_best=t.keep_best,
+        patience=t.patience,
+        select_by=c.registry.metric,
+    )
     solver = solver_for(c, train_files, len(labels), featurizer.n_ids)
     mlflow.log_param("training.solver_used", solver)
     if solver == "lbfgs":
         streaming_only = [k for k in ("epochs", "lr", "keep_best", "patience") if getattr(t, k)]
         if streaming_only:
-            logger.warning("classifier.training.%s: settings of the streaming solver, which lbfgs does not use; set "
-                           "classifier.training.solver: sgd to train with them", ", ".join(streaming_only))
+            logger.warning(
+                "classifier.training.%s: settings of the streaming solver, which lbfgs does not use; set "
+                "classifier.training.solver: sgd to train with them",
+                ", ".join(streaming_only),
+            )
         model, history = _train_lbfgs(c, spec, train_files, val_files, log_epoch)
         return _finish_torch(conf, model, spec, featurizer, labels, history, "cpu", val_files, counts, None)
-    mlflow.log_params({"model.n_ids": featurizer.n_ids, "training.epochs_used": settings.epochs, "training.lr_used": settings.lr})
+    mlflow.log_params(
+        {"model.n_ids": featurizer.n_ids, "training.epochs_used": settings.epochs, "training.lr_used": settings.lr}
+    )
     if c.distributed.num_processes > 1:
         from pyspark.ml.torch.distributor import TorchDistributor
 
-        logger.info("training with TorchDistributor: %d processes (%s)", c.distributed.num_processes,
-                    "local" if c.distributed.local_mode else "executors")
-        distributor = TorchDistributor(num_processes=c.distributed.num_processes, local_mode=c.distributed.local_mode, use_gpu=False)
+        logger.info(
+            "training with TorchDistributor: %d processes (%s)",
+            c.distributed.num_processes,
+            "local" if c.distributed.local_mode else "executors",
+        )
+        distributor = TorchDistributor(
+            num_processes=c.distributed.num_processes, local_mode=c.distributed.local_mode, use_gpu=False
+        )
         result_path = f"{local_features}/_ddp_result.pt"  # "_": readers of the feature Parquet skip it
         if os.path.exists(result_path):
             os.remove(result_path)
-        distributor.run(_distributed_train, asdict(spec), asdict(settings), train_files, val_files, n_train, result_path)
+        distributor.run(
+            _distributed_train, asdict(spec), asdict(settings), train_files, val_files, n_train, result_path
+        )
         if not os.path.exists(result_path):
             raise TextmillError("distributed training wrote no model from rank 0; see the TorchDistributor log above")
         import torch
@@ -433,8 +582,13 @@ def solver_for(c: ClassifierConf, train_files: list[str], n_labels: int, n_ids: 
     if t.solver == "lbfgs":
         raise ClassifierMemoryError(
             f"classifier.training.solver lbfgs needs about {need:,.0f} MB on the driver for this training split, over "
-            f"classifier.max_memory_mb={c.max_memory_mb:,}; use solver sgd (streams) or raise classifier.max_memory_mb")
-    logger.info("lbfgs would need about %.0f MB (max_memory_mb %d): training with the streaming sgd solver", need, c.max_memory_mb)
+            f"classifier.max_memory_mb={c.max_memory_mb:,}; use solver sgd (streams) or raise classifier.max_memory_mb"
+        )
+    logger.info(
+        "lbfgs would need about %.0f MB (max_memory_mb %d): training with the streaming sgd solver",
+        need,
+        c.max_memory_mb,
+    )
     return "sgd"
 
 
@@ -445,21 +599,46 @@ def _train_lbfgs(c: ClassifierConf, spec: ModelSpec, train_files: list[str], val
 
     model = spec.build()
     model.set_idf(*document_frequencies(train_files, spec.n_ids), min_df=spec.min_df)
-    history, chosen = logistic_solver.fit(model, train_files, val_files, spec.n_classes, c.training.C, c.registry.metric,
-                                          c.training.max_iter, on_candidate=log_epoch)
+    history, chosen = logistic_solver.fit(
+        model,
+        train_files,
+        val_files,
+        spec.n_classes,
+        c.training.C,
+        c.registry.metric,
+        c.training.max_iter,
+        on_candidate=log_epoch,
+    )
     mlflow.log_params({"training.C_used": chosen})
     return model, history
 
 
-def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_files: list[str], val_files: list[str],
-                         n_train: int, counts: dict[str, int], log_epoch) -> dict[str, float]:
+def _train_spacy_textcat(
+    conf: TrainClassifierJobConf,
+    labels: list[str],
+    train_files: list[str],
+    val_files: list[str],
+    n_train: int,
+    counts: dict[str, int],
+    log_epoch,
+) -> dict[str, float]:
     from textmill.models import spacy_flavor, spacy_textcat
 
     c = conf.classifier
     with tempfile.TemporaryDirectory(prefix="textmill-spacy-train-") as work:
-        nlp, history = spacy_textcat.train(c.spacy.config, c.spacy.overrides, train_files, val_files, labels, n_train,
-                                           epochs_for(c), c.training.batch_size, c.training.seed, Path(work),
-                                           on_eval=lambda entry: log_epoch(entry["epoch"], entry))
+        nlp, history = spacy_textcat.train(
+            c.spacy.config,
+            c.spacy.overrides,
+            train_files,
+            val_files,
+            labels,
+            n_train,
+            epochs_for(c),
+            c.training.batch_size,
+            c.training.seed,
+            Path(work),
+            on_eval=lambda entry: log_epoch(entry["epoch"], entry),
+        )
     mlflow.log_text(nlp.config.to_str(), "spacy/config.cfg")
     truth, predicted = spacy_textcat.predict_labels(nlp, val_files)
     index = {label: i for i, label in enumerate(labels)}
@@ -470,22 +649,41 @@ def _train_spacy_textcat(conf: TrainClassifierJobConf, labels: list[str], train_
 
         shutil.rmtree(model_dir)
     spacy_flavor.save_model(nlp, str(model_dir))
-    return _finish(conf, matrix, labels, history, "cpu", counts,
-                   lambda: spacy_flavor.log_model(nlp, registered_model_name=c.registry.name,
-                                                  input_example=pd.DataFrame({"text": ["A short example text to classify."]})))
+    return _finish(
+        conf,
+        matrix,
+        labels,
+        history,
+        "cpu",
+        counts,
+        lambda: spacy_flavor.log_model(
+            nlp,
+            registered_model_name=c.registry.name,
+            input_example=pd.DataFrame({"text": ["A short example text to classify."]}),
+        ),
+    )
 
 
 def _local_dir(path: str) -> str:
     """Training reads the feature files with pyarrow; they must be on a local or mounted path."""
-    local = path[len("file:"):] if path.startswith("file:") else path
+    local = path[len("file:") :] if path.startswith("file:") else path
     if "://" in local:
         raise TextmillError(f"io.output must be a local or mounted path for training (got {path!r})")
     return local
 
 
-def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featurizer: Featurizer, labels: list[str],
-                  history: list[dict], device: str, val_files: list[str], counts: dict[str, int],
-                  best_epoch: int | None) -> dict[str, float]:
+def _finish_torch(
+    conf: TrainClassifierJobConf,
+    model,
+    spec: ModelSpec,
+    featurizer: Featurizer,
+    labels: list[str],
+    history: list[dict],
+    device: str,
+    val_files: list[str],
+    counts: dict[str, int],
+    best_epoch: int | None,
+) -> dict[str, float]:
     import torch
     from torch.utils.data import DataLoader
 
@@ -493,20 +691,34 @@ def _finish_torch(conf: TrainClassifierJobConf, model, spec: ModelSpec, featuriz
     from textmill.models.classifier_pyfunc import TextClassifier, save_model_dir
 
     kind = "bag" if spec.kind == "linear" else "sequence"
-    loader = DataLoader(ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind))
+    loader = DataLoader(
+        ParquetExamples(val_files, shuffle=False), batch_size=512, collate_fn=lambda ex: collate(ex, kind)
+    )
     logits, y_true = predict_logits(model, iter(loader), torch.device("cpu"))
     matrix = confusion(y_true, logits.argmax(axis=1), len(labels))
     temperature = fit_temperature(logits, y_true) if conf.classifier.calibration == "temperature" else 1.0
     calibration = _calibration(logits, y_true, temperature)
-    logger.info("calibration: temperature %.3g, validation ECE %.4f (%.4f before)", temperature,
-                calibration["val_ece"], calibration["val_ece_uncalibrated"])
+    logger.info(
+        "calibration: temperature %.3g, validation ECE %.4f (%.4f before)",
+        temperature,
+        calibration["val_ece"],
+        calibration["val_ece_uncalibrated"],
+    )
     model_dir = Path(_local_dir(conf.io.output)) / "model"
     save_model_dir(model_dir, model, spec, featurizer, labels, temperature)
     example = TextClassifier(model_dir).predict(["an example text"])  # the saved directory really loads
     logger.info("saved model to %s (example prediction %s)", model_dir, example.iloc[0].to_dict())
-    return _finish(conf, matrix, labels, history, device, counts,
-                   lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name),
-                   calibration, best_epoch)
+    return _finish(
+        conf,
+        matrix,
+        labels,
+        history,
+        device,
+        counts,
+        lambda: log_pyfunc(model_dir, ["A short example text to classify."], conf.classifier.registry.name),
+        calibration,
+        best_epoch,
+    )
 
 
 def _calibration(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict:
@@ -518,31 +730,62 @@ def _calibration(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> 
     for name, t in (("uncalibrated", 1.0), ("calibrated", temperature)):
         probs = softmax(logits, t)
         tables[name] = calibration_bins(probs.max(axis=1), probs.argmax(axis=1) == y_true)
-    return {"temperature": temperature, "val_ece": expected_calibration_error(tables["calibrated"]),
-            "val_ece_uncalibrated": expected_calibration_error(tables["uncalibrated"]), "tables": tables}
+    return {
+        "temperature": temperature,
+        "val_ece": expected_calibration_error(tables["calibrated"]),
+        "val_ece_uncalibrated": expected_calibration_error(tables["uncalibrated"]),
+        "tables": tables,
+    }
 
 
-def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str], history: list[dict], device: str,
-            counts: dict[str, int], log_model, calibration: dict | None = None, best_epoch: int | None = None) -> dict[str, float]:
+def _finish(
+    conf: TrainClassifierJobConf,
+    matrix: np.ndarray,
+    labels: list[str],
+    history: list[dict],
+    device: str,
+    counts: dict[str, int],
+    log_model,
+    calibration: dict | None = None,
+    best_epoch: int | None = None,
+) -> dict[str, float]:
     """Every kind's ending: validation report and plots, the model logged (``log_model()``), the registry rule."""
     c = conf.classifier
     report = scores(matrix)
     per_class = per_label(report, labels)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
-                 plots.training_curve(Path(tmp) / "training_curve.png", history)]
+        paths = [
+            plots.confusion_matrix(Path(tmp) / "confusion_matrix.png", matrix, labels, "validation confusion matrix"),
+            plots.training_curve(Path(tmp) / "training_curve.png", history),
+        ]
         if calibration is not None:
-            paths.append(plots.reliability(Path(tmp) / "reliability.png", calibration["tables"], "validation reliability (15 bins)"))
+            paths.append(
+                plots.reliability(
+                    Path(tmp) / "reliability.png", calibration["tables"], "validation reliability (15 bins)"
+                )
+            )
         for path in paths:
             mlflow.log_artifact(str(path), "evaluation")
     if calibration is not None:
         mlflow.log_dict(calibration, "evaluation/calibration.json")
-    mlflow.log_dict({"labels": per_class, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                     "confusion_matrix": matrix.tolist()}, "evaluation/report.json")
+    mlflow.log_dict(
+        {
+            "labels": per_class,
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "confusion_matrix": matrix.tolist(),
+        },
+        "evaluation/report.json",
+    )
     mlflow.log_dict({str(i): label for i, label in enumerate(labels)}, "label_map.json")
     info = log_model()
-    metrics: dict[str, float] = {**counts, "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
-                                 "epochs": len(history), "train_seconds": sum(h["epoch_seconds"] for h in history)}
+    metrics: dict[str, float] = {
+        **counts,
+        "val_accuracy": report["accuracy"],
+        "val_macro_f1": report["macro_f1"],
+        "epochs": len(history),
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+    }
     if calibration is not None:
         metrics.update({k: calibration[k] for k in ("temperature", "val_ece", "val_ece_uncalibrated")})
     if best_epoch is not None:
@@ -551,9 +794,13 @@ def _finish(conf: TrainClassifierJobConf, matrix: np.ndarray, labels: list[str],
     if c.registry.name:
         version = str(info.registered_model_version)
         mlflow.log_metrics({"val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]})
-        decision = promote_if_better(c.registry.name, version, c.registry.metric, metrics[c.registry.metric], c.registry.alias)
+        decision = promote_if_better(
+            c.registry.name, version, c.registry.metric, metrics[c.registry.metric], c.registry.alias
+        )
         mlflow.log_dict(decision, "registry_decision.json")
-        mlflow.set_tags({"textmill.registered_version": version, "textmill.promoted": str(decision["promoted"]).lower()})
+        mlflow.set_tags(
+            {"textmill.registered_version": version, "textmill.promoted": str(decision["promoted"]).lower()}
+        )
         logger.info("registry: %s", decision["reason"])
         metrics["promoted"] = float(decision["promoted"])
     return metrics

@@ -31,6 +31,7 @@
    float16 .npy + vocab.tsv, n-gram .npy, TensorBoard projector TSVs), all logged to MLflow
    with an ``embedder`` pyfunc that turns texts into document vectors.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,7 +89,9 @@ class EmbeddingsConf(StrictModel):
     epochs: int = Field(5, gt=0, description="passes over the corpus (sgns)")
     rounds_per_epoch: int = Field(1, gt=0, description="weight averages per epoch (sgns)")
     init: Literal["ppmi_svd", "random"] = Field(
-        "ppmi_svd", description="sgns start: PPMI-SVD factors of the most frequent words (partition-independent), or random")
+        "ppmi_svd",
+        description="sgns start: PPMI-SVD factors of the most frequent words (partition-independent), or random",
+    )
     init_vocab: int = Field(30_000, gt=1, description="words the ppmi_svd start covers (the rest start random)")
     min_count: int = Field(5, gt=0)
     max_vocab: int | None = Field(200_000, gt=0)
@@ -97,9 +100,15 @@ class EmbeddingsConf(StrictModel):
     lr_min: float = Field(0.0001, gt=0)
     batch_pairs: int = Field(1024, gt=0, description="(center, context) pairs per vectorised update")
     shared_negatives: int = Field(
-        16, gt=0, description="negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)")
+        16,
+        gt=0,
+        description="negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)",
+    )
     max_row_updates: int = Field(
-        16, ge=0, description="a word's summed updates per batch are scaled down to this many full steps; 0 = off (sgns)")
+        16,
+        ge=0,
+        description="a word's summed updates per batch are scaled down to this many full steps; 0 = off (sgns)",
+    )
     partitions: int | None = Field(None, gt=0, description="default: default parallelism")
     seed: int = 1
     max_memory_mb: int = Field(4096, gt=0, description="refuse a vocab x dim whose training state needs more")
@@ -126,8 +135,10 @@ def token_column(df: DataFrame, c: EmbeddingsConf) -> DataFrame:
             tokens = F.transform(tokens, lambda t: F.lower(t))
         return df.select("doc_id", tokens.alias("tokens"))
     if c.text_column not in df.columns:
-        raise ColumnNotFoundError(f"neither {c.tokens_column!r} nor {c.text_column!r} is a column of the input; "
-                                  f"available: {', '.join(df.columns)}")
+        raise ColumnNotFoundError(
+            f"neither {c.tokens_column!r} nor {c.text_column!r} is a column of the input; "
+            f"available: {', '.join(df.columns)}"
+        )
     io.require_text_column(df, c.text_column)
     lowercase = c.lowercase
 
@@ -142,8 +153,13 @@ def token_column(df: DataFrame, c: EmbeddingsConf) -> DataFrame:
 
 
 def count_vocabulary(tokens: DataFrame, min_count: int, max_vocab: int | None) -> pd.DataFrame:
-    counts = (tokens.select(F.explode("tokens").alias("word")).groupBy("word").count()
-              .where(F.col("count") >= min_count).orderBy(F.desc("count"), "word"))
+    counts = (
+        tokens.select(F.explode("tokens").alias("word"))
+        .groupBy("word")
+        .count()
+        .where(F.col("count") >= min_count)
+        .orderBy(F.desc("count"), "word")
+    )
     if max_vocab:
         counts = counts.limit(max_vocab)
     return counts.toPandas()
@@ -198,12 +214,27 @@ def initial_weights(ids: DataFrame, vocab: int, c: EmbeddingsConf) -> tuple[np.n
     return w_in, w_out
 
 
-def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: EmbeddingsConf, total_tokens: int,
-               partitions: int, w_in: np.ndarray, w_out: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+def train_sgns(
+    spark: SparkSession,
+    ids: DataFrame,
+    counts: np.ndarray,
+    c: EmbeddingsConf,
+    total_tokens: int,
+    partitions: int,
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+) -> tuple[np.ndarray, list[dict]]:
     keep = emb.keep_probabilities(counts, c.sample).astype(np.float32)
     negative_probs = emb.negative_distribution(counts)
-    settings = emb.SgnsSettings(dim=c.dim, window=c.window, negative=c.negative, sample=c.sample, batch_pairs=c.batch_pairs,
-                                 shared_negatives=c.shared_negatives, max_row_updates=c.max_row_updates)
+    settings = emb.SgnsSettings(
+        dim=c.dim,
+        window=c.window,
+        negative=c.negative,
+        sample=c.sample,
+        batch_pairs=c.batch_pairs,
+        shared_negatives=c.shared_negatives,
+        max_row_updates=c.max_row_updates,
+    )
     rounds = c.epochs * c.rounds_per_epoch
     history = []
     with console.Progress("sgns", rounds, unit="rounds") as progress:
@@ -225,12 +256,24 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
                 from textmill.vectors.embeddings import train_sgns_partition
 
                 start = Path(shipped_path(shipped))
-                return train_sgns_partition(list_column(batches, "ids"), np.load(start / "w_in.npy"), np.load(start / "w_out.npy"),
-                                            keep, negative_probs, settings, lr_start, lr_end, expected, seed + part)
+                return train_sgns_partition(
+                    list_column(batches, "ids"),
+                    np.load(start / "w_in.npy"),
+                    np.load(start / "w_out.npy"),
+                    keep,
+                    negative_probs,
+                    settings,
+                    lr_start,
+                    lr_end,
+                    expected,
+                    seed + part,
+                )
 
             shard = ids.where(F.col("round") == r).select("ids")
             total = partials.sum_partitions(shard, task, _sum_results)
-            shutil.rmtree(weights, ignore_errors=True)  # a shipped archive of it stays in the scratch folder for late executors
+            shutil.rmtree(
+                weights, ignore_errors=True
+            )  # a shipped archive of it stays in the scratch folder for late executors
             if total is None:
                 raise TextmillError(f"sgns round {step + 1}: no partition returned a result")
             w_in = emb.combine(w_in, total.pop("in_weighted"), total["in_updates"])
@@ -239,14 +282,31 @@ def train_sgns(spark: SparkSession, ids: DataFrame, counts: np.ndarray, c: Embed
                 raise EmbeddingsDivergedError(
                     f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr}, batch_pairs={c.batch_pairs} and "
                     f"max_row_updates={c.max_row_updates}: words repeated many times within a batch get their updates summed "
-                    "into one oversized step; lower embeddings.max_row_updates (0 turns the cap off) or embeddings.lr")
+                    "into one oversized step; lower embeddings.max_row_updates (0 turns the cap off) or embeddings.lr"
+                )
             seconds = time.perf_counter() - started
-            record = {"round": step + 1, "epoch": epoch + 1, "pairs": int(total["pairs"]), "tokens": int(total["tokens"]),
-                      "loss": total["loss_sum"] / max(total["batches"], 1), "seconds": seconds, "lr_start": lr_start}
+            record = {
+                "round": step + 1,
+                "epoch": epoch + 1,
+                "pairs": int(total["pairs"]),
+                "tokens": int(total["tokens"]),
+                "loss": total["loss_sum"] / max(total["batches"], 1),
+                "seconds": seconds,
+                "lr_start": lr_start,
+            }
             history.append(record)
-            mlflow.log_metrics({"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1)
-            logger.info("sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs", step + 1, rounds, epoch + 1,
-                        record["pairs"], record["loss"], seconds)
+            mlflow.log_metrics(
+                {"round_loss": record["loss"], "round_pairs": record["pairs"], "round_seconds": seconds}, step=step + 1
+            )
+            logger.info(
+                "sgns round %d/%d (epoch %d): %d pairs, loss %.4f, %.1fs",
+                step + 1,
+                rounds,
+                epoch + 1,
+                record["pairs"],
+                record["loss"],
+                seconds,
+            )
             progress.advance(epoch=epoch + 1, loss=round(record["loss"], 4))
     return w_in, history
 
@@ -258,8 +318,15 @@ def train_ppmi_svd(ids: DataFrame, vocab: int, c: EmbeddingsConf) -> np.ndarray:
 # ---------------------------------------------------------------------------- outputs
 
 
-def write_exports(directory: Path, words: list[str], counts: np.ndarray, vectors: np.ndarray,
-                  ngram_vectors: np.ndarray | None, c: EmbeddingsConf, extra: dict) -> None:
+def write_exports(
+    directory: Path,
+    words: list[str],
+    counts: np.ndarray,
+    vectors: np.ndarray,
+    ngram_vectors: np.ndarray | None,
+    c: EmbeddingsConf,
+    extra: dict,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / "vectors.f16.npy", vectors.astype(np.float16))
     (directory / "vocab.tsv").write_text("".join(f"{w}\t{int(n)}\n" for w, n in zip(words, counts)), encoding="utf-8")
@@ -273,21 +340,37 @@ def write_exports(directory: Path, words: list[str], counts: np.ndarray, vectors
     projector.mkdir(exist_ok=True)
     top = min(c.projector_top_n, len(words))
     np.savetxt(projector / "vectors.tsv", vectors[:top], delimiter="\t", fmt="%.5f")
-    (projector / "metadata.tsv").write_text("word\tcount\n" + "".join(f"{w}\t{int(n)}\n" for w, n in zip(words[:top], counts[:top])),
-                                            encoding="utf-8")
-    manifest = {"format": FORMAT, "textmill_version": textmill.__version__, "method": c.method, "dim": int(vectors.shape[1]),
-                "vocab_size": len(words), "lowercase": c.lowercase,
-                "subword": {"enabled": ngram_vectors is not None, "buckets": c.subword.buckets, "min_n": c.subword.min_n,
-                            "max_n": c.subword.max_n},
-                "files": {"vectors": "vectors.f16.npy", "vocab": "vocab.tsv", "ngrams": "ngrams.f16.npy" if ngram_vectors is not None else None,
-                          "word2vec_text": "vectors.w2v.txt", "projector": "projector/"},
-                **extra}
+    (projector / "metadata.tsv").write_text(
+        "word\tcount\n" + "".join(f"{w}\t{int(n)}\n" for w, n in zip(words[:top], counts[:top])), encoding="utf-8"
+    )
+    manifest = {
+        "format": FORMAT,
+        "textmill_version": textmill.__version__,
+        "method": c.method,
+        "dim": int(vectors.shape[1]),
+        "vocab_size": len(words),
+        "lowercase": c.lowercase,
+        "subword": {
+            "enabled": ngram_vectors is not None,
+            "buckets": c.subword.buckets,
+            "min_n": c.subword.min_n,
+            "max_n": c.subword.max_n,
+        },
+        "files": {
+            "vectors": "vectors.f16.npy",
+            "vocab": "vocab.tsv",
+            "ngrams": "ngrams.f16.npy" if ngram_vectors is not None else None,
+            "word2vec_text": "vectors.w2v.txt",
+            "projector": "projector/",
+        },
+        **extra,
+    }
     (directory / "embeddings.json").write_text(json.dumps(manifest, indent=2))
 
 
 def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
     c = conf.embeddings
-    out = Path(conf.io.output[len("file:"):] if conf.io.output.startswith("file:") else conf.io.output)
+    out = Path(conf.io.output[len("file:") :] if conf.io.output.startswith("file:") else conf.io.output)
     if "://" in str(conf.io.output) and not conf.io.output.startswith("file:"):
         raise TextmillError(f"io.output must be a local or mounted path for the exports (got {conf.io.output!r})")
     io.require_input(spark, conf.io.input)
@@ -301,23 +384,38 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
         words = vocab_df["word"].tolist()
         counts = vocab_df["count"].to_numpy(dtype=np.int64)
         if len(words) < 2:
-            raise TextmillError(f"the vocabulary has {len(words)} word(s) with min_count={c.min_count}; lower min_count or add text")
+            raise TextmillError(
+                f"the vocabulary has {len(words)} word(s) with min_count={c.min_count}; lower min_count or add text"
+            )
         need = training_memory_mb(len(words), c.dim)
         if need > c.max_memory_mb:
             raise EmbeddingsMemoryError(
                 f"vocabulary {len(words):,} x dim {c.dim} needs about {need:,.0f} MB per task and on the driver "
                 f"(4 float32 matrices), over embeddings.max_memory_mb={c.max_memory_mb:,}; lower max_vocab or dim, "
-                f"or raise max_memory_mb")
+                f"or raise max_memory_mb"
+            )
         partitions = c.partitions or session_kinds.default_parallelism(spark)
-        ids = (tokens.select("doc_id", make_ids_udf(words)(F.col("tokens")).alias("ids"))
-               .withColumn("round", F.pmod(F.xxhash64("doc_id", F.lit(c.seed)), F.lit(c.rounds_per_epoch)))
-               .repartition(partitions, "doc_id").sortWithinPartitions("doc_id")
-               .persist(StorageLevel.MEMORY_AND_DISK))
-        totals = ids.agg(F.sum(F.size("ids")).alias("tokens"), F.count(F.lit(1)).alias("docs"),
-                         F.sum((F.size("ids") == 0).cast("int")).alias("empty")).first()
+        ids = (
+            tokens.select("doc_id", make_ids_udf(words)(F.col("tokens")).alias("ids"))
+            .withColumn("round", F.pmod(F.xxhash64("doc_id", F.lit(c.seed)), F.lit(c.rounds_per_epoch)))
+            .repartition(partitions, "doc_id")
+            .sortWithinPartitions("doc_id")
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        totals = ids.agg(
+            F.sum(F.size("ids")).alias("tokens"),
+            F.count(F.lit(1)).alias("docs"),
+            F.sum((F.size("ids") == 0).cast("int")).alias("empty"),
+        ).first()
         total_tokens = int(totals["tokens"] or 0)
-        logger.info("train_embeddings: %d docs, %d in-vocabulary tokens, vocabulary %d, %s on %d partitions",
-                    totals["docs"], total_tokens, len(words), c.method, partitions)
+        logger.info(
+            "train_embeddings: %d docs, %d in-vocabulary tokens, vocabulary %d, %s on %d partitions",
+            totals["docs"],
+            total_tokens,
+            len(words),
+            c.method,
+            partitions,
+        )
         started = time.perf_counter()
         init_seconds = 0.0
         if c.method == "sgns":
@@ -336,18 +434,39 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
     subword_seconds = 0.0
     if c.subword.enabled:
         fit_started = time.perf_counter()
-        ngram_vectors = emb.fit_subwords(words, vectors, c.subword.buckets, c.subword.min_n, c.subword.max_n,
-                                         steps=c.subword.steps)
+        ngram_vectors = emb.fit_subwords(
+            words, vectors, c.subword.buckets, c.subword.min_n, c.subword.max_n, steps=c.subword.steps
+        )
         subword_seconds = time.perf_counter() - fit_started
         logger.info("subword vectors fitted in %.1fs", subword_seconds)
 
     with tempfile.TemporaryDirectory(prefix="textmill-embeddings-") as tmp:
         export = Path(tmp) / "export"
-        write_exports(export, words, counts, vectors, ngram_vectors, c,
-                      {"training": {"epochs": c.epochs, "init": c.init if c.method == "sgns" else None, "window": c.window, "negative": c.negative, "min_count": c.min_count,
-                                    "sample": c.sample, "partitions": partitions, "seed": c.seed, "history": history}})
+        write_exports(
+            export,
+            words,
+            counts,
+            vectors,
+            ngram_vectors,
+            c,
+            {
+                "training": {
+                    "epochs": c.epochs,
+                    "init": c.init if c.method == "sgns" else None,
+                    "window": c.window,
+                    "negative": c.negative,
+                    "min_count": c.min_count,
+                    "sample": c.sample,
+                    "partitions": partitions,
+                    "seed": c.seed,
+                    "history": history,
+                }
+            },
+        )
         frame = pd.DataFrame({"word": words, "count": counts, "vector": list(vectors.astype(np.float32))})
-        with storage.staged_outputs(spark, str(out / "vectors"), str(out / "vocab"), replace_unmarked=conf.io.replace_unmarked) as (staged_vectors, staged_vocab):
+        with storage.staged_outputs(
+            spark, str(out / "vectors"), str(out / "vocab"), replace_unmarked=conf.io.replace_unmarked
+        ) as (staged_vectors, staged_vocab):
             spark.createDataFrame(frame, "word string, count long, vector array<float>").write.parquet(staged_vectors)
             spark.createDataFrame(frame[["word", "count"]], "word string, count long").write.parquet(staged_vocab)
         final_export = out / "export"
@@ -357,9 +476,18 @@ def run(spark: SparkSession, conf: TrainEmbeddingsJobConf) -> dict[str, float]:
     mlflow.log_artifacts(str(final_export), "embeddings")
     log_embedder(final_export)
     words_per_second = total_tokens * (c.epochs if c.method == "sgns" else 1) / max(train_seconds, 1e-9)
-    return {"rows_in": rows_in, "vocab_size": len(words), "tokens": total_tokens, "empty_docs": int(totals["empty"] or 0),
-            "train_seconds": train_seconds, "init_seconds": init_seconds, "subword_seconds": subword_seconds, "words_per_second": words_per_second,
-            "partitions": partitions, **({"final_loss": history[-1]["loss"]} if history else {})}
+    return {
+        "rows_in": rows_in,
+        "vocab_size": len(words),
+        "tokens": total_tokens,
+        "empty_docs": int(totals["empty"] or 0),
+        "train_seconds": train_seconds,
+        "init_seconds": init_seconds,
+        "subword_seconds": subword_seconds,
+        "words_per_second": words_per_second,
+        "partitions": partitions,
+        **({"final_loss": history[-1]["loss"]} if history else {}),
+    }
 
 
 def log_embedder(export: Path):
@@ -369,9 +497,15 @@ def log_embedder(export: Path):
 
     from textmill.models.from_code import model_code
 
-    signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
-                               outputs=Schema([ColSpec(Array(DataType.float), "vector")]))
-    return mlflow.pyfunc.log_model(name="embedder", python_model=model_code("embedder"), artifacts={"embeddings": str(export)},
-                                   code_paths=[tracking.package_code_path()], signature=signature,
-                                   input_example=pd.DataFrame({"text": ["Stocks rallied after the central bank held rates.", ""]}),
-                                   pip_requirements=["numpy", "pandas", "pydantic>=2", "pyyaml"])
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.string)]), outputs=Schema([ColSpec(Array(DataType.float), "vector")])
+    )
+    return mlflow.pyfunc.log_model(
+        name="embedder",
+        python_model=model_code("embedder"),
+        artifacts={"embeddings": str(export)},
+        code_paths=[tracking.package_code_path()],
+        signature=signature,
+        input_example=pd.DataFrame({"text": ["Stocks rallied after the central bank held rates.", ""]}),
+        pip_requirements=["numpy", "pandas", "pydantic>=2", "pyyaml"],
+    )

@@ -12,14 +12,16 @@ then validates the result. Every problem (unknown key, missing required value, w
 type or value) is collected into one ``ConfigError`` that names the key, what was given
 and what is allowed. Called by the CLI and by tests (which pass plain dicts).
 """
+
 from __future__ import annotations
 
 import copy
 import reprlib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Mapping, Sequence, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -50,7 +52,9 @@ def registered_model_name(value: str | None) -> str | None:
     """MLflow's rule for registered model names (no '/', no ':', not blank), checked when the
     config is read: MLflow checks it only after the model was logged."""
     if value is not None and (not value.strip() or "/" in value or ":" in value or value.strip() in (".", "..")):
-        raise ValueError(f"a registered model name may not be blank or contain '/' or ':' (MLflow's rule), got {value!r}")
+        raise ValueError(
+            f"a registered model name may not be blank or contain '/' or ':' (MLflow's rule), got {value!r}"
+        )
     return value
 
 
@@ -61,13 +65,18 @@ class IOConf(StrictModel):
     input: str | None = Field(None, description="input path, directory or glob")
     output: str | None = Field(None, description="output path; rewritten whole on every run")
     quarantine: str | None = Field(None, description="quarantine path; default <output>_quarantine")
-    replace_unmarked: bool = Field(False, description="replace an existing output that textmill did not write (no _textmill.json)")
+    replace_unmarked: bool = Field(
+        False, description="replace an existing output that textmill did not write (no _textmill.json)"
+    )
 
 
 class SparkConf(StrictModel):
     master: str | None = Field(None, description="only when textmill starts Spark itself; default local[*]")
-    remote: str | None = Field(None, description="a Spark Connect server, sc://host:port (default $SPARK_REMOTE); "
-                                                 "local[N] starts one in this process")
+    remote: str | None = Field(
+        None,
+        description="a Spark Connect server, sc://host:port (default $SPARK_REMOTE); "
+        "local[N] starts one in this process",
+    )
     app_name: str | None = Field(None, description="default textmill-<job>")
     shuffle_partitions: int | None = Field(None, gt=0, description="default 2 x cores in local mode")
     driver_memory: str | None = Field(None, description="local mode only; default: a quarter of RAM, 1g-8g")
@@ -175,8 +184,12 @@ def expanded_size(data: Any, limit: int = MAX_CONFIG_VALUES) -> int:
 def _load_bounded(text: str, where: str) -> Any:
     data = yaml.safe_load(text)
     if expanded_size(data) > MAX_CONFIG_VALUES:
-        raise ConfigError([f"{where} expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
-                           "write the values out instead of repeating aliases"])
+        raise ConfigError(
+            [
+                f"{where} expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name); "
+                "write the values out instead of repeating aliases"
+            ]
+        )
     return data
 
 
@@ -287,7 +300,9 @@ def _format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             parent = loc[:-1]
             allowed = ", ".join(_fields_at(model, parent)) or "(none)"
             where = ".".join(parent) or "the top level"
-            problems.append(f"unknown key '{key}' (given {_describe(err['input'], key)}); allowed keys at {where}: {allowed}")
+            problems.append(
+                f"unknown key '{key}' (given {_describe(err['input'], key)}); allowed keys at {where}: {allowed}"
+            )
         elif kind == "missing":
             problems.append(f"'{key}' is required but missing")
         else:

@@ -14,6 +14,7 @@ processes (DDP ranks) through ``TEXTMILL_VERBOSITY``:
 whose log should keep every INFO record. Only textmill's own lines go to stdout; logs, warnings and
 progress bars go to stderr, so ``--json > report.json`` stays parseable.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 VERBOSITIES = ("quiet", "normal", "verbose")
@@ -46,7 +48,9 @@ def log_level(verbosity_: Verbosity, explicit: str | None = None) -> str:
     if level:
         level = level.strip().upper()
         if level not in LOG_LEVELS:
-            raise ConsoleError(f"log level {level!r} (TEXTMILL_LOG_LEVEL or --log-level) must be one of {', '.join(LOG_LEVELS)}")
+            raise ConsoleError(
+                f"log level {level!r} (TEXTMILL_LOG_LEVEL or --log-level) must be one of {', '.join(LOG_LEVELS)}"
+            )
         return level
     return "INFO" if verbosity_ == "verbose" else "WARNING"
 
@@ -68,7 +72,9 @@ def configure(verbosity_: Verbosity = "normal", explicit_level: str | None = Non
     logging.getLogger("textmill").setLevel(level)
     # Third-party loggers: never chattier than WARNING unless DEBUG is asked for; their INFO
     # records (database migrations, "validating input example") are not the user's business.
-    third_party = "DEBUG" if level == "DEBUG" else logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
+    third_party = (
+        "DEBUG" if level == "DEBUG" else logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
+    )
     # MLflow sets its logger's level from this variable when it is imported (later, in most runs);
     # a level the user set before textmill started wins.
     os.environ["MLFLOW_LOGGING_LEVEL"] = (_USER_MLFLOW_LEVEL or third_party).upper()
@@ -139,7 +145,7 @@ class Progress:
             self._line(note)
         self._mode = "off"  # closing twice (close(note), then the with block's exit) prints once
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -240,7 +246,9 @@ def steps_table(steps: list[Mapping[str, Any]]) -> str:
     right = {1, 2, 3, 4, 5}
 
     def fmt(row):
-        return "  ".join((str(c).rjust(w) if i in right else str(c).ljust(w)) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        return "  ".join(
+            (str(c).rjust(w) if i in right else str(c).ljust(w)) for i, (c, w) in enumerate(zip(row, widths))
+        ).rstrip()
 
     return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *(fmt(r) for r in rows)])
 

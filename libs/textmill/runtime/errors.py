@@ -5,6 +5,7 @@ bad config or a missing input costs seconds, not a cluster run. The CLI prints
 `TextmillError` messages as one line and exits with status 2; anything else is a bug
 and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,17 +57,30 @@ class OutputError(TextmillError):
 
 
 class UnreadableInputError(InputNotFoundError):
-    """An input file cannot be read: truncated or corrupt (a cut gzip stream), or its files disagree on a column's type."""
+    """An input file cannot be read: truncated or corrupt (a cut gzip stream), or its files disagree on a
+    column's type."""
 
 
 class CsvHeaderError(InputNotFoundError):
     """A CSV header cannot be read, repeats a name, or lists other columns than the other files'."""
 
 
-_FAILED_READ = re.compile(r"\[FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s+(.*?)(?:SQLSTATE|$)", re.S)
+_FAILED_READ = re.compile(
+    r"\[FAILED_READ_FILE\.(\w+)\] Encountered error while reading file (\S+?)\.?\s+(.*?)(?:SQLSTATE|$)", re.S
+)
 _TEXTMILL_UNREADABLE = re.compile(r"TEXTMILL_UNREADABLE_FILE\[(\S+)\]: ([^\n]+)")
 _CAUSE = re.compile(r"Caused by: ([\w.$]+)(?:: ([^\n]*))?")
-_CORRUPT_HINTS = ("EOF", "end of input stream", "Zip", "GZIP", "gzip", "header check", "stored block", "CRC", "compressed")
+_CORRUPT_HINTS = (
+    "EOF",
+    "end of input stream",
+    "Zip",
+    "GZIP",
+    "gzip",
+    "header check",
+    "stored block",
+    "CRC",
+    "compressed",
+)
 
 
 def from_read_failure(exc: BaseException) -> TextmillError | None:
@@ -79,20 +93,27 @@ def from_read_failure(exc: BaseException) -> TextmillError | None:
     text = str(exc)
     own = _TEXTMILL_UNREADABLE.search(text)
     if own:
-        return UnreadableInputError(f"io.input: cannot read {own.group(1)}: {own.group(2).strip()[:200]} "
-                                    "(a truncated or corrupt file?); repair or remove it and rerun")
+        return UnreadableInputError(
+            f"io.input: cannot read {own.group(1)}: {own.group(2).strip()[:200]} "
+            "(a truncated or corrupt file?); repair or remove it and rerun"
+        )
     failed = _FAILED_READ.search(text)
     if failed is None:
         return None
     kind, path, detail = failed.group(1), failed.group(2), " ".join(failed.group(3).split())
     if kind == "PARQUET_COLUMN_DATA_TYPE_MISMATCH":
-        return UnreadableInputError(f"io.input: the Parquet files disagree on a column's type: {path}: {detail.rstrip('. ')}; "
-                                    "rewrite the files with one type for the column")
+        return UnreadableInputError(
+            f"io.input: the Parquet files disagree on a column's type: {path}: {detail.rstrip('. ')}; "
+            "rewrite the files with one type for the column"
+        )
     cause = _CAUSE.search(text)
     why = f"{cause.group(1).rsplit('.', 1)[-1]}: {(cause.group(2) or '').strip()}"[:200] if cause else kind
     corrupt = any(hint in why for hint in _CORRUPT_HINTS)
-    return UnreadableInputError(f"io.input: cannot read {path}: {why}"
-                                + (" (the file is truncated or corrupt)" if corrupt else "") + "; repair or remove it and rerun")
+    return UnreadableInputError(
+        f"io.input: cannot read {path}: {why}"
+        + (" (the file is truncated or corrupt)" if corrupt else "")
+        + "; repair or remove it and rerun"
+    )
 
 
 class NotASpacyModelError(TextmillError):

@@ -16,6 +16,7 @@ interface, ``Files``, so that they work whether or not the driver holds a JVM:
 
 Every method takes a path or URI as the user wrote it and returns qualified URIs.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,9 +24,10 @@ import glob as globbing
 import itertools
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 from textmill.runtime.errors import OutputError
@@ -35,7 +37,7 @@ GLOB_CHARS = frozenset("*?[{")
 
 @dataclass(frozen=True)
 class Entry:
-    uri: str      # qualified, no trailing slash
+    uri: str  # qualified, no trailing slash
     name: str
     is_dir: bool
     size: int
@@ -69,7 +71,7 @@ def local_path(uri: str) -> str:
     """The local path of a ``file:`` URI (``file:/x``, ``file:///x``); other strings unchanged."""
     if not uri.startswith("file:"):
         return uri
-    rest = uri[len("file:"):]
+    rest = uri[len("file:") :]
     return "/" + rest.lstrip("/") if rest.startswith("//") else rest
 
 
@@ -78,7 +80,7 @@ def expand_braces(pattern: str) -> list[str]:
     match = re.search(r"\{([^{}]*)\}", pattern)
     if match is None:
         return [pattern]
-    head, tail = pattern[:match.start()], pattern[match.end():]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
     return list(itertools.chain.from_iterable(expand_braces(f"{head}{alt}{tail}") for alt in match.group(1).split(",")))
 
 
@@ -106,8 +108,11 @@ class LocalFiles:
     def glob(self, pattern: str) -> list[Entry]:
         found = set()
         for one in expand_braces(self._path(pattern)):
-            found.update(globbing.glob(one, include_hidden=True) if GLOB_CHARS & set(one) else
-                         ([one] if os.path.lexists(one) else []))
+            found.update(
+                globbing.glob(one, include_hidden=True)
+                if GLOB_CHARS & set(one)
+                else ([one] if os.path.lexists(one) else [])
+            )
         return [self._entry(p) for p in sorted(found) if os.path.exists(p) or os.path.islink(p)]
 
     def children(self, path: str) -> list[Entry]:
@@ -174,15 +179,22 @@ class ArrowFiles:
         try:
             self._fs, _ = pafs.FileSystem.from_uri(uri)
         except (ValueError, OSError) as exc:  # ArrowInvalid is a ValueError
-            raise OutputError(f"{uri}: the driver cannot open {self._scheme}:// paths from Python ({str(exc).splitlines()[0][:200]}); "
-                              "on a Spark Connect session use a path the driver reaches (a local disk or mount, "
-                              "/Volumes/...) or a scheme pyarrow opens (s3://, gs://, abfs://, hdfs:// with libhdfs)") from exc
+            raise OutputError(
+                f"{uri}: the driver cannot open {self._scheme}:// paths from Python "
+                f"({str(exc).splitlines()[0][:200]}); "
+                "on a Spark Connect session use a path the driver reaches (a local disk or mount, "
+                "/Volumes/...) or a scheme pyarrow opens (s3://, gs://, abfs://, hdfs:// with libhdfs)"
+            ) from exc
 
     def _path(self, path: str) -> str:
         return self._pafs.FileSystem.from_uri(path)[1].rstrip("/") if scheme(path) else path.rstrip("/")
 
     def _uri(self, path: str) -> str:
-        return f"{self._scheme}://{path.lstrip('/')}" if self._scheme not in ("hdfs", "viewfs") else f"{self._scheme}://{path}"
+        return (
+            f"{self._scheme}://{path.lstrip('/')}"
+            if self._scheme not in ("hdfs", "viewfs")
+            else f"{self._scheme}://{path}"
+        )
 
     def qualify(self, path: str) -> str:
         return self._uri(self._path(path))
@@ -208,7 +220,7 @@ class ArrowFiles:
             base = "/".join(parts[:fixed])
             selector = self._pafs.FileSelector(base, recursive=len(parts) - fixed > 1, allow_not_found=True)
             for info in self._fs.get_file_info(selector):
-                rel = info.path.rstrip("/")[len(base.rstrip("/")) + 1:].split("/")
+                rel = info.path.rstrip("/")[len(base.rstrip("/")) + 1 :].split("/")
                 if len(rel) == len(parts) - fixed and all(fnmatchcase(r, p) for r, p in zip(rel, parts[fixed:])):
                     entry = self._entry(info)
                     found[entry.uri] = entry
@@ -222,7 +234,7 @@ class ArrowFiles:
         base = self._path(path)
         selector = self._pafs.FileSelector(base, recursive=True, allow_not_found=True)
         for info in sorted(self._fs.get_file_info(selector), key=lambda i: i.path):
-            rel = info.path[len(base) + 1:].split("/")
+            rel = info.path[len(base) + 1 :].split("/")
             if info.type == self._pafs.FileType.File and not any(hidden(part) for part in rel):
                 yield self._entry(info)
 

@@ -13,10 +13,12 @@ partition after another, each only when the driver asks for it: K tasks in serie
 inputs to the function (weights) travel as shipped files (``io.ship_directory``), not in the
 closure.
 """
+
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +35,12 @@ def list_column(batches: Iterator[pa.RecordBatch], column: str) -> Iterator[np.n
         offsets = values.offsets.to_numpy()
         flat = values.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         for i in range(len(values)):
-            yield flat[offsets[i]:offsets[i + 1]]
+            yield flat[offsets[i] : offsets[i + 1]]
 
 
-def sum_partitions(df: DataFrame, task: Callable[[Iterator[pa.RecordBatch], int], Any], add: Callable[[Any, Any], Any]) -> Any:
+def sum_partitions(
+    df: DataFrame, task: Callable[[Iterator[pa.RecordBatch], int], Any], add: Callable[[Any, Any], Any]
+) -> Any:
     """``add``-reduce of ``task(batches, partition_id)`` over the partitions of ``df`` (None when
     every task returned None, which a task does for nothing to add)."""
 
@@ -49,8 +53,14 @@ def sum_partitions(df: DataFrame, task: Callable[[Iterator[pa.RecordBatch], int]
             return
         data = pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL)
         for seq, start in enumerate(range(0, len(data), CHUNK_BYTES)):
-            yield pa.record_batch([pa.array([part], pa.int32()), pa.array([seq], pa.int32()),
-                                   pa.array([data[start:start + CHUNK_BYTES]], pa.binary())], names=["part", "seq", "chunk"])
+            yield pa.record_batch(
+                [
+                    pa.array([part], pa.int32()),
+                    pa.array([seq], pa.int32()),
+                    pa.array([data[start : start + CHUNK_BYTES]], pa.binary()),
+                ],
+                names=["part", "seq", "chunk"],
+            )
 
     total = None
     current, chunks = None, []

@@ -6,10 +6,12 @@ A config value is secret when its key looks like a credential (``secret``, ``pas
 URI with ``user:password@`` loses the password. Used by ``textmill.runtime.tracking`` and the CLI
 on the driver; the config object itself keeps the real values, so jobs still work.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "***redacted***"
 
@@ -53,7 +55,9 @@ def redact_tree(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     """``scheme://user:password@host/...`` -> (``scheme://host/...``, user, password); other URIs unchanged."""
-    match = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*)(:(?P<password>[^@/\s]*))?@(?P<rest>.*)$", uri)
+    match = re.match(
+        r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/\s:@]*)(:(?P<password>[^@/\s]*))?@(?P<rest>.*)$", uri
+    )
     if match is None:
         return uri, None, None
     return match.group("scheme") + match.group("rest"), match.group("user") or None, match.group("password")

@@ -8,6 +8,7 @@ artifact store is a folder on this machine, reads it in place: no copy of an 800
 a URI that does not resolve is a one-line ``ModelNotFoundError``. ``promote_if_better`` is the
 "only on improvement" rule every registering job uses, with its decision logged.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,7 +58,9 @@ def pin(uri: str, key: str) -> ModelSource:
     try:
         if m := _ALIAS.match(uri):
             mv = client.get_model_version_by_alias(m["name"], m["alias"])
-            return ModelSource(uri, f"models:/{m['name']}/{mv.version}", m["name"], str(mv.version), m["alias"], mv.run_id)
+            return ModelSource(
+                uri, f"models:/{m['name']}/{mv.version}", m["name"], str(mv.version), m["alias"], mv.run_id
+            )
         if m := _VERSION.match(uri):
             mv = client.get_model_version(m["name"], m["version"])
             return ModelSource(uri, uri, m["name"], str(mv.version), None, mv.run_id)
@@ -65,15 +68,18 @@ def pin(uri: str, key: str) -> ModelSource:
             client.get_run(m["run_id"])
             return ModelSource(uri, uri, run_id=m["run_id"])
     except mlflow.exceptions.MlflowException as exc:
-        raise ModelNotFoundError(f"{key} {uri!r} cannot be resolved at {redact_text(mlflow.get_tracking_uri())}: "
-                                 f"{_first_line(exc.message)}") from exc
+        raise ModelNotFoundError(
+            f"{key} {uri!r} cannot be resolved at {redact_text(mlflow.get_tracking_uri())}: {_first_line(exc.message)}"
+        ) from exc
     return ModelSource(uri=uri, pinned_uri=uri)
 
 
 def download(source: ModelSource, into: str | Path, key: str) -> Path:
     """A local directory with the model ``source`` names (downloaded under ``into`` when remote)."""
     if not is_mlflow_uri(source.pinned_uri):
-        local = Path(source.pinned_uri[len("file://"):] if source.pinned_uri.startswith("file://") else source.pinned_uri)
+        local = Path(
+            source.pinned_uri[len("file://") :] if source.pinned_uri.startswith("file://") else source.pinned_uri
+        )
         if not local.exists():
             raise ModelNotFoundError(f"{key}: no model at {source.uri!r}")
         return local

@@ -17,6 +17,7 @@
   (Spark's defaults at WARN, without Hadoop's native-library notice) unless the user brings
   a log4j2 configuration of their own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,15 @@ def check_java(minimum: int = MIN_JAVA) -> JavaInfo:
     """Return the Java that Spark will use, or raise JavaError saying what is wrong."""
     java = find_java()
     if java is None:
-        where = f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java" if os.environ.get("JAVA_HOME") else "no 'java' on PATH"
-        raise JavaError(f"Spark needs Java {minimum} or newer, but none was found ({where}); install Java {minimum} and set JAVA_HOME.")
+        where = (
+            f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java"
+            if os.environ.get("JAVA_HOME")
+            else "no 'java' on PATH"
+        )
+        raise JavaError(
+            f"Spark needs Java {minimum} or newer, but none was found ({where}); install Java {minimum} and set "
+            "JAVA_HOME."
+        )
     try:
         proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -70,7 +78,10 @@ def check_java(minimum: int = MIN_JAVA) -> JavaInfo:
     parts = version.split(".")
     major = int(parts[1]) if parts[0] == "1" and len(parts) > 1 else int(re.match(r"\d+", parts[0]).group(0))
     if major < minimum:
-        raise JavaError(f"Spark needs Java {minimum} or newer, but {java} is Java {version}; install Java {minimum} and set JAVA_HOME.")
+        raise JavaError(
+            f"Spark needs Java {minimum} or newer, but {java} is Java {version}; install Java {minimum} and set "
+            "JAVA_HOME."
+        )
     return JavaInfo(java, major, version)
 
 
@@ -96,8 +107,12 @@ def _log4j2_options(conf: SparkConf) -> str | None:
     configures logging themselves (their extraJavaOptions, or a log4j2 file in SPARK_CONF_DIR)."""
     if "spark.driver.extraJavaOptions" in conf.conf or not LOG4J2_PROPERTIES.is_file():
         return None
-    conf_dir = os.environ.get("SPARK_CONF_DIR") or (os.environ.get("SPARK_HOME") and str(Path(os.environ["SPARK_HOME"]) / "conf"))
-    if conf_dir and any((Path(conf_dir) / name).is_file() for name in ("log4j2.properties", "log4j2.xml", "log4j2.yaml")):
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        os.environ.get("SPARK_HOME") and str(Path(os.environ["SPARK_HOME"]) / "conf")
+    )
+    if conf_dir and any(
+        (Path(conf_dir) / name).is_file() for name in ("log4j2.properties", "log4j2.xml", "log4j2.yaml")
+    ):
         return None
     return f"-Dlog4j2.configurationFile={LOG4J2_PROPERTIES.as_uri()}"
 
@@ -121,12 +136,16 @@ def _set_runtime(spark: SparkSession, settings: dict[str, str]) -> None:
         except AnalysisException as exc:
             if "CANNOT_MODIFY" not in str(exc):
                 raise
-            raise StaticSettingError(f"spark.conf.{key} cannot be set on a Spark Connect session (it is a static setting of the "
-                              "server); set it where the server is started, or remove it from the job's spark.conf") from None
+            raise StaticSettingError(
+                f"spark.conf.{key} cannot be set on a Spark Connect session (it is a static setting of the "
+                "server); set it where the server is started, or remove it from the job's spark.conf"
+            ) from None
 
 
 def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
-    settings = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.conf.items() if k != "spark.api.mode"}
+    settings = {
+        k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.conf.items() if k != "spark.api.mode"
+    }
     if conf.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(conf.shuffle_partitions)
     if url.startswith("sc://"):
@@ -139,11 +158,16 @@ def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
     logger.info("starting a local Spark Connect server (%s) with Java %s", url, info.version)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = (SparkSession.builder.remote(url).appName(conf.app_name or app_name)
-               .config("spark.driver.memory", conf.driver_memory or _local_driver_memory())
-               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", str(conf.ui_enabled).lower())
-               .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.connect.grpc.binding.address", "127.0.0.1"))
+    builder = (
+        SparkSession.builder.remote(url)
+        .appName(conf.app_name or app_name)
+        .config("spark.driver.memory", conf.driver_memory or _local_driver_memory())
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", str(conf.ui_enabled).lower())
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.connect.grpc.binding.address", "127.0.0.1")
+    )
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -13,9 +13,11 @@ test (``tests/test_session_kinds.py``) fails when those names appear anywhere el
   of partitions Spark gives a ``range`` (the same value: leaf nodes default to it).
 - ``shipped_file``: on a worker, where a file or archive added with ``addArtifacts`` is.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -75,8 +77,12 @@ class HadoopFiles:
 
     def _entry(self, fs, status) -> Entry:
         path = status.getPath()
-        return Entry(fs.makeQualified(path).toString().rstrip("/"), path.getName(), status.isDirectory(),
-                     0 if status.isDirectory() else status.getLen())
+        return Entry(
+            fs.makeQualified(path).toString().rstrip("/"),
+            path.getName(),
+            status.isDirectory(),
+            0 if status.isDirectory() else status.getLen(),
+        )
 
     def qualify(self, path: str) -> str:
         fs, hpath = self._fs(path)
@@ -92,7 +98,9 @@ class HadoopFiles:
 
     def children(self, path: str) -> list[Entry]:
         fs, hpath = self._fs(path)
-        return sorted((self._entry(fs, s) for s in fs.listStatus(hpath)), key=lambda e: e.name) if fs.exists(hpath) else []
+        return (
+            sorted((self._entry(fs, s) for s in fs.listStatus(hpath)), key=lambda e: e.name) if fs.exists(hpath) else []
+        )
 
     def files_under(self, path: str) -> Iterator[Entry]:
         fs, hpath = self._fs(path)
@@ -173,7 +181,6 @@ def spark_master(spark: SparkSession) -> str:
 def describe(spark: SparkSession) -> dict[str, Any]:
     """Tags for MLflow: which kind of session ran the job, and its master."""
     return {"spark.session_kind": "connect" if is_connect(spark) else "classic", "spark.master": spark_master(spark)}
-
 
 
 def observation_finished(observation: Any) -> bool:

@@ -8,6 +8,7 @@ it logs ``wall_seconds`` and, for jobs that process rows themselves (``JobConf.r
 ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``: no server needed.
 Called on the driver only, never inside UDFs.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -153,8 +155,15 @@ class TrackingUnavailableError(TextmillError):
 
 
 # What the requests/urllib3 message says when nobody answers, the most telling first.
-_UNREACHABLE_WHY = ("Connection refused", "Name or service not known", "Temporary failure in name resolution",
-                    "No route to host", "timed out", "Failed to establish a new connection", "Max retries exceeded")
+_UNREACHABLE_WHY = (
+    "Connection refused",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+    "timed out",
+    "Failed to establish a new connection",
+    "Max retries exceeded",
+)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -179,7 +188,9 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
     if parent is None:
         bound_http_retries(uri)
         try:
-            experiment_id = ensure_experiment(conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location)
+            experiment_id = ensure_experiment(
+                conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location
+            )
         except mlflow.exceptions.MlflowException as exc:
             if not _unreachable(exc):
                 raise
@@ -187,7 +198,8 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
             raise TrackingUnavailableError(
                 f"mlflow.tracking_uri {redact_text(uri)}: no MLflow server answers ({reason}, "
                 f"after {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); start the server, or point "
-                "mlflow.tracking_uri at one that runs (or at sqlite:///mlflow.db)") from exc
+                "mlflow.tracking_uri at one that runs (or at sqlite:///mlflow.db)"
+            ) from exc
     else:
         experiment_id = parent.info.experiment_id
     tags = {"textmill.job": job, "textmill.version": textmill.__version__}

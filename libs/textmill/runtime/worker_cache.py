@@ -15,6 +15,7 @@ collects the distinct reports with ``DataFrame.observe`` during the job's own wr
 the column, so no extra pass over the data is made. Values merge with ``max``, so a retried
 task never inflates them.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ import resource
 import socket
 import threading
 import uuid
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +122,11 @@ def with_report_column(batch):
     if isinstance(batch, pa.RecordBatch):
         return batch.append_column(REPORT_COLUMN, column)
     fields = [batch.field(i) for i in range(batch.type.num_fields)]
-    return pa.StructArray.from_arrays([*fields, column], names=[*[f.name for f in batch.type], REPORT_COLUMN],
-                                      mask=batch.is_null() if batch.null_count else None)
+    return pa.StructArray.from_arrays(
+        [*fields, column],
+        names=[*[f.name for f in batch.type], REPORT_COLUMN],
+        mask=batch.is_null() if batch.null_count else None,
+    )
 
 
 def attach_to_batch(batch, report: str):
@@ -132,8 +137,9 @@ def attach_to_batch(batch, report: str):
     if isinstance(batch, pa.RecordBatch):
         return batch.set_column(batch.num_columns - 1, REPORT_COLUMN, column)
     fields = [batch.field(i) for i in range(batch.type.num_fields - 1)]
-    return pa.StructArray.from_arrays([*fields, column], names=[f.name for f in batch.type],
-                                      mask=batch.is_null() if batch.null_count else None)
+    return pa.StructArray.from_arrays(
+        [*fields, column], names=[f.name for f in batch.type], mask=batch.is_null() if batch.null_count else None
+    )
 
 
 class WorkerReport:

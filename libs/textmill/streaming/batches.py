@@ -14,6 +14,7 @@ not committed with the same id and the same files; everything here is keyed by t
 a replay replaces its own directories instead of adding a second copy, and a batch already
 in the commit log (the driver died after publishing, before Spark's own commit) is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,13 +56,17 @@ class BatchLog:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise OutputError(f"{self._record_path(batch_id)} is damaged ({exc}); it is written atomically, so "
-                              "something else wrote it") from exc
+            raise OutputError(
+                f"{self._record_path(batch_id)} is damaged ({exc}); it is written atomically, so "
+                "something else wrote it"
+            ) from exc
 
     def records(self) -> list[dict]:
         """Every commit record, by batch id."""
         log = f"{self.output}/{LOG_DIR}"
-        ids = sorted(int(e.name[:-5]) for e in storage.files(self.spark, log).children(log) if re.fullmatch(r"\d+\.json", e.name))
+        ids = sorted(
+            int(e.name[:-5]) for e in storage.files(self.spark, log).children(log) if re.fullmatch(r"\d+\.json", e.name)
+        )
         return [record for record in (self.committed(i) for i in ids) if record is not None]
 
     def new_attempt(self, batch_id: int) -> str:
@@ -93,8 +98,11 @@ class BatchLog:
 
     def _steps_holding(self, batch_id: int) -> list[str]:
         fs = storage.files(self.spark, self.output)
-        return [e.name for e in fs.children(self.output)
-                if e.is_dir and not e.name.startswith(("_", ".")) and fs.info(self.final_dir(e.name, batch_id)) is not None]
+        return [
+            e.name
+            for e in fs.children(self.output)
+            if e.is_dir and not e.name.startswith(("_", ".")) and fs.info(self.final_dir(e.name, batch_id)) is not None
+        ]
 
     def commit(self, batch_id: int, record: dict) -> None:
         record = {"batch_id": batch_id, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
@@ -103,4 +111,8 @@ class BatchLog:
     def batch_ids(self, step: str) -> list[int]:
         """The batch directories published under ``<output>/<step>``."""
         folder = f"{self.output}/{step}"
-        return sorted(int(m.group(1)) for e in storage.files(self.spark, folder).children(folder) if (m := _BATCH_DIR.match(e.name)))
+        return sorted(
+            int(m.group(1))
+            for e in storage.files(self.spark, folder).children(folder)
+            if (m := _BATCH_DIR.match(e.name))
+        )

@@ -24,6 +24,7 @@ invocation on the driver, and loaded once per Python worker, where they stay loa
 micro-batches. SIGTERM or SIGINT stops the watch after the batch in progress (or abandons
 it after ``watch.stop_timeout_seconds``; the next run replays it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,9 +34,10 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import mlflow
 from mlflow.entities import Metric
@@ -49,7 +51,7 @@ from textmill.pipelines import annotate, classify, embed_docs, prepare
 from textmill.pipelines.classify import ClassifyConf
 from textmill.pipelines.embed_docs import EmbedConf
 from textmill.pipelines.prepare import PrepareConf
-from textmill.runtime import console, worker_cache, session_kinds, tracking
+from textmill.runtime import console, session_kinds, tracking, worker_cache
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.errors import CsvHeaderError, OutputError, TextmillError, UnreadableInputError, from_read_failure
 from textmill.streaming.batches import BatchLog
@@ -91,25 +93,42 @@ class EveryConf(StrictModel):
 
 
 class WatchConf(StrictModel):
-    inbox: str | None = Field(None, description="directory files land in (required); producers write elsewhere and rename into it")
-    steps: list[str] = Field(default_factory=lambda: ["prepare"], min_length=1,
-                             description="prepare, then any of annotate|ner|tokenize, classify, embed_docs, in that order")
+    inbox: str | None = Field(
+        None, description="directory files land in (required); producers write elsewhere and rename into it"
+    )
+    steps: list[str] = Field(
+        default_factory=lambda: ["prepare"],
+        min_length=1,
+        description="prepare, then any of annotate|ner|tokenize, classify, embed_docs, in that order",
+    )
     trigger: Literal["available_now"] | EveryConf = Field(
-        "available_now", description="available_now: every file not yet seen, in batches, then stop | {every: 30s}: keep running")
+        "available_now",
+        description="available_now: every file not yet seen, in batches, then stop | {every: 30s}: keep running",
+    )
     max_files_per_batch: int = Field(1000, gt=0, description="files per micro-batch (Spark's maxFilesPerTrigger)")
     checkpoint: str | None = Field(None, description="Spark checkpoint; default <io.output>/_checkpoint")
-    archive: str | None = Field(None, description="move processed files here (Spark's cleanSource=archive); null: leave them")
-    max_file_age: str = Field("3650d", description="files older than the newest seen by more than this are ignored (Spark's maxFileAge)")
-    duplicates_across_batches: bool = Field(True, description="with prepare.duplicates: quarantine, also quarantine doc_ids of earlier batches")
-    stop_timeout_seconds: float = Field(300, ge=0, description="on SIGTERM/SIGINT, wait this long for the batch in progress")
+    archive: str | None = Field(
+        None, description="move processed files here (Spark's cleanSource=archive); null: leave them"
+    )
+    max_file_age: str = Field(
+        "3650d", description="files older than the newest seen by more than this are ignored (Spark's maxFileAge)"
+    )
+    duplicates_across_batches: bool = Field(
+        True, description="with prepare.duplicates: quarantine, also quarantine doc_ids of earlier batches"
+    )
+    stop_timeout_seconds: float = Field(
+        300, ge=0, description="on SIGTERM/SIGINT, wait this long for the batch in progress"
+    )
 
     @field_validator("steps")
     @classmethod
     def _streamable_steps(cls, steps: list[str]) -> list[str]:
         for step in steps:
             if step in WHOLE_CORPUS:
-                raise ValueError(f"{step!r} needs the whole corpus and cannot run per micro-batch; run the {step} job on "
-                                 "the watch's outputs instead")
+                raise ValueError(
+                    f"{step!r} needs the whole corpus and cannot run per micro-batch; run the {step} job on "
+                    "the watch's outputs instead"
+                )
             if step not in STREAMABLE:
                 raise ValueError(f"unknown step {step!r}; steps: {', '.join(STREAMABLE)}")
         if steps[0] != "prepare":
@@ -117,8 +136,13 @@ class WatchConf(StrictModel):
         if len(set(steps)) != len(steps):
             raise ValueError("a step may appear once")
         if len([s for s in steps if s in NLP_STEPS]) > 1:
-            raise ValueError("at most one of annotate, ner, tokenize (annotate gives tokens and entities from one parse)")
-        rank = [min(STREAMABLE.index(s), STREAMABLE.index("annotate")) if s in NLP_STEPS else STREAMABLE.index(s) for s in steps]
+            raise ValueError(
+                "at most one of annotate, ner, tokenize (annotate gives tokens and entities from one parse)"
+            )
+        rank = [
+            min(STREAMABLE.index(s), STREAMABLE.index("annotate")) if s in NLP_STEPS else STREAMABLE.index(s)
+            for s in steps
+        ]
         if rank != sorted(rank):
             raise ValueError("steps must keep the order prepare, annotate|ner|tokenize, classify, embed_docs")
         return steps
@@ -136,7 +160,9 @@ class WatchConf(StrictModel):
                 seconds = 0
             if seconds > 0:
                 return value
-            raise ValueError(f"{{every: ...}} takes an interval above zero such as 30s, 500ms, 5m or 1h, not {value['every']!r}")
+            raise ValueError(
+                f"{{every: ...}} takes an interval above zero such as 30s, 500ms, 5m or 1h, not {value['every']!r}"
+            )
         raise ValueError("available_now, or {every: <interval>} such as {every: 30s}")
 
     @field_validator("max_file_age")
@@ -174,17 +200,27 @@ class WatchJobConf(JobConf):
         if self.io.input:
             problems.append("'io.input' is not used by watch: set 'watch.inbox' to the directory files arrive in")
         if self.io.quarantine:
-            problems.append("'io.quarantine' is not used by watch: quarantined rows go to <io.output>/quarantine/batch=<id>/")
+            problems.append(
+                "'io.quarantine' is not used by watch: quarantined rows go to <io.output>/quarantine/batch=<id>/"
+            )
         if "classify" in w.steps and not self.classify.model_uri:
             problems.append("'classify.model_uri' is required with the classify step, e.g. models:/news@champion")
         if "classify" in w.steps and self.classify.evaluate:
-            problems.append("'classify.evaluate' is not available in watch; run the classify job on <io.output>/prepare")
+            problems.append(
+                "'classify.evaluate' is not available in watch; run the classify job on <io.output>/prepare"
+            )
         if "embed_docs" in w.steps and not self.embed.embeddings:
             problems.append("'embed.embeddings' is required with the embed_docs step (train_embeddings' output)")
-        for key, path in (("watch.checkpoint", w.checkpoint), ("watch.archive", w.archive), ("io.output", self.io.output)):
+        for key, path in (
+            ("watch.checkpoint", w.checkpoint),
+            ("watch.archive", w.archive),
+            ("io.output", self.io.output),
+        ):
             if path and w.inbox and _overlaps(path, w.inbox):
-                problems.append(f"'{key}' ({path!r}) and 'watch.inbox' ({w.inbox!r}) may not contain one another: "
-                                "the watch would read its own files")
+                problems.append(
+                    f"'{key}' ({path!r}) and 'watch.inbox' ({w.inbox!r}) may not contain one another: "
+                    "the watch would read its own files"
+                )
         if w.archive and self.io.output and _overlaps(w.archive, self.io.output):
             problems.append(f"'watch.archive' ({w.archive!r}) and 'io.output' may not contain one another")
         return problems
@@ -217,20 +253,38 @@ class BatchSteps:
         self.nlp_step = next((s for s in steps if s in NLP_STEPS), None)
         self.tokens = conf.tokenize if self.nlp_step in ("annotate", "tokenize") else None
         self.entities = conf.ner if self.nlp_step in ("annotate", "ner") else None
-        self.plan = (plan_pipeline(conf.nlp.model, self.tokens, self.entities, gpu=conf.nlp.gpu, spark=spark, components=conf.nlp.components)
-                     if self.nlp_step else None)
+        self.plan = (
+            plan_pipeline(
+                conf.nlp.model,
+                self.tokens,
+                self.entities,
+                gpu=conf.nlp.gpu,
+                spark=spark,
+                components=conf.nlp.components,
+            )
+            if self.nlp_step
+            else None
+        )
         tracking.tag_model_source("textmill.nlp", self.plan.source if self.plan else None)
         self.classifier = classify.ship_model(spark, conf.classify.model_uri, workdir) if "classify" in steps else None
-        self.embeddings = io.ship_directory(spark, embed_docs.export_dir(conf.embed.embeddings)) if "embed_docs" in steps else None
+        self.embeddings = (
+            io.ship_directory(spark, embed_docs.export_dir(conf.embed.embeddings)) if "embed_docs" in steps else None
+        )
 
-    def write(self, batch_id: int, files: list[tuple[str, int]], attempt: str, seen: list[str]) -> tuple[dict, dict[str, str]]:
+    def write(
+        self, batch_id: int, files: list[tuple[str, int]], attempt: str, seen: list[str]
+    ) -> tuple[dict, dict[str, str]]:
         """Run every step on ``files`` into ``attempt``; returns ({step: metrics}, {output name: staged dir})."""
         spark, conf, p = self.spark, self.conf, self.conf.prepare
         to_read = [uri for uri, size in files if size > 0 or p.format == "text_files"]
         zero = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0}
         if len(to_read) < len(files):
-            logger.warning("batch %d: %d empty file(s), e.g. %s: they hold no records", batch_id, len(files) - len(to_read),
-                           next(uri for uri, size in files if size == 0))
+            logger.warning(
+                "batch %d: %d empty file(s), e.g. %s: they hold no records",
+                batch_id,
+                len(files) - len(to_read),
+                next(uri for uri, size in files if size == 0),
+            )
         if not to_read:
             return {"prepare": zero}, {}
         source = prepare.read_source(spark, to_read, p)
@@ -240,9 +294,16 @@ class BatchSteps:
         if seen:
             repeated = prepare.repeated_ids(prepared, spark.read.parquet(*seen)).collect()
             if repeated:
-                logger.warning("batch %d: %d doc_id(s) were published by an earlier batch; quarantined as duplicate_doc_id, "
-                               "e.g. %s", batch_id, len(repeated), repeated[0]["doc_id"])
-                marked = prepare.quarantine_seen(prepared, spark.createDataFrame(repeated, "doc_id string"), "an earlier batch")
+                logger.warning(
+                    "batch %d: %d doc_id(s) were published by an earlier batch; quarantined as duplicate_doc_id, "
+                    "e.g. %s",
+                    batch_id,
+                    len(repeated),
+                    repeated[0]["doc_id"],
+                )
+                marked = prepare.quarantine_seen(
+                    prepared, spark.createDataFrame(repeated, "doc_id string"), "an earlier batch"
+                )
                 marked = marked.persist(prepare.CACHE_LEVEL)
                 prepared.unpersist()
                 prepared = marked
@@ -252,8 +313,17 @@ class BatchSteps:
                 logger.warning("batch %d: %d file(s) hold no records", batch_id, len(to_read))
                 return {"prepare": zero}, {}
             staged = {"prepare": f"{attempt}/prepare", "quarantine": f"{attempt}/quarantine"}
-            metrics = {"prepare": prepare.write_prepared(spark, prepared, stats, staged["prepare"], staged["quarantine"], p,
-                                                         {"batch_id": batch_id, "files": len(to_read)})}
+            metrics = {
+                "prepare": prepare.write_prepared(
+                    spark,
+                    prepared,
+                    stats,
+                    staged["prepare"],
+                    staged["quarantine"],
+                    p,
+                    {"batch_id": batch_id, "files": len(to_read)},
+                )
+            }
         finally:
             prepared.unpersist()
         rows = metrics["prepare"]["rows_out"]
@@ -265,22 +335,28 @@ class BatchSteps:
         for step in conf.watch.steps[1:]:
             path = f"{attempt}/{step}"
             if step in NLP_STEPS:
-                metrics[step], _ = annotate.write_annotations(spark, good, path, rows, conf.nlp, self.tokens, self.entities,
-                                                              self.report, marker, plan=self.plan)
+                metrics[step], _ = annotate.write_annotations(
+                    spark, good, path, rows, conf.nlp, self.tokens, self.entities, self.report, marker, plan=self.plan
+                )
                 tokens_dir = path if self.tokens is not None else None
             elif step == "classify":
                 c = conf.classify
-                scored = classify.with_predictions(good, c, self.classifier, io.task_partitions(spark, rows, 50_000, c.partitions),
-                                                   self.report)
-                out, errors, _ = io.write_rows(spark, scored, path, rows, {"schema": classify.SCHEMA_VERSION,
-                                                                            "model_uri": c.model_uri, **marker})
+                scored = classify.with_predictions(
+                    good, c, self.classifier, io.task_partitions(spark, rows, 50_000, c.partitions), self.report
+                )
+                out, errors, _ = io.write_rows(
+                    spark, scored, path, rows, {"schema": classify.SCHEMA_VERSION, "model_uri": c.model_uri, **marker}
+                )
                 metrics[step] = {"rows_in": rows, "rows_out": out, "rows_error": errors}
             else:  # embed_docs: from the tokens of this batch when a step made them, else from the text
                 c = conf.embed
                 source = spark.read.parquet(tokens_dir) if tokens_dir else good
-                vectors = embed_docs.with_doc_vectors(source, c, self.embeddings, io.task_partitions(spark, rows, 50_000, c.partitions),
-                                                      self.report)
-                out, errors, _ = io.write_rows(spark, vectors, path, rows, {"schema": embed_docs.SCHEMA_VERSION, **marker})
+                vectors = embed_docs.with_doc_vectors(
+                    source, c, self.embeddings, io.task_partitions(spark, rows, 50_000, c.partitions), self.report
+                )
+                out, errors, _ = io.write_rows(
+                    spark, vectors, path, rows, {"schema": embed_docs.SCHEMA_VERSION, **marker}
+                )
                 metrics[step] = {"rows_in": rows, "rows_out": out, "rows_error": errors}
             staged[step] = path
         return metrics, staged
@@ -296,11 +372,19 @@ class Watcher:
         self.stop = threading.Event()
         self.in_batch = False
         self.failure: BaseException | None = None
-        self.totals = {"batches": 0, "batches_skipped": 0, "files": 0, "total_rows_in": 0, "total_rows_out": 0,
-                       "total_rows_quarantined": 0}
+        self.totals = {
+            "batches": 0,
+            "batches_skipped": 0,
+            "files": 0,
+            "total_rows_in": 0,
+            "total_rows_out": 0,
+            "total_rows_quarantined": 0,
+        }
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        self.run_batch(batch_id, lambda: sorted((row["path"], row["length"]) for row in batch.select("path", "length").collect()))
+        self.run_batch(
+            batch_id, lambda: sorted((row["path"], row["length"]) for row in batch.select("path", "length").collect())
+        )
 
     def run_batch(self, batch_id: int, list_files) -> None:
         """Run batch ``batch_id`` on the files ``list_files()`` names (the stream's or the inbox listing's)."""
@@ -324,19 +408,27 @@ class Watcher:
 
     def _explain(self, exc: BaseException, batch_id: int, files: list[tuple[str, int]]) -> BatchFailedError:
         exc = from_read_failure(exc) or exc
-        what = str(exc) if isinstance(exc, TextmillError) else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}"
+        what = (
+            str(exc)
+            if isinstance(exc, TextmillError)
+            else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}"
+        )
         example = f", e.g. {files[0][0]}" if files else ""
-        return BatchFailedError(f"watch: batch {batch_id} ({len(files)} file(s){example}) failed: {what}. Nothing of it was "
-                                "published; the next run retries the same files")
+        return BatchFailedError(
+            f"watch: batch {batch_id} ({len(files)} file(s){example}) failed: {what}. Nothing of it was "
+            "published; the next run retries the same files"
+        )
 
     def _run(self, batch_id: int, files: list[tuple[str, int]]) -> None:
         paths = [uri for uri, _ in files]
         done = self.log.committed(batch_id)
         if done is not None:
             if done.get("files") != paths:
-                raise OutputError(f"batch {batch_id} in {self.conf.io.output}/_batches was committed with other files than "
-                                  "the checkpoint now names for it: the checkpoint and the output do not belong together "
-                                  "(was one of them deleted or replaced?); use a new io.output and watch.checkpoint")
+                raise OutputError(
+                    f"batch {batch_id} in {self.conf.io.output}/_batches was committed with other files than "
+                    "the checkpoint now names for it: the checkpoint and the output do not belong together "
+                    "(was one of them deleted or replaced?); use a new io.output and watch.checkpoint"
+                )
             console.status(logger, "batch %d was published before the last run stopped; not running it again", batch_id)
             self.totals["batches_skipped"] += 1
             return
@@ -347,8 +439,9 @@ class Watcher:
             metrics, staged = self.steps.write(batch_id, files, attempt, self._seen_before(batch_id))
             self.log.publish(batch_id, staged)
             seconds = time.perf_counter() - started
-            self.log.commit(batch_id, {"files": paths, "seconds": round(seconds, 3), "steps": metrics,
-                                       "outputs": sorted(staged)})
+            self.log.commit(
+                batch_id, {"files": paths, "seconds": round(seconds, 3), "steps": metrics, "outputs": sorted(staged)}
+            )
         finally:
             storage.delete_path(self.spark, attempt)
         first = metrics["prepare"]
@@ -356,9 +449,17 @@ class Watcher:
         self.totals["files"] += len(files)
         for key in ("rows_in", "rows_out", "rows_quarantined"):
             self.totals[f"total_{key}"] += first[key]
-        console.status(logger, "batch %d: %d rows in, %d out, %d quarantined, %s in %.1f s", batch_id, first["rows_in"], first["rows_out"],
-                    first["rows_quarantined"], ", ".join(f"{s} {m.get('rows_error', 0)} row errors" for s, m in metrics.items()
-                                                         if s != "prepare") or "prepare only", seconds)
+        console.status(
+            logger,
+            "batch %d: %d rows in, %d out, %d quarantined, %s in %.1f s",
+            batch_id,
+            first["rows_in"],
+            first["rows_out"],
+            first["rows_quarantined"],
+            ", ".join(f"{s} {m.get('rows_error', 0)} row errors" for s, m in metrics.items() if s != "prepare")
+            or "prepare only",
+            seconds,
+        )
         self._log_batch(batch_id, files, metrics, seconds)
 
     def _seen_before(self, batch_id: int) -> list[str]:
@@ -371,12 +472,22 @@ class Watcher:
 
     def _log_batch(self, batch_id: int, files: list, metrics: dict, seconds: float) -> None:
         first = metrics["prepare"]
-        values = {"rows_in": first["rows_in"], "rows_out": first["rows_out"], "rows_quarantined": first["rows_quarantined"],
-                  "files": len(files), "batch_seconds": seconds,
-                  "docs_per_second": first["rows_in"] / seconds if seconds > 0 else 0.0}
+        values = {
+            "rows_in": first["rows_in"],
+            "rows_out": first["rows_out"],
+            "rows_quarantined": first["rows_quarantined"],
+            "files": len(files),
+            "batch_seconds": seconds,
+            "docs_per_second": first["rows_in"] / seconds if seconds > 0 else 0.0,
+        }
         values.update({f"{step}.rows_error": m["rows_error"] for step, m in metrics.items() if "rows_error" in m})
-        values.update({k: v for k, v in worker_cache.summarize_workers(self.report.value).items()
-                       if k in ("python_workers", "model_loads", "max_model_loads_per_worker")})
+        values.update(
+            {
+                k: v
+                for k, v in worker_cache.summarize_workers(self.report.value).items()
+                if k in ("python_workers", "model_loads", "max_model_loads_per_worker")
+            }
+        )
         now = int(time.time() * 1000)
         MlflowClient().log_batch(self.run_id, metrics=[Metric(k, float(v), now, batch_id) for k, v in values.items()])
 
@@ -395,7 +506,7 @@ def pending_batches(spark: SparkSession, conf: WatchJobConf, log: BatchLog) -> l
     listed = io.list_input(spark, conf.watch.inbox, p.text_files.glob if p.format == "text_files" else None)
     new = [(uri, size) for uri, size in listed.files if uri not in done]
     size = conf.watch.max_files_per_batch
-    return [(next_id + i, new[start:start + size]) for i, start in enumerate(range(0, len(new), size))]
+    return [(next_id + i, new[start : start + size]) for i, start in enumerate(range(0, len(new), size))]
 
 
 def archive_committed(spark: SparkSession, conf: WatchJobConf, log: BatchLog) -> None:
@@ -443,10 +554,13 @@ def file_stream(spark: SparkSession, conf: WatchJobConf) -> DataFrame:
     # A session of its own keeps that setting away from the batches' own Spark jobs.
     listing = spark.newSession()
     listing.conf.set("spark.sql.adaptive.enabled", "false")
-    reader = (listing.readStream.format("binaryFile").schema(_FILE_LISTING)
-              .option("recursiveFileLookup", "true")
-              .option("maxFilesPerTrigger", w.max_files_per_batch)
-              .option("maxFileAge", w.max_file_age))
+    reader = (
+        listing.readStream.format("binaryFile")
+        .schema(_FILE_LISTING)
+        .option("recursiveFileLookup", "true")
+        .option("maxFilesPerTrigger", w.max_files_per_batch)
+        .option("maxFileAge", w.max_file_age)
+    )
     if conf.prepare.format == "text_files":
         reader = reader.option("pathGlobFilter", conf.prepare.text_files.glob)
     if w.archive:
@@ -493,12 +607,17 @@ def _wait(query: Any, watcher: Watcher, timeout: float) -> None:
             continue
         if deadline is None:
             deadline = time.monotonic() + timeout
-            console.status(logger, "stop requested: finishing the batch in progress (at most %.0f s), then stopping", timeout)
+            console.status(
+                logger, "stop requested: finishing the batch in progress (at most %.0f s), then stopping", timeout
+            )
         with watcher.lock:
             busy = watcher.in_batch
         if not busy or time.monotonic() > deadline:
             if busy:
-                logger.warning("the batch in progress did not finish within %.0f s; abandoning it (the next run replays it)", timeout)
+                logger.warning(
+                    "the batch in progress did not finish within %.0f s; abandoning it (the next run replays it)",
+                    timeout,
+                )
             query.stop()
             return
 
@@ -517,11 +636,21 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
     io.require_input(spark, w.inbox, "watch.inbox")
     matches = storage.files(spark, w.inbox).glob(w.inbox)
     if len(matches) != 1 or not matches[0].is_dir or matches[0].name != w.inbox.rstrip("/").rsplit("/", 1)[-1]:
-        raise TextmillError(f"watch.inbox {w.inbox!r} must be one directory (the one files arrive in), not a file or a glob")
+        raise TextmillError(
+            f"watch.inbox {w.inbox!r} must be one directory (the one files arrive in), not a file or a glob"
+        )
     run_id = mlflow.active_run().info.run_id
-    mlflow.set_tags({"textmill.watch.checkpoint": storage.qualified(spark, checkpoint),
-                     "textmill.watch.inbox": storage.qualified(spark, w.inbox)})
-    trigger = {"availableNow": True} if w.trigger == "available_now" else {"processingTime": f"{interval_seconds(w.trigger.every)} seconds"}
+    mlflow.set_tags(
+        {
+            "textmill.watch.checkpoint": storage.qualified(spark, checkpoint),
+            "textmill.watch.inbox": storage.qualified(spark, w.inbox),
+        }
+    )
+    trigger = (
+        {"availableNow": True}
+        if w.trigger == "available_now"
+        else {"processingTime": f"{interval_seconds(w.trigger.every)} seconds"}
+    )
     report = worker_cache.new_worker_report(spark)
     with ExitStack() as stack:
         if not storage.qualified(spark, checkpoint).startswith(storage.qualified(spark, conf.io.output) + "/"):
@@ -530,17 +659,28 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
         watcher = Watcher(spark, conf, BatchSteps(spark, conf, workdir, report), run_id, report)
         _on_stop_signals(watcher, stack)
         check_first_file(spark, conf)
-        console.status(logger, "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s", w.inbox,
-                    "available now" if w.trigger == "available_now" else f"every {w.trigger.every}", w.max_files_per_batch,
-                    conf.io.output, checkpoint)
+        console.status(
+            logger,
+            "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s",
+            w.inbox,
+            "available now" if w.trigger == "available_now" else f"every {w.trigger.every}",
+            w.max_files_per_batch,
+            conf.io.output,
+            checkpoint,
+        )
         if session_kinds.is_connect(spark):
             run_from_listings(spark, conf, watcher)
             return _finish(spark, conf, watcher, report, checkpoint)
         # py4j logs the batch's exception with its trace before textmill reports it in one line.
         stack.enter_context(_quiet_logger("py4j.clientserver"))
-        query = (file_stream(spark, conf).writeStream.foreachBatch(watcher)
-                 .option("checkpointLocation", checkpoint).queryName(f"textmill-watch-{run_id[:8]}")
-                 .trigger(**trigger).start())
+        query = (
+            file_stream(spark, conf)
+            .writeStream.foreachBatch(watcher)
+            .option("checkpointLocation", checkpoint)
+            .queryName(f"textmill-watch-{run_id[:8]}")
+            .trigger(**trigger)
+            .start()
+        )
         try:
             _wait(query, watcher, w.stop_timeout_seconds)
         except StreamingQueryException as exc:
@@ -549,15 +689,23 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
             elif isinstance(watcher.failure, TextmillError):
                 raise watcher.failure from None
             else:
-                raise BatchFailedError(f"watch: the stream failed: {(str(exc).strip().splitlines() or [''])[0][:500]}") from exc
+                raise BatchFailedError(
+                    f"watch: the stream failed: {(str(exc).strip().splitlines() or [''])[0][:500]}"
+                ) from exc
     return _finish(spark, conf, watcher, report, checkpoint)
 
 
-def _finish(spark: SparkSession, conf: WatchJobConf, watcher: Watcher, report: Any, checkpoint: str) -> dict[str, float]:
+def _finish(
+    spark: SparkSession, conf: WatchJobConf, watcher: Watcher, report: Any, checkpoint: str
+) -> dict[str, float]:
     w = conf.watch
     totals = dict(watcher.totals)
     if totals["batches"] == 0 and totals["batches_skipped"] == 0:
-        console.status(logger, "no new files in %s since the last run (checkpoint %s); nothing to do", w.inbox, checkpoint)
+        console.status(
+            logger, "no new files in %s since the last run (checkpoint %s); nothing to do", w.inbox, checkpoint
+        )
     elif watcher.stop.is_set():
-        console.status(logger, "stopped after %d batch(es); the next run continues from the checkpoint", totals["batches"])
+        console.status(
+            logger, "stopped after %d batch(es); the next run continues from the checkpoint", totals["batches"]
+        )
     return {**totals, **tracking.log_workers(report.value)}

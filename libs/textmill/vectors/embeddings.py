@@ -26,11 +26,13 @@ Spark tasks, and tests call them directly.
   squares so that the mean of a word's n-gram vectors reproduces its vector; an unseen
   word gets the mean of its n-gram vectors.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,7 +57,9 @@ def negative_distribution(counts: np.ndarray, power: float = 0.75) -> np.ndarray
     return weights / weights.sum()
 
 
-def dynamic_window_pairs(ids: np.ndarray, sentence_ids: np.ndarray, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def dynamic_window_pairs(
+    ids: np.ndarray, sentence_ids: np.ndarray, window: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(center, context) pairs within each sentence, word2vec style: each center draws a
     window b in [1, window] and pairs with the words at distance <= b on both sides."""
     n = len(ids)
@@ -101,9 +105,18 @@ def row_shares(rows: np.ndarray, batch_size: int, cap: int) -> np.ndarray:
     return np.minimum(1.0, cap / np.maximum(expected, 1e-9))[rows].astype(np.float32)
 
 
-def sgns_step(w_in: torch.Tensor, w_out: torch.Tensor, centers: torch.Tensor, contexts: torch.Tensor,
-              negatives: torch.Tensor, k: int, lr: float, with_loss: bool = True,
-              center_share: torch.Tensor | None = None, context_share: torch.Tensor | None = None) -> float:
+def sgns_step(
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    centers: torch.Tensor,
+    contexts: torch.Tensor,
+    negatives: torch.Tensor,
+    k: int,
+    lr: float,
+    with_loss: bool = True,
+    center_share: torch.Tensor | None = None,
+    context_share: torch.Tensor | None = None,
+) -> float:
     """One batched SGNS update in place, with negatives shared by the batch; returns the batch
     loss (NaN when ``with_loss`` is False: its logarithms cost as much as a sigmoid of the batch).
 
@@ -113,12 +126,12 @@ def sgns_step(w_in: torch.Tensor, w_out: torch.Tensor, centers: torch.Tensor, co
     (B x d by d x K) instead of B x k dot products, and only B + B + K rows are gathered and
     updated per batch.
     """
-    c = torch.index_select(w_in, 0, centers)            # B x d
-    o = torch.index_select(w_out, 0, contexts)          # B x d
-    n = torch.index_select(w_out, 0, negatives)         # K x d
+    c = torch.index_select(w_in, 0, centers)  # B x d
+    o = torch.index_select(w_out, 0, contexts)  # B x d
+    n = torch.index_select(w_out, 0, negatives)  # K x d
     weight = k / len(negatives)
-    pos = torch.sigmoid((c * o).sum(1))                 # B
-    neg = torch.sigmoid(c @ n.T)                        # B x K
+    pos = torch.sigmoid((c * o).sum(1))  # B
+    neg = torch.sigmoid(c @ n.T)  # B x K
     g_pos = (pos - 1.0).unsqueeze(1)
     grad_c = g_pos * o + weight * (neg @ n)
     grad_o = g_pos * c
@@ -181,12 +194,23 @@ def train_sgns_partition(
         # The chunk's negatives in one draw, and its update counts in one bincount per matrix,
         # rather than three more small torch calls per batch.
         starts = range(0, len(centers_t), size)
-        negatives = torch.multinomial(neg_probs, len(starts) * k_shared, replacement=True, generator=gen).view(len(starts), k_shared)
+        negatives = torch.multinomial(neg_probs, len(starts) * k_shared, replacement=True, generator=gen).view(
+            len(starts), k_shared
+        )
         for number, start in enumerate(starts):
             with_loss = batches % settings.loss_every == 0
             batch = slice(start, start + size)
-            loss = sgns_step(w_in, w_out, centers_t[batch], contexts_t[batch], negatives[number], settings.negative, lr,
-                             with_loss, *((shares[0][batch], shares[1][batch]) if shares else ()))
+            loss = sgns_step(
+                w_in,
+                w_out,
+                centers_t[batch],
+                contexts_t[batch],
+                negatives[number],
+                settings.negative,
+                lr,
+                with_loss,
+                *((shares[0][batch], shares[1][batch]) if shares else ()),
+            )
             if with_loss:
                 loss_sum, loss_batches = loss_sum + loss, loss_batches + 1
             batches += 1
@@ -194,16 +218,25 @@ def train_sgns_partition(
         vocab = len(w_in)
         updates_in += torch.from_numpy(np.bincount(centers, minlength=vocab).astype(np.float32))
         updates_out += torch.from_numpy(np.bincount(contexts, minlength=vocab).astype(np.float32))
-        updates_out += torch.from_numpy(np.bincount(
-            negatives.numpy().ravel(), weights=np.repeat(batch_sizes * settings.negative / k_shared, k_shared),
-            minlength=vocab).astype(np.float32))
+        updates_out += torch.from_numpy(
+            np.bincount(
+                negatives.numpy().ravel(),
+                weights=np.repeat(batch_sizes * settings.negative / k_shared, k_shared),
+                minlength=vocab,
+            ).astype(np.float32)
+        )
         pairs_done += len(centers)
     weights_in = updates_in.unsqueeze(1)
     weights_out = updates_out.unsqueeze(1)
     return {
-        "in_weighted": (w_in * weights_in).numpy(), "in_updates": updates_in.numpy(),
-        "out_weighted": (w_out * weights_out).numpy(), "out_updates": updates_out.numpy(),
-        "pairs": pairs_done, "tokens": seen_tokens, "loss_sum": loss_sum, "batches": loss_batches,
+        "in_weighted": (w_in * weights_in).numpy(),
+        "in_updates": updates_in.numpy(),
+        "out_weighted": (w_out * weights_out).numpy(),
+        "out_updates": updates_out.numpy(),
+        "pairs": pairs_done,
+        "tokens": seen_tokens,
+        "loss_sum": loss_sum,
+        "batches": loss_batches,
     }
 
 
@@ -237,8 +270,9 @@ def combine(current: np.ndarray, weighted_sum: np.ndarray, updates: np.ndarray) 
 # ---------------------------------------------------------------------------- count-based
 
 
-def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window: int,
-                        chunk_tokens: int = 200_000) -> "sp.csr_matrix":
+def cooccurrence_counts(
+    sentences: Iterable[np.ndarray], vocab_size: int, window: int, chunk_tokens: int = 200_000
+) -> sp.csr_matrix:
     """Symmetric window co-occurrence counts of one partition, weighted 1/distance (as GloVe/word2vec).
 
     Only ids below ``vocab_size`` count (words are numbered by frequency, so that is the
@@ -267,8 +301,11 @@ def cooccurrence_counts(sentences: Iterable[np.ndarray], vocab_size: int, window
             cols += [b, a]
             vals += [weight, weight]
         if rows:
-            pending.append(sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                         shape=(vocab_size, vocab_size)))
+            pending.append(
+                sp.csr_matrix(
+                    (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(vocab_size, vocab_size)
+                )
+            )
             if sum(m.nnz for m in pending) >= total.nnz:
                 total = sum(pending, total)
                 pending = []
@@ -338,8 +375,16 @@ def ngram_buckets(word: str, buckets: int, min_n: int = 3, max_n: int = 6) -> li
     return [fnv1a_32(g.encode("utf-8")) % buckets for g in char_ngrams(word, min_n, max_n)]
 
 
-def fit_subwords(words: list[str], vectors: np.ndarray, buckets: int, min_n: int = 3, max_n: int = 6,
-                 l2: float = 1e-4, steps: int = 100, dims_per_solve: int = 32) -> np.ndarray:
+def fit_subwords(
+    words: list[str],
+    vectors: np.ndarray,
+    buckets: int,
+    min_n: int = 3,
+    max_n: int = 6,
+    l2: float = 1e-4,
+    steps: int = 100,
+    dims_per_solve: int = 32,
+) -> np.ndarray:
     """Bucket vectors Z minimising sum_w ||mean(Z[ngrams(w)]) - v_w||^2 + l2 ||Z||^2.
 
     A linear least-squares problem: the normal equations (A^T A + l2 I) Z = A^T V, with A the
@@ -389,8 +434,9 @@ def fit_subwords(words: list[str], vectors: np.ndarray, buckets: int, min_n: int
 class SubwordVectors:
     """Word vectors with a fastText-style fallback for unseen words."""
 
-    def __init__(self, words: list[str], vectors: np.ndarray, ngram_vectors: np.ndarray | None,
-                 min_n: int = 3, max_n: int = 6) -> None:
+    def __init__(
+        self, words: list[str], vectors: np.ndarray, ngram_vectors: np.ndarray | None, min_n: int = 3, max_n: int = 6
+    ) -> None:
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
         self.vectors = np.asarray(vectors, dtype=np.float32)
@@ -402,7 +448,9 @@ class SubwordVectors:
         """Mean of the word's n-gram vectors plus its own vector when known; None if nothing is known."""
         parts = []
         if self.ngram_vectors is not None:
-            parts = [self.ngram_vectors[b] for b in ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)]
+            parts = [
+                self.ngram_vectors[b] for b in ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)
+            ]
         i = self.index.get(word)
         if i is not None:
             parts.append(self.vectors[i])

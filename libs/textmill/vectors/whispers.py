@@ -15,10 +15,11 @@ one clustering whichever path ran:
 
 This module imports only numpy and pyarrow, so the Python worker that runs it starts fast.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +30,8 @@ _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _P3 = np.uint64(0x165667B19E3779F9)
 _P4 = np.uint64(0x85EBCA77C2B2AE63)
 _P5 = np.uint64(0x27D4EB2F165667C5)
-_INT32 = range(-2**31, 2**31)
-_INT64 = range(-2**63, 2**63)
+_INT32 = range(-(2**31), 2**31)
+_INT64 = range(-(2**63), 2**63)
 # Arrow batches the one task returns: labels, then a last batch whose ``stats`` holds how it stopped.
 OUTPUT = "id string, label string, stats string"
 
@@ -98,8 +99,12 @@ class Stopping:
 
     def summary(self) -> dict:
         last = self.changes[-1] if self.changes else 0
-        return {"iterations": len(self.changes), "stop_reason": self.reason, "changed_share": last / max(self.n_nodes, 1),
-                "changes": list(self.changes)}
+        return {
+            "iterations": len(self.changes),
+            "stop_reason": self.reason,
+            "changed_share": last / max(self.n_nodes, 1),
+            "changes": list(self.changes),
+        }
 
 
 def best_labels(src: np.ndarray, dst_label: np.ndarray, weight: np.ndarray, n_nodes: int) -> np.ndarray:
@@ -123,7 +128,9 @@ def best_labels(src: np.ndarray, dst_label: np.ndarray, weight: np.ndarray, n_no
     return best
 
 
-def chinese_whispers(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, node_key: np.ndarray, conf: dict) -> tuple[np.ndarray, dict]:
+def chinese_whispers(
+    src: np.ndarray, dst: np.ndarray, weight: np.ndarray, node_key: np.ndarray, conf: dict
+) -> tuple[np.ndarray, dict]:
     """(class number per node, how it stopped) for nodes ``0..n-1`` numbered in id order (so
     class ``i`` is node ``i``'s id) and directed edges ``src -> dst`` whose ``weight`` is dst's vote."""
     n = len(node_key)
@@ -149,11 +156,17 @@ def in_memory(conf: dict):
     """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches), schema=pa.schema([("id", pa.string()), ("key", pa.int64()),
-                                                                      ("dst", pa.string()), ("weight", pa.float64())]))
+        table = pa.Table.from_batches(
+            list(batches),
+            schema=pa.schema(
+                [("id", pa.string()), ("key", pa.int64()), ("dst", pa.string()), ("weight", pa.float64())]
+            ),
+        )
         is_node = pc.is_null(table.column("dst"))
         nodes, edges = table.filter(is_node), table.filter(pc.invert(is_node))
-        order = pc.sort_indices(nodes, sort_keys=[("id", "ascending")])  # Arrow compares strings as bytes, as Spark does
+        order = pc.sort_indices(
+            nodes, sort_keys=[("id", "ascending")]
+        )  # Arrow compares strings as bytes, as Spark does
         ids = nodes.column("id").take(order).combine_chunks()
         keys = nodes.column("key").take(order).to_numpy()
         src = pc.index_in(edges.column("id"), value_set=ids).to_numpy(zero_copy_only=False)
@@ -163,7 +176,9 @@ def in_memory(conf: dict):
         labels, stats = chinese_whispers(src.astype(np.int64), dst.astype(np.int64), weight, keys, conf)
         none = pa.nulls(len(ids), pa.string())
         yield pa.RecordBatch.from_arrays([ids, ids.take(pa.array(labels)), none], names=["id", "label", "stats"])
-        yield pa.RecordBatch.from_arrays([pa.nulls(1, pa.string()), pa.nulls(1, pa.string()), pa.array([json.dumps(stats)])],
-                                         names=["id", "label", "stats"])
+        yield pa.RecordBatch.from_arrays(
+            [pa.nulls(1, pa.string()), pa.nulls(1, pa.string()), pa.array([json.dumps(stats)])],
+            names=["id", "label", "stats"],
+        )
 
     return run

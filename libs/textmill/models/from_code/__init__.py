@@ -6,6 +6,7 @@ pickles and they break across versions). Each file only builds its ``PythonModel
 ``mlflow.models.set_model``; the weights travel as the model's artifacts. Never import these files:
 running them is what registers a model. ``model_code(name)`` gives a file's path for ``log_model``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """MLflow models-from-code entry for textmill's document embedder (see __init__.py)."""
+
 import mlflow
 
 from textmill.models.embedder_pyfunc import EmbedderPyfunc
