@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test test-fast bench fuzz pyfiles clean
+.PHONY: install demo lint fix test test-fast bench fuzz pyfiles clean
 
 install: $(VENV)/.installed
 
@@ -20,10 +20,22 @@ $(VENV)/.installed: setup.py
 demo: install
 	$(BIN)/textmill run pipeline --conf conf/pipeline.yaml --env local
 
-test: install
+# ruff (pinned in the test extras, configured in .ruff.toml): lint and format check; seconds.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# What lint can fix by itself: safe fixes, then the formatter.
+fix: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Everything, every runner for real (CI's command; the budget is 30 minutes on the 2-core machine).
+test: lint
 	$(BIN)/python -m pytest
 
-test-fast: install
+# Before every commit: lint, then the tests that start no JVM of their own and no server (budget 10 minutes).
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install

@@ -43,6 +43,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "ruff==0.17.6",  # lint and format (make lint, .ruff.toml); pinned so that every machine formats alike
     # property-based tests: generated corpora with planted faults check prepare's invariants for the class of input,
     # not the example (tests/test_fuzz_prepare.py; the long profile is `make fuzz`); the standard library for it in
     # Python

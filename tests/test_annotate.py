@@ -135,17 +135,17 @@ def newswire_fragments(n: int, seed: int = 5) -> list[str]:
     for _ in range(n):
         parts = []
         for _ in range(rng.randint(3, 8)):
-            p, o, l = rng.choice(PEOPLE), rng.choice(ORGS), rng.choice(PLACES)
+            p, o, place = rng.choice(PEOPLE), rng.choice(ORGS), rng.choice(PLACES)
             parts.append(
                 rng.choice(
                     [
-                        f"{p} said {o} would open in {l}",
-                        f"{l.upper()} {o} shares fell",
-                        f"{p} {o} {l}",
-                        f"Reporting by {p} in {l} Editing by {rng.choice(PEOPLE)}",
-                        f"{o} CEO {p} flew to {l} on Monday",
+                        f"{p} said {o} would open in {place}",
+                        f"{place.upper()} {o} shares fell",
+                        f"{p} {o} {place}",
+                        f"Reporting by {p} in {place} Editing by {rng.choice(PEOPLE)}",
+                        f"{o} CEO {p} flew to {place} on Monday",
                         f"-- {p} ({o})",
-                        f"{l} 1996-08-2{rng.randint(0, 9)}",
+                        f"{place} 1996-08-2{rng.randint(0, 9)}",
                     ]
                 )
                 + rng.choice([". ", "\n", " ", "; ", "\n\n", " - "])

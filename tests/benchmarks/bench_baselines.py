@@ -102,6 +102,10 @@ def ag_split() -> tuple[list[dict], list[dict]]:
     return stratified(rows)
 
 
+def _tagged(rows: list[dict], name: str) -> list[dict]:
+    return [{**r, "doc_id": f"{name}/{r['doc_id']}", "label": f"{name}:{r['label']}"} for r in rows]
+
+
 def many_class_split() -> tuple[list[dict], list[dict]]:
     """Nine topics of two lengths: BBC's five (long articles) and AG News' four (short items),
     each keeping its own stratified 80/20 split, so no test document of either was ever
@@ -110,9 +114,8 @@ def many_class_split() -> tuple[list[dict], list[dict]]:
     train, test = [], []
     for name, split in (("bbc", bbc_split), ("ag", ag_split)):
         tr, te = split()
-        tag = lambda rows: [{**r, "doc_id": f"{name}/{r['doc_id']}", "label": f"{name}:{r['label']}"} for r in rows]
-        train += tag(tr)
-        test += tag(te)
+        train += _tagged(tr, name)
+        test += _tagged(te, name)
     return train, test
 
 

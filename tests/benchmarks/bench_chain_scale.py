@@ -364,7 +364,7 @@ def annoy_anchor(vectors: np.ndarray, sample: np.ndarray, exact: np.ndarray, tre
     build = time.perf_counter() - started
     for factor in (1, 2, 4, 8, 16, 32, 64, 128):
         search_k = factor * K * trees
-        recall = _recall_of(lambda i: index.get_nns_by_item(i, K + 1, search_k), sample, exact)
+        recall = _recall_of(lambda i, search_k=search_k: index.get_nns_by_item(i, K + 1, search_k), sample, exact)
         if recall >= target:
             break
     # Above QUERY_SAMPLE items, a seeded sample is queried and the time scaled to all items
@@ -397,9 +397,8 @@ def faiss_anchor(vectors: np.ndarray, sample: np.ndarray, exact: np.ndarray, tar
     for ef in (16, 32, 64, 128, 256, 512, 1024):
         index.hnsw.efSearch = ef
         _, got = index.search(data[sample], K + 1)
-        recall = _recall_of(
-            lambda i, got=got, pos={int(s): j for j, s in enumerate(sample)}: got[pos[i]].tolist(), sample, exact
-        )
+        pos = {int(s): j for j, s in enumerate(sample)}
+        recall = _recall_of(lambda i, got=got, pos=pos: got[pos[i]].tolist(), sample, exact)
         if recall >= target:
             break
     started = time.perf_counter()

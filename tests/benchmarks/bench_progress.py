@@ -47,7 +47,7 @@ def steps_per_second(steps: int, progress_factory) -> float:
 
 def advance_seconds(progress, calls: int) -> float:
     started = time.perf_counter()
-    for i in range(calls):
+    for _ in range(calls):
         progress.advance(epoch="1/4", loss=0.1234)
     return (time.perf_counter() - started) / calls
 

@@ -56,7 +56,7 @@ def main() -> None:
         rows = split(tmp / "inbox", args.files)
         conf = lambda job, path, *sets: load_conf(
             get_job(job).conf_model, path, env="local", overrides=[*prepare_keys, *sets]
-        )  # noqa: E731
+        )
         prepare_conf = conf(
             "prepare",
             REPO / "conf" / "prepare_ag_news.yaml",

@@ -102,7 +102,9 @@ class EmbeddingsConf(StrictModel):
     shared_negatives: int = Field(
         16,
         gt=0,
-        description="negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)",
+        description=(
+            "negative words drawn per batch and shared by its pairs, each weighted negative/shared_negatives (sgns)"
+        ),
     )
     max_row_updates: int = Field(
         16,
@@ -250,7 +252,7 @@ def train_sgns(
             np.save(weights / "w_out.npy", w_out)
             shipped = io.ship_directory(spark, weights)
 
-            def task(batches, part, shipped=shipped, seed=seed, lr_start=lr_start, lr_end=lr_end):
+            def task(batches, part, shipped=shipped, seed=seed, lr_start=lr_start, lr_end=lr_end, expected=expected):
                 from textmill.data.io import shipped_path
                 from textmill.runtime.partials import list_column
                 from textmill.vectors.embeddings import train_sgns_partition
@@ -280,8 +282,10 @@ def train_sgns(
             w_out = emb.combine(w_out, total.pop("out_weighted"), total["out_updates"])
             if not (np.isfinite(w_in).all() and np.isfinite(w_out).all()):
                 raise EmbeddingsDivergedError(
-                    f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr}, batch_pairs={c.batch_pairs} and "
-                    f"max_row_updates={c.max_row_updates}: words repeated many times within a batch get their updates summed "
+                    f"sgns diverged in round {step + 1} (non-finite weights) with lr={c.lr}, "
+                    f"batch_pairs={c.batch_pairs} and "
+                    f"max_row_updates={c.max_row_updates}: words repeated many times within a batch get their "
+                    "updates summed "
                     "into one oversized step; lower embeddings.max_row_updates (0 turns the cap off) or embeddings.lr"
                 )
             seconds = time.perf_counter() - started
