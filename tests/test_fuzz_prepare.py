@@ -25,11 +25,13 @@ from fuzz_corpora import FORMATS, Corpus, CorpusFile, Record, check_outcome, cor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from textmill.data.csv_records import CsvDialect, _physical_lines, plan_parts, read_records
+from textmill.data.csv_records import CsvDialect, _physical_lines, frame, plan_parts, read_records
+from textmill.data.io import CsvConf, strict_csv_spec
 from textmill.jobs import run_job
 
 PARSER_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_PARSER_EXAMPLES", "300"))
 JOB_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_JOB_EXAMPLES", "20"))
+DRIVER_EXAMPLES = int(os.environ.get("TEXTMILL_FUZZ_DRIVER_EXAMPLES", "25"))
 CSV_FORMATS = ["csv", "csv_headerless", "csv_multiline"]
 
 
@@ -60,6 +62,38 @@ def check_parsed(corpus: Corpus, f: CorpusFile) -> None:
 def test_csv_parser_reads_every_record_and_rejects_exactly_the_planted_faults(corpus):
     for f in corpus.files:
         check_parsed(corpus, f)
+
+
+@given(corpus=corpora(CSV_FORMATS), split=st.one_of(st.none(), st.integers(1, 400)))
+@settings(
+    max_examples=DRIVER_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+def test_the_driver_and_the_executors_read_the_same_records(spark, corpus, split):
+    """Small local CSV input is parsed in the driver (csv_records.reads_on_driver), the rest by Spark
+    tasks: both give the same rows, in the same order, bad records included, whole files or byte ranges."""
+    root = Path(tempfile.mkdtemp(prefix="textmill-driver-read-"))
+    try:
+        source = corpus.write(root)
+        files = [(str(p), p.as_uri()) for p in sorted(source.rglob("*")) if p.is_file() and not p.is_symlink()]
+        csv = corpus.prepare_conf()["csv"]
+        spec, _ = strict_csv_spec(files, CsvConf(**csv))
+        if split is not None and not csv["multiline"]:  # the byte ranges of a large single-line file, made small
+            sizes = [(part["path"], part["uri"], os.path.getsize(part["path"])) for part in spec["parts"]]
+            orders = {part["uri"]: part["order"] for part in spec["parts"]}
+            spec["parts"] = [
+                {**part, "order": orders[part["uri"]]}
+                for part in plan_parts(sizes, None, spec["columns"], split, splittable=True)
+            ]
+        on_driver, on_executors = (
+            [tuple(r) for r in frame(spark, spec, on_driver=where).collect()] for where in (True, False)
+        )
+        assert on_driver == on_executors
+        assert frame(spark, spec, on_driver=True).schema == frame(spark, spec, on_driver=False).schema
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_prepare(spark, mlflow_uri: str, corpus: Corpus, root: Path) -> tuple[dict, list[dict], list[dict]]:

@@ -22,9 +22,11 @@ documents (jobs/reliability.md):
   wrong field count is quarantined whole, unless one of its later lines is a whole record on
   its own (a stray quote read on into it): then it is treated as rejected.
 
-``read_records`` is the pure parser (fuzzed in tests without Spark); ``CsvRecordsSource`` is
-the Spark Python data source that runs it on executors, one task per file or per byte range
-of a large single-line file. Both run on classic and Spark Connect sessions.
+``read_records`` is the pure parser (fuzzed in tests without Spark); ``frame`` runs it on
+executors with ``mapInArrow``, one task per file or per byte range of a large single-line
+file, planned on the driver (``plan_parts``). Both run on classic and Spark Connect sessions.
+(Until issue 38 this was a Python data source, whose planning starts Python processes of its
+own: about 3 s more for every job that reads a CSV file, measured in tests/benchmarks/bench_tiny_job.py.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -235,19 +236,13 @@ class HeaderError(ValueError):
     """A file's header cannot be read."""
 
 
-# ---------------------------------------------------------------------------- the Spark data source
+# ---------------------------------------------------------------------------- on Spark
 
-try:
-    from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
-except ImportError:  # pragma: no cover - pyspark is a dependency; kept importable for the parser's own tests
-    DataSource = DataSourceReader = InputPartition = object  # type: ignore[misc,assignment]
-
-SOURCE_NAME = "textmill_csv"
 SPLIT_BYTES = (
     128 * 2**20
 )  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
 BATCH_ROWS = 4096
-# The internal columns of every textmill reader (textmill.data.io names them), in this source's order.
+# The internal columns of every textmill reader (textmill.data.io names them), in this reader's order.
 INTERNAL = [
     ("_tm_source", "string"),
     ("_tm_malformed", "string"),
@@ -257,93 +252,94 @@ INTERNAL = [
 ]
 
 
-@dataclass
-class FilePart(InputPartition):  # type: ignore[misc]
-    path: str  # local path
-    uri: str  # what _tm_source says
-    start: int
-    end: int | None
-    order: list[int] | None  # header position of each output column; None = as written (no header)
+def schema_ddl(columns: list[str]) -> str:
+    """The frame's schema: every CSV column as a string, then the internal columns."""
+    return ", ".join([f"`{c.replace('`', '``')}` string" for c in columns] + [f"{n} {t}" for n, t in INTERNAL])
 
 
-class CsvRecordsSource(DataSource):  # type: ignore[misc]
-    """``spark.read.format("textmill_csv").option("spec", json).load()``; see ``spec``."""
-
-    @classmethod
-    def name(cls) -> str:
-        return SOURCE_NAME
-
-    def schema(self) -> str:
-        spec = json.loads(self.options["spec"])
-        return ", ".join(
-            [f"`{c.replace('`', '``')}` string" for c in spec["columns"]] + [f"{n} {t}" for n, t in INTERNAL]
-        )
-
-    def reader(self, schema):  # noqa: ANN001 - pyspark's signature
-        return CsvRecordsReader(json.loads(self.options["spec"]))
+# Local input up to this size (uncompressed files only) is parsed in the driver's Python: reading a
+# few MB there takes well under a second, where the first Python task of a session costs seconds to
+# start its worker (tests/benchmarks/bench_tiny_job.py). Both ways run ``read_part``.
+DRIVER_READ_BYTES = 4 * 2**20
 
 
-class CsvRecordsReader(DataSourceReader):  # type: ignore[misc]
-    def __init__(self, spec: dict) -> None:
-        self.spec = spec
+def reads_on_driver(files: list[tuple[str, int]]) -> bool:
+    """Whether ``frame`` parses these (local path, size) files in the driver: uncompressed and small."""
+    return sum(size for _, size in files) <= DRIVER_READ_BYTES and not any(path.endswith(".gz") for path, _ in files)
 
-    def partitions(self) -> Sequence[FilePart]:
-        return [FilePart(**part) for part in self.spec["parts"]]
 
-    def read(self, partition: FilePart) -> Iterator:
+def frame(spark, spec: dict, on_driver: bool = False):  # a SparkSession in, a DataFrame out
+    """The records of every part of ``spec`` (``read_spec``), in order: parsed in this process and
+    handed to Spark as one Arrow table when ``on_driver``, else one Spark task per part."""
+    if on_driver:
         import pyarrow as pa
 
-        spec = self.spec
-        dialect = CsvDialect(**spec["dialect"])
-        columns = spec["columns"]
-        width = len(partition.order) if partition.order is not None else len(columns)
-        names = [*columns, *(n for n, _ in INTERNAL)]
-        types = [pa.string()] * len(columns) + [pa.binary() if t == "binary" else pa.string() for _, t in INTERNAL]
-        batch: list[list] = [[] for _ in names]
+        batches = [batch for part in spec["parts"] for batch in read_part(spec, part)]
+        return spark.createDataFrame(pa.Table.from_batches(batches, schema=arrow_schema(spec["columns"])))
+    parts = spec["parts"]
 
-        def flush():
-            arrays = [pa.array(values, type=kind) for values, kind in zip(batch, types)]
-            for values in batch:
-                values.clear()
-            return pa.RecordBatch.from_arrays(arrays, names=names)
+    def read(batches: Iterator) -> Iterator:
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                yield from read_part(spec, parts[index])
 
-        try:
-            with open_bytes(partition.path) as stream:
-                lines = _physical_lines(stream, partition.start, partition.end)
-                skip_header = spec["header"] and partition.start == 0
-                for record in read_records(lines, dialect, width):
-                    if skip_header:
-                        skip_header = False
-                        continue
-                    where = f"line {record.line}" if partition.start == 0 else f"a line after byte {partition.start}"
-                    if record.fields is None:
-                        row = [None] * len(columns)
-                        malformed, suspect = record.raw_text, None
-                    else:
-                        order = partition.order or range(len(columns))
-                        row = [record.fields[i] for i in order]
-                        malformed, suspect = (record.raw_text if record.undecodable else None), None
-                    decode_error = f"bytes that are not valid UTF-8 ({where})" if record.undecodable else None
-                    if record.problem:
-                        suspect = f"{record.problem} ({where})"
-                    for values, value in zip(
-                        batch,
-                        [
-                            *row,
-                            partition.uri,
-                            malformed,
-                            decode_error,
-                            suspect,
-                            record.raw if record.undecodable else None,
-                        ],
-                    ):
-                        values.append(value)
-                    if len(batch[0]) >= BATCH_ROWS:
-                        yield flush()
-        except (OSError, EOFError, ValueError) as exc:  # zlib.error is not one: gzip raises BadGzipFile (OSError)
-            raise RuntimeError(f"{UNREADABLE}[{partition.uri}]: {type(exc).__name__}: {exc}") from exc
-        if batch[0]:
-            yield flush()
+    return spark.range(len(parts), numPartitions=max(1, len(parts))).mapInArrow(read, schema_ddl(spec["columns"]))
+
+
+def arrow_schema(columns: list[str]):  # a pyarrow.Schema; pyarrow is imported where it is used
+    import pyarrow as pa
+
+    return pa.schema(
+        [(c, pa.string()) for c in columns] + [(n, pa.binary() if t == "binary" else pa.string()) for n, t in INTERNAL]
+    )
+
+
+def read_part(spec: dict, part: dict) -> Iterator:
+    """Arrow record batches of one part: a whole file, or the records that start in its byte range."""
+    import pyarrow as pa
+
+    dialect = CsvDialect(**spec["dialect"])
+    columns = spec["columns"]
+    start, order, uri = part["start"], part["order"], part["uri"]
+    width = len(order) if order is not None else len(columns)
+    schema = arrow_schema(columns)
+    batch: list[list] = [[] for _ in schema]
+
+    def flush():
+        arrays = [pa.array(values, type=field.type) for values, field in zip(batch, schema)]
+        for values in batch:
+            values.clear()
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    try:
+        with open_bytes(part["path"]) as stream:
+            lines = _physical_lines(stream, start, part["end"])
+            skip_header = spec["header"] and start == 0
+            for record in read_records(lines, dialect, width):
+                if skip_header:
+                    skip_header = False
+                    continue
+                where = f"line {record.line}" if start == 0 else f"a line after byte {start}"
+                if record.fields is None:
+                    row = [None] * len(columns)
+                    malformed, suspect = record.raw_text, None
+                else:
+                    row = [record.fields[i] for i in (order or range(len(columns)))]
+                    malformed, suspect = (record.raw_text if record.undecodable else None), None
+                decode_error = f"bytes that are not valid UTF-8 ({where})" if record.undecodable else None
+                if record.problem:
+                    suspect = f"{record.problem} ({where})"
+                for values, value in zip(
+                    batch,
+                    [*row, uri, malformed, decode_error, suspect, record.raw if record.undecodable else None],
+                ):
+                    values.append(value)
+                if len(batch[0]) >= BATCH_ROWS:
+                    yield flush()
+    except (OSError, EOFError, ValueError) as exc:  # zlib.error is not one: gzip raises BadGzipFile (OSError)
+        raise RuntimeError(f"{UNREADABLE}[{uri}]: {type(exc).__name__}: {exc}") from exc
+    if batch[0]:
+        yield flush()
 
 
 def plan_parts(
@@ -379,9 +375,6 @@ def local_file(uri: str) -> str | None:
     return None
 
 
-def register(spark) -> None:  # noqa: ANN001
-    spark.dataSource.register(CsvRecordsSource)
-
-
-def spec_json(columns: list[str], parts: list[dict], dialect: CsvDialect, header: bool) -> str:
-    return json.dumps({"columns": columns, "parts": parts, "header": header, "dialect": dialect.__dict__})
+def read_spec(columns: list[str], parts: list[dict], dialect: CsvDialect, header: bool) -> dict:
+    """What ``frame`` reads: the output columns, the parts (``plan_parts``), the dialect, whether files have headers."""
+    return {"columns": columns, "parts": parts, "header": header, "dialect": dict(dialect.__dict__)}

@@ -3,7 +3,8 @@
 ``run_job`` is what ``textmill run <job>``, ``spark-submit jobs/<job>.py`` and notebooks
 all call (through ``textmill.jobs``), so the three paths run the same code; the ``pipeline``
 job runs its steps through it too. Job modules are imported lazily, by name, so that
-``textmill --help`` stays fast.
+``textmill --help`` stays fast; so is MLflow (``textmill.runtime.tracking``), which a job that
+starts its own Spark imports and opens in a thread while the JVM starts (``_start_spark``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,7 +24,6 @@ from textmill.data import storage
 from textmill.runtime.config import JobConf, validate_conf
 from textmill.runtime.errors import ConfigError, from_read_failure
 from textmill.runtime.session import get_spark
-from textmill.runtime.tracking import job_run
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,33 @@ class JobReport:
         return headline(get_job(self.job).headline, self.metrics)
 
 
+def _open_tracking_store(tracking_uri: str | None, failed: list[BaseException]) -> None:
+    try:
+        from textmill.runtime import tracking
+
+        tracking.open_store(tracking_uri)
+    except Exception as exc:  # kept, not dropped: job_run makes the same call and raises it as usual
+        failed.append(exc)
+
+
+def _start_spark(conf: JobConf, name: str) -> SparkSession:
+    """``get_spark``, with MLflow imported and its store opened in a thread meanwhile: a new sqlite store
+    is created and migrated (about 2 s), and the JVM's start leaves the CPU idle for much of its seconds.
+    The thread ends before any tracking call of the job; an error it met is logged here and raised by
+    ``job_run``, which makes the same call."""
+    failed: list[BaseException] = []
+    opener = threading.Thread(
+        target=_open_tracking_store, args=(conf.mlflow.tracking_uri, failed), name="textmill-tracking-store"
+    )
+    opener.start()
+    try:
+        return get_spark(conf.spark, app_name=f"textmill-{name}")
+    finally:
+        opener.join()
+        for exc in failed:
+            logger.debug("opening the tracking store beside Spark's start failed (job_run repeats it): %s", exc)
+
+
 def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | None = None) -> dict[str, float]:
     """Run job ``name`` inside an MLflow run and return its metrics (see ``run_job_report``)."""
     return run_job_report(name, conf, spark).metrics
@@ -154,7 +182,9 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
     if not isinstance(conf, JobConf):
         conf = validate_conf(job.conf_model, conf)
     if spark is None and conf.uses_spark:
-        spark = get_spark(conf.spark, app_name=f"textmill-{name}")
+        spark = _start_spark(conf, name)
+    from textmill.runtime.tracking import job_run
+
     outputs = conf.output_paths()
 
     def check_outputs() -> None:

@@ -92,6 +92,15 @@ def resolve_tracking_uri(conf_uri: str | None) -> str:
     return uri
 
 
+def open_store(conf_uri: str | None) -> None:
+    """Open the tracking store ``job_run`` will use, so that its first call finds it ready: MLflow keeps
+    one store per URI, and a new sqlite store is created and migrated here. Only for sqlite stores;
+    a server or Databricks is left to ``job_run``, which bounds its retries first."""
+    uri = resolve_tracking_uri(conf_uri)
+    if uri.startswith("sqlite:"):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
 def ensure_experiment(name: str, artifact_location: str | None) -> str:
     """Experiment id for ``name``; a new one keeps its artifacts where configured, else under
     ./mlartifacts with a local store, or where the tracking server says."""
