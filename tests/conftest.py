@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,54 @@ def wait_until_serving(url: str, server, log: Path, timeout: float = 120) -> Non
                 return
         except OSError:
             if time.time() > deadline or server.poll() is not None:
-                raise AssertionError(log.read_text()[-3000:])
+                raise AssertionError(log.read_text()[-3000:]) from None
             time.sleep(1)
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    url: str  # http://127.0.0.1:<port>
+    folder: Path  # server.db, server.log, server-artifacts/
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory) -> Iterator[TrackingServer]:
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied artifacts under the folder), one for
+    the test session: tests/test_mlflow_server.py and tests/test_config.py share it, each in its own experiment."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env=env,
+        stdout=(folder / "server.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/health", server, folder / "server.log")
+        yield TrackingServer(f"http://127.0.0.1:{port}", folder)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -369,42 +369,20 @@ def test_conf_readme_documents_every_key_of_every_job():
 
 
 @pytest.mark.slow
-def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path, capfd, caplog, monkeypatch):
+def test_a_password_in_the_tracking_uri_is_used_but_never_shown(
+    spark, tracking_server, tmp_path, capfd, caplog, monkeypatch
+):
     import logging
     import os
-    import subprocess
-    import sys
 
-    from conftest import free_port, wait_until_serving
+    import mlflow
 
     from textmill.jobs import run_job
 
-    port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [
-            str(mlflow_bin),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=(tmp_path / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    port = tracking_server.url.rsplit(":", 1)[1]
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     try:
-        wait_until_serving(f"http://127.0.0.1:{port}/health", server, tmp_path / "server.log")
         src = tmp_path / "docs.txt"
         src.write_text("one\ntwo\n")
         caplog.set_level(logging.DEBUG)
@@ -417,20 +395,18 @@ def test_a_password_in_the_tracking_uri_is_used_but_never_shown(spark, tmp_path,
         assert run_job("prepare", conf, spark)["rows_out"] == 2
         out, err = capfd.readouterr()
         assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "PLANTED-PW-91c2"  # MLflow authenticates with it
+        store = (tracking_server.folder / "server.db").read_bytes().decode("latin-1")
         for name, text in {
             "stdout": out,
             "stderr": err,
             "log": caplog.text,
-            "server store": (tmp_path / "server.db").read_bytes().decode("latin-1"),
-            "server log": (tmp_path / "server.log").read_text(),
+            "server store": store,
+            "server log": (tracking_server.folder / "server.log").read_text(),
+            "server artifacts": "".join(
+                p.read_text(errors="replace") for p in (tracking_server.folder / "server-artifacts").rglob("*.yaml")
+            ),
         }.items():
             assert "PLANTED-PW-91c2" not in text, name
-        assert f"http://alice:***redacted***@127.0.0.1:{port}" in (tmp_path / "server.db").read_bytes().decode(
-            "latin-1"
-        )
+        assert f"http://alice:***redacted***@127.0.0.1:{port}" in store
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        import mlflow
-
         mlflow.set_tracking_uri(None)

@@ -177,6 +177,7 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
     assert json.loads(connect.stdout)["metrics"]["prepare.rows_out"] == n_docs
 
 
+@pytest.mark.slow
 def test_a_static_setting_on_connect_fails_with_one_line_naming_it(connect_server, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("one\ntwo\n")
@@ -219,12 +220,11 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
     import signal
     from collections import Counter
 
-    import pyarrow.parquet as pq
-    from test_watch import BatchWatcher, _start, _wait_for, wave
+    from test_watch import BatchWatcher, _ids, _start, _wait_for, wave
 
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
-    ids = wave(inbox, outgoing, 0, 8, 400, "w")
+    ids = wave(inbox, outgoing, 0, 8, 60, "w")
     cmd = watch_command(
         inbox,
         out,
@@ -265,13 +265,7 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
         assert run.returncode == 0, run.stderr[-3000:]
     assert "nothing to do" in idle.stdout + idle.stderr
     assert watcher.partial == []
-    prepared = Counter(
-        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
-    )
-    entities = Counter(
-        t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
-    )
-    assert prepared == entities == Counter({i: 1 for i in ids})
+    assert _ids(out, "prepare") == _ids(out, "ner") == Counter({i: 1 for i in ids})
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
     assert [r["batch_id"] for r in records] == list(range(len(records))) and len(records) == 4 + 2 + 1

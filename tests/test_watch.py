@@ -349,18 +349,27 @@ def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240
         time.sleep(0.05)
 
 
+def _ids(out: Path, step: str) -> Counter:
+    return Counter(
+        t.as_py() for p in (out / step).rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
+    )
+
+
 @pytest.mark.slow
-def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(tmp_path, mlflow_uri):
+def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing(tmp_path, mlflow_uri):
+    """The job as a process (jobs/watch.py, its own Spark), stopped both ways a scheduler stops it:
+    killed with kill -9 mid-batch; restarted on a 2 s trigger, which replays the killed batch, takes
+    new waves as they arrive and is stopped with SIGTERM mid-batch; then run once more to the end.
+    A reader looking at the outputs all along never sees a partial batch."""
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
-    ids = wave(inbox, outgoing, 0, 8, 400, "w")
-    cmd = _command(
-        inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]", "--set", "watch.max_files_per_batch=2"
-    )
+    ids = wave(inbox, outgoing, 0, 8, 60, "w")
+    steps = ("--set", "watch.steps=[prepare, ner]", "--set", "watch.max_files_per_batch=2")
     watcher = BatchWatcher(out, ("prepare", "quarantine", "ner"))
     watcher.start()
-    proc = _start(cmd, tmp_path / "first.log")
-    # Kill once batch 0 is committed and batch 1 has written its prepare output to staging.
+
+    # 1. kill -9 once batch 0 is committed and batch 1 has written its prepare output to staging.
+    proc = _start(_command(inbox, out, mlflow_uri, *steps), tmp_path / "first.log")
     _wait_for(
         lambda: (
             (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json"))
@@ -372,54 +381,22 @@ def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(tmp_path, ml
     proc.wait(timeout=60)
     assert not (out / "_batches" / "1.json").exists()  # killed mid-batch, for real
 
-    again = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=420, env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    )
-    watcher.done.set()
-    watcher.join()
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "batch 1 " in again.stderr  # the killed batch was replayed
-    assert watcher.partial == []
-    assert len(watcher.seen) >= 3
-    prepared = Counter(
-        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
-    )
-    entities = Counter(
-        t.as_py() for p in (out / "ner").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
-    )
-    assert prepared == entities == Counter({i: 1 for i in ids})
-    records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
-    assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
-    assert not [p for p in (out / "_staging").iterdir()]
-
-
-@pytest.mark.slow
-def test_sigterm_stops_a_long_running_watch_cleanly_and_models_stay_loaded(tmp_path, mlflow_uri):
-    inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
-    inbox.mkdir()
-    ids = wave(inbox, outgoing, 0, 1, 50, "a")
-    cmd = _command(
-        inbox,
-        out,
-        mlflow_uri,
-        "--set",
-        "watch.steps=[prepare, ner]",
-        "--set",
-        "watch.trigger.every=2s",
-        "--set",
-        "mlflow.experiment=watch-sigterm",
+    # 2. Restarted on a trigger: batches 1-3 take the rest of the first wave (batch 1 replayed), then one
+    # batch per new wave; SIGTERM once batch 6 is under way.
+    every = _command(
+        inbox, out, mlflow_uri, *steps, "--set", "watch.trigger.every=2s", "--set", "mlflow.experiment=watch-sigterm"
     )
     log = tmp_path / "every.log"
-    proc = _start(cmd, log)
-    for n, tag in enumerate("bcd", start=1):
-        _wait_for(lambda: (out / "_batches" / f"{n - 1}.json").exists(), proc, log)
+    proc = _start(every, log)
+    for n, tag in enumerate("bcd", start=3):
+        _wait_for(lambda n=n: (out / "_batches" / f"{n}.json").exists(), proc, log)
         ids |= wave(inbox, outgoing, 1000 * n, 1, 50, tag)
-    _wait_for(lambda: any((out / "_staging").glob("batch=3-*")), proc, log)
+    _wait_for(lambda: any((out / "_staging").glob("batch=6-*")), proc, log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     text = log.read_text()
+    assert "batch 1 " in text  # the killed batch was replayed
     assert "stop requested" in text and "Traceback" not in text
-
     # Cleanly: the batch in progress was finished (or abandoned, then replayed below); nothing partial is visible.
     for step in ("prepare", "ner"):
         for batch in (out / step).glob("batch=*"):
@@ -432,15 +409,20 @@ def test_sigterm_stops_a_long_running_watch_cleanly_and_models_stay_loaded(tmp_p
     # The spaCy model was loaded once per Python worker, across all the micro-batches.
     assert run.data.metrics["max_model_loads_per_worker"] == 1 and run.data.metrics["python_workers"] >= 1
 
-    restart = subprocess.run(
-        _command(inbox, out, mlflow_uri, "--set", "watch.steps=[prepare, ner]"),
+    # 3. Once more, to the end: every row of every wave published exactly once, in both steps.
+    last = subprocess.run(
+        _command(inbox, out, mlflow_uri, *steps),
         capture_output=True,
         text=True,
         timeout=420,
         env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
     )
-    assert restart.returncode == 0, restart.stderr[-3000:]
-    prepared = Counter(
-        t.as_py() for p in (out / "prepare").rglob("*.parquet") for t in pq.read_table(p, columns=["doc_id"])["doc_id"]
-    )
-    assert prepared == Counter({i: 1 for i in ids})
+    watcher.done.set()
+    watcher.join()
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert watcher.partial == []
+    assert len(watcher.seen) >= 3
+    assert _ids(out, "prepare") == _ids(out, "ner") == Counter({i: 1 for i in ids})
+    records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
+    assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
+    assert not [p for p in (out / "_staging").iterdir()]

@@ -1,9 +1,12 @@
-"""Workflow definitions: the Airflow DAG run for real, the Databricks bundle validated offline.
+"""Workflow definitions: the Airflow DAG run for real on a standalone cluster, the Databricks bundle
+validated offline.
 
 Airflow gets its own virtualenv (``.venv-airflow/``, built once from
 ``jobs/workflows/airflow/requirements.txt`` and reused while that file is unchanged), so its
-pins never touch textmill's. The DAG runs with ``dag.test()`` against ``local[2]`` Spark:
-every task is a real ``spark-submit`` of ``jobs/<job>.py`` with the ``--py-files`` zip.
+pins never touch textmill's. The DAG runs with ``dag.test()`` with its ``spark_default``
+connection on a real Spark standalone master with two 1-core workers (``standalone_cluster``):
+every task is a real ``spark-submit`` of ``jobs/<job>.py`` with the ``--py-files`` zip, to a
+cluster, so this one run proves both runners (it replaced tests/test_cluster.py, see tests/README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import airflow_venv
 import pytest
+from mlflow.tracking import MlflowClient
+from standalone_cluster import StandaloneCluster
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTMILL_BIN = Path(sys.executable).parent
@@ -34,15 +39,29 @@ RUN_DAG = textwrap.dedent("""
     for task in dag.tasks:
         task.retries = 0  # a failure should fail the test now, not be retried in five minutes
     run = dag.test(logical_date=pendulum.datetime(2026, 11, 21, tz="UTC"))
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    print(json.dumps({"state": str(run.state), "tasks": states, "upstream": upstream,
+    tis = run.get_task_instances()
+    states = {ti.task_id: str(ti.state) for ti in tis}
+    seconds = {ti.task_id: round((ti.end_date - ti.start_date).total_seconds(), 1) for ti in tis if ti.end_date}
+    print(json.dumps({"state": str(run.state), "tasks": states, "upstream": upstream, "seconds": seconds,
                       "schedule": str(dag.schedule), "catchup": dag.catchup}))
 """)
+
+# The jobs that ship a model or an index to the executors, by the DAG task that runs them.
+SHIPPING_TASKS = {"watch_inbox": "watch", "classify": "classify", "embed_docs": "embed_docs", "neighbors": "neighbors"}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = StandaloneCluster(tmp_path / "cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.airflow
-def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
+def test_the_airflow_dag_runs_every_task_as_spark_submit_on_a_standalone_cluster(spark, cluster, tmp_path):
     from textmill.cli import build_pyfiles
     from textmill.data.sample import write_sample_csv
 
@@ -51,19 +70,22 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     inbox, data, home = tmp_path / "inbox", tmp_path / "data", tmp_path / "airflow"
     inbox.mkdir()
     home.mkdir()
-    # Cluster-wide Spark defaults, as an operator sets them in $SPARK_CONF_DIR/spark-defaults.conf.
+    # Cluster-wide Spark defaults, as an operator sets them in $SPARK_CONF_DIR/spark-defaults.conf:
+    # each application takes both 1-core workers.
     (tmp_path / "spark-conf").mkdir()
     (tmp_path / "spark-conf" / "spark-defaults.conf").write_text(
-        "spark.sql.shuffle.partitions 4\nspark.ui.enabled false\n"
+        "spark.sql.shuffle.partitions 4\nspark.ui.enabled false\nspark.cores.max 2\nspark.executor.cores 1\n"
+        f"spark.executor.memory 1g\nspark.driver.host 127.0.0.1\nspark.pyspark.python {sys.executable}\n"
     )
     os.rename(write_sample_csv(tmp_path / "incoming" / "news.csv", n_docs=240, seed=3), inbox / "news.csv")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "jobs" / "workflows" / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": cluster.url}),
         "AIRFLOW_VAR_TEXTMILL_INBOX": str(inbox),
         "AIRFLOW_VAR_TEXTMILL_DATA": str(data),
         # What an Airflow worker that runs textmill has: spark-submit on PATH and textmill's Python for Spark.
@@ -72,7 +94,7 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_CONF_DIR": str(tmp_path / "spark-conf"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking,
     }
     env.pop("PYTHONPATH", None)
     migrate = subprocess.run(
@@ -95,6 +117,7 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and len(lines) == 2, (proc.stdout[-3000:], proc.stderr[-5000:])
     loaded, result = lines
+    print("task seconds:", result["seconds"])
     assert loaded == {"import_errors": {}, "dags": ["textmill_news"]}
     logs = {log.parent.name: log.read_text()[-4000:] for log in home.glob("logs/**/attempt=*.log")}
     assert result["state"] == "success", (
@@ -120,6 +143,35 @@ def test_the_airflow_dag_imports_and_runs_every_task_for_real(spark, tmp_path):
     neighbors = spark.read.parquet(str(day / "neighbors"))
     assert neighbors.count() == 240 and neighbors.where("error is null").count() == 240
     assert spark.read.parquet(str(day / "clusters")).count() == 240
+
+    # Every task ran on the standalone master, and each Python worker on its executors loaded each model
+    # or index once (the executors' worker reports, logged as workers.json).
+    client = MlflowClient(tracking)
+    runs = {
+        r.data.tags["textmill.job"]: r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+    }
+    assert set(runs) == {
+        "watch",
+        "train_classifier",
+        "classify",
+        "train_embeddings",
+        "embed_docs",
+        "build_index",
+        "neighbors",
+        "cluster",
+    }
+    assert {job: run.data.tags["spark.master"] for job, run in runs.items()} == {job: cluster.url for job in runs}
+    for job in SHIPPING_TASKS.values():
+        workers = json.loads(Path(client.download_artifacts(runs[job].info.run_id, "workers.json")).read_text())[
+            "workers"
+        ]
+        assert len(workers) >= 2, (job, workers)  # both executors took part
+        assert all(stats["loads"] == 1 for stats in workers.values()), (job, workers)
+        assert runs[job].data.metrics["max_model_loads_per_worker"] == 1
+    # The spaCy workers imported textmill from the --py-files zip, not from the checkout.
+    watch_workers = json.loads(Path(client.download_artifacts(runs["watch"].info.run_id, "workers.json")).read_text())
+    assert all(".zip" in stats["textmill_from"] for stats in watch_workers["workers"].values()), watch_workers
 
 
 # ---------------------------------------------------------------------------- Databricks
