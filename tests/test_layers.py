@@ -244,6 +244,7 @@ REFERENCE_PAGES = [
     "jobs/reliability.md",
     "jobs/workflows/README.md",
     "notebooks/README.md",
+    "tests/README.md",
     "tests/benchmarks/README.md",
 ]
 
