@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from textmill.jobs import JOBS
 from textmill.pipelines.prepare import PrepareJobConf
@@ -48,6 +50,86 @@ def test_override_values_are_yaml_and_dict_keys_may_hold_dots():
     assert parse_override("spark.conf.spark.sql.shuffle.partitions=8", PrepareJobConf) == {
         "spark": {"conf": {"spark.sql.shuffle.partitions": 8}}
     }
+
+
+# What users type in paths and names: spaces, a YAML comment's '#', URL and glob characters, '=',
+# quotes and letters beyond ASCII (issue 39).
+PATH_CHARACTERS = st.sampled_from(list("ab XY09#%?*[]:=,;&!@$(){}~^`+'\"-_.é中ß"))
+
+
+@given(name=st.text(PATH_CHARACTERS, min_size=1, max_size=24))
+@settings(max_examples=400, deadline=None, derandomize=True)
+def test_a_path_or_name_given_with_set_is_taken_whole_whatever_it_holds(name):
+    """``--set io.input=data/in put #1 é`` once became ``data/in put``: YAML read ' #1 é' as a comment."""
+    path = f"data/{name}x"
+    conf = load_conf(
+        PrepareJobConf,
+        overrides=[
+            f"io.input={path}",
+            f"io.output=out/{name}y",
+            f"mlflow.run_name= {name}z ",
+            f"io.quarantine=q{name}",
+        ],
+    )
+    # only white space at the ends is trimmed, as a shell user expects
+    assert (conf.io.input, conf.io.output, conf.mlflow.run_name) == (path, f"out/{name}y", f"{name}z".strip())
+    assert conf.io.quarantine == f"q{name}".strip()
+
+
+@given(number=st.integers(1, 10**9), comment=st.text(PATH_CHARACTERS, max_size=12))
+@settings(max_examples=100, deadline=None, derandomize=True)
+def test_a_value_yaml_would_cut_at_a_comment_is_refused_in_one_line(number, comment):
+    for item in (f"prepare.max_chars={number} #{comment}", f"prepare.columns.extra=[a, b] #{comment}"):
+        with pytest.raises(ConfigError, match=r"YAML would drop the text from '#' on as a comment") as caught:
+            load_conf(PrepareJobConf, overrides=["io.input=a", "io.output=b", item])
+        assert len(caught.value.problems) == 1
+
+
+def test_set_reads_and_writes_the_folders_the_user_named_not_cut_ones(spark, mlflow_uri, tmp_path):
+    """The issue's examples: a comment-cut io.input read the wrong folder; a cut io.output replaced another output."""
+    from textmill.jobs import run_job
+
+    for folder, ids in (("in put", "12"), ("in put #1 é", "345")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "f.csv").write_text("id,text\n" + "".join(f"{i},text {i}\n" for i in ids))
+    assert (
+        run_job(
+            "prepare",
+            load_conf(
+                PrepareJobConf,
+                overrides=[
+                    f"io.input={tmp_path / 'in put'}",
+                    f"io.output={tmp_path / 'out' / 'reports'}",
+                    "prepare.columns.doc_id=id",
+                    f"mlflow.tracking_uri={mlflow_uri}",
+                    "spark.ui_enabled=false",
+                ],
+            ),
+            spark,
+        )["rows_out"]
+        == 2
+    )
+    conf = load_conf(
+        PrepareJobConf,
+        overrides=[
+            f"io.input={tmp_path / 'in put #1 é'}",
+            f"io.output={tmp_path / 'out' / 'reports #2'}",
+            "prepare.columns.doc_id=id",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "spark.ui_enabled=false",
+        ],
+    )
+    assert run_job("prepare", conf, spark)["rows_out"] == 3
+    ids = lambda name: sorted(r.doc_id for r in spark.read.parquet(str(tmp_path / "out" / name)).collect())
+    assert ids("reports #2") == ["3", "4", "5"] and ids("reports") == ["1", "2"]
+
+
+def test_text_values_keep_yaml_where_the_user_asks_for_it():
+    assert parse_override("io.quarantine=null", PrepareJobConf) == {"io": {"quarantine": None}}
+    assert parse_override("io.quarantine=", PrepareJobConf) == {"io": {"quarantine": None}}
+    assert parse_override('prepare.csv.delimiter="\\t"', PrepareJobConf) == {"prepare": {"csv": {"delimiter": "\t"}}}
+    assert parse_override("mlflow.run_name='#1 run'", PrepareJobConf) == {"mlflow": {"run_name": "#1 run"}}
+    assert parse_override("prepare.max_chars='12'", PrepareJobConf) == {"prepare": {"max_chars": "12"}}
 
 
 def test_override_without_equals_sign_is_rejected():

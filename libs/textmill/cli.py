@@ -40,7 +40,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one key, e.g. --set io.output=out/x (repeatable; values are YAML)",
+        help="override one key, e.g. --set io.output=out/x (repeatable; a path or name is taken as typed, "
+        "other values are YAML)",
     )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors (and --json)")

@@ -6,7 +6,7 @@ in ``textmill.pipelines.<job>``). ``load_conf`` deep-merges, lowest to highest:
 1. the model's own defaults,
 2. the job file (``--conf conf/<job>.yaml``),
 3. the env overlay (``--env local`` -> ``conf/env/local.yaml``),
-4. ``--set a.b=c`` overrides (values parsed as YAML scalars),
+4. ``--set a.b=c`` overrides (text keys take the value as typed, others YAML: ``parse_override``),
 
 then validates the result. Every problem (unknown key, missing required value, wrong
 type or value) is collected into one ``ConfigError`` that names the key, what was given
@@ -16,6 +16,7 @@ and what is allowed. Called by the CLI and by tests (which pass plain dicts).
 from __future__ import annotations
 
 import copy
+import re
 import reprlib
 import types
 import typing
@@ -227,12 +228,42 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+_YAML_NULLS = ("", "null", "Null", "NULL", "~")
+
+
+def _is_text_field(model: type[BaseModel], parts: Sequence[str]) -> bool:
+    """Whether ``a.b.c`` names a model field that holds text only (``str`` or ``str | None``)."""
+    current: type[BaseModel] | None = model
+    for part in parts[:-1]:
+        current = _field_model(current, part)[0] if current is not None else None
+    field = current.model_fields.get(parts[-1]) if current is not None else None
+    return field is not None and _unwrap(field.annotation) == [str]
+
+
+def _comment_in(raw: str) -> bool:
+    """Whether YAML would drop part of ``raw`` as a comment (a ``#`` outside every token)."""
+    try:
+        tokens = list(yaml.scan(raw))
+    except yaml.YAMLError:
+        return False
+    ends = [0, *(t.end_mark.index for t in tokens)]
+    starts = [t.start_mark.index for t in tokens] + [len(raw)]
+    return any("#" in raw[end:start] for end, start in zip(ends, starts))
+
+
+_QUOTED = re.compile(r"""\A\s*(?:'(?:[^']|'')*'|"(?:[^"\\]|\\.)*")\s*\Z""", re.S)
+
+
 def parse_override(item: str, model: type[BaseModel]) -> dict[str, Any]:
     """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``.
 
-    The value is parsed as a YAML scalar (``5`` -> int, ``null`` -> None, ``[a, b]`` -> list);
-    text that is not valid YAML (e.g. a lone quote) is taken literally. Keys of free-form dict
-    fields may contain dots: ``spark.conf.spark.sql.shuffle.partitions=8`` sets one key.
+    A key that holds text (a path, a URI, a name) takes the rest of the line as it was typed,
+    spaces, ``#``, ``%``, ``*``, ``[``, ``:`` and all (only the ends' white space is trimmed);
+    ``null`` or nothing unsets it, and a value in quotes is read as YAML (``"\\t"`` is a tab).
+    Any other value is parsed as YAML (``5`` -> int, ``null`` -> None, ``[a, b]`` -> list); text
+    that is not valid YAML (e.g. a lone quote) is taken literally, and a value YAML would cut at
+    a ``#`` comment is refused. Keys of free-form dict fields may contain dots:
+    ``spark.conf.spark.sql.shuffle.partitions=8`` sets one key.
     """
     if "=" not in item:
         raise ConfigError([f"--set {item!r}: expected KEY=VALUE, e.g. io.output=out/run1"])
@@ -240,10 +271,20 @@ def parse_override(item: str, model: type[BaseModel]) -> dict[str, Any]:
     parts = [p for p in dotted.strip().split(".")]
     if not dotted.strip() or any(not p for p in parts):
         raise ConfigError([f"--set {item!r}: the key must be dotted names, e.g. prepare.max_chars"])
-    try:
-        value = _load_bounded(raw, f"--set {dotted.strip()}") if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    if _is_text_field(model, parts) and raw.strip() not in _YAML_NULLS and not _QUOTED.match(raw):
+        value: Any = raw.strip()
+    elif _comment_in(raw):
+        raise ConfigError(
+            [
+                f"--set {dotted.strip()}: YAML would drop the text from '#' on as a comment; put the value in "
+                "quotes if the '#' belongs to it"
+            ]
+        )
+    else:
+        try:
+            value = _load_bounded(raw, f"--set {dotted.strip()}") if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
     path: list[str] = []
     current: type[BaseModel] | None = model
     for i, part in enumerate(parts):
