@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
 from textmill.jobs import run_job
@@ -135,3 +137,83 @@ def test_one_task_path_on_graphs_without_edges_or_nodes(spark):
     assert stats["stop_reason"] == "converged" and stats["iterations"] == 1
     labels, stats = chinese_whispers_in_one_task(spark.createDataFrame([], "id string"), no_edges, ClusterConf())
     assert labels.count() == 0 and stats["stop_reason"] == "converged"
+
+
+# Damage a generated kNN graph the way concatenated or edited inputs are damaged (issue 39): a node in
+# two rows, a row without an id, a distance that is NaN, infinite or missing.
+DAMAGE = ["duplicate_row", "null_id", "nan", "inf", "-inf", "null_distance"]
+
+
+@given(
+    n=st.integers(3, 12),
+    k=st.integers(1, 3),
+    damage=st.sampled_from(DAMAGE),
+    where=st.integers(0, 10**6),
+    seed=st.integers(0, 10**6),
+)
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+def test_a_damaged_graph_is_refused_in_one_line_on_both_paths_and_nothing_is_published(
+    spark, mlflow_uri, n, k, damage, where, seed
+):
+    import tempfile
+    from pathlib import Path
+
+    from textmill.pipelines.cluster import GraphError
+
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)
+    ids = [f"n{i}é" for i in range(n)]
+    rows = [
+        [ids[i], [(ids[j], float(rng.uniform(0, 1))) for j in rng.choice([j for j in range(n) if j != i], k, False)]]
+        for i in range(n)
+    ]
+    row = rows[where % n]
+    if damage == "duplicate_row":
+        rows.append([row[0], row[1][:1]])
+    elif damage == "null_id":
+        rows.append([None, row[1]])
+    else:
+        value = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "null_distance": None}[damage]
+        row[1][where % k] = (row[1][where % k][0], value)
+    expected = {
+        "duplicate_row": rf"1 node id\(s\) stand in more than one row of the kNN graph, e.g. '{row[0]}' in 2 rows",
+        "null_id": r"1 row\(s\) of the kNN graph have no id",
+    }.get(damage, r"1 neighbour distance\(s\) of the kNN graph are NaN, infinite or missing, e.g. ")
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "knn"
+        spark.createDataFrame(rows, "id string, neighbors array<struct<id:string,distance:float>>").write.parquet(
+            str(graph)
+        )
+        for limit in (10**9, 0):  # the one-task path and the distributed loop
+            conf = {
+                "spark": {"ui_enabled": False},
+                "mlflow": {"tracking_uri": mlflow_uri, "experiment": "whispers-damaged"},
+                "io": {"input": str(graph), "output": str(Path(tmp) / f"out{limit}")},
+                "cluster": {"local_max_edges": limit},
+            }
+            with pytest.raises(GraphError, match=expected) as caught:
+                run_job("cluster", conf, spark)
+            assert "\n" not in str(caught.value)
+            assert not (Path(tmp) / f"out{limit}").exists()
+
+
+def test_a_graph_whose_rows_were_concatenated_twice_is_refused_not_merged(spark, mlflow_uri, tmp_path):
+    """The issue's example: 367 rows in, 366 out, with exit 0; one row per node is now required."""
+    from textmill.pipelines.cluster import GraphError
+
+    rows = [("a", [("b", 0.1)]), ("b", [("a", 0.1)]), ("a", [("b", 0.2)])]
+    spark.createDataFrame(rows, "id string, neighbors array<struct<id:string,distance:float>>").write.parquet(
+        str(tmp_path / "knn")
+    )
+    conf = {
+        "spark": {"ui_enabled": False},
+        "mlflow": {"tracking_uri": mlflow_uri},
+        "io": {"input": str(tmp_path / "knn"), "output": str(tmp_path / "out")},
+    }
+    with pytest.raises(GraphError, match=r"1 node id\(s\) stand in more than one row .* e.g. 'a' in 2 rows"):
+        run_job("cluster", conf, spark)

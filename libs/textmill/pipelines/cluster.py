@@ -55,7 +55,8 @@ SCHEMA_VERSION = "cluster/v1"
 
 
 class GraphError(TextmillError):
-    """The kNN graph cannot be clustered as given (neighbours that are not nodes)."""
+    """The kNN graph cannot be clustered as given: neighbours that are not nodes, a node in more than
+    one row (or with no id), or a distance that is not a finite number."""
 
 
 # 4M directed edges: ~240k documents at k=10, ~500 MB in the one task's worker; a Spark job per
@@ -303,6 +304,39 @@ def _histogram(buckets: list[tuple[int, int]], path: Path) -> None:
     plt.close(fig)
 
 
+def check_graph(neighbors: DataFrame) -> None:
+    """Refuse, in one line, a graph that would cluster wrong without a sign: a node in two rows (its rows
+    were merged into one node), a row without an id, or a neighbour whose distance is NaN, infinite or
+    missing (the two clustering paths order NaN weights differently, so they gave other clusters).
+    The neighbors job never writes any of them; each is a damaged or concatenated input."""
+    counts = neighbors.agg(
+        F.count(F.lit(1)).alias("rows"), F.count("id").alias("ids"), F.count_distinct("id").alias("distinct")
+    ).first()
+    if counts["ids"] < counts["rows"]:
+        raise GraphError(f"{counts['rows'] - counts['ids']} row(s) of the kNN graph have no id; every node needs one")
+    if counts["distinct"] < counts["ids"]:
+        repeated = neighbors.groupBy("id").count().where("count > 1")
+        example = repeated.orderBy("id").first()
+        raise GraphError(
+            f"{repeated.count()} node id(s) stand in more than one row of the kNN graph, e.g. {example['id']!r} in "
+            f"{example['count']} rows: cluster needs one row per node (the output of one neighbors run)"
+        )
+    distance = F.col("n.distance")
+    bad = (
+        neighbors.select("id", F.explode("neighbors").alias("n"))
+        .where(F.col("n").isNotNull() & (distance.isNull() | F.isnan(distance) | (F.abs(distance) == float("inf"))))
+        .select("id", F.col("n.id").alias("neighbour"), distance.alias("distance"))
+    )
+    n_bad = bad.count()
+    if n_bad:
+        first = bad.orderBy("id", "neighbour").first()
+        raise GraphError(
+            f"{n_bad} neighbour distance(s) of the kNN graph are NaN, infinite or missing, e.g. "
+            f"{first['id']!r} -> {first['neighbour']!r}: {first['distance']}; rebuild the index and neighbours "
+            "from finite vectors"
+        )
+
+
 def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
     c = conf.cluster
     io.require_input(spark, conf.io.input)
@@ -311,7 +345,8 @@ def run(spark: SparkSession, conf: ClusterJobConf) -> dict[str, float]:
         raise ColumnNotFoundError(
             f"cluster needs neighbors output (id, neighbors); available: {', '.join(neighbors.columns)}"
         )
-    nodes = neighbors.select("id").distinct()
+    check_graph(neighbors)
+    nodes = neighbors.select("id")
     rows_in = nodes.count()
     strangers = neighbors.select(F.explode("neighbors.id").alias("id")).distinct().join(nodes, "id", "left_anti")
     n_strangers = strangers.count()
