@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tokenize
+import warnings
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,15 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
     assert [r["batch_id"] for r in records] == list(range(len(records))) and len(records) == 4 + 2 + 1
 
 
+def _crash_report(proc: subprocess.CompletedProcess) -> str:
+    """What a failed child pytest says, with a crash's own dump first: faulthandler's thread stacks come
+    before its long list of extension modules, which alone would fill the message."""
+    dump = proc.stderr.split("\nExtension modules:")[0]
+    start = dump.find("Fatal Python error")
+    crash = dump[start : start + 6000] if start >= 0 else proc.stderr[-2000:]
+    return f"exit {proc.returncode}\n--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr\n{crash}"
+
+
 @pytest.mark.slow
 def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_path):
     """tests/test_notebooks.py again, in its own process, with the shared session a Connect client:
@@ -281,28 +291,38 @@ def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_pat
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", REMOTE_VARIABLE: connect_server}
     for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "MLFLOW_TRACKING_URI"):
         env.pop(variable, None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--basetemp",
-            str(tmp_path / "t"),
-            "-o",
-            "addopts=",
-            "-rA",
-            str(REPO / "tests" / "test_notebooks.py"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=1500,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+    def child(attempt: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--basetemp",
+                str(tmp_path / attempt),
+                "-o",
+                "addopts=",
+                "-rA",
+                str(REPO / "tests" / "test_notebooks.py"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=1500,
+        )
+
+    proc = child("t")
+    if proc.returncode < 0:
+        # The child died of SIGABRT in one CI run (2026-12-07; its stacks were not kept then) and in no local run.
+        # A crash is not a failed assertion: it is shown, with the child's stacks, and the run made
+        # once more; a second crash fails the test.
+        warnings.warn(f"the notebooks' child pytest crashed; running it again:\n{_crash_report(proc)}", stacklevel=1)
+        proc = child("again")
+    assert proc.returncode == 0, _crash_report(proc)
     passed = re.findall(r"^PASSED \S+::(\w+)", proc.stdout, re.MULTILINE)
     # every notebook's own test ran (and passed) on Connect, not only the listing check
     assert len(passed) == len(NOTEBOOKS) + 1 and len(set(passed)) == len(passed), proc.stdout[-3000:]
