@@ -444,3 +444,35 @@ def test_embed_docs_reports_invalid_utf8_text_as_a_row_error(sgns, spark, job_co
     rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "v")).collect()}
     assert rows["d1"].error is None and rows["d1"].vector is not None
     assert (rows["d2"].vector, rows["d2"].error) == (None, "text is not valid UTF-8")
+
+
+def test_sgns_on_more_partitions_than_cores_leaves_the_driver_heap_as_it_found_it(spark, tmp_path, job_conf):
+    """The regression of the 8-partition IMDB run (OutOfMemoryError after the fifth round): every
+    round left its K partials on the driver's heap. Here 8 partitions on the session's 2 cores and
+    a 12,000-word vocabulary at dim 64 (3 MB per weight matrix, 6 MB per partial, 48 MB a round)."""
+    from test_partials import live_heap_mb, persisted_rdds
+
+    rng = random.Random(11)
+    words = [f"w{i:05d}" for i in range(12_000)]
+    docs = [(f"d{i}", " ".join(rng.choice(words) for _ in range(60))) for i in range(2_400)]
+    src = tmp_path / "wide"
+    spark.createDataFrame(docs, "doc_id string, text string").write.parquet(str(src))
+    before_rdds, before_heap = persisted_rdds(spark), live_heap_mb(spark)
+    metrics = train(
+        spark,
+        job_conf,
+        src,
+        tmp_path / "out",
+        dim=64,
+        min_count=1,
+        partitions=8,
+        epochs=2,
+        rounds_per_epoch=2,
+        init="random",
+        subword={"enabled": False},
+    )
+    assert metrics["vocab_size"] == 12_000
+    round_of_partials_mb = 8 * 2 * 12_000 * 64 * 4 / 2**20
+    assert not persisted_rdds(spark) - before_rdds
+    # four rounds left 2-3x a round's partials each before; now less than two rounds' worth moves
+    assert live_heap_mb(spark) - before_heap < 2 * round_of_partials_mb, before_heap

@@ -123,3 +123,53 @@ def test_cluster_names_neighbours_that_are_not_nodes(spark, capsys, mlflow_uri, 
         "cluster", capsys, mlflow_uri, tmp_path, f"io.input={tmp_path / 'g'}", f"io.output={tmp_path / 'c'}"
     )
     assert code == 2 and "1 neighbour id(s) are not nodes of the graph (no row with that id), e.g. 'zz'" in line, line
+
+
+@pytest.mark.slow
+def test_a_job_that_runs_out_of_java_heap_says_so_in_one_line(tmp_path):
+    """The driver JVM of a local run dies of OutOfMemoryError (Spark exits 52) while Python holds a
+    job cancelled by the shutdown, or a py4j error with no text left: one line with the job, where,
+    and the settings to change; exit 2; the MLflow run FAILED, not RUNNING. A 512 MB heap and one
+    sgns partial of 100,000 words x 300 dimensions (240 MB) in each of 4 tasks."""
+    import subprocess
+    import sys
+
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own: the one run in it is this job's
+    words = [f"w{i:06d}" for i in range(100_000)]
+    src = tmp_path / "in"
+    src.mkdir()
+    texts = [" ".join(words[(i * 50 + j) % len(words)] for j in range(50)) for i in range(2_000)]
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}), src / "p.parquet")
+    sets = {
+        "io.input": src,
+        "io.output": tmp_path / "out",
+        "mlflow.tracking_uri": mlflow_uri,
+        "spark.driver_memory": "512m",
+        "spark.ui_enabled": "false",
+        "embeddings.dim": 300,
+        "embeddings.min_count": 1,
+        "embeddings.partitions": 4,
+        "embeddings.epochs": 1,
+        "embeddings.init": "random",
+        "embeddings.subword.enabled": "false",
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "textmill.cli", "run", "train_embeddings", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("textmill: error: train_embeddings ran out of Java heap"), proc.stderr[-3000:]
+    assert "spark.driver_memory" in last and "embeddings.max_vocab" in last and "exited with code 52" in last
+    assert not (tmp_path / "out").exists()
+    mlflow.set_tracking_uri(mlflow_uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"] and list(runs["tags.textmill.job"]) == ["train_embeddings"]

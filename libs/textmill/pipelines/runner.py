@@ -22,8 +22,9 @@ from pyspark.sql import SparkSession
 
 from textmill.data import storage
 from textmill.runtime.config import JobConf, validate_conf
-from textmill.runtime.errors import ConfigError, from_read_failure
+from textmill.runtime.errors import ConfigError, from_out_of_memory, from_read_failure
 from textmill.runtime.session import get_spark
+from textmill.runtime.session_kinds import driver_jvm_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class Job:
     # What its step line and the pipeline's table say after the row counts: str.format templates over
     # the job's metrics, each shown when all its metrics are there.
     headline: tuple[str, ...] = ()
+    # The settings that shrink what the job holds in memory, named when it runs out of memory.
+    memory: str = ""
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -72,6 +75,7 @@ JOBS: dict[str, Job] = {
             "textmill.pipelines.train_embeddings",
             "tokens -> word vectors (sgns or ppmi_svd) + subwords",
             ("vocabulary {vocab_size:,.0f}", "{words_per_second:,.0f} words/s"),
+            memory="embeddings.max_vocab or embeddings.dim (the driver holds vocabulary x dim weights, twice)",
         ),
         Job("embed_docs", "textmill.pipelines.embed_docs", "tokens or text + word vectors -> document vectors", _UDF),
         Job(
@@ -211,7 +215,13 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
             try:
                 result = job.load().run(spark, conf)
             except Exception as exc:
-                user_error = from_read_failure(exc)
+                user_error = from_read_failure(exc) or from_out_of_memory(
+                    exc,
+                    name,
+                    conf.spark.remote is None and (conf.spark.master or "local").startswith("local"),
+                    job.memory,
+                    driver_jvm_exit_code(spark) if spark is not None else None,
+                )
                 if user_error is None:
                     raise
                 raise user_error from exc

@@ -116,5 +116,65 @@ def from_read_failure(exc: BaseException) -> TextmillError | None:
     )
 
 
+class OutOfMemoryError(TextmillError):
+    """A job ran out of memory: a JVM's heap (the driver's, or an executor's in a stage) or the driver's Python."""
+
+
+_JAVA_OOM = re.compile(r"java\.lang\.OutOfMemoryError(?:: ([^\n]*))?")
+_STAGE = re.compile(r"in stage (\d+)(?:\.\d+)?")
+
+
+JVM_OUT_OF_MEMORY_EXIT = 52  # SparkExitCode.OOM
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _chain_text(exc: BaseException) -> str:
+    """The messages of ``exc`` and the exceptions it was raised from or while handling (a py4j error
+    whose JVM has died cannot even be turned into a string)."""
+    texts = []
+    for e in _chain(exc):
+        try:
+            texts.append(str(e))
+        except Exception:  # a dead JVM's exception has no text; the others' still count
+            continue
+    return "\n".join(texts)
+
+
+def from_out_of_memory(
+    exc: BaseException, job: str, local: bool, what_to_lower: str = "", jvm_exit: int | None = None
+) -> TextmillError | None:
+    """The one-line user error for a job that ran out of memory, or None for any other failure:
+    which job, where (the stage, when Spark names one), and the settings to change. ``local``: the
+    tasks run inside the driver JVM (``local[N]``), so its heap is the one to grow. ``jvm_exit``:
+    the driver JVM's exit status, if it has exited (Spark's 52: out of memory)."""
+    lower = f", or lower {what_to_lower}" if what_to_lower else ""
+    if isinstance(exc, MemoryError):
+        return OutOfMemoryError(
+            f"{job} ran out of memory in the driver's Python process (MemoryError); run it on a machine "
+            f"with more memory{lower}"
+        )
+    text = _chain_text(exc)
+    found = _JAVA_OOM.search(text)
+    if found is None and jvm_exit != JVM_OUT_OF_MEMORY_EXIT:
+        return None
+    stage = _STAGE.search(text)
+    where = f"in stage {stage.group(1)}" if stage else "in the driver JVM"
+    if jvm_exit == JVM_OUT_OF_MEMORY_EXIT:
+        where += f", which exited with code {jvm_exit}"
+    why = " ".join(((found and found.group(1)) or "").split())[:120] or "Java heap space"
+    if local or not stage:
+        grow = "raise spark.driver_memory (local mode runs every task in the driver JVM; default a quarter of RAM)"
+    else:
+        grow = "raise the executors' memory (spark.conf: {spark.executor.memory: ...}) or use more partitions"
+    return OutOfMemoryError(f"{job} ran out of Java heap {where} (OutOfMemoryError: {why}); {grow}{lower}")
+
+
 class NotASpacyModelError(TextmillError):
     """A model that was expected to be a spaCy pipeline is something else."""

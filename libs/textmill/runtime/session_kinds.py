@@ -12,14 +12,18 @@ test (``tests/test_session_kinds.py``) fails when those names appear anywhere el
 - ``default_parallelism``: ``sparkContext.defaultParallelism``, or under Connect the number
   of partitions Spark gives a ``range`` (the same value: leaf nodes default to it).
 - ``shipped_file``: on a worker, where a file or archive added with ``addArtifacts`` is.
+- ``release_checkpoint``: free a ``localCheckpoint``'s blocks now (each kind frees them its own way).
+- ``rows_by_partition``: a DataFrame's rows to the driver one partition at a time.
+- ``driver_jvm_exit_code``: how the driver JVM this process started ended, if it has.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from textmill.runtime.filesystems import ArrowFiles, Entry, Files, LocalFiles, hidden, is_local
 
@@ -189,3 +193,76 @@ def observation_finished(observation: Any) -> bool:
     if getattr(observation, "_jo", None) is not None:
         return bool(observation._jo.future().isCompleted())
     return getattr(observation, "_result", None) is not None or getattr(observation, "_error", None) is not None
+
+
+def release_checkpoint(df: DataFrame) -> None:
+    """Free the blocks of ``df``, a ``localCheckpoint``, now; ``df`` must not be read again.
+
+    A classic session frees a checkpoint only once the JVM's garbage collector has collected its
+    RDD and Spark's ContextCleaner has noticed: by default every 30 minutes. A loop that checkpoints
+    each round (sgns's partial sums, cluster's labels) then keeps every round's blocks in the
+    driver JVM until it runs out of heap. A Connect server frees a checkpoint when the client's
+    reference to it is deleted: sent here at once, rather than whenever Python collects ``df``."""
+    if not is_connect(df.sparkSession):
+        df._jdf.logicalPlan().rdd().unpersist(False)
+        return
+    relation = df._plan
+    if getattr(relation, "_relation_id", None) is not None:
+        relation.__del__()  # the client's own release request
+        relation._relation_id = None  # so that Python's collection of df sends no second one
+
+
+def rows_by_partition(df: DataFrame) -> Iterator[Any]:
+    """The rows of ``df`` on the driver, one partition after another, each partition its own Spark job:
+    the driver holds one partition's rows at a time. Read a checkpoint with it, or every partition
+    is computed again.
+
+    A classic session's ``toLocalIterator`` does this too, but its serving thread leaves every
+    partition it sent on the driver's heap until the JVM's garbage collector reaches the thread's
+    objects: measured, 128 MB more live heap after each pass over 8 partitions of 16 MB, which
+    no ``System.gc()`` freed. A job per partition (what ``SparkContext.runJob`` does for a list of
+    partitions) frees each once it is read. A Connect client's ``toLocalIterator`` streams the
+    server's Arrow batches in order and leaves nothing behind it."""
+    if is_connect(df.sparkSession):
+        yield from df.toLocalIterator()
+        return
+    from pyspark.serializers import BatchedSerializer, CPickleSerializer
+    from pyspark.util import _load_from_socket
+
+    sc = df.sparkSession.sparkContext
+    pickled = df._jdf.javaToPython()  # what DataFrame.rdd and collect read: pickled batches of rows
+    for partition in range(pickled.getNumPartitions()):
+        served = sc._jvm.PythonRDD.runJob(sc._jsc.sc(), pickled, [partition])
+        with _load_from_socket(served, BatchedSerializer(CPickleSerializer())) as stream:
+            yield from stream
+
+
+def driver_jvm_exit_code(spark: SparkSession, wait_seconds: float = 15.0) -> int | None:
+    """The exit status of the driver JVM that this Python process started (a classic session in
+    local mode, or a client-mode driver) if it has exited or is on its way out; None while it runs
+    (its SparkContext answers that it is not stopped), and on Connect or under spark-submit, where
+    Python did not start it. Spark exits 52 when a JVM ran out of memory; by then the failure
+    Python sees is often a lost py4j connection, a job cancelled by the shutdown, or an error
+    whose text the dead JVM can no longer give.
+
+    A JVM that has exited is also forgotten as the active session: MLflow's ``end_run`` asks the
+    active session for a registry URI, and a dead one answers with a second traceback."""
+    if is_connect(spark):
+        return None
+    process = getattr(spark.sparkContext._gateway, "proc", None)
+    if process is None:
+        return None
+    deadline = time.monotonic() + wait_seconds
+    code = process.poll()
+    while code is None and time.monotonic() < deadline:
+        try:
+            if not spark.sparkContext._jsc.sc().isStopped():
+                return None
+        except Exception:  # the JVM no longer answers: it is exiting, its status follows
+            pass
+        time.sleep(0.2)
+        code = process.poll()
+    if code is not None:
+        SparkSession._instantiatedSession = None
+        SparkSession._activeSession = None
+    return code
