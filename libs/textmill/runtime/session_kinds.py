@@ -204,7 +204,10 @@ def release_checkpoint(df: DataFrame) -> None:
     driver JVM until it runs out of heap. A Connect server frees a checkpoint when the client's
     reference to it is deleted: sent here at once, rather than whenever Python collects ``df``."""
     if not is_connect(df.sparkSession):
-        df._jdf.logicalPlan().rdd().unpersist(False)
+        # What RDD.unpersist does, less its warning that a local checkpoint cannot be recomputed
+        # once freed (a WARN line per call on the console; freed is what it is meant to be here).
+        sc = df.sparkSession.sparkContext
+        sc._jsc.sc().unpersistRDD(df._jdf.logicalPlan().rdd().id(), False)
         return
     relation = df._plan
     if getattr(relation, "_relation_id", None) is not None:
