@@ -39,7 +39,11 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 BOM = codecs.BOM_UTF8
-MAX_RECORD_BYTES = 64 * 2**20  # a record longer than this is taken for an unclosed quote
+MAX_RECORD_BYTES = 64 * 2**20  # a longer record is quarantined whole as text_too_long, its leading fields kept
+# Python's csv module refuses a field over 131,072 characters unless told otherwise: a third, hidden
+# limit that quarantined every longer CSV document. A field may be as long as a record may be.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
+TOO_LONG = "a record longer than the limit"  # how a too-long record's problem starts (prepare: text_too_long)
 # A lone \r is text, but Python's csv module ends a line at any \r: it is swapped for a lone
 # high surrogate, which no valid UTF-8 decodes to (and surrogateescape only makes U+DC80..DCFF).
 _CR_STANDIN = "\ud800"
@@ -52,6 +56,11 @@ class CsvDialect:
     quote: str = '"'
     escape: str = '"'
     multiline: bool = False
+    encoding: str = "utf-8"  # any codec Python knows; files in another are decoded, then read as UTF-8
+
+    @property
+    def utf8(self) -> bool:
+        return codecs.lookup(self.encoding).name == "utf-8"
 
     def reader_kwargs(self) -> dict:
         doubled = self.escape == self.quote
@@ -82,6 +91,33 @@ class Record:
 def open_bytes(path: str) -> BinaryIO:
     """A binary stream of a file's bytes, gunzipped when the name ends in ``.gz``."""
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+class _AsUtf8:
+    """A file in another encoding, read line by line as UTF-8 bytes: lines end at ``\n`` only (as
+    in a UTF-8 file), the encoding's byte-order mark is dropped by its codec, and bytes the
+    encoding cannot decode come out as invalid UTF-8, so their record is quarantined as such."""
+
+    def __init__(self, stream: BinaryIO, encoding: str) -> None:
+        import io
+
+        self._text = io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="\n")
+
+    def readline(self) -> bytes:
+        return self._text.readline().encode("utf-8", "surrogateescape")
+
+    def __enter__(self) -> _AsUtf8:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._text.close()
+
+
+def open_lines(path: str, dialect: CsvDialect):
+    """What ``_physical_lines`` reads for ``path``: its bytes, or for another encoding than UTF-8
+    its text as UTF-8 (such a file is read whole, never in byte ranges)."""
+    stream = open_bytes(path)
+    return stream if dialect.utf8 else _AsUtf8(stream, dialect.encoding)
 
 
 def _physical_lines(stream: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -124,12 +160,22 @@ def _restore_cr(value: str) -> str:
     return value.replace(_CR_STANDIN, "\r")
 
 
-def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width: int | None = None) -> Iterator[Record]:
+def read_records(
+    lines: Iterator[tuple[int, bytes]],
+    dialect: CsvDialect,
+    width: int | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+) -> Iterator[Record]:
     """Every record of a file's physical lines, good or not, in file order.
 
     ``width`` is the expected field count (None: any). A rejected record is reported as its
     first line, and parsing resumes at the line after it. Without ``multiline`` the parser is
     never given a record's second line, so an unclosed quote costs one line of memory.
+
+    A record over ``max_record_bytes`` is one record whose problem starts with ``TOO_LONG``: its
+    fields are those before its longest field (the id, typically), the others None; with
+    ``multiline``, the lines after the limit are skipped, unparsed, to where the open quoted field
+    closes (an unclosed quote: to the end of the file), and parsing resumes after them.
     """
     source = iter(lines)
     pending: list[tuple[int, bytes, str, bool]] = []  # lines handed back to be parsed again
@@ -139,7 +185,7 @@ def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width:
     def feed() -> Iterator[str]:
         # One line per record without multiline; with it, at most MAX_RECORD_BYTES (an unclosed
         # quote would otherwise hold the rest of the file in memory).
-        while not (consumed and not dialect.multiline) and size[0] <= MAX_RECORD_BYTES:
+        while not (consumed and not dialect.multiline) and size[0] <= max_record_bytes:
             if pending:
                 item = pending.pop(0)
             else:
@@ -162,9 +208,33 @@ def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width:
         if not consumed:
             return
         first, record_lines = consumed[0], list(consumed)
+        total = size[0]
         consumed.clear()
         size[0] = 0
         if fields == []:  # an empty line
+            continue
+        if total > max_record_bytes:
+            last_line = record_lines[-1][0]
+            if fields is None and dialect.multiline:  # the limit came inside an open quoted field: skip to its end
+                inside = _inside_quotes("".join(item[2] for item in record_lines), dialect, False)
+                while inside:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        break
+                    last_line, total = nxt[0], total + len(nxt[1])
+                    inside = _inside_quotes(_decode(nxt[1])[0], dialect, inside)
+                reader = csv.reader(feed(), **kwargs)
+            leading = _leading_fields(first[2], dialect, fields)
+            padded = [_restore_cr(v) if v else None for v in leading] + [None] * (
+                (width or len(leading)) - len(leading)
+            )
+            yield Record(
+                padded,
+                first[0],
+                first[1][:65_536],
+                f"{TOO_LONG} of {max_record_bytes:,} bytes: {total:,} bytes over lines {first[0]}-{last_line}",
+                undecodable=not first[3],
+            )
             continue
         raw = b"".join(item[1] for item in record_lines)
         valid = all(item[3] for item in record_lines)
@@ -188,6 +258,34 @@ def read_records(lines: Iterator[tuple[int, bytes]], dialect: CsvDialect, width:
         yield Record(values, first[0], raw, None, undecodable=not valid)
 
 
+def _inside_quotes(text: str, dialect: CsvDialect, inside: bool) -> bool:
+    """Whether a quoted field is still open after ``text``, given whether one was open before it."""
+    if dialect.escape == dialect.quote:  # a doubled quote toggles twice: parity is enough
+        return inside ^ (text.count(dialect.quote) % 2 == 1)
+    skip = False
+    for char in text:
+        if skip:
+            skip = False
+        elif inside and char == dialect.escape:
+            skip = True
+        elif char == dialect.quote:
+            inside = not inside
+    return inside
+
+
+def _leading_fields(first_line: str, dialect: CsvDialect, fields: list[str] | None) -> list[str]:
+    """The fields of a too-long record that come before its longest one: from the whole record's
+    fields when it was parsed, else from its first line, whose last field is the one left open."""
+    if fields is not None:
+        longest = max(range(len(fields)), key=lambda i: len(fields[i] or ""))
+        return list(fields[:longest])
+    try:
+        opened = next(csv.reader([first_line.rstrip("\n") + dialect.quote], **dialect.reader_kwargs()), [])
+    except csv.Error:
+        return []
+    return list(opened[:-1])
+
+
 def _absorbed(lines: list[tuple[int, bytes, str, bool]], width: int, kwargs: dict) -> bool:
     """Whether a line after a record's first parses on its own as a whole record of ``width``
     fields, with its quotes in pairs: the sign that a stray quote read on into the records after it."""
@@ -204,9 +302,6 @@ def _absorbed(lines: list[tuple[int, bytes, str, bool]], width: int, kwargs: dic
 
 
 def _explain(message: str, dialect: CsvDialect, size: int) -> str:
-    if "unexpected end of data" in message and size > MAX_RECORD_BYTES:
-        mb = MAX_RECORD_BYTES // 2**20
-        return f"a quoted field ({dialect.quote}) runs on over more than {mb} MB (an unclosed quote?)"
     if "unexpected end of data" in message:
         if not dialect.multiline:
             return (
@@ -221,12 +316,12 @@ def _explain(message: str, dialect: CsvDialect, size: int) -> str:
 
 def header_of(path: str, dialect: CsvDialect) -> list[str | None] | None:
     """The column names on the first record of ``path`` (None for a file with no record)."""
-    with open_bytes(path) as stream:
+    with open_lines(path, dialect) as stream:
         for record in read_records(_physical_lines(stream), dialect):
             if record.fields is None or record.undecodable:
                 raise HeaderError(
                     f"{path}: the header (line {record.line}) is not a readable CSV record: "
-                    f"{record.problem or 'bytes that are not valid UTF-8'}"
+                    f"{record.problem or f'bytes that are not valid {dialect.encoding}'}"
                 )
             return list(record.fields)
     return None
@@ -312,7 +407,7 @@ def read_part(spec: dict, part: dict) -> Iterator:
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     try:
-        with open_bytes(part["path"]) as stream:
+        with open_lines(part["path"], dialect) as stream:
             lines = _physical_lines(stream, start, part["end"])
             skip_header = spec["header"] and start == 0
             for record in read_records(lines, dialect, width):
@@ -326,7 +421,7 @@ def read_part(spec: dict, part: dict) -> Iterator:
                 else:
                     row = [record.fields[i] for i in (order or range(len(columns)))]
                     malformed, suspect = (record.raw_text if record.undecodable else None), None
-                decode_error = f"bytes that are not valid UTF-8 ({where})" if record.undecodable else None
+                decode_error = f"bytes that are not valid {dialect.encoding} ({where})" if record.undecodable else None
                 if record.problem:
                     suspect = f"{record.problem} ({where})"
                 for values, value in zip(

@@ -19,6 +19,7 @@ same path replaces the old output whole. Used by the pipelines on the driver.
 from __future__ import annotations
 
 import atexit
+import codecs
 import fnmatch
 import itertools
 import logging
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -74,13 +75,18 @@ class CsvConf(StrictModel):
     quote: str = Field('"', min_length=1, max_length=1)
     escape: str = Field('"', min_length=1, max_length=1, description='"" inside a quoted field is a quote (RFC 4180)')
     multiline: bool = Field(False, description="quoted fields may span lines (slower: files are not split)")
-    encoding: str = "UTF-8"
+    encoding: str = Field("UTF-8", description="any encoding Python knows (UTF-16 with its BOM, latin-1, cp1252...)")
     parser: Literal["strict", "spark"] = Field(
         "strict",
         description=(
-            "strict: textmill's reader (local UTF-8 files; others fall back to spark) | spark: Spark's lenient parser"
+            "strict: textmill's reader (local files; others fall back to spark) | spark: Spark's lenient parser"
         ),
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        return _known_codec(value)
 
 
 class TextFilesConf(StrictModel):
@@ -91,6 +97,21 @@ class TextFilesConf(StrictModel):
         description="tried in order; a file no encoding decodes is quarantined",
     )
     first_line_is_title: bool = Field(False, description="the first line becomes column 'title', the rest 'text'")
+
+    @field_validator("encodings")
+    @classmethod
+    def _known_encodings(cls, value: list[str]) -> list[str]:
+        return [_known_codec(v) for v in value]
+
+
+def _known_codec(name: str) -> str:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(
+            f"unknown encoding {name!r} (Python's codec names: utf-8, utf-16, latin-1, cp1252, ...)"
+        ) from None
+    return name
 
 
 # ---------------------------------------------------------------------------- paths
@@ -373,18 +394,14 @@ def read_csv(spark: SparkSession, path: str | list[str], conf: CsvConf) -> DataF
 
 
 def reads_strict_csv(path: str | list[str], conf: CsvConf) -> bool:
-    """Whether ``read_csv`` reads these exact files with textmill's strict reader: UTF-8 files
-    the executors' Python can open (``prepare`` and ``watch`` list the files first)."""
-    return (
-        conf.parser == "strict"
-        and not isinstance(path, str)
-        and conf.encoding.replace("-", "").lower() == "utf8"
-        and all(csv_records.local_file(u) for u in path)
-    )
+    """Whether ``read_csv`` reads these exact files with textmill's strict reader: files the
+    executors' Python can open, in any encoding Python knows (``prepare`` and ``watch`` list the
+    files first)."""
+    return conf.parser == "strict" and not isinstance(path, str) and all(csv_records.local_file(u) for u in path)
 
 
 def csv_dialect(conf: CsvConf) -> csv_records.CsvDialect:
-    return csv_records.CsvDialect(conf.delimiter, conf.quote, conf.escape, conf.multiline)
+    return csv_records.CsvDialect(conf.delimiter, conf.quote, conf.escape, conf.multiline, conf.encoding)
 
 
 def csv_headers(files: list[tuple[str, str]], conf: CsvConf) -> dict[str, list[str]]:
@@ -426,8 +443,10 @@ def strict_csv_spec(files: list[tuple[str, str]], conf: CsvConf) -> tuple[dict, 
     else:
         columns = list(conf.columns or [])
     sizes = [(local, uri, os.path.getsize(local)) for local, uri in files]
-    parts = csv_records.plan_parts(sizes, headers, columns, csv_records.SPLIT_BYTES, splittable=not conf.multiline)
-    spec = csv_records.read_spec(columns, parts, csv_dialect(conf), conf.header)
+    dialect = csv_dialect(conf)
+    splittable = not conf.multiline and dialect.utf8  # byte ranges split UTF-8 lines only
+    parts = csv_records.plan_parts(sizes, headers, columns, csv_records.SPLIT_BYTES, splittable=splittable)
+    spec = csv_records.read_spec(columns, parts, dialect, conf.header)
     return spec, csv_records.reads_on_driver([(local, size) for local, _, size in sizes])
 
 

@@ -31,6 +31,7 @@ from pyspark.sql import types as T
 import textmill
 from textmill.data import io, storage
 from textmill.data.cleaning import CleaningConf, blank_column
+from textmill.data.csv_records import TOO_LONG
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
 from textmill.text.udfs import make_clean_udf
@@ -234,6 +235,8 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
     conditions = [
         # Bad bytes first: they are why a JSON parser fails, so they are the reason to report.
         (undecodable, "undecodable_bytes", F.coalesce(F.col(io.DECODE_ERROR), undecodable_detail)),
+        # A CSV record over the reader's record limit: its id is kept, its text never read whole.
+        (F.coalesce(F.col(io.SUSPECT).startswith(TOO_LONG), F.lit(False)), "text_too_long", F.col(io.SUSPECT)),
         (
             F.col(io.MALFORMED).isNotNull(),
             "malformed_record",

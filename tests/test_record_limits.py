@@ -1,0 +1,143 @@
+"""The reader's limits hold, and nothing else cuts a record (issue 39, item 1).
+
+Python's ``csv`` module refuses a field over 131,072 characters: every longer CSV document was
+quarantined as ``malformed_record`` with a null id, and with ``multiline`` the inside of a long
+quoted field was read again as rows (a ticket with a pasted 4,100-line export became 4,100
+documents). The rules now: a record up to ``MAX_RECORD_BYTES`` is read whole, whatever its
+fields' length; a longer one is one quarantined record (``text_too_long``), with the fields
+before the long one (the id) when its first line holds them, and reading resumes at its end.
+Generated records around each limit: just under, at, just over.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from textmill.data.csv_records import TOO_LONG, CsvDialect, _physical_lines, read_records
+
+FIELD_LIMIT = 131_072  # Python's csv.field_size_limit() default
+
+
+def csv_bytes(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+def body(length: int, lines: int, seed: int) -> str:
+    """Text of exactly ``length`` characters over ``lines`` lines, with quotes and commas inside."""
+    unit = f'word{seed}, "quoted" é '
+    text = (unit * (length // len(unit) + 1))[:length]
+    if lines > 1:
+        step = max(1, length // lines)
+        chars = list(text)
+        for i in range(step, length, step)[: lines - 1]:
+            chars[i] = "\n"
+        text = "".join(chars)
+    return text
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(2_000, 6_000),
+    sizes=st.lists(st.integers(-40, 40), min_size=1, max_size=6),
+    lines=st.integers(1, 30),
+    multiline=st.booleans(),
+    seed=st.integers(0, 9),
+)
+def test_records_around_the_record_limit_are_read_whole_or_quarantined_whole(limit, sizes, lines, multiline, seed):
+    lines = lines if multiline else 1
+    rows = [["id", "text", "label"]]
+    for i, delta in enumerate(sizes):
+        # the record's bytes: id, separators, quotes and the label around a text of `limit + delta` bytes
+        rows.append([f"id{i}", body(max(1, limit + delta - 40), lines, seed + i), "x"])
+        rows.append([f"short{i}", f"after {i}", "y"])
+    data = csv_bytes(rows)
+    records = list(
+        read_records(
+            _physical_lines(io.BytesIO(data)), CsvDialect(multiline=multiline), width=3, max_record_bytes=limit
+        )
+    )
+    assert len(records) == len(rows), [r.problem for r in records]  # one record per record written, none made up
+    for record, row in zip(records, rows):
+        size = len(csv_bytes([row]))
+        if size <= limit:
+            assert record.fields == row, (record.problem, size)
+        else:
+            assert record.fields is not None and record.problem.startswith(TOO_LONG), (record.problem, size)
+            assert record.fields[0] == row[0] and record.fields[1:] == [None, None]
+
+
+@settings(max_examples=12, deadline=None)
+@given(delta=st.integers(-3, 3), lines=st.integers(1, 4_100), multiline=st.booleans())
+def test_a_field_around_pythons_131072_character_limit_is_one_record(delta, lines, multiline):
+    lines = min(lines, 4_100) if multiline else 1
+    rows = [["id", "text", "label"], ["t1", body(FIELD_LIMIT + delta, lines, 1), "z"], ["t2", "next", "z"]]
+    records = list(read_records(_physical_lines(io.BytesIO(csv_bytes(rows))), CsvDialect(multiline=multiline), width=3))
+    assert [r.fields for r in records] == rows, [r.problem for r in records]
+
+
+def test_a_pasted_4100_line_export_inside_a_ticket_is_one_document():
+    export = "\n".join(f"{i},row {i} of the nightly export and its columns,{i * 3}" for i in range(4_100))
+    assert len(export) > FIELD_LIMIT
+    rows = [
+        ["id", "text", "label"],
+        ["ticket-1", f"Please see the export:\n{export}\nThanks", "bug"],
+        ["ticket-2", "ok", "q"],
+    ]
+    records = list(read_records(_physical_lines(io.BytesIO(csv_bytes(rows))), CsvDialect(multiline=True), width=3))
+    assert [r.fields for r in records] == rows
+
+
+ENCODINGS = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "latin-1", "cp1252", "utf-8-sig", "shift_jis", "koi8-r"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    texts=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8),
+    crlf=st.booleans(),
+    multiline=st.booleans(),
+)
+def test_a_declared_encoding_is_decoded_record_for_record(tmp_path_factory, encoding, texts, crlf, multiline):
+    """``prepare.csv.encoding: UTF-16`` on a UTF-16 file with its BOM quarantined every record as
+    undecodable bytes, 0 rows out, exit 0. Any encoding Python knows is decoded as declared."""
+    from textmill.data.csv_records import header_of, open_lines
+
+    keep = [t for t in texts if _encodable(t, encoding) and "\x00" not in t]
+    keep = [t.replace("\r", "") for t in keep if multiline or "\n" not in t]
+    rows = [["id", "text"]] + [[f"d{i}", t] for i, t in enumerate(keep) if t.strip(" \n")]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n" if crlf else "\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    path = tmp_path_factory.mktemp("enc") / "f.csv"
+    path.write_bytes(out.getvalue().encode(encoding))
+    dialect = CsvDialect(multiline=multiline, encoding=encoding)
+    assert header_of(str(path), dialect) == ["id", "text"]
+    with open_lines(str(path), dialect) as stream:
+        records = list(read_records(_physical_lines(stream), dialect, width=2))
+    assert [r.fields for r in records] == [[v or None for v in row] for row in rows], [r.problem for r in records]
+    assert not any(r.undecodable for r in records)
+
+
+def _encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def test_an_unknown_encoding_is_a_config_error():
+    import pytest
+    from pydantic import ValidationError
+
+    from textmill.data.io import CsvConf, TextFilesConf
+
+    with pytest.raises(ValidationError, match="unknown encoding 'utf-42'"):
+        CsvConf(encoding="utf-42")
+    with pytest.raises(ValidationError, match="unknown encoding 'nope'"):
+        TextFilesConf(encodings=["utf-8", "nope"])
