@@ -203,11 +203,62 @@ def test_sgns_puts_related_words_closer_than_unrelated(sgns):
 def test_unseen_words_and_misspellings_get_sensible_vectors(sgns):
     out, _, _ = sgns
     vectors, _, _ = load_embeddings(out / "export")
-    assert vectors.vector_for("qwxz") is not None  # no known word: still a vector from its n-grams
+    assert vectors.vector_for("qwxz") is None  # n-grams no training word had: nothing known, no zero vector
     for typo, word in [("elephnt", "elephant"), ("tractr", "tractor"), ("bicycles", "bicycle")]:
         assert typo not in vectors.index
         nearest = vectors.most_similar(vectors.vector_for(typo), topn=1)[0][0]
         assert nearest == word, (typo, nearest)
+
+
+UNKNOWN_ALPHABETS = {
+    "cyrillic": "абвгдежзиклмнопрстуфхцчшщыэюя",
+    "digits": "0123456789",
+    "emoji": "😀😂🚀🌍🔥🎉💡🧠",
+    "zero_width": "\u200b\u200c\u200d\u2060",
+    "greek": "αβγδεζηθικλμνξοπρστυφχψω",
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    words=st.lists(
+        st.tuples(st.sampled_from(sorted(UNKNOWN_ALPHABETS)), st.integers(1, 12), st.randoms(use_true_random=False)),
+        min_size=1,
+        max_size=8,
+    ),
+    typo=st.sampled_from(ANIMALS + VEHICLES).filter(lambda w: len(w) >= 5),
+    drop=st.integers(1, 3),
+)
+def test_a_word_made_of_nothing_the_model_saw_is_unknown_and_a_typo_is_not(words, typo, drop):
+    """The subword fallback gave an all-zero vector, counted as known, to words whose n-grams no
+    training word had: a document of only such words got a zero vector and no error. Words of
+    alphabets the vocabulary lacks are unknown whatever their buckets hold (here every one of
+    their n-grams also collides with a trained bucket); a typo of a known word is not."""
+    vocab = ANIMALS + VEHICLES + ["grass", "road", "farm", "wheel", "field", "engine"]
+    rng = np.random.default_rng(0)
+    ngrams = np.zeros((2**20, 8), dtype=np.float32)
+    for word in vocab:
+        for bucket in emb.ngram_buckets(word, len(ngrams)):
+            ngrams[bucket] = rng.normal(size=8)
+    vectors = emb.SubwordVectors(vocab, rng.normal(size=(len(vocab), 8)).astype(np.float32), ngrams)
+    unknown = ["".join(r.choice(UNKNOWN_ALPHABETS[a]) for _ in range(n)) for a, n, r in words]
+    for word in unknown:  # the worst case: every bucket of the word trained (a dense model's collisions)
+        vectors.ngram_vectors[emb.ngram_buckets(word, len(ngrams))] = 1.0
+    vectors.trained = np.any(vectors.ngram_vectors != 0, axis=1)
+    assert all(vectors.vector_for(w) is None for w in unknown), unknown
+    salad = "qzxvjq"  # Latin letters, but n-grams no vocabulary word has
+    assert vectors.vector_for(salad) is None
+    misspelt = typo[:drop] + typo[drop + 1 :]  # one letter dropped: most of its n-grams are the word's
+    assert misspelt in vocab or vectors.vector_for(misspelt) is not None
+
+
+def test_a_document_of_only_unknown_words_gets_no_vector(sgns):
+    out, _, _ = sgns
+    embedder = DocumentEmbedder(out / "export")
+    for doc in ["привет мир", "12345 67890", "😀 🚀", "\u200b\u200b", "qzxv jqkw", "Ωμέγα"]:
+        assert embedder.embed_tokens(doc.split()) == (None, 0), doc
+    vector, known = embedder.embed_tokens(["elephnt", "привет"])
+    assert vector is not None and known == 1
 
 
 def test_every_export_format_round_trips(sgns, spark):
@@ -388,10 +439,11 @@ def test_embed_docs_gives_one_vector_per_document(sgns, corpus, spark, job_conf,
     rows = {r.doc_id: r for r in spark.read.parquet(str(tmp_path / "docvec")).collect()}
     assert len(rows) == metrics["rows_in"] == metrics["rows_out"] == 603
     assert rows["blank"].vector is None and rows["blank"].error == "no known tokens"
-    assert metrics["rows_error"] == 1
+    assert metrics["rows_error"] == 2
     assert len(rows["d0000"].vector) == 16 and rows["d0000"].error is None
-    # 'zzz qqq' has no vocabulary word, but subword fallback still finds n-gram vectors for it.
-    assert rows["empty"].vector is not None and rows["empty"].n_known == 2
+    # 'zzz qqq': no vocabulary word, and letters no vocabulary word has. The subword fallback gave
+    # it the zero vector of untrained buckets, with n_known 2; it knows nothing of it.
+    assert rows["empty"].vector is None and rows["empty"].error == "no known tokens"
     animal, vehicle = np.array(rows["d0000"].vector), np.array(rows["d0001"].vector)
     assert cos(animal, np.array(rows["d0002"].vector)) > cos(animal, vehicle)
     assert metrics["max_model_loads_per_worker"] == 1

@@ -443,15 +443,28 @@ class SubwordVectors:
         self.ngram_vectors = None if ngram_vectors is None else np.asarray(ngram_vectors, dtype=np.float32)
         self.min_n, self.max_n = min_n, max_n
         self.dim = self.vectors.shape[1]
+        # A bucket no training n-gram hashed to keeps its zero start: it knows nothing.
+        self.trained = None if self.ngram_vectors is None else np.any(self.ngram_vectors != 0, axis=1)
+        self.alphabet = set().union(*words) if words else set()
 
     def vector_for(self, word: str) -> np.ndarray | None:
-        """Mean of the word's n-gram vectors plus its own vector when known; None if nothing is known."""
+        """A known word: the mean of its n-gram vectors and its own vector. An unseen word: the mean of
+        its trained n-gram vectors, when it has any and at least half its characters occur in the
+        vocabulary; else None.
+
+        A word of characters the corpus never had (Cyrillic in an English model, emoji, zero-width
+        spaces) or of n-grams no training word had (letter salad) got the zero vector of untrained
+        buckets and counted as known: a document of only such words was an all-zero vector
+        instead of null with "no known tokens". A collision of its n-grams with trained ones
+        (common where buckets are dense) no longer makes such a word known."""
+        i = self.index.get(word)
         parts = []
         if self.ngram_vectors is not None:
-            parts = [
-                self.ngram_vectors[b] for b in ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)
-            ]
-        i = self.index.get(word)
+            buckets = ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)
+            if i is not None:
+                parts = [self.ngram_vectors[b] for b in buckets]
+            elif 2 * sum(char in self.alphabet for char in word) >= len(word):
+                parts = [self.ngram_vectors[b] for b in buckets if self.trained[b]]
         if i is not None:
             parts.append(self.vectors[i])
         return np.mean(parts, axis=0) if parts else None
