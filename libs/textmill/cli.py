@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import textmill
 from textmill.runtime import console
 from textmill.runtime.errors import ConfigError, TextmillError
+from textmill.runtime.redact import redact_text
 
 if TYPE_CHECKING:
     from textmill.jobs import JobReport
@@ -150,11 +151,12 @@ def _guarded(job_name: str, args: argparse.Namespace) -> int:
         if getattr(args, "json", False) and isinstance(exc, Exception):
             print(
                 json.dumps(
-                    {"job": job_name, "error": {"type": type(exc).__name__, "message": str(exc)}}, ensure_ascii=False
+                    {"job": job_name, "error": {"type": type(exc).__name__, "message": redact_text(str(exc))}},
+                    ensure_ascii=False,
                 )
             )
         if isinstance(exc, TextmillError):
-            print(f"textmill: error: {exc}", file=sys.stderr)
+            print(f"textmill: error: {redact_text(str(exc))}", file=sys.stderr)
             return 2
         raise
 

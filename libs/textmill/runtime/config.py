@@ -28,7 +28,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from textmill.runtime.errors import ConfigError
-from textmill.runtime.redact import REDACTED, is_secret_key
+from textmill.runtime.redact import REDACTED, is_secret_key, redact_text
 
 C = TypeVar("C", bound="JobConf")
 
@@ -81,6 +81,9 @@ class SparkConf(StrictModel):
     app_name: str | None = Field(None, description="default textmill-<job>")
     shuffle_partitions: int | None = Field(None, gt=0, description="default 2 x cores in local mode")
     driver_memory: str | None = Field(None, description="local mode only; default: a quarter of RAM, 1g-8g")
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="Spark Connect: how long to wait for the server to accept and answer"
+    )
     ui_enabled: bool = Field(True, description="Spark web UI in local mode")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="extra spark.* settings")
 
@@ -348,7 +351,7 @@ def _format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             problems.append(f"'{key}' is required but missing")
         else:
             problems.append(f"'{key}': given {_describe(err.get('input'), key)}; expected: {err['msg']}")
-    return problems
+    return [redact_text(problem) for problem in problems]  # a value may hold a connection string's token
 
 
 def _get_path(conf: BaseModel, dotted: str) -> Any:

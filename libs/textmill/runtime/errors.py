@@ -28,6 +28,10 @@ class StaticSettingError(TextmillError):
     """A ``spark.conf`` setting that a Spark Connect session cannot take at runtime."""
 
 
+class ConnectError(TextmillError):
+    """A Spark Connect server cannot be reached or does not answer, or its URL is not one."""
+
+
 class JavaError(TextmillError):
     """Java is missing or too old to start Spark."""
 

@@ -3,7 +3,9 @@
 A config value is secret when its key looks like a credential (``secret``, ``password``,
 ``token``, ``credential``, ``access.key``, ``*.key`` under ``fs.*``, ...), wherever it sits
 (``spark.conf`` keys hold dots, so the whole dotted key is matched). Any value that holds a
-URI with ``user:password@`` loses the password. Used by ``textmill.runtime.tracking`` and the CLI
+URI with ``user:password@`` loses the password, and a connection string's secret-named parameter
+(Spark Connect's ``sc://host:port/;token=...``, any ``;...key=...`` or ``;password=...``) its
+value. Used by ``textmill.runtime.tracking`` and the CLI
 on the driver; the config object itself keeps the real values, so jobs still work.
 """
 
@@ -25,13 +27,28 @@ _SECRET_KEY = re.compile(
 _URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):(?P<password>[^@/\s]+)@")
 
 
+# ;name=value parameters of a connection string (sc://host:port/;token=...;user_id=...), and the
+# Authorization header gRPC metadata may carry. The value runs to the next ; or white space or quote.
+_PARAMETER = re.compile(r"(?P<head>;\s*(?P<name>[A-Za-z0-9_.\-]+)\s*=[ \t]*)(?P<value>[^;\s'\"]*)")
+_SECRET_PARAMETER = re.compile(r"^(authorization|x-api-key|bearer)$", re.IGNORECASE)
+
+
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URI in it replaced."""
-    return _URI_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+    """``text`` with the password of every ``scheme://user:password@`` URI in it replaced, and the value
+    of every secret-named ``;name=value`` parameter (a Spark Connect token)."""
+    text = _URI_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+    return _PARAMETER.sub(
+        lambda m: (
+            f"{m.group('head')}{REDACTED}"
+            if m.group("value") and (is_secret_key(m.group("name")) or _SECRET_PARAMETER.match(m.group("name")))
+            else m.group(0)
+        ),
+        text,
+    )
 
 
 def redact_value(key: str, value: Any) -> Any:

@@ -32,7 +32,8 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from textmill.runtime.config import SparkConf
-from textmill.runtime.errors import JavaError, StaticSettingError
+from textmill.runtime.errors import ConnectError, JavaError, StaticSettingError
+from textmill.runtime.redact import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,18 @@ def _log4j2_options(conf: SparkConf) -> str | None:
 
 
 def connect_url(conf: SparkConf) -> str | None:
-    """The Spark Connect server the config or the environment asks for, else None (classic)."""
+    """The Spark Connect server the config or the environment asks for, else None (classic).
+
+    ``SPARK_REMOTE`` set to nothing is refused: PySpark takes a set variable for a remote session
+    whatever its value, and failed with a traceback on the empty URL."""
     remote = conf.remote or os.environ.get("SPARK_REMOTE")
+    if not conf.remote and "SPARK_REMOTE" in os.environ and not os.environ["SPARK_REMOTE"].strip():
+        raise ConnectError(
+            "SPARK_REMOTE is set but empty: unset it for a classic session, or set it (or spark.remote) "
+            "to a Spark Connect server, sc://host:port"
+        )
     if remote:
-        return remote
+        return remote.strip()
     mode = str(conf.conf.get("spark.api.mode") or os.environ.get("SPARK_API_MODE") or "").lower()
     return (conf.master or "local[*]") if mode == "connect" else None
 
@@ -148,9 +157,18 @@ def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
     }
     if conf.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(conf.shuffle_partitions)
-    if url.startswith("sc://"):
-        logger.info("connecting to the Spark Connect server at %s", url.split(";", 1)[0])
-        spark = SparkSession.builder.remote(url).getOrCreate()
+    if not url.startswith("local"):
+        host, port, secure = connect_target(url)
+        logger.info("connecting to the Spark Connect server at %s", redact_text(f"sc://{host}:{port}"))
+        _await_listener(url, host, port, conf.connect_timeout_s)
+        _await_handshake(url, secure, conf.connect_timeout_s)
+        try:
+            spark = SparkSession.builder.remote(url).getOrCreate()
+        except Exception as exc:  # the server answered, and refused: one line, the token redacted
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConnectError(
+                f"the Spark Connect server at {redact_text(url)} refused the session: {redact_text(first)[:300]}"
+            ) from exc
         _set_runtime(spark, {"spark.sql.session.timeZone": "UTC", **settings})
         return spark
     # A local[N] server started in this process: its static settings are given when it starts.
@@ -171,6 +189,66 @@ def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def connect_target(url: str) -> tuple[str, int, bool]:
+    """(host, port, whether the client will use TLS) of a Spark Connect URL, parsed as PySpark parses
+    it; a URL PySpark would refuse is one line here, its token redacted."""
+    from pyspark.errors import PySparkValueError
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+
+    try:
+        builder = DefaultChannelBuilder(url)
+    except PySparkValueError as exc:
+        detail = (exc.getMessageParameters() or {}).get("detail") or str(exc)
+        raise ConnectError(
+            f"spark.remote {redact_text(url)!r} is not a Spark Connect URL: {redact_text(detail)}"
+        ) from None
+    host, _, port = builder.endpoint.rpartition(":")
+    return host, int(port), bool(builder.secure)
+
+
+def _await_listener(url: str, host: str, port: int, timeout_s: float) -> None:
+    """One line, within ``timeout_s``, when nothing listens at the server's address: the client
+    itself retried a port where nothing listens for over 5 minutes."""
+    import socket
+    import time
+
+    started = time.monotonic()
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConnectError(
+            f"no Spark Connect server answers at {redact_text(url)} ({why} after {time.monotonic() - started:.1f} s); "
+            "start it, or point spark.remote (or SPARK_REMOTE) at one that runs"
+        ) from None
+
+
+def _await_handshake(url: str, secure: bool, timeout_s: float) -> None:
+    """One line, within ``timeout_s``, when the server accepts connections but never completes gRPC's
+    handshake: a token makes the client speak TLS, and against a server without TLS the client
+    retried for 10 minutes, then printed a traceback. A channel of its own, closed here, leaves
+    nothing retrying behind it."""
+    import grpc
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+
+    channel = DefaultChannelBuilder(url).toChannel()
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        tls = (
+            " The URL has a token, so the client speaks TLS (use_ssl): does the server expect TLS? Put the "
+            "token behind a TLS proxy, or leave it out for a plain server."
+            if secure
+            else ""
+        )
+        raise ConnectError(
+            f"the Spark Connect server at {redact_text(url)} accepted the connection but did not complete "
+            f"the handshake within {timeout_s:g} s (spark.connect_timeout_s).{tls}"
+        ) from None
+    finally:
+        channel.close()
 
 
 def get_spark(conf: SparkConf | None = None, app_name: str = "textmill") -> SparkSession:
