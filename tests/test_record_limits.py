@@ -141,3 +141,37 @@ def test_an_unknown_encoding_is_a_config_error():
         CsvConf(encoding="utf-42")
     with pytest.raises(ValidationError, match="unknown encoding 'nope'"):
         TextFilesConf(encodings=["utf-8", "nope"])
+
+
+def test_prepare_keeps_long_fields_quarantines_an_oversized_record_with_its_id_and_reads_utf16(
+    spark, job_conf, tmp_path
+):
+    """End to end through ``prepare`` (the strict reader on executors): a UTF-16 file with its BOM,
+    a 150,000-character field (published whole), and a 65 MiB multi-line record between two good
+    ones (one text_too_long row with its id, nothing made of its inside)."""
+    from textmill.data.csv_records import MAX_RECORD_BYTES
+    from textmill.jobs import run_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rows16 = [["id", "text"], ["u1", "héllo wörld"], ["u2", body(150_000, 50, 3)]]
+    (src / "a.csv").write_bytes(csv_bytes(rows16).decode("utf-8").encode("utf-16"))
+    line = "x" * 1023 + "\n"
+    huge = line * (MAX_RECORD_BYTES // len(line) + 1024)  # just over the limit, over 66,000 lines
+    with (src / "b.csv").open("w", encoding="utf-16", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(
+            [["id", "text"], ["b1", "before"], ["big", huge], ["b2", "after"]]
+        )
+    metrics = run_job(
+        "prepare",
+        job_conf(
+            io={"input": str(src), "output": str(tmp_path / "out")},
+            prepare={"format": "csv", "columns": {"doc_id": "id"}, "csv": {"multiline": True, "encoding": "UTF-16"}},
+        ),
+        spark,
+    )
+    out = {r.doc_id: r.text for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    bad = [r.asDict() for r in spark.read.parquet(str(tmp_path / "out_quarantine")).collect()]
+    assert set(out) == {"u1", "u2", "b1", "b2"} and out["u1"] == "héllo wörld" and len(out["u2"]) == 150_000
+    assert [(b["doc_id"], b["reason"]) for b in bad] == [("big", "text_too_long")], bad
+    assert metrics["rows_in"] == 5 and metrics["rows_out"] == 4 and metrics["rows_quarantined"] == 1
