@@ -460,11 +460,10 @@ def plan_parts(
 
 
 def local_file(uri: str) -> str | None:
-    """The local path of a ``file:`` URI, else None (the executors' Python cannot open it)."""
+    """The local path of a textmill ``file:`` URI (literal: never percent-decoded, see
+    ``runtime.filesystems``), else None (the executors' Python cannot open it)."""
     if uri.startswith("file:"):
-        from urllib.parse import unquote
-
-        return "/" + unquote(uri[len("file:") :]).lstrip("/")
+        return "/" + uri[len("file:") :].lstrip("/")
     if uri.startswith("/"):
         return uri
     return None

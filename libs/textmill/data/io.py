@@ -361,6 +361,12 @@ def count_parquet(spark: SparkSession, path: str) -> int:
 # ---------------------------------------------------------------------------- readers
 
 
+def spark_uri_column(uri: Column) -> Column:
+    """``filesystems.from_spark_uri`` in SQL: ``_metadata.file_path`` is percent-encoded, textmill's
+    ``source`` is the literal path. (``url_decode`` reads ``+`` as a space: a literal ``+`` is kept.)"""
+    return F.url_decode(F.replace(uri, F.lit("+"), F.lit("%2B")))
+
+
 def _with_internal(
     df: DataFrame,
     malformed: Column | None = None,
@@ -371,7 +377,7 @@ def _with_internal(
     none = F.lit(None).cast("string")
     return df.select(
         "*",
-        F.col("_metadata.file_path").alias(SOURCE),
+        spark_uri_column(F.col("_metadata.file_path")).alias(SOURCE),
         (malformed if malformed is not None else none).alias(MALFORMED),
         (decode_error if decode_error is not None else none).alias(DECODE_ERROR),
         (suspect if suspect is not None else none).alias(SUSPECT),
@@ -484,7 +490,7 @@ def _raw_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:
     ``value`` before any parser decodes it."""
     raw = spark.read.option("lineSep", "\n").text(path)
     line = F.regexp_replace(F.regexp_replace("value", r"\r\z", ""), r"\A\x{FEFF}", "")  # \z, \A: the value's very ends
-    return raw.select("value", line.alias("_tm_line"), F.col("_metadata.file_path").alias(SOURCE))
+    return raw.select("value", line.alias("_tm_line"), spark_uri_column(F.col("_metadata.file_path")).alias(SOURCE))
 
 
 def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[Column]:

@@ -19,7 +19,6 @@ import functools
 import logging
 import math
 import operator
-import urllib.parse
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -34,6 +33,7 @@ from textmill.data.cleaning import CleaningConf, blank_column
 from textmill.data.csv_records import TOO_LONG
 from textmill.runtime.config import JobConf, StrictModel
 from textmill.runtime.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
+from textmill.runtime.filesystems import from_spark_uri
 from textmill.text.udfs import make_clean_udf
 
 logger = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) 
     textmill's CSV reader is handed exactly these files (a header-only one holds no record)."""
     if p.format == "csv" and io.reads_strict_csv(to_read, p.csv):
         return
-    read = {_file_uri(u) for u in source.inputFiles()}
+    read = {_file_uri(from_spark_uri(u)) for u in source.inputFiles()}  # percent-encoded URIs, from Spark
     missing = [u for u in to_read if _file_uri(u) not in read]
     if missing:
         raise AccountingError(
@@ -412,7 +412,7 @@ def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) 
 
 
 def _file_uri(uri: str) -> str:
-    uri = urllib.parse.unquote(uri)
+    """One spelling of a literal ``file:`` URI (``file:/x``, never ``file:///x``)."""
     return "file:/" + uri[len("file:") :].lstrip("/") if uri.startswith("file:") else uri
 
 

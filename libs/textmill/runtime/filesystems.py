@@ -15,6 +15,15 @@ interface, ``Files``, so that they work whether or not the driver holds a JVM:
   in ``textmill.runtime.session_kinds``, the one module that touches the JVM.
 
 Every method takes a path or URI as the user wrote it and returns qualified URIs.
+
+**Paths and URIs, one rule.** A textmill URI is literal: ``file:`` + the absolute path as the file
+system spells it (``file:/data/in%20put/f.csv`` is the folder ``in%20put``, never ``in put``), or a
+scheme and authority + the literal path. Spark takes such strings literally too (Hadoop's ``Path``),
+and so does ``local_path``. What Spark hands back as a URI (``_metadata.file_path``,
+``DataFrame.inputFiles()``) is percent-encoded (``in%2520put``): it enters textmill through
+``from_spark_uri`` (``io.spark_uri_column`` in SQL), nowhere else. (Until 2026-12-07 the CSV
+reader percent-decoded textmill's literal URIs: with folders ``in%20put`` and ``in put`` side by
+side it read the second and labelled the rows with the first.)
 """
 
 from __future__ import annotations
@@ -73,6 +82,19 @@ def local_path(uri: str) -> str:
         return uri
     rest = uri[len("file:") :]
     return "/" + rest.lstrip("/") if rest.startswith("//") else rest
+
+
+def from_spark_uri(uri: str) -> str:
+    """textmill's literal form (see the module docstring) of a percent-encoded URI Spark handed back."""
+    from urllib.parse import unquote
+
+    if uri.startswith("file:"):
+        return "file:" + unquote(local_path(uri))
+    head, sep, rest = uri.partition("://")
+    if not sep:
+        return unquote(uri)
+    authority, slash, path = rest.partition("/")
+    return f"{head}://{authority}{slash}{unquote(path)}"
 
 
 def expand_braces(pattern: str) -> list[str]:
