@@ -98,7 +98,31 @@ def open_store(conf_uri: str | None) -> None:
     a server or Databricks is left to ``job_run``, which bounds its retries first."""
     uri = resolve_tracking_uri(conf_uri)
     if uri.startswith("sqlite:"):
-        MlflowClient(uri).search_experiments(max_results=1)
+        with _creating(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """One process at a time creates and migrates a sqlite store: MLflow's migrations are not safe to
+    race (two jobs started at once on a new store: 13 of 15 failed, measured, with alembic's
+    'table ... already exists' or 'expected to match one row'). An exclusive lock on a file beside
+    the database, held while MLflow opens it; a store that exists is opened at once after."""
+    import fcntl
+
+    database = uri[len("sqlite:") :].lstrip("/")
+    if not database or database == ":memory:" or not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = "/" + database if uri.startswith("sqlite:////") else database
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.textmill-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(name: str, artifact_location: str | None) -> str:
@@ -113,7 +137,14 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
         location = (Path.cwd() / "mlartifacts").as_uri()
     # With a tracking server, the server decides (proxied artifacts): a path on this machine would
     # be unreadable for everyone else on the team.
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:
+        raced = client.get_experiment_by_name(name)  # another job created it meanwhile: use theirs
+        if raced is None:
+            raise
+        logger.debug("experiment %s was created by another run at the same time: %s", name, exc)
+        return raced.experiment_id
 
 
 def git_commit() -> str | None:
@@ -196,6 +227,7 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
     parent = mlflow.active_run()
     if parent is None:
         bound_http_retries(uri)
+        open_store(uri)  # a new sqlite store is created by one job at a time
         try:
             experiment_id = ensure_experiment(
                 conf.mlflow.experiment or f"textmill-{job}", conf.mlflow.artifact_location
