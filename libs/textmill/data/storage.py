@@ -239,7 +239,9 @@ def _read_lock(spark: SparkSession, lock: str) -> dict:
         return {}
 
 
-def _acquire(spark: SparkSession, output: str) -> str:
+def _acquire(spark: SparkSession, output: str, taken_over: list[dict]) -> str:
+    """Take the lock on ``output``; a lock whose holder (on this host) no longer runs is taken over,
+    and what it held (its MLflow run, when it had recorded one) is added to ``taken_over``."""
     lock = f"{output.rstrip('/')}{LOCK_SUFFIX}"
     me = {
         "host": socket.gethostname(),
@@ -263,15 +265,19 @@ def _acquire(spark: SparkSession, output: str) -> str:
         logger.warning(
             "taking over the lock on %s left by pid %s, which is no longer running", output, holder.get("pid")
         )
+        taken_over.append({**holder, "output": output})
         delete_path(spark, lock)
     raise OutputError(f"could not lock {output!r}: {lock} keeps reappearing (another writer?)")
 
 
 @contextmanager
-def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
-    """Hold the write lock on each output for the block (re-entrant in one thread)."""
+def output_lock(spark: SparkSession, *outputs: str) -> Iterator[list[dict]]:
+    """Hold the write lock on each output for the block (re-entrant in one thread). Yields the
+    holders of the locks taken over from runs that died holding them (``record_run`` put their
+    MLflow run in the lock), for ``tracking.end_dead_runs``."""
     taken: list[str] = []
     mine: list[str] = []
+    taken_over: list[dict] = []
     try:
         for output in sorted(set(o.rstrip("/") for o in outputs)):
             lock = qualified(spark, f"{output}{LOCK_SUFFIX}")
@@ -285,14 +291,14 @@ def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
                     raise OutputError(
                         f"{output!r} is being written by another job in this process; run them one after the other"
                     )
-            _acquire(spark, output)
+            _acquire(spark, output, taken_over)
             with _held_guard:
                 _held[lock] = (threading.get_ident(), 1)
             taken.append(lock)
             mine.append(output)
         for output in mine:
             _clean_leftovers(spark, output)
-        yield
+        yield taken_over
     finally:
         for lock in taken:
             with _held_guard:
@@ -302,6 +308,17 @@ def output_lock(spark: SparkSession, *outputs: str) -> Iterator[None]:
                     continue
                 del _held[lock]
             delete_path(spark, lock)
+
+
+def record_run(spark: SparkSession, outputs: list[str], run_id: str, tracking_uri: str) -> None:
+    """Add the MLflow run that writes ``outputs`` to the locks this process holds on them, so that a
+    run that takes a lock over from a killed one can end that run (``tracking_uri`` as shown:
+    redacted, never a secret on disk)."""
+    for output in sorted(set(o.rstrip("/") for o in outputs)):
+        lock = f"{output}{LOCK_SUFFIX}"
+        holder = _read_lock(spark, lock)
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            _write_text(spark, lock, json.dumps({**holder, "run_id": run_id, "tracking_uri": tracking_uri}))
 
 
 def _clean_leftovers(spark: SparkSession, output: str) -> None:

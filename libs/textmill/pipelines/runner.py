@@ -187,7 +187,7 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
         conf = validate_conf(job.conf_model, conf)
     if spark is None and conf.uses_spark:
         spark = _start_spark(conf, name)
-    from textmill.runtime.tracking import job_run
+    from textmill.runtime.tracking import end_dead_runs, job_run
 
     outputs = conf.output_paths()
 
@@ -204,7 +204,7 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
 
     check_outputs()  # before the lock: a lock file must never be made inside an input
     # One writer per output for the whole job; a second run fails at once instead of at publish time.
-    with storage.output_lock(spark, *outputs.values()):
+    with storage.output_lock(spark, *outputs.values()) as taken_over:
         check_outputs()  # again under the lock: another run may have written there meanwhile
         claim = (
             storage.claimed_container(spark, conf.io.output, name)
@@ -212,6 +212,8 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
             else contextlib.nullcontext()
         )
         with claim, job_run(name, conf, spark) as tracked:
+            storage.record_run(spark, list(outputs.values()), tracked.run_id, tracked.tracking_uri)
+            end_dead_runs(taken_over, tracked.tracking_uri, tracked.run_id)
             try:
                 result = job.load().run(spark, conf)
             except Exception as exc:

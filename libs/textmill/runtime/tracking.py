@@ -147,6 +147,35 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
         return raced.experiment_id
 
 
+def end_dead_runs(holders: list[dict], shown_uri: str, by_run: str) -> list[str]:
+    """Mark FAILED the MLflow runs of killed jobs whose output locks this run took over (their
+    process was gone: kill -9, a lost machine), when they are in this run's store and still
+    RUNNING, with the reason as the tag ``textmill.failure``. Returns their ids."""
+    client = MlflowClient()
+    ended = []
+    for holder in holders:
+        run_id = holder.get("run_id")
+        if not run_id or holder.get("tracking_uri") != shown_uri:
+            continue
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            logger.debug("the run %s of a killed job is not in this store: %s", run_id, exc)
+            continue
+        if run.info.status != "RUNNING":
+            continue
+        client.set_tag(
+            run_id,
+            "textmill.failure",
+            f"killed: pid {holder.get('pid')} on {holder.get('host')} stopped without ending this run while it "
+            f"wrote {holder.get('output')}; run {by_run} took its lock over",
+        )
+        client.set_terminated(run_id, status="FAILED")
+        logger.warning("marked run %s FAILED: its job was killed while writing %s", run_id, holder.get("output"))
+        ended.append(run_id)
+    return ended
+
+
 def git_commit() -> str | None:
     """HEAD of the repository textmill was installed from (editable installs), when there is one."""
     try:
