@@ -449,8 +449,8 @@ class SubwordVectors:
 
     def vector_for(self, word: str) -> np.ndarray | None:
         """A known word: the mean of its n-gram vectors and its own vector. An unseen word: the mean of
-        its trained n-gram vectors, when it has any and at least half its characters occur in the
-        vocabulary; else None.
+        its n-gram vectors, when at least one was trained and at least half its characters occur in
+        the vocabulary; else None.
 
         A word of characters the corpus never had (Cyrillic in an English model, emoji, zero-width
         spaces) or of n-grams no training word had (letter salad) got the zero vector of untrained
@@ -463,8 +463,8 @@ class SubwordVectors:
             buckets = ngram_buckets(word, len(self.ngram_vectors), self.min_n, self.max_n)
             if i is not None:
                 parts = [self.ngram_vectors[b] for b in buckets]
-            elif 2 * sum(char in self.alphabet for char in word) >= len(word):
-                parts = [self.ngram_vectors[b] for b in buckets if self.trained[b]]
+            elif any(self.trained[b] for b in buckets) and 2 * sum(c in self.alphabet for c in word) >= len(word):
+                parts = [self.ngram_vectors[b] for b in buckets]  # all of them, as fastText and earlier models
         if i is not None:
             parts.append(self.vectors[i])
         return np.mean(parts, axis=0) if parts else None
