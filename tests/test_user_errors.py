@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_ann import write_vectors
 from test_prepare import REPO, load_job
 
@@ -173,3 +175,52 @@ def test_a_job_that_runs_out_of_java_heap_says_so_in_one_line(tmp_path):
     mlflow.set_tracking_uri(mlflow_uri)
     runs = mlflow.search_runs(search_all_experiments=True)
     assert list(runs["status"]) == ["FAILED"] and list(runs["tags.textmill.job"]) == ["train_embeddings"]
+
+
+@settings(max_examples=9, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["text", "doc_id", "body"]),
+    variant=st.sampled_from(
+        [str.upper, str.title, lambda s: s[0].upper() + s[1:].lower(), lambda s: s[:-1] + s[-1].upper()]
+    ),
+    fmt=st.sampled_from(["csv", "jsonl", "parquet"]),
+)
+def test_columns_that_differ_only_in_case_are_one_line_naming_both(
+    spark, capsys, mlflow_uri, tmp_path_factory, name, variant, fmt
+):
+    """A CSV with the columns ``Text`` and ``text``: an AMBIGUOUS_REFERENCE traceback after planning.
+    Generated pairs of names that differ only in case, in CSV, JSON Lines and Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp_path = tmp_path_factory.mktemp("case")
+    other = variant(name)
+    if other == name:
+        other = name.upper()
+    columns = list(dict.fromkeys(["doc_id", "text", name, other]))
+    rows = [{c: f"{c}-{i}" for c in columns} for i in range(3)]
+    src = tmp_path / "in"
+    src.mkdir()
+    if fmt == "csv":
+        (src / "f.csv").write_text(
+            ",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in rows)
+        )
+    elif fmt == "jsonl":
+        (src / "f.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.table({c: [r[c] for r in rows] for c in columns}), src / "f.parquet")
+    code, line = run_main(
+        "prepare",
+        capsys,
+        mlflow_uri,
+        tmp_path,
+        f"io.input={src}",
+        f"io.output={tmp_path / 'out'}",
+        f"prepare.format={fmt}",
+        "prepare.columns.doc_id=doc_id",
+    )
+    assert code == 2 and line.startswith(
+        ("textmill: error: io.input: the columns", "textmill: error: io.input: the JSON keys")
+    ), line
+    assert repr(name) in line and repr(other) in line and "differ only in case" in line
+    assert not (tmp_path / "out").exists()

@@ -128,17 +128,43 @@ def read_input(spark: SparkSession, path: str, columns: list[str], hint: str = "
     """The Parquet at ``path``, after checking that it exists and has ``columns`` (else one clear error)."""
     require_input(spark, path, key)
     check_published_together(spark, path)
-    df = spark.read.parquet(storage.for_spark(spark, path))
+    from pyspark.errors import AnalysisException
+
+    try:
+        df = spark.read.parquet(storage.for_spark(spark, path))
+    except AnalysisException as exc:
+        raise same_name_error(exc, path, "parquet") from None
     check_columns(df, columns, hint)
     return df
 
 
 def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
+    check_distinct_names(df)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ColumnNotFoundError(
             f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
             + (f" ({hint})" if hint else "")
+        )
+
+
+def check_distinct_names(df: DataFrame, key: str = "io.input") -> None:
+    """Refuse columns whose names differ only in case (``Text`` and ``text``): Spark resolves names
+    without case by default, so either is an ambiguous reference, which failed after planning with
+    a traceback (AMBIGUOUS_REFERENCE)."""
+    if str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true":
+        return
+    seen: dict[str, str] = {}
+    clashes = []
+    for name in df.columns:
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            clashes.append(f"{first!r} and {name!r}")
+    if clashes:
+        raise ColumnNotFoundError(
+            f"{key}: the columns {'; '.join(clashes)} differ only in case, which Spark does not tell apart "
+            "(spark.sql.caseSensitive is false): rename one in the input, or set "
+            "spark.conf: {spark.sql.caseSensitive: true}"
         )
 
 
@@ -512,7 +538,12 @@ def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     decodes them (it maps overlong forms to real characters); every primitive is a string, so
     ids stay '0012' and never become 12 or 12.0."""
     corrupt = "_tm_corrupt_record"
-    inferred = spark.read.option("primitivesAsString", True).option("lineSep", "\n").json(path).schema
+    from pyspark.errors import AnalysisException
+
+    try:
+        inferred = spark.read.option("primitivesAsString", True).option("lineSep", "\n").json(path).schema
+    except AnalysisException as exc:
+        raise same_name_error(exc, path, "jsonl") from None
     fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
     schema = T.StructType(fields + [T.StructField(corrupt, T.StringType())])
     lines = _raw_lines(spark, path).where(F.trim("_tm_line") != "")
@@ -531,6 +562,60 @@ def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     return parsed.select(
         *[F.col(f"_tm_json.`{f.name}`").alias(f.name) for f in fields], *_line_internals(parsed, malformed)
     )
+
+
+def same_name_error(exc: Exception, path: str | list[str], fmt: str) -> Exception:
+    """For Spark's COLUMN_ALREADY_EXISTS while reading (JSON keys or Parquet columns that differ only
+    in case): one line naming every spelling found in the local input; any other error unchanged."""
+    if "COLUMN_ALREADY_EXISTS" not in str(exc):
+        return exc
+    name = str((getattr(exc, "getMessageParameters", dict)() or {}).get("columnName", "")).strip("`")
+    spellings = _key_spellings(path, name) if fmt == "jsonl" else _parquet_spellings(path, name)
+    what = "JSON keys" if fmt == "jsonl" else "columns"
+    return ColumnNotFoundError(
+        f"io.input: the {what} {' and '.join(repr(k) for k in spellings) or repr(name) + ' (twice)'} differ only in "
+        "case, which Spark does not tell apart (spark.sql.caseSensitive is false): rename one in the input, or "
+        "set spark.conf: {spark.sql.caseSensitive: true}"
+    )
+
+
+def _parquet_spellings(path: str | list[str], name: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    found: dict[str, None] = {}
+    for uri in [path] if isinstance(path, str) else path:
+        local = csv_records.local_file(uri) or (uri if os.path.exists(uri) else None)
+        if local is None:
+            continue
+        files = [local] if os.path.isfile(local) else sorted(str(p) for p in Path(local).rglob("*.parquet"))
+        for file in files[:1]:
+            found.update(dict.fromkeys(n for n in pq.read_schema(file).names if n.lower() == name.lower()))
+        if len(found) > 1:
+            break
+    return list(found)
+
+
+def _key_spellings(path: str | list[str], name: str, lines: int = 10_000) -> list[str]:
+    """Every spelling of the JSON key ``name`` (any case) in the first ``lines`` lines of the local
+    files of ``path``: what Spark's COLUMN_ALREADY_EXISTS names only once."""
+    import json
+
+    found: dict[str, None] = {}
+    for uri in [path] if isinstance(path, str) else path:
+        local = csv_records.local_file(uri)
+        if local is None or not os.path.isfile(local):
+            continue
+        with csv_records.open_bytes(local) as stream:
+            for _, line in zip(range(lines), stream):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    found.update(dict.fromkeys(k for k in record if k.lower() == name.lower()))
+        if len(found) > 1:
+            break
+    return list(found)
 
 
 def read_text_lines(spark: SparkSession, path: str | list[str]) -> DataFrame:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -133,13 +134,17 @@ def read_source(
         return io.read_jsonl(spark, path)
     if conf.format == "parquet":
         reader = spark.read.option("basePath", base_path) if base_path else spark.read
-        return io._with_internal(reader.parquet(*([path] if isinstance(path, str) else path)))
+        try:
+            return io._with_internal(reader.parquet(*([path] if isinstance(path, str) else path)))
+        except AnalysisException as exc:
+            raise io.same_name_error(exc, path, "parquet") from None
     if conf.format == "text_lines":
         return io.read_text_lines(spark, path)
     return io.read_text_files(spark, path, conf.text_files)
 
 
 def check_columns(df: DataFrame, conf: PrepareConf) -> None:
+    io.check_distinct_names(df)
     available = io.source_columns(df)
     c = conf.columns
     wanted = {"text": c.text, "doc_id": c.doc_id, "title": c.title, "label": c.label}
