@@ -175,3 +175,30 @@ def test_prepare_keeps_long_fields_quarantines_an_oversized_record_with_its_id_a
     assert set(out) == {"u1", "u2", "b1", "b2"} and out["u1"] == "héllo wörld" and len(out["u2"]) == 150_000
     assert [(b["doc_id"], b["reason"]) for b in bad] == [("big", "text_too_long")], bad
     assert metrics["rows_in"] == 5 and metrics["rows_out"] == 4 and metrics["rows_quarantined"] == 1
+
+
+def test_json_lines_around_jacksons_string_limit_are_text_too_long_with_their_id(spark, job_conf, tmp_path):
+    """Jackson, Spark's JSON parser, refuses a string over 20,000,000 characters unless told: a 52 MB
+    JSON line was malformed_record with a null id. Strings just under and just over that limit, between
+    good lines: each is text_too_long (over prepare.max_chars) with its id."""
+    import json
+
+    from textmill.jobs import run_job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [{"id": "first", "text": "hello"}]
+    lines += [{"id": f"long{n}", "text": "w" * n} for n in (20_000_000 - 1, 20_000_000 + 1)]
+    lines += [{"id": "last", "text": "bye"}]
+    (src / "f.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run_job(
+        "prepare",
+        job_conf(
+            io={"input": str(src), "output": str(tmp_path / "out")},
+            prepare={"format": "jsonl", "columns": {"doc_id": "id"}},
+        ),
+        spark,
+    )
+    assert sorted(r.doc_id for r in spark.read.parquet(str(tmp_path / "out")).collect()) == ["first", "last"]
+    bad = sorted((r.doc_id, r.reason) for r in spark.read.parquet(str(tmp_path / "out_quarantine")).collect())
+    assert bad == [("long19999999", "text_too_long"), ("long20000001", "text_too_long")]

@@ -533,6 +533,12 @@ def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[C
     ]
 
 
+# Jackson (Spark's JSON parser) refuses a string over 20,000,000 characters unless told: a hidden
+# limit that made a 52 MB JSON line malformed_record with a null id. A string may be as long as a
+# record may be (csv_records.MAX_RECORD_BYTES); the text is then held to prepare.max_chars.
+JSON_MAX_STRING = csv_records.MAX_RECORD_BYTES
+
+
 def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     """JSON Lines: the raw bytes of each line are checked as UTF-8 before the JSON parser
     decodes them (it maps overlong forms to real characters); every primitive is a string, so
@@ -541,7 +547,13 @@ def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
     from pyspark.errors import AnalysisException
 
     try:
-        inferred = spark.read.option("primitivesAsString", True).option("lineSep", "\n").json(path).schema
+        inferred = (
+            spark.read.option("primitivesAsString", True)
+            .option("lineSep", "\n")
+            .option("maxStringLen", JSON_MAX_STRING)
+            .json(path)
+            .schema
+        )
     except AnalysisException as exc:
         raise same_name_error(exc, path, "jsonl") from None
     fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
@@ -552,7 +564,12 @@ def read_jsonl(spark: SparkSession, path: str | list[str]) -> DataFrame:
         F.from_json(
             F.make_valid_utf8("_tm_line"),
             schema,
-            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": corrupt, "primitivesAsString": "true"},
+            {
+                "mode": "PERMISSIVE",
+                "columnNameOfCorruptRecord": corrupt,
+                "primitivesAsString": "true",
+                "maxStringLen": str(JSON_MAX_STRING),
+            },
         ).alias("_tm_json"),
     )
     # A line that parses to no object (``[1, 2]``, ``"text"``) is malformed too.
