@@ -224,3 +224,35 @@ def test_columns_that_differ_only_in_case_are_one_line_naming_both(
     ), line
     assert repr(name) in line and repr(other) in line and "differ only in case" in line
     assert not (tmp_path / "out").exists()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(st.text(alphabet="abcdefgh_", min_size=1, max_size=6), min_size=2, max_size=4, unique=True),
+    rows=st.integers(1, 5),
+    control=st.sampled_from(["\r", "\x0b", "\x1b[2K"]),
+)
+def test_an_error_naming_columns_escapes_their_control_characters(
+    spark, capsys, mlflow_uri, tmp_path_factory, names, rows, control
+):
+    """CR-only line endings are refused in one line, but that line held the file's raw carriage returns
+    (the header and the rows run together into column names). Generated CR-only files, and names with
+    other control characters (a vertical tab, an escape sequence that clears the terminal line)."""
+    tmp_path = tmp_path_factory.mktemp("cr")
+    header = [n + (control if control != "\r" and i == 0 else "") for i, n in enumerate(names)]
+    ending = "\r" if control == "\r" else "\n"
+    body = ending.join([",".join(header)] + [",".join(f"v{r}{c}" for c in range(len(names))) for r in range(rows)])
+    (tmp_path / "f.csv").write_text(body + ending)
+    code, line = run_main(
+        "prepare",
+        capsys,
+        mlflow_uri,
+        tmp_path,
+        f"io.input={tmp_path / 'f.csv'}",
+        f"io.output={tmp_path / 'out'}",
+        "prepare.columns.text=zz_not_there",
+    )
+    assert code == 2 and line.startswith("textmill: error: prepare.columns.text"), line
+    assert not any(ch in line for ch in "\r\x0b\x1b"), repr(line)
+    if control == "\r":
+        assert "\\r" in line and "carriage returns" in line

@@ -56,6 +56,7 @@ from textmill.runtime.errors import (
     CsvHeaderError,
     InputNotFoundError,
     UnreadableInputError,
+    printable,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def check_columns(df: DataFrame, columns: list[str], hint: str = "") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ColumnNotFoundError(
-            f"column(s) {', '.join(missing)} not in the input; available: {', '.join(df.columns)}"
+            f"column(s) {', '.join(missing)} not in the input; available: {', '.join(map(printable, df.columns))}"
             + (f" ({hint})" if hint else "")
         )
 

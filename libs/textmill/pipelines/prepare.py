@@ -33,7 +33,13 @@ from textmill.data import io, storage
 from textmill.data.cleaning import CleaningConf, blank_column
 from textmill.data.csv_records import TOO_LONG
 from textmill.runtime.config import JobConf, StrictModel
-from textmill.runtime.errors import AccountingError, ColumnNotFoundError, EmptyInputError, InputNotFoundError
+from textmill.runtime.errors import (
+    AccountingError,
+    ColumnNotFoundError,
+    EmptyInputError,
+    InputNotFoundError,
+    printable,
+)
 from textmill.runtime.filesystems import from_spark_uri
 from textmill.text.udfs import make_clean_udf
 
@@ -151,8 +157,15 @@ def check_columns(df: DataFrame, conf: PrepareConf) -> None:
     wanted.update({f"extra[{i}]": name for i, name in enumerate(c.extra)})
     missing = [f"prepare.columns.{k} = {v!r}" for k, v in wanted.items() if v is not None and v not in available]
     if missing:
+        shown = ", ".join(printable(name) for name in available) or "(none)"
+        cr_only = (
+            " (the names hold carriage returns: the file's lines seem to end in \\r alone, old Mac style; "
+            "lines end at \\n or \\r\\n only: convert the file)"
+            if any("\r" in name for name in available)
+            else ""
+        )
         raise ColumnNotFoundError(
-            f"{'; '.join(missing)}: not a column of the input. Available columns: {', '.join(available) or '(none)'}"
+            f"{'; '.join(missing)}: not a column of the input. Available columns: {shown}{cr_only}"
         )
 
 

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import re
 
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\r``, ``\\n``, ``\\x00``), for a one-line
+    message: a raw carriage return in a column name rewrote the terminal line it was printed on."""
+    return text.translate(_CONTROL)
+
 
 class TextmillError(Exception):
     """Base class: a user-facing problem with a message that says what to change."""
