@@ -256,3 +256,19 @@ def test_an_error_naming_columns_escapes_their_control_characters(
     assert not any(ch in line for ch in "\r\x0b\x1b"), repr(line)
     if control == "\r":
         assert "\\r" in line and "carriage returns" in line
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_an_output_below_a_file_is_one_line_before_any_work(spark, capsys, mlflow_uri, tmp_path, depth):
+    """An output whose parent is a file: a FileExistsError traceback after the work. The file here
+    is 1-3 folders above the output."""
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n")
+    blocker = tmp_path / "report.txt"
+    blocker.write_text("not a folder")
+    out = blocker.joinpath(*[f"d{i}" for i in range(depth - 1)], "out")
+    code, line = run_main(
+        "prepare", capsys, mlflow_uri, tmp_path, f"io.input={src}", f"io.output={out}", "prepare.format=text_lines"
+    )
+    assert code == 2 and "which is a file, not a folder" in line and str(blocker) in line, line
+    assert blocker.read_text() == "not a folder"

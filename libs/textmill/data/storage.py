@@ -130,6 +130,22 @@ def read_marker(spark: SparkSession, directory: str) -> dict | None:
         raise OutputError(f"{directory}: {MARKER} is damaged ({exc}); rerun the job that writes it") from exc
 
 
+def _check_parent_is_a_folder(fs: Files, output: str, key: str) -> None:
+    """Refuse an output below an existing file (``out.txt/results``): writing it failed after the work
+    with a FileExistsError traceback. The nearest existing ancestor must be a folder."""
+    path = fs.qualify(output).rstrip("/")
+    while "/" in path.split("://", 1)[-1].lstrip("/"):
+        path = path.rsplit("/", 1)[0]
+        parent = fs.info(path or "/")
+        if parent is None:
+            continue
+        if not parent.is_dir:
+            raise OutputError(
+                f"{key} {output!r} would be inside {parent.uri}, which is a file, not a folder; choose another path"
+            )
+        return
+
+
 def check_output(
     spark: SparkSession,
     output: str,
@@ -156,6 +172,7 @@ def check_output(
     fs = files(spark, output)
     entry = fs.info(output)
     if entry is None:
+        _check_parent_is_a_folder(fs, output, key)
         return
     if not entry.is_dir:
         if replace_unmarked:
