@@ -12,13 +12,14 @@ side in one session, after a warm-up job: ``--partitions`` (default 2 and 8). Re
 JVM's peak heap (the sum of its heap pools' peak usage, reset before each job), training seconds,
 final loss, vocabulary; ratios 8 / 2.
 
-python tests/benchmarks/bench_sgns_partitions.py [--docs 50000] [--partitions 2 8] [--epochs 5]
+python tests/benchmarks/bench_sgns_partitions.py [--docs 50000] [--partitions 2 8] [--epochs 5] [--sample-seconds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=50_000)
     parser.add_argument("--partitions", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--sample-seconds", type=float, default=3.0)
     args = parser.parse_args()
 
     from textmill.jobs import run_job
@@ -77,16 +79,38 @@ def main() -> None:
         warm.mkdir()
         pq.write_table(pa.table({"doc_id": ["w"] * 1, "text": [" ".join(texts[:200])]}), warm / "p.parquet")
         train("warm-out", warm, epochs=1, subword={"enabled": False})
-        for partitions in args.partitions:
+
+        def live_heap_mb() -> float:
             spark._jvm.System.gc()
+            return (runtime.totalMemory() - runtime.freeMemory()) / 2**20
+
+        for partitions in args.partitions:
+            baseline = live_heap_mb()
             pools = heap_pools(spark)
             for pool in pools:
                 pool.resetPeakUsage()
-            metrics = train(
-                f"p{partitions}", src, partitions=partitions, epochs=args.epochs, subword={"enabled": False}
-            )
+            samples: list[float] = []
+            done = threading.Event()
+
+            def sample(samples=samples, done=done) -> None:
+                while not done.wait(args.sample_seconds):
+                    samples.append(live_heap_mb())
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                metrics = train(
+                    f"p{partitions}", src, partitions=partitions, epochs=args.epochs, subword={"enabled": False}
+                )
+            finally:
+                done.set()
+                sampler.join()
             peak = sum(pool.getPeakUsage().getUsed() for pool in pools) / 2**20
             result["contenders"][f"partitions_{partitions}"] = {
+                "driver_live_heap_before_mb": round(baseline),
+                "driver_peak_live_heap_mb": round(max(samples, default=baseline)),
+                "driver_live_heap_after_mb": round(live_heap_mb()),
+                "live_heap_samples": len(samples),
                 "driver_peak_heap_mb": round(peak),
                 "train_seconds": round(metrics["train_seconds"], 1),
                 "final_loss": round(metrics["final_loss"], 4),
@@ -94,6 +118,9 @@ def main() -> None:
             }
             print(result["contenders"][f"partitions_{partitions}"], flush=True)
     first, last = (result["contenders"][f"partitions_{p}"] for p in (args.partitions[0], args.partitions[-1]))
+    result["ratios"]["peak_live_heap_last_over_first"] = round(
+        last["driver_peak_live_heap_mb"] / first["driver_peak_live_heap_mb"], 3
+    )
     result["ratios"]["peak_heap_last_over_first"] = round(last["driver_peak_heap_mb"] / first["driver_peak_heap_mb"], 3)
     result["ratios"]["train_seconds_last_over_first"] = round(last["train_seconds"] / first["train_seconds"], 3)
     spark.stop()
