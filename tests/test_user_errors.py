@@ -272,3 +272,31 @@ def test_an_output_below_a_file_is_one_line_before_any_work(spark, capsys, mlflo
     )
     assert code == 2 and "which is a file, not a folder" in line and str(blocker) in line, line
     assert blocker.read_text() == "not a folder"
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stem=st.text(alphabet="abcdef-_ ", min_size=1, max_size=8).filter(str.strip),
+    glob=st.sampled_from(list("*?[]{}")),
+    at=st.integers(0, 8),
+)
+def test_an_output_path_with_glob_characters_is_one_line_before_any_work(
+    spark, capsys, mlflow_uri, tmp_path_factory, stem, glob, at
+):
+    """An output path with ?, *, [ or ]: Spark wrote it, then read it back as a glob and failed with a
+    PATH_NOT_FOUND traceback after the work."""
+    tmp_path = tmp_path_factory.mktemp("glob")
+    src = tmp_path / "in.txt"
+    src.write_text("one\n")
+    name = stem[:at] + glob + stem[at:]
+    code, line = run_main(
+        "prepare",
+        capsys,
+        mlflow_uri,
+        tmp_path,
+        f"io.input={src}",
+        f"io.output={tmp_path / name}",
+        "prepare.format=text_lines",
+    )
+    assert code == 2 and "which Spark reads as a glob pattern" in line and glob in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

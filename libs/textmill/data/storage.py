@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 MARKER = "_textmill.json"
 LOCK_SUFFIX = ".__textmill_lock"
 TMP_TAG, OLD_TAG, BUILD_TAG = "__textmill_tmp-", "__textmill_old-", "__textmill_build-"
+OUTPUT_GLOB_CHARS = frozenset("*?[]{}")
 REPLACE_HINT = "choose another io.output, or set io.replace_unmarked: true to replace it anyway"
 
 
@@ -159,6 +160,14 @@ def check_output(
     ``container_for`` names the job when ``output`` is a directory of several outputs: it must
     then be empty, or that job's container; a dataset output must not be someone's container.
     """
+    glob = sorted(set(output) & OUTPUT_GLOB_CHARS)
+    if glob:
+        # Spark reads an output back by its path, as a glob: such a name wrote, then failed with
+        # PATH_NOT_FOUND after the work.
+        raise OutputError(
+            f"{key} {output!r} holds {' '.join(glob)}, which Spark reads as a glob pattern when it reads the "
+            "output back; choose a path without * ? [ ] { }"
+        )
     target = _real(qualified(spark, output))
     for given in inputs:
         for location in _input_locations(spark, given):
