@@ -85,15 +85,25 @@ def test_build_index_refuses_what_cannot_be_indexed(vectors, message, spark, cap
     "damage, message",
     [
         ("manifest", "manifest.json cannot be read as JSON"),
-        ("truncate", "cannot be loaded (Index size is not a multiple of vector size"),
-        ("halve", "items, the manifest says 30 (truncated or replaced?)"),
+        ("truncate", "bytes, the manifest says"),
+        ("halve", "bytes, the manifest says"),
+        ("flip", "does not match the checksum in the manifest"),
+        # an index built before shards had sizes and checksums in the manifest: what Annoy finds
+        ("truncate_unsummed", "cannot be loaded (Index size is not a multiple of vector size"),
+        ("halve_unsummed", "items, the manifest says 30 (truncated or replaced?)"),
         ("remove", "is missing"),
     ],
 )
 def test_neighbors_with_a_damaged_index(damage, message, small_index, spark, capsys, mlflow_uri, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(small_index / "index", index)
-    shard = index / json.loads((index / "manifest.json").read_text())["shards"][0]["file"]
+    manifest = json.loads((index / "manifest.json").read_text())
+    shard = index / manifest["shards"][0]["file"]
+    if damage.endswith("_unsummed"):
+        damage = damage.removesuffix("_unsummed")
+        for entry in manifest["shards"]:
+            del entry["bytes"], entry["sha256"]
+        (index / "manifest.json").write_text(json.dumps(manifest))
     if damage == "manifest":
         (index / "manifest.json").write_text('{"dim": 4, "metr')
     elif damage == "truncate":
@@ -102,6 +112,11 @@ def test_neighbors_with_a_damaged_index(damage, message, small_index, spark, cap
         data = shard.read_bytes()
         node = 12 + 4 * 4  # an angular Annoy node of dimension 4: descendants, two children, the vector
         shard.write_bytes(data[: len(data) // 2 // node * node])  # a whole number of nodes, half of them
+    elif damage == "flip":
+        data = bytearray(shard.read_bytes())  # the right size, bytes of its nodes flipped
+        for at in range(len(data) // 3, len(data) // 3 + 64):
+            data[at] ^= 0xFF
+        shard.write_bytes(bytes(data))
     else:
         shard.unlink()
     code, line = run_main(

@@ -336,7 +336,10 @@ def run(spark: SparkSession, conf: BuildIndexJobConf) -> dict[str, float]:
                     n_trees=n_trees,
                     seed=c.seed,
                     search_k=c.search_k or k * n_trees,
-                    shards=[{"file": b["file"], "items": b["items"]} for b in built],
+                    shards=[
+                        {"file": b["file"], "items": b["items"], **ann.file_identity(candidate / b["file"])}
+                        for b in built
+                    ],
                     n_items=n_items,
                     build_seconds=build_seconds,
                 )

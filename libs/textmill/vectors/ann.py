@@ -1,7 +1,7 @@
 """Approximate nearest neighbours with sharded Annoy indexes: build, load once, search, merge.
 
 An index directory holds ``manifest.json`` (format ``textmill-annoy/v1``: dim, metric,
-n_trees, seed, search_k, shard files and item counts, build time, measured recall),
+n_trees, seed, search_k, shard files with their item counts, sizes and SHA-256, build time, measured recall),
 ``shards/shard-NNNNN.ann`` and ``mapping/`` (Parquet ``item, id, shard, local``). Items get
 dense integer ids ``0..n-1`` in id order; item ``i`` lives in shard ``i % S`` at local id
 ``i // S``.
@@ -112,6 +112,21 @@ class Manifest:
             ) from exc
 
 
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_identity(path: str | Path) -> dict:
+    """What the manifest keeps of a shard file to know it again: its size and SHA-256."""
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
+
+
 def check_index(directory: str | Path) -> Manifest:
     """Load the manifest and every shard once (on the driver), so a damaged index fails in one clear line."""
     from annoy import AnnoyIndex
@@ -122,6 +137,19 @@ def check_index(directory: str | Path) -> Manifest:
         if not path.is_file():
             raise IndexCorruptError(
                 f"{directory}: shard file {shard['file']} is missing; rebuild the index with build_index"
+            )
+        # Annoy trusts its file: flipped bytes in a shard of the right size crashed the worker that
+        # searched it. A manifest written since 2026-12-07 holds each shard's size and checksum.
+        size = path.stat().st_size
+        if shard.get("bytes") is not None and size != shard["bytes"]:
+            raise IndexCorruptError(
+                f"{directory}: shard file {shard['file']} holds {size:,} bytes, the manifest says "
+                f"{shard['bytes']:,} (truncated or replaced?); rebuild the index with build_index"
+            )
+        if shard.get("sha256") and file_sha256(path) != shard["sha256"]:
+            raise IndexCorruptError(
+                f"{directory}: shard file {shard['file']} does not match the checksum in the manifest (damaged "
+                "or replaced); rebuild the index with build_index"
             )
         index = AnnoyIndex(manifest.dim, manifest.metric)
         try:
