@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from textmill.data.csv_records import TOO_LONG, CsvDialect, _physical_lines, read_records
@@ -202,3 +202,40 @@ def test_json_lines_around_jacksons_string_limit_are_text_too_long_with_their_id
     assert sorted(r.doc_id for r in spark.read.parquet(str(tmp_path / "out")).collect()) == ["first", "last"]
     bad = sorted((r.doc_id, r.reason) for r in spark.read.parquet(str(tmp_path / "out_quarantine")).collect())
     assert bad == [("long19999999", "text_too_long"), ("long20000001", "text_too_long")]
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(max_chars=st.integers(50, 400), deltas=st.lists(st.integers(-2, 2), min_size=1, max_size=4, unique=True))
+def test_a_text_file_over_what_max_chars_can_take_is_never_read(spark, job_conf, tmp_path_factory, max_chars, deltas):
+    """A 1 GB file in text_files ran the driver JVM out of memory, read into one value. A file of more
+    bytes than max_chars characters can take (4 bytes each) is text_too_long, unread; files around that
+    bound, and a sparse 1 GiB file, which would take seconds and gigabytes to read."""
+    from textmill.jobs import run_job
+
+    tmp_path = tmp_path_factory.mktemp("files")
+    src = tmp_path / "in"
+    src.mkdir()
+    bound = 4 * max_chars
+    for delta in deltas:
+        (src / f"f{bound + delta}.txt").write_bytes(b"\xc3\xa9" * ((bound + delta) // 2) + b"x" * ((bound + delta) % 2))
+    with (src / "huge.txt").open("wb") as handle:
+        handle.truncate(2**30)
+    run_job(
+        "prepare",
+        job_conf(
+            io={"input": str(src), "output": str(tmp_path / "out")},
+            prepare={"format": "text_files", "max_chars": max_chars},
+        ),
+        spark,
+    )
+    bad = {
+        r.source.rsplit("/", 1)[-1]: (r.reason, r.detail)
+        for r in spark.read.parquet(f"{tmp_path}/out_quarantine").collect()
+    }
+    assert bad["huge.txt"][0] == "text_too_long" and "not read" in bad["huge.txt"][1]
+    for delta in deltas:
+        name = f"f{bound + delta}.txt"
+        if delta > 0:
+            assert bad[name][0] == "text_too_long" and "not read" in bad[name][1], bad
+        else:  # read: its characters (2 bytes each, é) are then over max_chars
+            assert bad[name][0] == "text_too_long" and "n_chars=" in bad[name][1], bad

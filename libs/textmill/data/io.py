@@ -681,20 +681,45 @@ def make_decode_udf(encodings: list[str], first_line_is_title: bool):
     return decode
 
 
-def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesConf) -> DataFrame:
+def read_text_files(
+    spark: SparkSession, path: str | list[str], conf: TextFilesConf, max_bytes: int | None = None
+) -> DataFrame:
     """One document per file (``list_input`` picks the files). Columns: text, title (when
-    first_line_is_title), folder, name, relpath."""
-    raw = spark.read.format("binaryFile").load(path).select("path", "content")
+    first_line_is_title), folder, name, relpath. A listed local file over ``max_bytes`` is never
+    read: its row is ``text_too_long`` (``csv_records.TOO_LONG``), where reading a 1 GB file into one
+    value ran the driver JVM out of memory."""
+    too_long = F.lit(None).cast("string")
+    big: list[tuple[str, str]] = []
+    if not isinstance(path, str) and max_bytes is not None:
+        sizes = {uri: os.path.getsize(local) for uri in path if (local := csv_records.local_file(uri))}
+        big = [
+            (uri, f"{csv_records.TOO_LONG} of {max_bytes:,} bytes: a file of {size:,} bytes, not read")
+            for uri, size in sizes.items()
+            if size > max_bytes
+        ]
+        path = [uri for uri in path if sizes.get(uri, 0) <= max_bytes]
+    if isinstance(path, str) or path:
+        raw = spark.read.format("binaryFile").load(path).select("path", "content", too_long.alias("_too_long"))
+    else:
+        raw = spark.createDataFrame([], "path string, content binary, _too_long string")
     if not isinstance(path, str):
         # Spark's file scan skips 0-byte files, but each is a document here (quarantined as empty_text).
         empty = [(uri,) for uri in path if (local := csv_records.local_file(uri)) and os.path.getsize(local) == 0]
         if empty:
             raw = raw.unionByName(
-                spark.createDataFrame(empty, "path string").select("path", F.lit(b"").alias("content"))
+                spark.createDataFrame(empty, "path string").select(
+                    "path", F.lit(b"").alias("content"), too_long.alias("_too_long")
+                )
             )
+    if big:
+        raw = raw.unionByName(
+            spark.createDataFrame(big, "path string, _too_long string").select(
+                "path", F.lit(None).cast("binary").alias("content"), "_too_long"
+            )
+        )
     decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
     # One UDF call per file; its struct is then unpacked (never call the UDF once per field).
-    decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"))
+    decoded = raw.select(decode(F.col("content")).alias("_d"), F.col("path"), F.col("_too_long"))
     parts = F.split(F.col("path"), "/")
     folder = F.element_at(parts, -2)
     name = F.element_at(parts, -1)
@@ -706,8 +731,8 @@ def read_text_files(spark: SparkSession, path: str | list[str], conf: TextFilesC
         *columns,
         F.col("path").alias(SOURCE),
         F.lit(None).cast("string").alias(MALFORMED),
-        F.col("_d.error").alias(DECODE_ERROR),
-        F.lit(None).cast("string").alias(SUSPECT),
+        F.when(F.col("_too_long").isNull(), F.col("_d.error")).alias(DECODE_ERROR),
+        F.col("_too_long").alias(SUSPECT),
         F.lit(None).cast("binary").alias(RAW_BYTES),
     )
     return df

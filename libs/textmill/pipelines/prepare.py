@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import operator
+import os
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -129,6 +130,9 @@ def quarantine_path(conf: JobConf) -> str:
 # ---------------------------------------------------------------------------- extract
 
 
+MAX_BYTES_PER_CHAR = 4  # UTF-8, UTF-16 and UTF-32 take at most 4 bytes for a character
+
+
 def read_source(
     spark: SparkSession, path: str | list[str], conf: PrepareConf, base_path: str | None = None
 ) -> DataFrame:
@@ -146,7 +150,8 @@ def read_source(
             raise io.same_name_error(exc, path, "parquet") from None
     if conf.format == "text_lines":
         return io.read_text_lines(spark, path)
-    return io.read_text_files(spark, path, conf.text_files)
+    # A file of more bytes than max_chars characters can take in any encoding is never read whole.
+    return io.read_text_files(spark, path, conf.text_files, max_bytes=conf.max_chars * MAX_BYTES_PER_CHAR)
 
 
 def check_columns(df: DataFrame, conf: PrepareConf) -> None:
@@ -421,12 +426,19 @@ def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) 
     if p.format == "csv" and io.reads_strict_csv(to_read, p.csv):
         return
     read = {_file_uri(from_spark_uri(u)) for u in source.inputFiles()}  # percent-encoded URIs, from Spark
-    missing = [u for u in to_read if _file_uri(u) not in read]
+    # text_files: a file too large to read is a text_too_long row of its own, not a file Spark reads.
+    unread = set(_too_large_text_files(to_read, p)) if p.format == "text_files" else set()
+    missing = [u for u in to_read if _file_uri(u) not in read and u not in unread]
     if missing:
         raise AccountingError(
             f"{len(missing)} input file(s) would not be read by the {len(read)}-file reader, e.g. {missing[0]}; "
             "nothing was written"
         )
+
+
+def _too_large_text_files(to_read: list[str], p: PrepareConf) -> list[str]:
+    bound = p.max_chars * MAX_BYTES_PER_CHAR
+    return [uri for uri in to_read if (local := io.csv_records.local_file(uri)) and os.path.getsize(local) > bound]
 
 
 def _file_uri(uri: str) -> str:
