@@ -81,9 +81,9 @@ def test_the_driver_and_the_executors_read_the_same_records(spark, corpus, split
         csv = corpus.prepare_conf()["csv"]
         spec, _ = strict_csv_spec(files, CsvConf(**csv))
         if split is not None and not csv["multiline"]:  # the byte ranges of a large single-line file, made small
-            sizes = [(part["path"], part["uri"], os.path.getsize(part["path"])) for part in spec["parts"]]
-            orders = {part["uri"]: part["order"] for part in spec["parts"]}
-            spec["parts"] = [
+            sizes = [(part["path"], part["uri"], os.path.getsize(part["path"])) for part in spec["pieces"]]
+            orders = {part["uri"]: part["order"] for part in spec["pieces"]}
+            spec["pieces"] = [
                 {**part, "order": orders[part["uri"]]}
                 for part in plan_parts(sizes, None, spec["columns"], split, splittable=True)
             ]

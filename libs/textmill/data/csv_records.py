@@ -23,8 +23,8 @@ documents (jobs/reliability.md):
   its own (a stray quote read on into it): then it is treated as rejected.
 
 ``read_records`` is the pure parser (fuzzed in tests without Spark); ``frame`` runs it on
-executors with ``mapInArrow``, one task per file or per byte range of a large single-line
-file, planned on the driver (``plan_parts``). Both run on classic and Spark Connect sessions.
+executors (``local_files.frame``: small files packed into one task, a large single-line file
+read in byte ranges), planned on the driver (``plan_parts``). Both run on classic and Spark Connect sessions.
 (Until issue 38 this was a Python data source, whose planning starts Python processes of its
 own: about 3 s more for every job that reads a CSV file, measured in tests/benchmarks/bench_tiny_job.py.)
 """
@@ -37,6 +37,8 @@ import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from textmill.data import local_files
 
 BOM = codecs.BOM_UTF8
 MAX_RECORD_BYTES = 64 * 2**20  # a longer record is quarantined whole as text_too_long, its leading fields kept
@@ -333,9 +335,7 @@ class HeaderError(ValueError):
 
 # ---------------------------------------------------------------------------- on Spark
 
-SPLIT_BYTES = (
-    128 * 2**20
-)  # a larger uncompressed single-line file is read in ranges of this size (Spark's default split)
+SPLIT_BYTES = local_files.SPLIT_BYTES  # a larger uncompressed single-line file is read in byte ranges of this size
 BATCH_ROWS = 4096
 # The internal columns of every textmill reader (textmill.data.io names them), in this reader's order.
 INTERNAL = [
@@ -352,33 +352,37 @@ def schema_ddl(columns: list[str]) -> str:
     return ", ".join([f"`{c.replace('`', '``')}` string" for c in columns] + [f"{n} {t}" for n, t in INTERNAL])
 
 
-# Local input up to this size (uncompressed files only) is parsed in the driver's Python: reading a
-# few MB there takes well under a second, where the first Python task of a session costs seconds to
-# start its worker (tests/benchmarks/bench_tiny_job.py). Both ways run ``read_part``.
-DRIVER_READ_BYTES = 4 * 2**20
-
-
-def reads_on_driver(files: list[tuple[str, int]]) -> bool:
-    """Whether ``frame`` parses these (local path, size) files in the driver: uncompressed and small."""
-    return sum(size for _, size in files) <= DRIVER_READ_BYTES and not any(path.endswith(".gz") for path, _ in files)
+reads_on_driver = local_files.reads_on_driver
 
 
 def frame(spark, spec: dict, on_driver: bool = False):  # a SparkSession in, a DataFrame out
-    """The records of every part of ``spec`` (``read_spec``), in order: parsed in this process and
-    handed to Spark as one Arrow table when ``on_driver``, else one Spark task per part."""
-    if on_driver:
-        import pyarrow as pa
+    """The records of every piece of ``spec`` (``read_spec``), in order (``local_files.frame``)."""
+    columns = spec["columns"]
+    return local_files.frame(spark, spec, read_pieces, schema_ddl(columns), arrow_schema(columns), on_driver)
 
-        batches = [batch for part in spec["parts"] for batch in read_part(spec, part)]
-        return spark.createDataFrame(pa.Table.from_batches(batches, schema=arrow_schema(spec["columns"])))
-    parts = spec["parts"]
 
-    def read(batches: Iterator) -> Iterator:
-        for batch in batches:
-            for index in batch.column(0).to_pylist():
-                yield from read_part(spec, parts[index])
+def read_pieces(spec: dict, pieces: list[dict]) -> Iterator:
+    """Arrow record batches of up to ``BATCH_ROWS`` records of these pieces, in order: a batch
+    holds the records of many small files (a batch per file cost more than reading them)."""
+    import pyarrow as pa
 
-    return spark.range(len(parts), numPartitions=max(1, len(parts))).mapInArrow(read, schema_ddl(spec["columns"]))
+    schema = arrow_schema(spec["columns"])
+    batch: list[list] = [[] for _ in schema]
+
+    def flush():
+        arrays = [pa.array(values, type=field.type) for values, field in zip(batch, schema)]
+        for values in batch:
+            values.clear()
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    for piece in pieces:
+        for row in piece_rows(spec, piece):
+            for values, value in zip(batch, row):
+                values.append(value)
+            if len(batch[0]) >= BATCH_ROWS:
+                yield flush()
+    if batch[0]:
+        yield flush()
 
 
 def arrow_schema(columns: list[str]):  # a pyarrow.Schema; pyarrow is imported where it is used
@@ -389,23 +393,13 @@ def arrow_schema(columns: list[str]):  # a pyarrow.Schema; pyarrow is imported w
     )
 
 
-def read_part(spec: dict, part: dict) -> Iterator:
-    """Arrow record batches of one part: a whole file, or the records that start in its byte range."""
-    import pyarrow as pa
-
+def piece_rows(spec: dict, part: dict) -> Iterator[list]:
+    """The rows (columns, then the internal columns) of one piece: a whole file, or the records
+    that start in its byte range."""
     dialect = CsvDialect(**spec["dialect"])
     columns = spec["columns"]
     start, order, uri = part["start"], part["order"], part["uri"]
     width = len(order) if order is not None else len(columns)
-    schema = arrow_schema(columns)
-    batch: list[list] = [[] for _ in schema]
-
-    def flush():
-        arrays = [pa.array(values, type=field.type) for values, field in zip(batch, schema)]
-        for values in batch:
-            values.clear()
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
     try:
         with open_lines(part["path"], dialect) as stream:
             lines = _physical_lines(stream, start, part["end"])
@@ -424,17 +418,9 @@ def read_part(spec: dict, part: dict) -> Iterator:
                 decode_error = f"bytes that are not valid {dialect.encoding} ({where})" if record.undecodable else None
                 if record.problem:
                     suspect = f"{record.problem} ({where})"
-                for values, value in zip(
-                    batch,
-                    [*row, uri, malformed, decode_error, suspect, record.raw if record.undecodable else None],
-                ):
-                    values.append(value)
-                if len(batch[0]) >= BATCH_ROWS:
-                    yield flush()
+                yield [*row, uri, malformed, decode_error, suspect, record.raw if record.undecodable else None]
     except (OSError, EOFError, ValueError) as exc:  # zlib.error is not one: gzip raises BadGzipFile (OSError)
         raise RuntimeError(f"{UNREADABLE}[{uri}]: {type(exc).__name__}: {exc}") from exc
-    if batch[0]:
-        yield flush()
 
 
 def plan_parts(
@@ -453,9 +439,12 @@ def plan_parts(
             bounds = list(range(0, size, split_bytes))
             for i, start in enumerate(bounds):
                 end = bounds[i + 1] if i + 1 < len(bounds) else None
-                parts.append({"path": path, "uri": uri, "start": start, "end": end, "order": order})
+                piece_bytes = (end if end is not None else size) - start
+                parts.append(
+                    {"path": path, "uri": uri, "start": start, "end": end, "order": order, "bytes": piece_bytes}
+                )
         else:
-            parts.append({"path": path, "uri": uri, "start": 0, "end": None, "order": order})
+            parts.append({"path": path, "uri": uri, "start": 0, "end": None, "order": order, "bytes": size})
     return parts
 
 
@@ -470,5 +459,6 @@ def local_file(uri: str) -> str | None:
 
 
 def read_spec(columns: list[str], parts: list[dict], dialect: CsvDialect, header: bool) -> dict:
-    """What ``frame`` reads: the output columns, the parts (``plan_parts``), the dialect, whether files have headers."""
-    return {"columns": columns, "parts": parts, "header": header, "dialect": dict(dialect.__dict__)}
+    """What ``frame`` reads: the output columns, the pieces (``plan_parts``), the dialect, and
+    whether files have headers."""
+    return {"columns": columns, "pieces": parts, "header": header, "dialect": dict(dialect.__dict__)}

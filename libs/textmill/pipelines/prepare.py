@@ -15,10 +15,8 @@ has been checked on the written files. ``prepare_frame`` is the pure DataFrame t
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import operator
 import os
 from typing import Any, Literal
 
@@ -134,10 +132,19 @@ MAX_BYTES_PER_CHAR = 4  # UTF-8, UTF-16 and UTF-32 take at most 4 bytes for a ch
 
 
 def read_source(
-    spark: SparkSession, path: str | list[str], conf: PrepareConf, base_path: str | None = None
+    spark: SparkSession,
+    path: str | list[str],
+    conf: PrepareConf,
+    base_path: str | None = None,
+    folder: str | None = None,
 ) -> DataFrame:
     """The source rows of ``path`` (a path, or the exact files to read) in ``conf.format``;
-    ``base_path``: the directory whose ``key=value`` folders are Parquet partition columns."""
+    ``base_path``: the directory whose ``key=value`` folders are Parquet partition columns;
+    ``folder`` (``folder_for_spark``): a local folder that Spark's line readers read whole
+    instead of ``path``, its listed files."""
+    if folder is not None and conf.format in FOLDER_FORMATS:
+        reader = io.read_jsonl if conf.format == "jsonl" else io.read_text_lines
+        return reader(spark, folder, recursive=True)
     if conf.format == "csv":
         return io.read_csv(spark, path, conf.csv)
     if conf.format == "jsonl":
@@ -189,20 +196,48 @@ def _reason_and_detail(conditions: list[tuple[Column, str, Column]]) -> tuple[Co
 def _any_invalid_utf8(columns: list[str], df: DataFrame) -> Column:
     """True where any of ``columns`` holds bytes that are not valid UTF-8 (nested values via JSON)."""
     checks = []
+    schema = df.schema  # once: each ``df.schema`` asks the JVM for the whole schema again
     for name in columns:
-        kind = df.schema[name].dataType
+        kind = schema[name].dataType
         if isinstance(kind, T.StringType):
             checks.append(~F.is_valid_utf8(F.col(name)))
         elif isinstance(kind, (T.StructType, T.ArrayType, T.MapType)):
             checks.append(~F.is_valid_utf8(F.to_json(F.col(name))))
-    return functools.reduce(operator.or_, [F.coalesce(c, F.lit(False)) for c in checks], F.lit(False))
+    if not checks:
+        return F.lit(False)
+    # One flat array, not a chain of ORs: a chain as deep as the column count overflowed the JVM's
+    # stack while Spark planned a 20,000-column CSV (issue 39, item 4).
+    return F.array_contains(F.array(*[F.coalesce(c, F.lit(False)) for c in checks]), True)
 
 
-def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
+def _fffd_found(conf: PrepareConf, src_cols: list[str]) -> Column:
+    """True where a source value holds U+FFFD (``replacement_char_is_error``): looked for in the
+    record's JSON (``_tm_json``, built once), unless a column's name holds one itself."""
+    fffd = "\ufffd"
+    if not conf.replacement_char_is_error or conf.format == "text_files":
+        return F.lit(False)
+    if any(fffd in name for name in src_cols):
+        values = F.concat_ws("", *[F.col(x).cast("string") for x in src_cols])
+        return F.coalesce(F.instr(values, fffd) > 0, F.lit(False))
+    return F.coalesce(F.instr("_tm_json", fffd) > 0, F.lit(False))
+
+
+def reader_checks_bytes(to_read: list[str], conf: PrepareConf) -> bool:
+    """Whether the reader of these files checks every record's raw bytes before parsing them
+    (``_tm_decode_error``): textmill's CSV reader and the line and file readers do; Parquet and
+    Spark's CSV parser do not, so ``prepare_frame`` checks their every value."""
+    if conf.format == "csv":
+        return io.reads_strict_csv(to_read, conf.csv)
+    return conf.format in ("jsonl", "text_lines", "text_files")
+
+
+def prepare_frame(source: DataFrame, conf: PrepareConf, bytes_checked: bool = False) -> DataFrame:
     """Map, clean, id and classify every source row. One output row per input row.
 
     Columns: the output columns and extras, plus ``_tm_reason`` (null = good row),
-    ``_tm_detail`` and ``_tm_raw`` for the quarantine.
+    ``_tm_detail`` and ``_tm_raw`` for the quarantine. ``bytes_checked``: the reader has checked
+    every record's raw bytes (``reader_checks_bytes``), so no value is checked again: on a
+    20,000-column CSV those checks were most of the planning time.
     """
     c = conf.columns
     src_cols = io.source_columns(source)
@@ -224,8 +259,29 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         label = label_src
     given_id = F.col(c.doc_id).cast("string") if c.doc_id else None
 
+    # What needs every source column is computed once, here, under a name: referenced by name
+    # below, each wide expression stays one node in the plan (inlined into the reason and detail
+    # chains, a 20,000-column CSV took minutes to plan). Only the columns used later are kept.
+    # Spark's Parquet reader and CSV parser do not validate UTF-8: check every source value then.
+    checked = [io.MALFORMED] if bytes_checked else [io.MALFORMED, *src_cols]
+    schema = source.schema  # once: each ``df.schema`` asks the JVM for the whole schema again
+    invalid_strings = [F.col(x) for x in checked if isinstance(schema[x].dataType, T.StringType)]
+    # The record as JSON: what the quarantine keeps, and where U+FFFD is looked for (Spark's
+    # to_json writes non-ASCII characters as they are), so the wide struct is built once.
+    as_json = F.to_json(F.struct(*[F.col(x) for x in src_cols]))
+    row_checks = [
+        _any_invalid_utf8(checked, source).alias("_tm_invalid_utf8"),
+        as_json.alias("_tm_json"),
+        F.coalesce(
+            F.col(io.RAW_BYTES),
+            *[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings],
+            F.lit(None).cast("binary"),
+        ).alias("_tm_raw_bytes_found"),
+    ]
+    kept = list(dict.fromkeys(x for x in [c.doc_id, *c.extra] if x is not None))
     df = source.select(
-        *src_cols,
+        *kept,
+        *row_checks,
         io.SOURCE,
         io.MALFORMED,
         io.DECODE_ERROR,
@@ -237,20 +293,22 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
         label_src.alias("_tm_label_src"),
         label.alias("label_out"),
     )
+    wide = df.select(
+        "*",
+        _fffd_found(conf, src_cols).alias("_tm_fffd"),
+        F.coalesce(F.col(io.MALFORMED), F.col("_tm_json")).alias("_tm_original"),
+    )
+    df = wide.drop("_tm_json")
     content_id = F.substring(
         F.sha2(F.concat_ws("\u001f", F.coalesce("title_out", F.lit("")), F.coalesce("text_out", F.lit(""))), 256), 1, 32
     )
     doc_id = given_id if given_id is not None else content_id
     n_chars = F.length("text_out")
-    fffd = "\ufffd"
-    # Spark's text, JSON and Parquet readers do not validate UTF-8: check every source value.
-    invalid_utf8 = _any_invalid_utf8([io.MALFORMED, *src_cols], source)
+    invalid_utf8 = F.col("_tm_invalid_utf8")
     undecodable = F.col(io.DECODE_ERROR).isNotNull() | invalid_utf8
     undecodable_detail = F.when(invalid_utf8, F.lit("bytes that are not valid UTF-8"))
     if conf.replacement_char_is_error and conf.format != "text_files":
-        fffd_found = F.coalesce(
-            F.instr(F.concat_ws("", *[F.col(x).cast("string") for x in src_cols]), fffd) > 0, F.lit(False)
-        )
+        fffd_found = F.col("_tm_fffd")
         undecodable = undecodable | fffd_found
         undecodable_detail = F.coalesce(
             undecodable_detail, F.when(fffd_found, F.lit("bytes that are not valid text (U+FFFD found)"))
@@ -291,17 +349,9 @@ def prepare_frame(source: DataFrame, conf: PrepareConf) -> DataFrame:
             )
         )
     reason, detail = _reason_and_detail(conditions)
-    original = F.coalesce(F.col(io.MALFORMED), F.to_json(F.struct(*[F.col(x) for x in src_cols])))
     # Every Parquet reader must be able to read the quarantine: text made valid, the exact bytes kept as binary.
-    raw = F.make_valid_utf8(original)
-    invalid_strings = [
-        F.col(x) for x in [io.MALFORMED, *src_cols] if isinstance(source.schema[x].dataType, T.StringType)
-    ]
-    raw_bytes = F.coalesce(
-        F.col(io.RAW_BYTES),
-        *[F.when(~F.is_valid_utf8(x), x.cast("binary")) for x in invalid_strings],
-        F.lit(None).cast("binary"),
-    )
+    raw = F.make_valid_utf8(F.col("_tm_original"))
+    raw_bytes = F.col("_tm_raw_bytes_found")
 
     df = df.select(
         "*",
@@ -420,25 +470,49 @@ def _input_files(spark: SparkSession, input_path: str, p: PrepareConf) -> tuple[
     return listed, to_read
 
 
-def check_all_files_read(source: DataFrame, to_read: list[str], p: PrepareConf) -> None:
-    """Every listed file must be one the reader reads (files counted and rows read agree).
-    textmill's CSV reader is handed exactly these files (a header-only one holds no record)."""
+# Spark lists exact paths one at a time, about 0.2 ms each (10 s for 50,000), and a folder's
+# files in one pass; from this many files on, a listed local folder is handed to Spark's line
+# readers whole, when that reads exactly the listed files (checked after: check_all_files_read).
+FOLDER_READ_MIN_FILES = 1000
+FOLDER_FORMATS = ("jsonl", "text_lines")
+
+
+def folder_for_spark(input_path: str, listed: io.InputListing, to_read: list[str], p: PrepareConf) -> str | None:
+    """The local folder Spark may read whole instead of the listed files, or None: a folder
+    (not a glob) with many files, no symbolic link (Spark would follow it), no glob character
+    (Spark would expand it), in a line format (Parquet's partition folders would change)."""
+    if p.format not in FOLDER_FORMATS or len(to_read) < FOLDER_READ_MIN_FILES or not storage.is_local(input_path):
+        return None
+    local = os.path.abspath(storage.local_path(input_path))
+    if listed.links or any(ch in storage.GLOB_CHARS for ch in local) or not os.path.isdir(local):
+        return None
+    return f"file:{local}"
+
+
+def check_all_files_read(
+    source: DataFrame, to_read: list[str], p: PrepareConf, listed: list[str] | None = None
+) -> None:
+    """Every listed file must be one the reader reads (files counted and rows read agree), and
+    with ``listed`` (every file listed, empty ones too) the reader reads no other file (one
+    added since the listing). textmill's own readers (strict CSV, local text files) are handed
+    exactly these files (a header-only CSV file holds no record)."""
     if p.format == "csv" and io.reads_strict_csv(to_read, p.csv):
         return
+    if p.format == "text_files" and all(io.csv_records.local_file(u) for u in to_read):
+        return
     read = {_file_uri(from_spark_uri(u)) for u in source.inputFiles()}  # percent-encoded URIs, from Spark
-    # text_files: a file too large to read is a text_too_long row of its own, not a file Spark reads.
-    unread = set(_too_large_text_files(to_read, p)) if p.format == "text_files" else set()
-    missing = [u for u in to_read if _file_uri(u) not in read and u not in unread]
+    missing = [u for u in to_read if _file_uri(u) not in read]
     if missing:
         raise AccountingError(
             f"{len(missing)} input file(s) would not be read by the {len(read)}-file reader, e.g. {missing[0]}; "
             "nothing was written"
         )
-
-
-def _too_large_text_files(to_read: list[str], p: PrepareConf) -> list[str]:
-    bound = p.max_chars * MAX_BYTES_PER_CHAR
-    return [uri for uri in to_read if (local := io.csv_records.local_file(uri)) and os.path.getsize(local) > bound]
+    extra = sorted(read - {_file_uri(u) for u in listed}) if listed is not None else []
+    if extra:
+        raise AccountingError(
+            f"{len(extra)} file(s) appeared in the input after it was listed, e.g. {extra[0]}; nothing was written: "
+            "run again once the input is complete"
+        )
 
 
 def _file_uri(uri: str) -> str:
@@ -527,32 +601,34 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     listed, to_read = _input_files(spark, input_path, p)
     # The exact files listed, never the path again: the reader would follow the links the listing skipped.
     base = input_path if p.format == "parquet" and storage.is_directory(spark, input_path) else None
-    source = read_source(spark, to_read, p, base_path=base)
-    check_all_files_read(source, to_read, p)
-    check_columns(source, p)
-    logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
-    prepared = prepare_frame(source, p).persist(CACHE_LEVEL)
-    try:
-        stats = reason_stats(prepared)
-        rows_in = sum(n for n, _ in stats.values())
-        if rows_in == 0:
-            raise EmptyInputError(
-                f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
-                "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else "")
+    folder = folder_for_spark(input_path, listed, to_read, p)
+    with io.reading_local_files(spark, to_read):
+        source = read_source(spark, to_read, p, base_path=base, folder=folder)
+        check_all_files_read(source, to_read, p, [uri for uri, _ in listed.files] if folder else None)
+        check_columns(source, p)
+        logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
+        prepared = prepare_frame(source, p, reader_checks_bytes(to_read, p)).persist(CACHE_LEVEL)
+        try:
+            stats = reason_stats(prepared)
+            rows_in = sum(n for n, _ in stats.values())
+            if rows_in == 0:
+                raise EmptyInputError(
+                    f"io.input: read {len(to_read)} non-empty file(s) from {input_path!r} as {p.format} but found "
+                    "no records" + (" (header lines only? see prepare.csv.header)" if p.format == "csv" else "")
+                )
+            logger.info(
+                "prepare: %d rows read, %d good, %d to quarantine",
+                rows_in,
+                stats.get(None, (0, 0))[0],
+                rows_in - stats.get(None, (0, 0))[0],
             )
-        logger.info(
-            "prepare: %d rows read, %d good, %d to quarantine",
-            rows_in,
-            stats.get(None, (0, 0))[0],
-            rows_in - stats.get(None, (0, 0))[0],
-        )
-        with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (
-            tmp_out,
-            tmp_bad,
-        ):
-            metrics = write_prepared(spark, prepared, stats, tmp_out, tmp_bad, p, {"input": input_path})
-    finally:
-        prepared.unpersist()
+            with storage.staged_outputs(spark, output, quarantine, replace_unmarked=conf.io.replace_unmarked) as (
+                tmp_out,
+                tmp_bad,
+            ):
+                metrics = write_prepared(spark, prepared, stats, tmp_out, tmp_bad, p, {"input": input_path})
+        finally:
+            prepared.unpersist()
 
     logger.info(
         "prepare: wrote %d rows to %s and %d to %s %s",

@@ -287,45 +287,47 @@ class BatchSteps:
             )
         if not to_read:
             return {"prepare": zero}, {}
-        source = prepare.read_source(spark, to_read, p)
-        prepare.check_all_files_read(source, to_read, p)
-        prepare.check_columns(source, p)
-        prepared = prepare.prepare_frame(source, p).persist(prepare.CACHE_LEVEL)
-        if seen:
-            repeated = prepare.repeated_ids(prepared, spark.read.parquet(*seen)).collect()
-            if repeated:
-                logger.warning(
-                    "batch %d: %d doc_id(s) were published by an earlier batch; quarantined as duplicate_doc_id, "
-                    "e.g. %s",
-                    batch_id,
-                    len(repeated),
-                    repeated[0]["doc_id"],
-                )
-                marked = prepare.quarantine_seen(
-                    prepared, spark.createDataFrame(repeated, "doc_id string"), "an earlier batch"
-                )
-                marked = marked.persist(prepare.CACHE_LEVEL)
+        with io.reading_local_files(spark, to_read):
+            source = prepare.read_source(spark, to_read, p)
+            prepare.check_all_files_read(source, to_read, p)
+            prepare.check_columns(source, p)
+            checked = prepare.reader_checks_bytes(to_read, p)
+            prepared = prepare.prepare_frame(source, p, checked).persist(prepare.CACHE_LEVEL)
+            if seen:
+                repeated = prepare.repeated_ids(prepared, spark.read.parquet(*seen)).collect()
+                if repeated:
+                    logger.warning(
+                        "batch %d: %d doc_id(s) were published by an earlier batch; quarantined as duplicate_doc_id, "
+                        "e.g. %s",
+                        batch_id,
+                        len(repeated),
+                        repeated[0]["doc_id"],
+                    )
+                    marked = prepare.quarantine_seen(
+                        prepared, spark.createDataFrame(repeated, "doc_id string"), "an earlier batch"
+                    )
+                    marked = marked.persist(prepare.CACHE_LEVEL)
+                    prepared.unpersist()
+                    prepared = marked
+            try:
+                stats = prepare.reason_stats(prepared)
+                if not stats:
+                    logger.warning("batch %d: %d file(s) hold no records", batch_id, len(to_read))
+                    return {"prepare": zero}, {}
+                staged = {"prepare": f"{attempt}/prepare", "quarantine": f"{attempt}/quarantine"}
+                metrics = {
+                    "prepare": prepare.write_prepared(
+                        spark,
+                        prepared,
+                        stats,
+                        staged["prepare"],
+                        staged["quarantine"],
+                        p,
+                        {"batch_id": batch_id, "files": len(to_read)},
+                    )
+                }
+            finally:
                 prepared.unpersist()
-                prepared = marked
-        try:
-            stats = prepare.reason_stats(prepared)
-            if not stats:
-                logger.warning("batch %d: %d file(s) hold no records", batch_id, len(to_read))
-                return {"prepare": zero}, {}
-            staged = {"prepare": f"{attempt}/prepare", "quarantine": f"{attempt}/quarantine"}
-            metrics = {
-                "prepare": prepare.write_prepared(
-                    spark,
-                    prepared,
-                    stats,
-                    staged["prepare"],
-                    staged["quarantine"],
-                    p,
-                    {"batch_id": batch_id, "files": len(to_read)},
-                )
-            }
-        finally:
-            prepared.unpersist()
         rows = metrics["prepare"]["rows_out"]
         if rows == 0:
             return metrics, staged
