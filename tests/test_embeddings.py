@@ -498,6 +498,7 @@ def test_embed_docs_reports_invalid_utf8_text_as_a_row_error(sgns, spark, job_co
     assert (rows["d2"].vector, rows["d2"].error) == (None, "text is not valid UTF-8")
 
 
+@pytest.mark.slow
 def test_sgns_on_more_partitions_than_cores_leaves_the_driver_heap_as_it_found_it(spark, tmp_path, job_conf):
     """The regression of the 8-partition IMDB run (OutOfMemoryError after the fifth round): every
     round left its K partials on the driver's heap. Here 8 partitions on the session's 2 cores and

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +64,7 @@ def persisted_rdds(spark) -> set[int]:
     return {int(key) for key in spark.sparkContext._jsc.getPersistentRDDs().keySet()}
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(parts=st.integers(6, 10), rows=st.integers(120_000, 160_000))
 def test_the_driver_holds_one_partial_at_a_time_and_nothing_after(spark, parts, rows):

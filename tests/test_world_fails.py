@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 RACER = """
@@ -23,6 +24,7 @@ with mlflow.start_run(experiment_id=experiment, run_name=name):
 """
 
 
+@pytest.mark.slow
 def test_jobs_that_start_at_once_on_a_new_sqlite_store_all_get_their_run(tmp_path):
     """Two jobs at once on a new store: one failed with alembic's 'table ... already exists' (13 of 15
     processes in 5 rounds of 3, measured before the fix). Two rounds of 3 processes, one new store,
@@ -93,3 +95,146 @@ def test_a_run_killed_while_it_held_its_output_is_marked_failed_by_the_next_run(
     assert f"run {report.run_id} took its lock over" in dead.data.tags["textmill.failure"]
     assert client.get_run(report.run_id).info.status == "FINISHED"
     assert spark.read.parquet(str(out)).count() == 2
+
+
+def _read_only(folder) -> None:
+    """Read-only for whoever runs the tests: mode 555, and for root (whom modes do not stop) the
+    immutable attribute, which refuses new entries to root too."""
+    import os
+
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+
+
+def _writable(folder) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def test_an_output_textmill_cannot_write_is_one_line_before_any_work(spark, job_conf, tmp_path):
+    """A read-only output published, then failed with a PermissionError traceback, leaving
+    ``__textmill_old-*`` beside it; a read-only parent failed the same way. Every folder textmill
+    must write in, read-only in turn: the new output's nearest existing folder, the parent of an
+    existing output, the output itself and a folder inside it. Each is refused in one line naming
+    the folder, before any work, and the old output is left as it was."""
+
+    from textmill.jobs import run_job
+    from textmill.runtime.errors import OutputError
+
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\nthree\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    existing = base / "out"
+    run_job(
+        "prepare", job_conf(io={"input": str(src), "output": str(existing)}, prepare={"format": "text_lines"}), spark
+    )
+    inner = next(p for p in existing.iterdir() if p.is_dir()) if any(p.is_dir() for p in existing.iterdir()) else None
+    before = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+    cases = [(base, base / "new" / "deeper"), (base, existing), (existing, existing)]
+    if inner is not None:
+        cases.append((inner, existing))
+    else:  # prepare writes its Parquet files flat: make a folder inside the output to stand for one
+        (existing / "nested").mkdir()
+        cases.append((existing / "nested", existing))
+        before = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+    for locked, output in cases:
+        _read_only(locked)
+        try:
+            with pytest.raises(OutputError) as caught:
+                run_job(
+                    "prepare",
+                    job_conf(io={"input": str(src), "output": str(output)}, prepare={"format": "text_lines"}),
+                    spark,
+                )
+        finally:
+            _writable(locked)
+        message = str(caught.value)
+        assert "\n" not in message and "cannot write in" in message and str(locked) in message, message
+        assert sorted(str(p.relative_to(base)) for p in base.rglob("*")) == before, (locked, output)
+    assert spark.read.parquet(str(existing)).count() == 3
+
+
+@pytest.mark.slow
+def test_a_tracking_store_that_turns_read_only_mid_run_is_one_line_that_says_what_was_published(
+    spark, job_conf, tmp_path
+):
+    """The store turned read-only during a run: the output was published, then the job exited 1
+    with 13 tracebacks and the run stayed RUNNING. The store is made read-only at a different
+    moment of each round (a thread waits for the run to start, then for a delay): whenever it
+    happens, the job fails with one line whose exit status says what happened (3: published, its
+    record missing; 2: nothing published), and the published flag matches the output on disk."""
+    import threading
+
+    from textmill.jobs import run_job
+    from textmill.runtime.errors import TrackingWriteError
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(3000)))
+    outcomes = set()
+    for round_, delay in enumerate([0.0, 0.3, 0.8, 1.5, 2.5, 4.0]):
+        store_dir = tmp_path / f"store{round_}"
+        store_dir.mkdir()
+        db = store_dir / "mlflow.db"
+        uri = f"sqlite:///{db}"
+        out = tmp_path / f"out{round_}"
+        conf = job_conf(io={"input": str(src), "output": str(out)}, prepare={"format": "text_lines"})
+        conf["mlflow"] = {"tracking_uri": uri, "experiment": "ro"}
+        run_job("prepare", conf, spark)  # an earlier output, and a store that exists
+        marker_before = (out / "_textmill.json").read_text()
+        locked = threading.Event()
+
+        def lock_when_running(db=db, store_dir=store_dir, uri=uri, delay=delay, locked=locked) -> None:
+            client = MlflowClient(uri)
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                if any(r.info.status == "RUNNING" for r in runs):
+                    break
+                time.sleep(0.02)
+            time.sleep(delay)
+            db.chmod(0o444)
+            _read_only(store_dir)
+            locked.set()
+
+        watcher = threading.Thread(target=lock_when_running, daemon=True)
+        watcher.start()
+        try:
+            try:
+                run_job("prepare", conf, spark)
+                failure = None
+            except TrackingWriteError as exc:
+                failure = exc
+            watcher.join(timeout=150)
+        finally:
+            _writable(store_dir)
+            db.chmod(0o644)
+        if failure is None:  # the run ended before the store was locked: nothing to check this round
+            assert locked.is_set()
+            continue
+        message = str(failure)
+        assert "\n" not in message and "stopped taking writes" in message, message
+        published = (out / "_textmill.json").read_text() != marker_before
+        assert failure.exit_code == (3 if published else 2), (delay, message)
+        assert ("the outputs were published" in message) == published, message
+        assert spark.read.parquet(str(out)).count() == 3000
+        outcomes.add(failure.exit_code)
+    marker_now = (out / "_textmill.json").read_text()
+    assert 3 in outcomes, "the store was never locked while a run was going"
+    # Read-only before the run starts: nothing is published, and the line says so.
+    _read_only(store_dir)
+    db.chmod(0o444)
+    try:
+        try:
+            run_job("prepare", conf, spark)
+        except TrackingWriteError as exc:
+            failure = exc
+    finally:
+        _writable(store_dir)
+        db.chmod(0o644)
+    assert failure.exit_code == 2 and "nothing was published" in str(failure), str(failure)
+    assert (out / "_textmill.json").read_text() == marker_now

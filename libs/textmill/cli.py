@@ -157,7 +157,7 @@ def _guarded(job_name: str, args: argparse.Namespace) -> int:
             )
         if isinstance(exc, TextmillError):
             print(f"textmill: error: {redact_text(str(exc))}", file=sys.stderr)
-            return 2
+            return exc.exit_code
         raise
 
 

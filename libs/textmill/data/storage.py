@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -131,6 +132,18 @@ def read_marker(spark: SparkSession, directory: str) -> dict | None:
         raise OutputError(f"{directory}: {MARKER} is damaged ({exc}); rerun the job that writes it") from exc
 
 
+def publish_ids(spark: SparkSession, outputs: list[str]) -> dict[str, str | None]:
+    """{output: the publish id in its marker, None when there is none}: a changed id means a publish."""
+    ids = {}
+    for output in outputs:
+        try:
+            marker = read_marker(spark, output) if path_exists(spark, output) else None
+        except OutputError:
+            marker = None
+        ids[output] = (marker or {}).get("publish_id")
+    return ids
+
+
 def _check_parent_is_a_folder(fs: Files, output: str, key: str) -> None:
     """Refuse an output below an existing file (``out.txt/results``): writing it failed after the work
     with a FileExistsError traceback. The nearest existing ancestor must be a folder."""
@@ -155,11 +168,59 @@ def check_output(
     key: str = "io.output",
     container_for: str | None = None,
 ) -> None:
-    """Refuse ``output`` if it overlaps an input, or holds a file or data textmill did not write.
+    """Refuse ``output`` if it overlaps an input, holds a file or data textmill did not write, or
+    sits where textmill cannot write.
 
     ``container_for`` names the job when ``output`` is a directory of several outputs: it must
     then be empty, or that job's container; a dataset output must not be someone's container.
     """
+    _check_output_place(spark, output, inputs, replace_unmarked, key, container_for)
+    if is_local(output):
+        _check_writable(os.path.abspath(local_path(output)), key, output)
+
+
+def _probe(folder: str) -> str | None:
+    """Why no file can be made and removed in ``folder`` (None if one can). A real attempt: the
+    permission bits say nothing for root, nor for an immutable folder or a read-only mount."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".textmill-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def _check_writable(path: str, key: str, given: str) -> None:
+    """textmill writes its output's lock file and staging folder beside it, creates its missing
+    folders, and deletes the old output's folders when it replaces it: each folder must take a new
+    file. A read-only output or parent published, then failed with a PermissionError traceback and
+    left ``__textmill_old-*`` beside the output (issue 39, item 3)."""
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    while not os.path.isdir(parent) and parent != "/":
+        parent = os.path.dirname(parent)
+    folders = [parent]
+    if os.path.isdir(path) and not os.path.islink(path):
+        folders += [root for root, _, _ in os.walk(path)]
+    for folder in folders:
+        why = _probe(folder)
+        if why is not None:
+            what = "its parent folder" if folder == parent else "the existing output"
+            raise OutputError(
+                f"{key} {given!r}: cannot write in {what} {folder} ({why}); textmill writes the output, its "
+                "lock and its staging folder there, and deletes the old output it replaces: make it writable, "
+                "or choose another path"
+            )
+
+
+def _check_output_place(
+    spark: SparkSession,
+    output: str,
+    inputs: Iterable[str],
+    replace_unmarked: bool,
+    key: str,
+    container_for: str | None,
+) -> None:
     glob = sorted(set(output) & OUTPUT_GLOB_CHARS)
     if glob:
         # Spark reads an output back by its path, as a glob: such a name wrote, then failed with

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -22,7 +22,8 @@ from pyspark.sql import SparkSession
 
 from textmill.data import storage
 from textmill.runtime.config import JobConf, validate_conf
-from textmill.runtime.errors import ConfigError, from_out_of_memory, from_read_failure
+from textmill.runtime.errors import ConfigError, TrackingWriteError, from_out_of_memory, from_read_failure
+from textmill.runtime.redact import redact_text
 from textmill.runtime.session import get_spark
 from textmill.runtime.session_kinds import driver_jvm_exit_code
 
@@ -172,6 +173,43 @@ def _start_spark(conf: JobConf, name: str) -> SparkSession:
             logger.debug("opening the tracking store beside Spark's start failed (job_run repeats it): %s", exc)
 
 
+@contextlib.contextmanager
+def _store_failure_in_one_line(
+    name: str,
+    spark: SparkSession | None,
+    outputs: Mapping[str, str],
+    published_before: dict[str, str | None],
+    container: bool,
+) -> Iterator[None]:
+    """A tracking store that stops taking writes mid-run (a read-only sqlite file, a server gone) is
+    one line that says whether the outputs were published; 13 tracebacks and exit 1 said neither."""
+    from textmill.runtime.tracking import store_write_failure
+
+    try:
+        yield
+    except Exception as exc:
+        why = store_write_failure(exc)
+        if why is None:
+            raise
+        now = storage.publish_ids(spark, list(outputs.values()))
+        published = [path for path in outputs.values() if now[path] is not None and now[path] != published_before[path]]
+        import mlflow
+
+        where = redact_text(mlflow.get_tracking_uri())
+        if published:
+            outcome = f"the outputs were published ({', '.join(published)}), but the run could not record them"
+        elif container:  # its outputs are folders inside io.output, each published on its own
+            outcome = f"outputs inside {', '.join(outputs.values())} may have been published"
+        else:
+            outcome = "nothing was published"
+        raise TrackingWriteError(
+            f"{name}: the MLflow store {where} stopped taking writes during the run ({why}); {outcome}, and the "
+            "run may still show RUNNING there: make the store writable (or point mlflow.tracking_uri at one that "
+            "is) and run the job again",
+            published=bool(published),
+        ) from None
+
+
 def run_job(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSession | None = None) -> dict[str, float]:
     """Run job ``name`` inside an MLflow run and return its metrics (see ``run_job_report``)."""
     return run_job_report(name, conf, spark).metrics
@@ -211,7 +249,9 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
             if conf.container_output
             else contextlib.nullcontext()
         )
-        with claim, job_run(name, conf, spark) as tracked:
+        published_before = storage.publish_ids(spark, list(outputs.values()))
+        reported = _store_failure_in_one_line(name, spark, outputs, published_before, conf.container_output)
+        with reported, claim, job_run(name, conf, spark) as tracked:
             storage.record_run(spark, list(outputs.values()), tracked.run_id, tracked.tracking_uri)
             end_dead_runs(taken_over, tracked.tracking_uri, tracked.run_id)
             try:

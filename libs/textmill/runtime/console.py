@@ -82,6 +82,9 @@ def configure(verbosity_: Verbosity = "normal", explicit_level: str | None = Non
     for name in ("alembic", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(third_party)
     logging.getLogger("py4j").setLevel(logging.WARNING)  # one DEBUG record per JVM call
+    # MLflow logs every database error it then raises with its traceback; textmill reports the
+    # raised one in one line (tracking.store_write_failure), so the log record says nothing more.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
     return level
 
 

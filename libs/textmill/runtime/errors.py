@@ -22,6 +22,8 @@ def printable(text: str) -> str:
 class TextmillError(Exception):
     """Base class: a user-facing problem with a message that says what to change."""
 
+    exit_code = 2  # what the CLI exits with after printing the message
+
 
 class ConfigError(TextmillError):
     """The configuration is invalid: unknown key, missing value or wrong type."""
@@ -62,6 +64,15 @@ class ColumnTypeError(ColumnNotFoundError):
 
 class AccountingError(TextmillError):
     """rows_in != rows_out + rows_quarantined: a row was lost or duplicated."""
+
+
+class TrackingWriteError(TextmillError):
+    """The MLflow store stopped taking writes during a run. Exit 3 when the outputs were published
+    anyway (the data is there, its record is not), 2 when nothing was."""
+
+    def __init__(self, message: str, published: bool) -> None:
+        super().__init__(message)
+        self.exit_code = 3 if published else 2
 
 
 class OutputError(TextmillError):

@@ -239,6 +239,37 @@ def _unreachable(exc: BaseException) -> bool:
     return any(why in str(exc) for why in _UNREACHABLE_WHY)
 
 
+def _end_failed_run(run_id: str, status: str) -> None:
+    """End the active run as failed; a store that cannot take the status is a warning here, as the
+    failure already on its way out says what went wrong (MLflow's own exit chained a second
+    traceback onto it)."""
+    try:
+        mlflow.end_run(status)
+    except mlflow.exceptions.MlflowException as exc:
+        logger.warning("MLflow run %s could not be marked %s: %s", run_id, status, store_write_failure(exc) or exc)
+
+
+# How a store that stopped taking writes fails: sqlite (read-only file or folder, full disk, a
+# removed file) and a tracking server that stopped answering.
+_STORE_WRITE_WHY = (
+    "attempt to write a readonly database",
+    "unable to open database file",
+    "readonly database",
+    "disk I/O error",
+    "database or disk is full",
+    "no such table",
+)
+
+
+def store_write_failure(exc: BaseException) -> str | None:
+    """A one-line reason when ``exc`` is the tracking store failing to take a write, else None."""
+    text = str(exc)
+    why = next((w for w in (*_STORE_WRITE_WHY, *_UNREACHABLE_WHY) if w in text), None)
+    if why is None or not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    return why
+
+
 def bound_http_retries(uri: str) -> None:
     """MLflow retries an unreachable server 7 times with exponential backoff (minutes) and then
     prints a long trace; textmill asks twice, quickly, unless the user set MLflow's own variables."""
@@ -281,12 +312,13 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         from textmill.runtime.session_kinds import describe
 
         tags.update({name: redact_text(value) for name, value in describe(spark).items()})
-    with mlflow.start_run(
+    run = mlflow.start_run(
         experiment_id=experiment_id,
         run_name=conf.mlflow.run_name or job,
         nested=parent is not None,
         tags=tags,
-    ) as run:
+    )
+    try:
         shown_uri = redact_text(mlflow.get_tracking_uri())
         logger.info("MLflow run %s (experiment %s) at %s", run.info.run_id, experiment_id, shown_uri)
         # Secrets (spark.conf credentials, passwords in URIs) never reach the store or the artifacts.
@@ -302,3 +334,7 @@ def job_run(job: str, conf: JobConf, spark: Any = None) -> Iterator[JobRun]:
         if rows_in is not None and wall > 0 and conf.rate_metric:
             final["docs_per_second"] = rows_in / wall
         handle.log_metrics(final)
+    except BaseException as exc:
+        _end_failed_run(run.info.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run()  # a store that stopped taking writes raises here: see store_write_failure
