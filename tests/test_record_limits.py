@@ -246,7 +246,7 @@ def test_a_text_file_over_what_max_chars_can_take_is_never_read(spark, job_conf,
     "width, fmt",
     [
         (5_000, "csv"),
-        pytest.param(1_000, "parquet", marks=pytest.mark.slow),
+        pytest.param(500, "parquet", marks=pytest.mark.slow),
         pytest.param(20_000, "csv", marks=pytest.mark.slow),
     ],
 )

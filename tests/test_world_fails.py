@@ -176,7 +176,7 @@ def test_a_tracking_store_that_turns_read_only_mid_run_is_one_line_that_says_wha
     src = tmp_path / "in.txt"
     src.write_text("".join(f"line {i}\n" for i in range(3000)))
     outcomes = set()
-    for round_, delay in enumerate([0.0, 0.3, 0.8, 1.5, 2.5, 4.0]):
+    for round_, delay in enumerate([0.0, 0.8, 2.5]):
         store_dir = tmp_path / f"store{round_}"
         store_dir.mkdir()
         db = store_dir / "mlflow.db"
