@@ -722,7 +722,7 @@ def read_text_files(
     is ``text_too_long`` (``csv_records.TOO_LONG``), where reading a 1 GB file into one value ran
     the driver JVM out of memory. Listed local files are read by textmill's Python reader, packed
     many to a task (``local_files``); Spark's file listing of 5,000 exact paths took 11-16 s."""
-    if not isinstance(path, str) and all(csv_records.local_file(uri) for uri in path):
+    if reads_local_text_files(path):
         return _read_local_text_files(spark, path, conf, max_bytes)
     raw = spark.read.format("binaryFile").load(path).select("path", "content")
     decode = make_decode_udf(conf.encodings, conf.first_line_is_title)
@@ -745,6 +745,11 @@ def read_text_files(
     )
 
 
+def reads_local_text_files(path: str | list[str]) -> bool:
+    """Whether ``read_text_files`` reads these exact files with textmill's own reader (all local)."""
+    return not isinstance(path, str) and all(csv_records.local_file(uri) for uri in path)
+
+
 def _text_file_columns(conf_or_spec: TextFilesConf | dict) -> list[str]:
     title = conf_or_spec["first_line_is_title"] if isinstance(conf_or_spec, dict) else conf_or_spec.first_line_is_title
     return ["text", *(["title"] if title else []), "folder", "name", "relpath"]
@@ -753,7 +758,8 @@ def _text_file_columns(conf_or_spec: TextFilesConf | dict) -> list[str]:
 def _read_local_text_files(
     spark: SparkSession, uris: list[str], conf: TextFilesConf, max_bytes: int | None
 ) -> DataFrame:
-    sizes = [(csv_records.local_file(uri), uri, os.path.getsize(csv_records.local_file(uri))) for uri in uris]
+    locals_ = [(csv_records.local_file(uri), uri) for uri in uris]
+    sizes = [(local, uri, os.path.getsize(local)) for local, uri in locals_]
     spec = {
         "encodings": list(conf.encodings),
         "first_line_is_title": conf.first_line_is_title,

@@ -389,6 +389,22 @@ def prepare_frame(source: DataFrame, conf: PrepareConf, bytes_checked: bool = Fa
     )
 
 
+def read_prepared(
+    spark: SparkSession,
+    to_read: list[str],
+    conf: PrepareConf,
+    base_path: str | None = None,
+    folder: str | None = None,
+    listed: list[str] | None = None,
+) -> DataFrame:
+    """``prepare_frame`` of the listed files, after checking that the reader reads exactly them and
+    that the configured columns exist: the read that ``run`` and ``watch`` share."""
+    source = read_source(spark, to_read, conf, base_path=base_path, folder=folder)
+    check_all_files_read(source, to_read, conf, listed)
+    check_columns(source, conf)
+    return prepare_frame(source, conf, reader_checks_bytes(to_read, conf))
+
+
 def repeated_ids(prepared: DataFrame, seen_ids: DataFrame) -> DataFrame:
     """The distinct ``doc_id`` s of good rows of ``prepared`` that ``seen_ids`` (a ``doc_id``
     column, e.g. every earlier batch) already holds. The batch's ids are broadcast, so the
@@ -498,7 +514,7 @@ def check_all_files_read(
     exactly these files (a header-only CSV file holds no record)."""
     if p.format == "csv" and io.reads_strict_csv(to_read, p.csv):
         return
-    if p.format == "text_files" and all(io.csv_records.local_file(u) for u in to_read):
+    if p.format == "text_files" and io.reads_local_text_files(to_read):
         return
     read = {_file_uri(from_spark_uri(u)) for u in source.inputFiles()}  # percent-encoded URIs, from Spark
     missing = [u for u in to_read if _file_uri(u) not in read]
@@ -603,11 +619,9 @@ def run(spark: SparkSession, conf: PrepareJobConf) -> dict[str, float]:
     base = input_path if p.format == "parquet" and storage.is_directory(spark, input_path) else None
     folder = folder_for_spark(input_path, listed, to_read, p)
     with io.reading_local_files(spark, to_read):
-        source = read_source(spark, to_read, p, base_path=base, folder=folder)
-        check_all_files_read(source, to_read, p, [uri for uri, _ in listed.files] if folder else None)
-        check_columns(source, p)
         logger.info("prepare: reading %d file(s) from %s as %s", len(to_read), input_path, p.format)
-        prepared = prepare_frame(source, p, reader_checks_bytes(to_read, p)).persist(CACHE_LEVEL)
+        listed_all = [uri for uri, _ in listed.files] if folder else None
+        prepared = read_prepared(spark, to_read, p, base, folder, listed_all).persist(CACHE_LEVEL)
         try:
             stats = reason_stats(prepared)
             rows_in = sum(n for n, _ in stats.values())

@@ -288,11 +288,7 @@ class BatchSteps:
         if not to_read:
             return {"prepare": zero}, {}
         with io.reading_local_files(spark, to_read):
-            source = prepare.read_source(spark, to_read, p)
-            prepare.check_all_files_read(source, to_read, p)
-            prepare.check_columns(source, p)
-            checked = prepare.reader_checks_bytes(to_read, p)
-            prepared = prepare.prepare_frame(source, p, checked).persist(prepare.CACHE_LEVEL)
+            prepared = prepare.read_prepared(spark, to_read, p).persist(prepare.CACHE_LEVEL)
             if seen:
                 repeated = prepare.repeated_ids(prepared, spark.read.parquet(*seen)).collect()
                 if repeated:
