@@ -1,6 +1,7 @@
 """Start and stop a real Spark standalone cluster (a master and workers) from the installed pyspark.
 
-Every process binds 127.0.0.1; each worker offers 1 core and 2 GB. tests/test_workflows.py
+Every process binds 127.0.0.1; each worker offers ``cores`` cores (1 by default) and 2 GB; the
+master and workers run with the tests' JVM options (``conftest.TEST_JVM_OPTIONS``). tests/test_workflows.py
 points Airflow's ``spark_default`` connection at it, so that every DAG task is a
 ``spark-submit`` to a standalone master. The processes run in their own sessions and are
 stopped, with their children, by ``stop`` (SIGTERM, then SIGKILL after 30 s).
@@ -18,15 +19,16 @@ import urllib.request
 from pathlib import Path
 
 import pyspark
-from conftest import free_port
+from conftest import TEST_JVM_OPTIONS, free_port
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 
 
 class StandaloneCluster:
-    def __init__(self, workdir: Path, workers: int = 2) -> None:
+    def __init__(self, workdir: Path, workers: int = 2, cores: int = 1) -> None:
         self.workdir = workdir
         self.n_workers = workers
+        self.cores = cores
         self.port, self.ui_port = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
@@ -36,6 +38,7 @@ class StandaloneCluster:
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
             "SPARK_NO_DAEMONIZE": "1",
+            "SPARK_DAEMON_JAVA_OPTS": TEST_JVM_OPTIONS,
         }
 
     def _start(self, name: str, *args: str) -> None:
@@ -71,7 +74,7 @@ class StandaloneCluster:
                 "--host",
                 "127.0.0.1",
                 "--cores",
-                "1",
+                str(self.cores),
                 "--memory",
                 "2g",
                 "--webui-port",

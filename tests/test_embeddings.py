@@ -503,7 +503,8 @@ def test_sgns_on_more_partitions_than_cores_leaves_the_driver_heap_as_it_found_i
     """The regression of the 8-partition IMDB run (OutOfMemoryError after the fifth round): every
     round left its K partials on the driver's heap. Here 8 partitions on the session's 2 cores and
     a 12,000-word vocabulary at dim 64 (3 MB per weight matrix, 6 MB per partial, 48 MB a round)."""
-    from test_partials import live_heap_mb, persisted_rdds
+    from benchmarks.common import live_heap_mb
+    from test_partials import persisted_rdds
 
     rng = random.Random(11)
     words = [f"w{i:05d}" for i in range(12_000)]

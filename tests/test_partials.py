@@ -8,12 +8,12 @@ series the first task would wait forever, so it gives up after a minute and the 
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmarks.common import live_heap_mb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,19 +44,6 @@ def test_every_partitions_task_runs_at_once_and_the_partials_add_up(spark, tmp_p
     got = partials.sum_partitions(df, task, lambda a, b: a + b)
     assert got.tolist() == [1000, sum(range(1000)), sum(range(parts))]
     assert sorted(p.name for p in barrier.iterdir()) == [str(p) for p in range(parts)]
-
-
-def live_heap_mb(spark) -> float:
-    """The driver JVM's live heap after a full collection (classic test session only): the least of
-    five readings, as objects py4j and Spark release a moment later vary single readings by ~60 MB."""
-    runtime = spark._jvm.java.lang.Runtime.getRuntime()
-    readings = []
-    for _ in range(5):
-        gc.collect()
-        spark._jvm.System.gc()
-        readings.append((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
-        time.sleep(0.1)
-    return min(readings)
 
 
 def persisted_rdds(spark) -> set[int]:

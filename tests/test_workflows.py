@@ -4,7 +4,7 @@ validated offline.
 Airflow gets its own virtualenv (``.venv-airflow/``, built once from
 ``jobs/workflows/airflow/requirements.txt`` and reused while that file is unchanged), so its
 pins never touch textmill's. The DAG runs with ``dag.test()`` with its ``spark_default``
-connection on a real Spark standalone master with two 1-core workers (``standalone_cluster``):
+connection on a real Spark standalone master with one 2-core worker (``standalone_cluster``):
 every task is a real ``spark-submit`` of ``jobs/<job>.py`` with the ``--py-files`` zip, to a
 cluster, so this one run proves both runners (it replaced tests/test_cluster.py, see tests/README.md).
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import airflow_venv
 import pytest
+from conftest import TEST_SPARK_DEFAULTS
 from mlflow.tracking import MlflowClient
 from standalone_cluster import StandaloneCluster
 
@@ -52,7 +53,8 @@ SHIPPING_TASKS = {"watch_inbox": "watch", "classify": "classify", "embed_docs": 
 
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = StandaloneCluster(tmp_path / "cluster")
+    # One worker of 2 cores: each application then starts one executor JVM, not two, on the 2-core machine.
+    cluster = StandaloneCluster(tmp_path / "cluster", workers=1, cores=2)
     try:
         yield cluster.start()
     finally:
@@ -71,11 +73,12 @@ def test_the_airflow_dag_runs_every_task_as_spark_submit_on_a_standalone_cluster
     inbox.mkdir()
     home.mkdir()
     # Cluster-wide Spark defaults, as an operator sets them in $SPARK_CONF_DIR/spark-defaults.conf:
-    # each application takes both 1-core workers.
+    # each application takes the worker's 2 cores in one executor; the tests' JVM options (conftest).
     (tmp_path / "spark-conf").mkdir()
     (tmp_path / "spark-conf" / "spark-defaults.conf").write_text(
-        "spark.sql.shuffle.partitions 4\nspark.ui.enabled false\nspark.cores.max 2\nspark.executor.cores 1\n"
+        "spark.sql.shuffle.partitions 4\nspark.ui.enabled false\nspark.cores.max 2\nspark.executor.cores 2\n"
         f"spark.executor.memory 1g\nspark.driver.host 127.0.0.1\nspark.pyspark.python {sys.executable}\n"
+        + TEST_SPARK_DEFAULTS
     )
     os.rename(write_sample_csv(tmp_path / "incoming" / "news.csv", n_docs=240, seed=3), inbox / "news.csv")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -166,7 +169,7 @@ def test_the_airflow_dag_runs_every_task_as_spark_submit_on_a_standalone_cluster
         workers = json.loads(Path(client.download_artifacts(runs[job].info.run_id, "workers.json")).read_text())[
             "workers"
         ]
-        assert len(workers) >= 2, (job, workers)  # both executors took part
+        assert len(workers) >= 2, (job, workers)  # both task slots took part, each in its own Python worker
         assert all(stats["loads"] == 1 for stats in workers.values()), (job, workers)
         assert runs[job].data.metrics["max_model_loads_per_worker"] == 1
     # The spaCy workers imported textmill from the --py-files zip, not from the checkout.

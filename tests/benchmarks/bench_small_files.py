@@ -14,14 +14,13 @@ the file count beyond the listing.
 from __future__ import annotations
 
 import csv
-import gc
 import io as _io
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, report, require
+from common import REPO, SHARED, live_heap_mb, report, require
 
 AG = require(SHARED / "ag_news" / "test.csv")
 
@@ -49,17 +48,6 @@ def write(folder: Path, fmt: str, rows: list[tuple[str, str, str]], n_files: int
             (folder / f"f{f:06d}.txt").write_text("".join(d + "\n" for _, _, d in chunk), encoding="utf-8")
         else:
             (folder / f"f{f:06d}.txt").write_text("\n\n".join(d for _, _, d in chunk), encoding="utf-8")
-
-
-def live_heap_mb(spark) -> float:
-    runtime = spark._jvm.java.lang.Runtime.getRuntime()
-    readings = []
-    for _ in range(3):
-        gc.collect()
-        spark._jvm.System.gc()
-        readings.append((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
-        time.sleep(0.1)
-    return round(min(readings))
 
 
 def main() -> None:
@@ -117,7 +105,7 @@ def main() -> None:
                         "files": metrics["input_files"],
                         "rows_out": metrics["rows_out"],
                         "wall_seconds": round(min(times), 2),
-                        "driver_live_heap_after_mb": live_heap_mb(spark),
+                        "driver_live_heap_after_mb": round(live_heap_mb(spark, readings=3)),
                     }
                     print(json.dumps({fmt: {n_files: {label: entry[label]}}}), flush=True)
                 entry["ratio_many_over_one"] = round(

@@ -7,6 +7,7 @@ absolute times on shared machines are noisy.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -48,6 +49,20 @@ def machine() -> dict[str, Any]:
 
 def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def live_heap_mb(spark, readings: int = 5) -> float:
+    """The driver JVM's live heap after a full collection (a classic session only): the least of
+    ``readings`` readings, as objects py4j and Spark release a moment later vary single readings by
+    ~60 MB. Shared by the benchmarks and the memory tests (tests/test_partials.py)."""
+    runtime = spark._jvm.java.lang.Runtime.getRuntime()
+    found = []
+    for _ in range(readings):
+        gc.collect()
+        spark._jvm.System.gc()
+        found.append((runtime.totalMemory() - runtime.freeMemory()) / 2**20)
+        time.sleep(0.1)
+    return min(found)
 
 
 def report(name: str, result: dict[str, Any]) -> None:
