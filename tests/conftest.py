@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,20 +178,32 @@ def tracking_server(tmp_path_factory) -> Iterator[TrackingServer]:
         server.wait(timeout=30)
 
 
+@dataclass(frozen=True)
+class ConnectServer:
+    url: str  # sc://127.0.0.1:<port>
+    stop: Callable[[], None]  # stops it (SIGTERM, as stop-connect-server.sh does); again is harmless
+
+
 @pytest.fixture(scope="module")
-def connect_server(tmp_path_factory) -> Iterator[str]:
+def connect_server_process(tmp_path_factory) -> Iterator[ConnectServer]:
     """A real Spark Connect server from the pyspark package (``tests/connect_server.py``: local[2],
     127.0.0.1, a free port), started once per test module that uses it (tests/test_connect.py) and
-    stopped after it, so its JVM does not stay beside the rest of the run; yields its ``sc://`` URL.
-    Jobs reach it as users do, from their own process with ``spark.remote`` set: pyspark picks
-    classic or Connect functions process-wide, so one process does not hold both kinds."""
+    stopped after it, so its JVM does not stay beside the rest of the run. Jobs reach it as users do,
+    from their own process with ``spark.remote`` set: pyspark picks classic or Connect functions
+    process-wide, so one process does not hold both kinds."""
     from connect_server import start
 
     url, stop = start(tmp_path_factory.mktemp("connect-server"))
     try:
-        yield url
+        yield ConnectServer(url, stop)
     finally:
         stop()
+
+
+@pytest.fixture(scope="module")
+def connect_server(connect_server_process) -> str:
+    """``connect_server_process``'s ``sc://`` URL."""
+    return connect_server_process.url
 
 
 @pytest.fixture(scope="session")

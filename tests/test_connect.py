@@ -327,3 +327,76 @@ def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_pat
     # every notebook's own test ran (and passed) on Connect, not only the listing check
     assert len(passed) == len(NOTEBOOKS) + 1 and len(set(passed)) == len(passed), proc.stdout[-3000:]
     assert "test_every_notebook_is_tested" in passed
+
+
+@pytest.mark.slow
+def test_a_connect_server_stopped_mid_job_is_one_line_and_nothing_is_published(connect_server_process, tmp_path):
+    """The server stopped (SIGTERM, as stop-connect-server.sh stops it) while a job's tasks run: 91 lines
+    of JVM IllegalStateException and exit 1 until 2026-12-07. Now one line that names the server and
+    says what was published, exit 2, nothing half-written, the lock released and the MLflow run FAILED.
+    It stops the module's server, so it stays the last test of this module."""
+    import signal
+    import time
+
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sentences = [
+        "Angela Merkel met Emmanuel Macron in Paris on Monday.",
+        "Apple opened a new office in London for 2,000 engineers.",
+        "The United Nations said the talks in Geneva would resume in March.",
+    ]
+    texts = [" ".join(sentences[(i + j) % 3] for j in range(12)) + f" #{i}" for i in range(3_000)]
+    source = tmp_path / "prepared"
+    source.mkdir()
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts}), source / "p.parquet")
+    out, store = tmp_path / "entities", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = {
+        "io.input": source,
+        "io.output": out,
+        "mlflow.tracking_uri": store,
+        "spark.remote": connect_server_process.url,
+        "spark.connect_timeout_s": 5,  # how long a server that stopped answering is waited for
+        "nlp.arrow_batch_size": 100,
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    log = tmp_path / "job.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "textmill.cli", "run", "ner", "--conf", str(REPO / "conf" / "ner.yaml"), *args],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+            start_new_session=True,
+        )
+    lock = tmp_path / "entities.__textmill_lock"
+    deadline = time.monotonic() + 300
+    while not lock.exists():  # the job holds its output: its tasks are about to run
+        assert proc.poll() is None and time.monotonic() < deadline, (proc.returncode, log.read_text()[-2000:])
+        time.sleep(0.2)
+    time.sleep(4)
+    assert proc.poll() is None, "the job ended before the server was stopped: give it more to do"
+    connect_server_process.stop()
+    stopped = time.monotonic()
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - stopped
+    text = stderr + log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("textmill: error: ner: the Spark Connect server"), text[-3000:]
+    assert connect_server_process.url in errors[0] and "stopped during the job" in errors[0], errors[0]
+    assert "nothing was published" in errors[0], errors[0]
+    assert "Traceback" not in text and "IllegalStateException" not in text and "JVM stacktrace" not in text, text
+    assert took < 60, took  # PySpark's client alone retried a gone server for 10 minutes
+    assert not out.exists() and not lock.exists()
+    assert not [p.name for p in tmp_path.iterdir() if "__textmill_" in p.name]
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"], runs[["status"]]

@@ -159,3 +159,15 @@ def test_a_server_that_never_answers_is_one_line_after_the_timeout(tmp_path):
 def test_a_bad_url_or_an_empty_spark_remote_is_one_line(tmp_path, remote, env_remote, says):
     proc, _ = run_cli(tmp_path, remote, env_remote=env_remote)
     assert_one_line(proc, "SECRET-TOKEN-4", says)
+
+
+@settings(max_examples=200, deadline=None)
+@given(timeout_s=st.floats(0.01, 3600, allow_nan=False))
+def test_a_server_that_stops_answering_is_retried_for_the_timeout_and_no_longer(timeout_s):
+    """PySpark's client retried a gone server for at least 10 minutes, whatever spark.connect_timeout_s
+    said; textmill's waits add up to the timeout, the last one crossing it, each capped at 5 s."""
+    from textmill.runtime.session import retry_backoffs_ms
+
+    waits = retry_backoffs_ms(timeout_s)
+    assert sum(waits) >= timeout_s * 1000 > sum(waits[:-1])
+    assert waits == sorted(waits) and max(waits) <= 5000

@@ -22,10 +22,17 @@ from pyspark.sql import SparkSession
 
 from textmill.data import storage
 from textmill.runtime.config import JobConf, validate_conf
-from textmill.runtime.errors import ConfigError, TrackingWriteError, from_out_of_memory, from_read_failure
+from textmill.runtime.errors import (
+    ConfigError,
+    ConnectServerLostError,
+    TrackingWriteError,
+    connect_server_lost,
+    from_out_of_memory,
+    from_read_failure,
+)
 from textmill.runtime.redact import redact_text
-from textmill.runtime.session import get_spark
-from textmill.runtime.session_kinds import driver_jvm_exit_code
+from textmill.runtime.session import connect_url, get_spark
+from textmill.runtime.session_kinds import driver_jvm_exit_code, forget_lost_session, is_connect
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +180,20 @@ def _start_spark(conf: JobConf, name: str) -> SparkSession:
             logger.debug("opening the tracking store beside Spark's start failed (job_run repeats it): %s", exc)
 
 
+def _publish_outcome(
+    spark: SparkSession | None, outputs: Mapping[str, str], published_before: dict[str, str | None], container: bool
+) -> tuple[str, bool]:
+    """What a job that failed late had published: (the words for its one line, whether any output was).
+    Read from the outputs' markers (files the driver reads itself, no Spark call)."""
+    now = storage.publish_ids(spark, list(outputs.values()))
+    published = [path for path in outputs.values() if now[path] is not None and now[path] != published_before[path]]
+    if published:
+        return f"the outputs were published ({', '.join(published)})", True
+    if container:  # its outputs are folders inside io.output, each published on its own
+        return f"outputs inside {', '.join(outputs.values())} may have been published", False
+    return "nothing was published", False
+
+
 @contextlib.contextmanager
 def _store_failure_in_one_line(
     name: str,
@@ -191,22 +212,44 @@ def _store_failure_in_one_line(
         why = store_write_failure(exc)
         if why is None:
             raise
-        now = storage.publish_ids(spark, list(outputs.values()))
-        published = [path for path in outputs.values() if now[path] is not None and now[path] != published_before[path]]
+        outcome, published = _publish_outcome(spark, outputs, published_before, container)
         import mlflow
 
         where = redact_text(mlflow.get_tracking_uri())
         if published:
-            outcome = f"the outputs were published ({', '.join(published)}), but the run could not record them"
-        elif container:  # its outputs are folders inside io.output, each published on its own
-            outcome = f"outputs inside {', '.join(outputs.values())} may have been published"
-        else:
-            outcome = "nothing was published"
+            outcome += ", but the run could not record them"
         raise TrackingWriteError(
             f"{name}: the MLflow store {where} stopped taking writes during the run ({why}); {outcome}, and the "
             "run may still show RUNNING there: make the store writable (or point mlflow.tracking_uri at one that "
             "is) and run the job again",
-            published=bool(published),
+            published=published,
+        ) from None
+
+
+@contextlib.contextmanager
+def _connect_loss_in_one_line(
+    name: str,
+    spark: SparkSession | None,
+    conf: JobConf,
+    outputs: Mapping[str, str],
+    published_before: dict[str, str | None],
+) -> Iterator[None]:
+    """A Spark Connect server that stops during the job is one line that names it and says what was
+    published; it was 91 lines of the server's IllegalStateException and exit 1."""
+    try:
+        yield
+    except Exception as exc:
+        if spark is None or not is_connect(spark):
+            raise
+        why = connect_server_lost(exc)
+        if why is None:
+            raise
+        outcome, published = _publish_outcome(spark, outputs, published_before, conf.container_output)
+        server = redact_text(connect_url(conf.spark) or "")
+        raise ConnectServerLostError(
+            f"{name}: the Spark Connect server {server} stopped during the job ({why}); {outcome}: start the "
+            "server again and rerun the job (a rerun replaces what a run left)",
+            published=published,
         ) from None
 
 
@@ -251,12 +294,16 @@ def run_job_report(name: str, conf: JobConf | Mapping[str, Any], spark: SparkSes
         )
         published_before = storage.publish_ids(spark, list(outputs.values()))
         reported = _store_failure_in_one_line(name, spark, outputs, published_before, conf.container_output)
-        with reported, claim, job_run(name, conf, spark) as tracked:
+        server_lost = _connect_loss_in_one_line(name, spark, conf, outputs, published_before)
+        with server_lost, reported, claim, job_run(name, conf, spark) as tracked:
             storage.record_run(spark, list(outputs.values()), tracked.run_id, tracked.tracking_uri)
             end_dead_runs(taken_over, tracked.tracking_uri, tracked.run_id)
             try:
                 result = job.load().run(spark, conf)
             except Exception as exc:
+                if spark is not None and is_connect(spark) and connect_server_lost(exc):
+                    forget_lost_session(spark)  # before the MLflow run ends: it would ask the gone server
+                    raise
                 user_error = from_read_failure(exc) or from_out_of_memory(
                     exc,
                     name,

@@ -82,7 +82,10 @@ class SparkConf(StrictModel):
     shuffle_partitions: int | None = Field(None, gt=0, description="default 2 x cores in local mode")
     driver_memory: str | None = Field(None, description="local mode only; default: a quarter of RAM, 1g-8g")
     connect_timeout_s: float = Field(
-        30.0, gt=0, description="Spark Connect: how long to wait for the server to accept and answer"
+        30.0,
+        gt=0,
+        description="Spark Connect: how long to wait for the server to accept and answer, at the start and "
+        "whenever it stops answering during a job",
     )
     ui_enabled: bool = Field(True, description="Spark web UI in local mode")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="extra spark.* settings")

@@ -201,3 +201,33 @@ def from_out_of_memory(
 
 class NotASpacyModelError(TextmillError):
     """A model that was expected to be a spaCy pipeline is something else."""
+
+
+# What a Spark Connect client is told when its server goes away during a job: a server being
+# stopped fails the queries it runs (its SparkContext shuts down), and one that is gone leaves the
+# channel UNAVAILABLE. Each with the few words the one line gives as the reason.
+_CONNECT_LOST = (
+    ("SparkContext was shut down", "its Spark context was shut down"),
+    ("SparkContext has been shutdown", "its Spark context was shut down"),
+    ("Cannot call methods on a stopped SparkContext", "its Spark context was shut down"),
+    ("StatusCode.UNAVAILABLE", "it stopped answering"),
+    ("failed to connect to all addresses", "it stopped answering"),
+    ("Connection refused", "it stopped answering"),
+    ("Socket closed", "it closed the connection"),
+    ("RETRIES_EXCEEDED", "it stopped answering"),
+)
+
+
+def connect_server_lost(exc: BaseException) -> str | None:
+    """Why a Spark Connect job failed when the failure is its server going away, else None."""
+    text = _chain_text(exc)
+    return next((why for sign, why in _CONNECT_LOST if sign in text), None)
+
+
+class ConnectServerLostError(ConnectError):
+    """The Spark Connect server stopped or went away during a job. Exit 3 when the outputs were
+    published before it did (the data is there, the job did not finish), 2 when nothing was."""
+
+    def __init__(self, message: str, published: bool) -> None:
+        super().__init__(message)
+        self.exit_code = 3 if published else 2

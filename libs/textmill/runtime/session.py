@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,7 @@ def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
             raise ConnectError(
                 f"the Spark Connect server at {redact_text(url)} refused the session: {redact_text(first)[:300]}"
             ) from exc
+        bound_retries(spark, conf.connect_timeout_s)
         _set_runtime(spark, {"spark.sql.session.timeZone": "UTC", **settings})
         return spark
     # A local[N] server started in this process: its static settings are given when it starts.
@@ -189,6 +191,36 @@ def _connect_session(url: str, conf: SparkConf, app_name: str) -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def retry_backoffs_ms(timeout_s: float, initial_ms: int = 50, multiplier: float = 4.0, cap_ms: int = 5000) -> list[int]:
+    """The waits between a Connect client's retries of a server that does not answer: PySpark's
+    exponential backoff, capped, cut where their sum reaches ``timeout_s``."""
+    waits: list[int] = []
+    wait = float(initial_ms)
+    while sum(waits) < timeout_s * 1000:
+        waits.append(int(min(wait, cap_ms)))
+        wait *= multiplier
+    return waits
+
+
+def bound_retries(spark: SparkSession, timeout_s: float) -> None:
+    """PySpark's Connect client retries a server that stopped answering for at least 10 minutes (its
+    DefaultPolicy), so a job whose server was stopped mid-run hung that long before it failed. textmill
+    waits ``spark.connect_timeout_s`` for it, as it does at the start; a server restarted within that
+    time is still reattached to."""
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    waits = retry_backoffs_ms(timeout_s)
+    policy = DefaultPolicy(
+        max_retries=len(waits),
+        max_backoff=max(waits),
+        jitter=0,  # the waits above are the whole bound
+        max_server_retry_delay=int(timeout_s * 1000),
+    )
+    spark.client.set_retry_policies([policy])
+    # PySpark warns once the retries are used up, then raises: the error that follows says it.
+    warnings.filterwarnings("ignore", message=r"\[RETRIES_EXCEEDED\]", category=UserWarning)
 
 
 def connect_target(url: str) -> tuple[str, int, bool]:

@@ -35,6 +35,16 @@ def is_connect(spark: SparkSession) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def forget_lost_session(spark: SparkSession) -> None:
+    """Close a Spark Connect session whose server is gone without asking that server anything: each
+    call would be retried for ``spark.connect_timeout_s`` (releasing the session, and MLflow's
+    ``end_run``, which asks the active session for a registry URI). It is then no longer the active
+    session. A classic session is left as it is."""
+    if is_connect(spark):
+        spark.release_session_on_close = False
+        spark.stop()
+
+
 def default_parallelism(spark: SparkSession) -> int:
     if not is_connect(spark):
         return spark.sparkContext.defaultParallelism
