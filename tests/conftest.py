@@ -51,6 +51,29 @@ def pytest_collection_finish(session) -> None:
         airflow_venv.start_building()
 
 
+# What an in-process ``main()`` (textmill.cli, jobs/*.py) writes into os.environ for its own run. Kept
+# from one test to the next, a test's DEBUG level reached the processes later tests started: a job's
+# stderr then held MLflow's DEBUG lines beside its one error line.
+CLI_ENVIRONMENT = (
+    "TEXTMILL_VERBOSITY",
+    "TEXTMILL_LINES_TO",
+    "TEXTMILL_LOG_LEVEL",
+    "MLFLOW_LOGGING_LEVEL",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+)
+
+
+@pytest.fixture(autouse=True)
+def cli_environment_restored() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in CLI_ENVIRONMENT}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 # Set to an ``sc://`` URL, the shared session is a Spark Connect client of that server instead
 # (tests/test_connect.py reruns the notebook tests this way, in their own process).
 REMOTE_VARIABLE = "TEXTMILL_TEST_SPARK_REMOTE"
