@@ -171,3 +171,31 @@ def test_a_server_that_stops_answering_is_retried_for_the_timeout_and_no_longer(
     waits = retry_backoffs_ms(timeout_s)
     assert sum(waits) >= timeout_s * 1000 > sum(waits[:-1])
     assert waits == sorted(waits) and max(waits) <= 5000
+
+
+def test_only_the_spark_connect_clients_own_errors_say_its_server_was_lost():
+    """The same words ("Connection refused") from an MLflow tracking server, or inside an error textmill
+    already reported in one line, are not the Spark Connect server going away."""
+    import mlflow
+    from pyspark.errors.exceptions.connect import SparkConnectGrpcException
+
+    from textmill.runtime.errors import TrackingWriteError, connect_server_lost
+
+    lost = SparkConnectGrpcException("status = StatusCode.UNAVAILABLE details = Connection refused")
+    refused = mlflow.exceptions.MlflowException("HTTPConnectionPool(host='127.0.0.1'): Connection refused")
+    assert connect_server_lost(lost) == "it stopped answering"
+    assert connect_server_lost(refused) is None
+    try:
+        try:
+            raise lost
+        except SparkConnectGrpcException as inner:
+            raise RuntimeError("a job's own wrapper") from inner
+    except RuntimeError as wrapped:
+        assert connect_server_lost(wrapped) == "it stopped answering"
+    try:
+        try:
+            raise refused
+        except mlflow.exceptions.MlflowException:
+            raise TrackingWriteError("the MLflow store stopped taking writes", published=False) from None
+    except TrackingWriteError as reported:
+        assert connect_server_lost(reported) is None

@@ -219,9 +219,22 @@ _CONNECT_LOST = (
 
 
 def connect_server_lost(exc: BaseException) -> str | None:
-    """Why a Spark Connect job failed when the failure is its server going away, else None."""
-    text = _chain_text(exc)
-    return next((why for sign, why in _CONNECT_LOST if sign in text), None)
+    """Why a Spark Connect job failed when the failure is its server going away, else None. Only
+    PySpark's and gRPC's own exceptions count: an MLflow server that refuses a connection is not
+    the Spark Connect server, and an error textmill already put in one line stays as it is."""
+    if isinstance(exc, TextmillError):
+        return None
+    for error in _chain(exc):
+        if not type(error).__module__.startswith(("pyspark", "grpc")):
+            continue
+        try:
+            text = str(error)
+        except Exception:  # an exception that cannot say what it is says nothing here
+            continue
+        why = next((why for sign, why in _CONNECT_LOST if sign in text), None)
+        if why is not None:
+            return why
+    return None
 
 
 class ConnectServerLostError(ConnectError):
