@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, live_heap_mb, report, require
+from common import SHARED, live_heap_mb, prepare_conf, report, require
 
 AG = require(SHARED / "ag_news" / "test.csv")
 
@@ -54,8 +54,6 @@ def main() -> None:
     import argparse
 
     from textmill.jobs import run_job
-    from textmill.pipelines.prepare import PrepareJobConf
-    from textmill.runtime.config import load_conf
     from textmill.runtime.session import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,19 +64,7 @@ def main() -> None:
     def conf(inp: Path, out: Path, fmt: str):
         columns = {"doc_id": "id", "title": "title", "text": "text"} if fmt in ("csv", "jsonl") else {}
         extra = ["prepare.text_files.glob=*.txt"] if fmt == "text_files" else []
-        return load_conf(
-            PrepareJobConf,
-            REPO / "conf" / "prepare.yaml",
-            env="local",
-            overrides=[
-                f"io.input={inp}",
-                f"io.output={out}",
-                "spark.ui_enabled=false",
-                f"prepare.format={fmt}",
-                *[f"prepare.columns.{k}={v}" for k, v in columns.items()],
-                *extra,
-            ],
-        )
+        return prepare_conf(inp, out, fmt, *[f"prepare.columns.{k}={v}" for k, v in columns.items()], *extra)
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

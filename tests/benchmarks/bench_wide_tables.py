@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, report
+from common import prepare_conf, report
 
 
 def table(width: int) -> tuple[list[str], list[list[str]]]:
@@ -54,8 +54,6 @@ def main() -> None:
     import argparse
 
     from textmill.jobs import run_job
-    from textmill.pipelines.prepare import PrepareJobConf
-    from textmill.runtime.config import load_conf
     from textmill.runtime.session import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,19 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def conf(inp: Path, out: Path, fmt: str, last: str):
-        return load_conf(
-            PrepareJobConf,
-            REPO / "conf" / "prepare.yaml",
-            env="local",
-            overrides=[
-                f"io.input={inp}",
-                f"io.output={out}",
-                "spark.ui_enabled=false",
-                f"prepare.format={fmt}",
-                "prepare.columns.doc_id=id",
-                f"prepare.columns.extra=[{last}]",
-            ],
-        )
+        return prepare_conf(inp, out, fmt, "prepare.columns.doc_id=id", f"prepare.columns.extra=[{last}]")
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

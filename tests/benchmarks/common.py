@@ -51,6 +51,25 @@ def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def prepare_conf(inp: Path, out: Path, fmt: str, *overrides: str):
+    """``conf/prepare.yaml`` for a benchmark run: local env, UI off, the given format and overrides."""
+    from textmill.pipelines.prepare import PrepareJobConf
+    from textmill.runtime.config import load_conf
+
+    return load_conf(
+        PrepareJobConf,
+        REPO / "conf" / "prepare.yaml",
+        env="local",
+        overrides=[
+            f"io.input={inp}",
+            f"io.output={out}",
+            "spark.ui_enabled=false",
+            f"prepare.format={fmt}",
+            *overrides,
+        ],
+    )
+
+
 def live_heap_mb(spark, readings: int = 5) -> float:
     """The driver JVM's live heap after a full collection (a classic session only): the least of
     ``readings`` readings, as objects py4j and Spark release a moment later vary single readings by
