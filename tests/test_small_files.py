@@ -10,6 +10,7 @@ in tests/benchmarks/bench_small_files.py; these tests prove the packing and that
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from textmill.data import io, local_files
 from textmill.data.csv_records import TOO_LONG
 from textmill.data.io import CsvConf, TextFilesConf, strict_csv_spec
+from textmill.runtime.errors import ColumnNotFoundError
 from textmill.runtime.session_kinds import default_parallelism
 
 SIZES = st.lists(st.integers(0, 3 * local_files.SPLIT_BYTES), min_size=1, max_size=300)
@@ -134,6 +136,94 @@ def test_local_text_files_read_by_textmill_equal_spark_s_binary_file_reader(spar
         shutil.rmtree(root, ignore_errors=True)
 
 
+FLAT_VALUES = st.one_of(
+    st.text(max_size=12), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.none(), st.booleans()
+)
+KEYS = st.sampled_from(["id", "text", "title", "label", "", "a b", "é", "😀", "Z", "_x"])
+FLAT_LINES = st.builds(
+    lambda pairs, ascii_only: json.dumps(dict(pairs), ensure_ascii=ascii_only).encode("utf-8"),
+    st.lists(st.tuples(KEYS, FLAT_VALUES), max_size=5),
+    st.booleans(),
+)
+# What only Spark's inference may read: nested values, top-level arrays (of objects: records),
+# and lines Python's strict parser refuses that Jackson may read (single quotes, NaN, trailing text,
+# bytes that are not UTF-8, a tab).
+NEEDS_SPARK_LINES = [
+    b'{"id": "n1", "meta": {"a": 1}}',
+    b'{"id": "n2", "tags": ["x", "y"]}',
+    b'[{"id": "r1"}, {"id": "r2"}]',
+    b"[1, 2]",
+    b"{'id': 'single-quoted'}",
+    b'{"id": "nan", "score": NaN}',
+    b'{"id": "t1"} trailing',
+    b"{not json",
+    b'{"id": "bad \xff byte"}',
+    b"\t",
+]
+# Lines that are no object, blank lines, a repeated key, and a key that clashes in case with "id".
+OTHER_ODD_LINES = [b'"just a string"', b"5", b"", b"   ", b'{"id": "d1", "id": "d2"}', b'{"ID": "upper"}']
+ODD_LINES = st.sampled_from(NEEDS_SPARK_LINES + OTHER_ODD_LINES)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    files=st.lists(
+        st.lists(
+            st.tuples(
+                st.one_of(FLAT_LINES, FLAT_LINES, ODD_LINES), st.sampled_from([b"", b"\xef\xbb\xbf"]), st.booleans()
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    final_newline=st.booleans(),
+)
+def test_local_line_files_read_by_textmill_equal_spark_s_line_readers(spark, files, final_newline):
+    """JSON Lines and text lines of local files read by the packed Python reader (and the JSON
+    schema found in Python) against Spark's readers on the same folder: the same columns and rows,
+    driver and executors alike; the same one-line error for a repeated key or keys that differ only
+    in case; and Spark's inference exactly where Python cannot vouch for a line."""
+    root = Path(tempfile.mkdtemp(prefix="textmill-small-lines-"))
+    try:
+        (root / "in").mkdir()
+        uris = []
+        for i, lines in enumerate(files):
+            body = b"\n".join(bom + line + (b"\r" if cr else b"") for line, bom, cr in lines)
+            path = root / "in" / f"f{i:03d}.jsonl"
+            path.write_bytes(body + (b"\n" if final_newline else b"") or b"\n")
+            uris.append(f"file:{path}")
+        listed = io.local_line_files(uris)
+        assert listed is not None and [u for u, _ in listed] == uris
+
+        def outcome(read, *args):
+            try:
+                df = read(spark, *args)
+            except ColumnNotFoundError as exc:
+                return "error", str(exc)
+            return "spark infers" if df is None else (df.columns, sorted((tuple(r) for r in df.collect()), key=repr))
+
+        needs_spark = any(line in NEEDS_SPARK_LINES for lines in files for line, _, _ in lines)
+        for fmt, spark_reader in (("text_lines", io.read_text_lines), ("jsonl", io.read_jsonl)):
+            ours = {}
+            saved = local_files.DRIVER_READ_BYTES
+            for where, threshold in (("driver", saved), ("executors", -1)):
+                local_files.DRIVER_READ_BYTES = threshold
+                try:
+                    ours[where] = outcome(io.read_local_line_files, listed, fmt)
+                finally:
+                    local_files.DRIVER_READ_BYTES = saved
+            assert ours["driver"] == ours["executors"]
+            if fmt == "jsonl" and needs_spark:
+                assert ours["driver"] == "spark infers"
+                continue
+            theirs = outcome(spark_reader, f"file:{root / 'in'}", True)
+            assert ours["driver"] == theirs, fmt
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_spark_s_readers_list_local_files_in_the_driver_only_while_reading_them(spark):
     key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
     before = spark.conf.get(key)
@@ -151,12 +241,48 @@ def test_spark_s_readers_list_local_files_in_the_driver_only_while_reading_them(
         assert spark.conf.get(key) == before  # an object store keeps Spark's distributed listing
 
 
-def test_many_small_files_in_every_format_give_every_row_once(spark, job_conf, tmp_path):
-    """prepare end to end on 120 small files per format: rows in = out + quarantined, each once."""
-    from textmill.jobs import run_job
+def test_keys_that_differ_only_in_case_on_different_lines_are_one_line_on_both_json_paths(spark, tmp_path):
+    """Shrunk: Spark's inference merged ``id`` and ``ID`` of two lines into one column and read the
+    other spelling's values as null (a document's text lost, exit 0); textmill's reader of many
+    small files refused them. Both now refuse them in one line naming both."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "f.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "x"}\n{"ID": "b", "text": "y"}\n')
+    for read in (
+        lambda: io.read_jsonl(spark, f"file:{path}"),
+        lambda: io.read_local_line_files(spark, io.local_line_files([f"file:{path}"]), "jsonl"),
+    ):
+        try:
+            read()
+        except ColumnNotFoundError as exc:
+            assert "the JSON keys 'ID' and 'id' differ only in case" in str(exc)
+        else:
+            raise AssertionError("keys that differ only in case were read")
 
-    for fmt in ("csv", "jsonl", "text_lines", "text_files"):
-        folder = tmp_path / fmt
+
+def test_shrunk_a_byte_order_mark_that_starts_a_file_is_not_part_of_its_first_line():
+    assert local_files.split_lines(b"\xef\xbb\xbf{\xff}\n\xef\xbb\xbfb") == [b"{\xff}", b"\xef\xbb\xbfb"]
+    assert local_files.split_lines(b"\xef\xbb\xbf") == [] and local_files.split_lines(b"\n") == [b""]
+
+
+def test_many_small_files_in_every_format_give_every_row_once(spark, job_conf, tmp_path, monkeypatch):
+    """prepare end to end on 120 small files per format: rows in = out + quarantined, each once;
+    the line formats both by Spark's readers and (from 100 files on) by textmill's."""
+    from textmill.jobs import run_job
+    from textmill.pipelines import prepare
+
+    read_locally = []
+
+    def counted(*args):
+        read_locally.append(args[-1])
+        return local_line_reader(*args)
+
+    local_line_reader = io.read_local_line_files
+    monkeypatch.setattr(io, "read_local_line_files", counted)
+    cases = [("csv", None), ("jsonl", None), ("jsonl", 100), ("text_lines", None), ("text_lines", 100)]
+    for fmt, min_files in [*cases, ("text_files", None)]:
+        monkeypatch.setattr(prepare, "LOCAL_LINES_MIN_FILES", min_files or prepare.FOLDER_READ_MIN_FILES)
+        folder = tmp_path / f"{fmt}-{min_files}"
         folder.mkdir()
         for i in range(120):
             if fmt == "csv":
@@ -170,7 +296,7 @@ def test_many_small_files_in_every_format_give_every_row_once(spark, job_conf, t
             (folder / f"f{i:03d}.{'txt' if fmt.startswith('text') else fmt}").write_text(body, encoding="utf-8")
         os.chmod(folder, 0o755)
         columns = {"doc_id": "id"} if fmt in ("csv", "jsonl") else {}
-        out = tmp_path / f"out-{fmt}"
+        out = tmp_path / f"out-{fmt}-{min_files}"
         metrics = run_job(
             "prepare",
             job_conf(io={"input": str(folder), "output": str(out)}, prepare={"format": fmt, "columns": columns}),
@@ -185,3 +311,4 @@ def test_many_small_files_in_every_format_give_every_row_once(spark, job_conf, t
             else [f"{x} {i}" for i in range(120) for x in "ab"]
         )
         assert texts == sorted(expected), fmt
+    assert read_locally == ["jsonl", "text_lines"]

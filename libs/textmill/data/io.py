@@ -28,7 +28,7 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,8 +518,13 @@ def _raw_lines(spark: SparkSession, path: str | list[str], recursive: bool = Fal
     and a byte-order mark at the start of a line is dropped. Invalid UTF-8 is found on
     ``value`` before any parser decodes it. ``recursive``: ``path`` is a folder, read whole."""
     raw = spark.read.option("recursiveFileLookup", recursive).option("lineSep", "\n").text(path)
+    return _as_lines(raw.select("value", spark_uri_column(F.col("_metadata.file_path")).alias(SOURCE)))
+
+
+def _as_lines(raw: DataFrame) -> DataFrame:
+    """``value`` (a line's bytes as a string Spark has not validated) and ``SOURCE``, plus ``_tm_line``."""
     line = F.regexp_replace(F.regexp_replace("value", r"\r\z", ""), r"\A\x{FEFF}", "")  # \z, \A: the value's very ends
-    return raw.select("value", line.alias("_tm_line"), spark_uri_column(F.col("_metadata.file_path")).alias(SOURCE))
+    return raw.select("value", line.alias("_tm_line"), SOURCE)
 
 
 def _line_internals(lines: DataFrame, malformed: Column | None = None) -> list[Column]:
@@ -546,7 +551,6 @@ def read_jsonl(spark: SparkSession, path: str | list[str], recursive: bool = Fal
     """JSON Lines: the raw bytes of each line are checked as UTF-8 before the JSON parser
     decodes them (it maps overlong forms to real characters); every primitive is a string, so
     ids stay '0012' and never become 12 or 12.0."""
-    corrupt = "_tm_corrupt_record"
     from pyspark.errors import AnalysisException
 
     try:
@@ -561,8 +565,29 @@ def read_jsonl(spark: SparkSession, path: str | list[str], recursive: bool = Fal
     except AnalysisException as exc:
         raise same_name_error(exc, path, "jsonl") from None
     fields = [f for f in inferred.fields if f.name != "_corrupt_record"]
+    lines = _raw_lines(spark, path, recursive)
+    # Spark's inference merges keys of different lines that differ only in case into one column
+    # (the first spelling it meets), and the other spelling's values are then read as null: lost.
+    keys = F.explode(F.json_object_keys(F.make_valid_utf8("_tm_line")))
+    check_key_cases(r[0] for r in lines.where(F.trim("_tm_line") != "").select(keys).distinct().collect())
+    return _parse_json_lines(lines, fields)
+
+
+def check_key_cases(keys: Iterable[str]) -> None:
+    """One line (``same_name_in_input``) for JSON keys, of any lines, that differ only in case."""
+    by_case: dict[str, list[str]] = {}
+    for key in sorted(set(keys)):
+        by_case.setdefault(key.lower(), []).append(key)
+    clashing = next((spellings for spellings in by_case.values() if len(spellings) > 1), None)
+    if clashing:
+        raise same_name_in_input(clashing[0], clashing, "JSON keys")
+
+
+def _parse_json_lines(lines: DataFrame, fields: list[T.StructField]) -> DataFrame:
+    """The ``fields`` of every non-blank line of ``lines`` (``_as_lines``), parsed by Spark."""
+    corrupt = "_tm_corrupt_record"
     schema = T.StructType(fields + [T.StructField(corrupt, T.StringType())])
-    lines = _raw_lines(spark, path, recursive).where(F.trim("_tm_line") != "")
+    lines = lines.where(F.trim("_tm_line") != "")
     parsed = lines.select(
         "*",
         F.from_json(
@@ -585,18 +610,86 @@ def read_jsonl(spark: SparkSession, path: str | list[str], recursive: bool = Fal
     )
 
 
+def local_line_files(uris: list[str]) -> list[tuple[str, int]] | None:
+    """(URI, size) of each file when ``read_local_line_files`` may read them: all local files,
+    uncompressed, none over ``local_files.LINE_FILE_MAX_BYTES`` (each is read whole by a Python
+    worker); else None."""
+    files = []
+    for uri in uris:
+        local = csv_records.local_file(uri)
+        if local is None or uri.endswith(".gz") or not os.path.isfile(local):
+            return None
+        size = os.path.getsize(local)
+        if size > local_files.LINE_FILE_MAX_BYTES:
+            return None
+        files.append((uri, size))
+    return files
+
+
+def read_local_line_files(spark: SparkSession, files: list[tuple[str, int]], fmt: str) -> DataFrame | None:
+    """JSON Lines or text lines of these local (URI, size) files (``local_line_files``), read
+    by textmill's packed Python reader and parsed by Spark: the rows ``read_jsonl`` and
+    ``read_text_lines`` give. JSON Lines: the schema is every top-level key, as a string, when
+    every line is a flat object Python's strict parser reads (``local_files.json_keys``); else
+    None, and Spark's own inference must read the input."""
+    spec = {"pieces": [{"path": csv_records.local_file(uri), "uri": uri, "bytes": size} for uri, size in files]}
+    on_driver = local_files.reads_on_driver([(piece["path"], piece["bytes"]) for piece in spec["pieces"]])
+    raw = local_files.frame(
+        spark, spec, local_files.read_line_pieces, local_files.LINES_DDL, local_files.lines_arrow_schema(), on_driver
+    )
+    lines = _as_lines(raw.select(F.col("value").cast("string").alias("value"), SOURCE))
+    if fmt == "text_lines":
+        return _text_lines(lines)
+    keys = _local_json_keys(spark, spec, on_driver)
+    if keys is None:
+        return None
+    return _parse_json_lines(lines, [T.StructField(k, T.StringType()) for k in keys])
+
+
+def _local_json_keys(spark: SparkSession, spec: dict, on_driver: bool) -> list[str] | None:
+    """The columns Spark's JSON inference would give these files (all strings, sorted as Spark sorts
+    names: by UTF-16 code units), or None where only Spark's inference can tell."""
+    import pyarrow as pa
+
+    schema = pa.schema([("key", pa.string()), ("finding", pa.string())])
+    found = local_files.frame(spark, spec, local_files.json_key_pieces, local_files.KEYS_DDL, schema, on_driver)
+    rows = [(r["key"], r["finding"]) for r in found.distinct().collect()]
+    if any(finding == local_files.NEEDS_SPARK for _, finding in rows):
+        return None
+    repeated = sorted(k for k, finding in rows if finding == local_files.REPEATED_KEY)
+    if repeated:
+        raise same_name_in_input(repeated[0], [repeated[0]], "JSON keys", repeated=True)
+    keys = sorted({k for k, _ in rows}, key=lambda k: k.encode("utf-16-be"))
+    check_key_cases(keys)
+    return keys
+
+
 def same_name_error(exc: Exception, path: str | list[str], fmt: str) -> Exception:
     """For Spark's COLUMN_ALREADY_EXISTS while reading (JSON keys or Parquet columns that differ only
-    in case): one line naming every spelling found in the local input; any other error unchanged."""
+    in case, or a JSON object that repeats a key): one line naming every spelling found in the
+    local input; any other error unchanged."""
     if "COLUMN_ALREADY_EXISTS" not in str(exc):
         return exc
     name = str((getattr(exc, "getMessageParameters", dict)() or {}).get("columnName", "")).strip("`")
-    spellings = _key_spellings(path, name) if fmt == "jsonl" else _parquet_spellings(path, name)
-    what = "JSON keys" if fmt == "jsonl" else "columns"
+    if fmt != "jsonl":
+        return same_name_in_input(name, _parquet_spellings(path, name), "columns")
+    spellings, repeated = _key_spellings(path, name)
+    return same_name_in_input(name, spellings, "JSON keys", repeated)
+
+
+def same_name_in_input(name: str, spellings: list[str], what: str, repeated: bool = False) -> ColumnNotFoundError:
+    """One line for two columns of one name: ``spellings`` that differ only in case, or
+    (``repeated``) a JSON object that repeats the key ``name``."""
+    if repeated and len(spellings) < 2:
+        return ColumnNotFoundError(
+            f"io.input: a JSON object repeats the key {name!r}, which Spark cannot read: remove one of the two "
+            "from the input"
+        )
+    named = " and ".join(repr(k) for k in sorted(spellings)) if len(spellings) > 1 else repr(name) + " (twice)"
     return ColumnNotFoundError(
-        f"io.input: the {what} {' and '.join(repr(k) for k in spellings) or repr(name) + ' (twice)'} differ only in "
-        "case, which Spark does not tell apart (spark.sql.caseSensitive is false): rename one in the input, or "
-        "set spark.conf: {spark.sql.caseSensitive: true}"
+        f"io.input: the {what} {named} "
+        "differ only in case, which Spark does not tell apart (spark.sql.caseSensitive is false): rename one in the "
+        "input, or set spark.conf: {spark.sql.caseSensitive: true}"
     )
 
 
@@ -616,31 +709,42 @@ def _parquet_spellings(path: str | list[str], name: str) -> list[str]:
     return list(found)
 
 
-def _key_spellings(path: str | list[str], name: str, lines: int = 10_000) -> list[str]:
+def _key_spellings(path: str | list[str], name: str, lines: int = 10_000) -> tuple[list[str], bool]:
     """Every spelling of the JSON key ``name`` (any case) in the first ``lines`` lines of the local
-    files of ``path``: what Spark's COLUMN_ALREADY_EXISTS names only once."""
+    files of ``path`` (what Spark's COLUMN_ALREADY_EXISTS names only once), and whether an object
+    there repeats ``name`` itself."""
     import json
 
     found: dict[str, None] = {}
-    for uri in [path] if isinstance(path, str) else path:
+    repeated = False
+
+    def local_files_of(uri: str) -> list[str]:
         local = csv_records.local_file(uri)
-        if local is None or not os.path.isfile(local):
-            continue
+        if local is None or not os.path.exists(local):
+            return []
+        return [local] if os.path.isfile(local) else sorted(str(p) for p in Path(local).rglob("*") if p.is_file())
+
+    for local in (file for uri in ([path] if isinstance(path, str) else path) for file in local_files_of(uri)):
         with csv_records.open_bytes(local) as stream:
             for _, line in zip(range(lines), stream):
                 try:
-                    record = json.loads(line)
+                    pairs = json.loads(line, object_pairs_hook=lambda pairs: pairs)
                 except ValueError:
                     continue
-                if isinstance(record, dict):
-                    found.update(dict.fromkeys(k for k in record if k.lower() == name.lower()))
+                if isinstance(pairs, list) and all(isinstance(p, tuple) for p in pairs):
+                    keys = [k for k, _ in pairs]
+                    found.update(dict.fromkeys(k for k in keys if k.lower() == name.lower()))
+                    repeated = repeated or keys.count(name) > 1
         if len(found) > 1:
             break
-    return list(found)
+    return list(found), repeated
 
 
 def read_text_lines(spark: SparkSession, path: str | list[str], recursive: bool = False) -> DataFrame:
-    lines = _raw_lines(spark, path, recursive)
+    return _text_lines(_raw_lines(spark, path, recursive))
+
+
+def _text_lines(lines: DataFrame) -> DataFrame:
     return lines.select(F.make_valid_utf8("_tm_line").alias("text"), *_line_internals(lines))
 
 

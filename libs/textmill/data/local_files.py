@@ -68,7 +68,9 @@ def frame(spark, spec: dict, read: Reader, ddl: str, schema, on_driver: bool = F
     if on_driver:
         import pyarrow as pa
 
-        return spark.createDataFrame(pa.Table.from_batches(list(read(spec, pieces)), schema=schema))
+        table = pa.Table.from_batches(list(read(spec, pieces)), schema=schema)
+        # Spark Connect cannot make a DataFrame of an Arrow table with no rows (CANNOT_INFER_EMPTY_SCHEMA).
+        return spark.createDataFrame(table) if table.num_rows else spark.createDataFrame([], ddl)
     from textmill.runtime.session_kinds import default_parallelism
 
     limit = task_bytes(sum(p["bytes"] + OPEN_COST_BYTES for p in pieces), default_parallelism(spark))
@@ -84,3 +86,144 @@ def frame(spark, spec: dict, read: Reader, ddl: str, schema, on_driver: bool = F
                 yield from read(whole, whole["pieces"][bounds[task] : bounds[task + 1]])
 
     return spark.range(len(starts), numPartitions=len(starts)).mapInArrow(read_tasks, ddl)
+
+
+# --- Line files (JSON Lines, text lines) ---------------------------------------------------------
+# Spark's JVM line readers open every file (JSON Lines twice: schema inference, then the read), so
+# 50,000 one-line files took 9-11x one file of the same lines (issue 39, item 5). Many small local
+# line files are read here instead, as raw lines; Spark then parses them exactly as it parses the
+# lines it reads itself (``io.read_local_line_files``).
+
+# A line file read here is read whole into the worker's memory; larger ones stay with Spark's reader.
+LINE_FILE_MAX_BYTES = 16 * 2**20
+LINES_DDL = "value binary, _tm_source string"
+
+
+def lines_arrow_schema():  # a pyarrow.Schema
+    import pyarrow as pa
+
+    return pa.schema([("value", pa.binary()), ("_tm_source", pa.string())])
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of a file as Spark's text reader with ``lineSep`` ``\\n`` reads them: ended by
+    ``\\n`` only (a ``\\r`` before it stays in the line), no line after a final ``\\n``, and a
+    UTF-8 byte-order mark at the very start of the file dropped (Hadoop's line reader skips it)."""
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _read_whole(piece: dict) -> bytes:
+    try:
+        with open(piece["path"], "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        from textmill.data.csv_records import UNREADABLE
+
+        raise RuntimeError(f"{UNREADABLE}[{piece['uri']}]: {type(exc).__name__}: {exc}") from exc
+
+
+def read_line_pieces(spec: dict, pieces: list[dict]) -> Iterator:
+    """Arrow record batches of (the raw bytes of a line, the file's URI), every line of every piece
+    (a whole file) in order, many files to a batch."""
+    import pyarrow as pa
+
+    from textmill.data.csv_records import BATCH_ROWS
+
+    schema = lines_arrow_schema()
+    values: list[bytes] = []
+    sources: list[str] = []
+
+    def flush():
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(values, type=pa.binary()), pa.array(sources, type=pa.string())], schema=schema
+        )
+        values.clear()
+        sources.clear()
+        return batch
+
+    for piece in pieces:
+        lines = split_lines(_read_whole(piece))
+        values.extend(lines)
+        sources.extend([piece["uri"]] * len(lines))
+        if len(values) >= BATCH_ROWS:
+            yield flush()
+    if values:
+        yield flush()
+
+
+# What ``json_keys`` says of a line besides its keys.
+NEEDS_SPARK, REPEATED_KEY = "needs_spark", "repeated_key"
+KEYS_DDL = "key string, finding string"
+
+
+class _Object(list):
+    """A JSON object as its (key, value) pairs, in order: repeated keys stay visible."""
+
+
+def _not_standard(name: str):
+    raise ValueError(name)
+
+
+def json_keys(line: bytes) -> tuple[list[str], str | None]:
+    """(the top-level keys, a finding) of one JSON line as Spark's schema inference sees it
+    (every primitive a string): a flat object gives its keys (an empty key is dropped, as Spark
+    drops it). A blank line, or a line that is valid JSON but not an object, gives no key.
+    ``NEEDS_SPARK``: the line has a nested value, or is one Python's strict parser cannot vouch
+    for the way Jackson reads it (not UTF-8, single quotes, NaN, trailing text): Spark's own
+    inference must read the input. ``REPEATED_KEY`` with that key: an object repeats it."""
+    import json
+
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return [], NEEDS_SPARK
+    if text.strip(" ") == "":
+        return [], None
+    try:
+        value = json.loads(text, object_pairs_hook=_Object, parse_constant=_not_standard)
+    except ValueError:
+        return [], NEEDS_SPARK
+    if isinstance(value, _Object):
+        keys = [k for k, _ in value]
+        if any(isinstance(v, list) for _, v in value):  # an object (_Object) or an array
+            return [], NEEDS_SPARK
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen:
+                return [key], REPEATED_KEY
+            seen.add(key)
+        return [k for k in keys if k != ""], None
+    if isinstance(value, list):  # Spark reads the objects of a top-level array as records
+        return [], NEEDS_SPARK
+    return [], None
+
+
+def json_key_pieces(spec: dict, pieces: list[dict]) -> Iterator:
+    """One Arrow record batch per task: every distinct top-level key of its lines, and the findings
+    of ``json_keys`` (``NEEDS_SPARK`` with a null key; ``REPEATED_KEY`` with the key)."""
+    import pyarrow as pa
+
+    found: dict[tuple[str | None, str | None], None] = {}
+    for piece in pieces:
+        for line in split_lines(_read_whole(piece)):
+            keys, finding = json_keys(line)
+            if finding == NEEDS_SPARK:  # Spark infers the schema of the whole input: nothing more to learn here
+                found = {(None, NEEDS_SPARK): None}
+                break
+            found.update(dict.fromkeys((k, finding) for k in keys))
+        else:
+            continue
+        break
+    if found:
+        keys, findings = zip(*found)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(list(keys), type=pa.string()), pa.array(list(findings), type=pa.string())],
+            names=["key", "finding"],
+        )
