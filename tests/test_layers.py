@@ -1,6 +1,6 @@
 """The package's layers, checked from its imports; old module names; models logged before the split.
 
-Layers, bottom to top: runtime, data, text, vectors, models, pipelines, streaming, then the
+Layers, bottom to top: runtime, data, text, vectors, dedup, models, pipelines, streaming, then the
 entry points (jobs, cli, notebook). Every import in libs/textmill, module-level or inside a
 function, must point to its own layer or one below, and no two modules may import each other
 round a circle.
@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "libs" / "textmill"
-LAYERS = ["runtime", "data", "text", "vectors", "models", "pipelines", "streaming"]
+LAYERS = ["runtime", "data", "text", "vectors", "dedup", "models", "pipelines", "streaming"]
 TOP = {"jobs", "cli", "notebook"}
 FIXTURES = REPO / "tests" / "fixtures" / "models_before_layers"
 

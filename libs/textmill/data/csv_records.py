@@ -49,7 +49,7 @@ TOO_LONG = "a record longer than the limit"  # how a too-long record's problem s
 # A lone \r is text, but Python's csv module ends a line at any \r: it is swapped for a lone
 # high surrogate, which no valid UTF-8 decodes to (and surrogateescape only makes U+DC80..DCFF).
 _CR_STANDIN = "\ud800"
-UNREADABLE = "TEXTMILL_UNREADABLE_FILE"  # marks a file error raised on an executor (see errors.unreadable_input)
+UNREADABLE = local_files.UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ class HeaderError(ValueError):
 # ---------------------------------------------------------------------------- on Spark
 
 SPLIT_BYTES = local_files.SPLIT_BYTES  # a larger uncompressed single-line file is read in byte ranges of this size
-BATCH_ROWS = 4096
+BATCH_ROWS = local_files.BATCH_ROWS
 # The internal columns of every textmill reader (textmill.data.io names them), in this reader's order.
 INTERNAL = [
     ("_tm_source", "string"),

@@ -32,6 +32,9 @@ OPEN_COST_BYTES = 64 * 2**10
 # start its worker (tests/benchmarks/bench_tiny_job.py). Both ways run the same reader.
 DRIVER_READ_BYTES = 4 * 2**20
 
+UNREADABLE = "TEXTMILL_UNREADABLE_FILE"  # marks a file error raised on an executor (see errors.unreadable_input)
+BATCH_ROWS = 4096  # rows per Arrow batch of the readers here and of the strict CSV reader
+
 Reader = Callable[[dict, list[dict]], Iterator]  # (spec, pieces) -> Arrow record batches
 
 
@@ -120,8 +123,6 @@ def _read_whole(piece: dict) -> bytes:
         with open(piece["path"], "rb") as fh:
             return fh.read()
     except OSError as exc:
-        from textmill.data.csv_records import UNREADABLE
-
         raise RuntimeError(f"{UNREADABLE}[{piece['uri']}]: {type(exc).__name__}: {exc}") from exc
 
 
@@ -129,8 +130,6 @@ def read_line_pieces(spec: dict, pieces: list[dict]) -> Iterator:
     """Arrow record batches of (the raw bytes of a line, the file's URI), every line of every piece
     (a whole file) in order, many files to a batch."""
     import pyarrow as pa
-
-    from textmill.data.csv_records import BATCH_ROWS
 
     schema = lines_arrow_schema()
     values: list[bytes] = []

@@ -105,6 +105,12 @@ JOBS: dict[str, Job] = {
             ("{clusters:,.0f} clusters", "largest {largest_cluster_share:.1%}", "{iterations:.0f} rounds"),
         ),
         Job(
+            "dedup",
+            "textmill.pipelines.dedup",
+            "id + text -> exact and near duplicates marked (MinHash LSH) + the deduplicated table",
+            ("{exact_duplicates:,.0f} exact", "{near_duplicates:,.0f} near duplicates", "{rows_kept:,.0f} kept"),
+        ),
+        Job(
             "log_spacy_model", "textmill.pipelines.log_spacy_model", "spaCy pipeline -> MLflow model (+ registry alias)"
         ),
         Job("pipeline", "textmill.pipelines.pipeline", "the end-to-end demo: sample -> prepare -> summary"),

@@ -1,0 +1,236 @@
+"""The ``dedup`` job: exact and near-duplicate documents, marked and removed (``textmill.dedup``).
+
+Input: any Parquet table with an id and a text column (``prepare`` output by default). Exact
+duplicates share a digest of their normalised text; near duplicates share a MinHash band
+bucket and, verified, reach ``dedup.threshold`` Jaccard similarity of their shingle sets.
+Groups are the connected components of exact and near pairs; each keeps one representative
+(``dedup.representative``).
+
+Outputs (schema ``dedup/v1``, jobs/outputs.md):
+
+- ``io.output``: every good input row with ``dup_group``, ``dup_of``, ``is_representative``,
+  ``dup_kind`` and ``jaccard``;
+- ``<output>_kept``: the representatives only, the deduplicated table (the input's columns);
+- the quarantine (``io.quarantine``, default ``<output>_quarantine``): rows with no id, a
+  repeated id, no text or invalid UTF-8, with the reason (``doc_id, reason, detail, raw``).
+
+rows in = kept + removed + quarantined, checked on the written files before publishing.
+MLflow: the rates, pair counts, bands x rows with their theoretical error rates, a histogram of
+group sizes, and a sample of removed documents beside their representative (``dedup/sample.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+from pydantic import Field
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+import textmill
+from textmill.data import io, storage
+from textmill.dedup import transforms
+from textmill.dedup.components import component_labels
+from textmill.dedup.transforms import DedupConf
+from textmill.pipelines.prepare import quarantine_path
+from textmill.runtime import console, session_kinds
+from textmill.runtime.config import JobConf
+from textmill.runtime.errors import AccountingError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "dedup/v1"
+REASONS = ("null_doc_id", "duplicate_doc_id", "null_text", "empty_text", "invalid_utf8")
+
+
+class DedupJobConf(JobConf):
+    dedup: DedupConf = Field(default_factory=DedupConf)
+
+    def output_paths(self) -> dict[str, str]:
+        if not self.io.output:
+            return {}
+        return {**super().output_paths(), "io.output (kept)": kept_path(self), "io.quarantine": quarantine_path(self)}
+
+
+def kept_path(conf: JobConf) -> str:
+    return f"{conf.io.output.rstrip('/')}_kept"
+
+
+JOB_CONF = DedupJobConf
+
+
+def quarantine_reason(df: DataFrame, c: DedupConf) -> DataFrame:
+    """``df`` plus ``_dd_reason``: why a row cannot be compared (null: it can)."""
+    ident, text = F.col(c.id_column), F.col(c.text_column)
+    repeated = F.count(F.lit(1)).over(Window.partitionBy(c.id_column)) > 1
+    reason = (
+        F.when(ident.isNull(), F.lit("null_doc_id"))
+        .when(repeated, F.lit("duplicate_doc_id"))
+        .when(text.isNull(), F.lit("null_text"))
+        .when(F.trim(text) == "", F.lit("empty_text"))
+        .when(~F.is_valid_utf8(text), F.lit("invalid_utf8"))
+    )
+    return df.withColumn("_dd_reason", reason)
+
+
+def run(spark: SparkSession, conf: DedupJobConf) -> dict[str, float]:
+    c = conf.dedup
+    columns = [c.id_column, c.text_column] + ([c.time_column] if c.time_column else [])
+    source = io.read_input(spark, conf.io.input, columns, hint="dedup.id_column / dedup.text_column")
+    io.require_text_column(source, c.text_column)
+    banding = c.banding()
+    console.status(
+        logger,
+        "dedup: %d bands x %d rows of %d permutations for Jaccard %.2f (theoretical false positives %.4f, "
+        "false negatives %.4f)",
+        banding.bands,
+        banding.rows,
+        c.num_perm,
+        c.threshold,
+        banding.false_positive,
+        banding.false_negative,
+    )
+    checked = quarantine_reason(source, c).persist(StorageLevel.DISK_ONLY)
+    try:
+        return _dedup(spark, conf, source.columns, checked, banding)
+    finally:
+        checked.unpersist()
+
+
+def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked: DataFrame, banding) -> dict:
+    c = conf.dedup
+    rows_in = checked.count()
+    good = checked.where(F.col("_dd_reason").isNull()).select(*columns)
+    bad = checked.where(F.col("_dd_reason").isNotNull()).select(
+        F.col(c.id_column).cast("string").alias("doc_id"),
+        F.col("_dd_reason").alias("reason"),
+        F.when(F.col("_dd_reason") == "duplicate_doc_id", F.lit(f"{c.id_column} repeated in the input"))
+        .when(F.col("_dd_reason") == "invalid_utf8", F.lit("text is not valid UTF-8"))
+        .alias("detail"),
+        F.to_json(F.struct(*[F.col(f"`{n}`") for n in columns])).alias("raw"),
+    )
+    signed = transforms.exact_representatives(transforms.with_signatures(good, c, banding), c).localCheckpoint()
+    reps = signed.where(F.col(c.id_column) == F.col(transforms.EXACT_REP))
+    candidates = transforms.candidate_pairs(reps, c).localCheckpoint()
+    n_candidates = candidates.count()
+    verified = transforms.verified_pairs(candidates, reps, c).localCheckpoint()
+    n_verified = verified.count()
+    console.status(logger, "dedup: %d candidate pairs, %d verified", n_candidates, n_verified)
+    labels, rounds = component_labels(verified.select("u", "v"), c.max_rounds)
+    marked = transforms.assign_groups(signed, labels, c).select(
+        *columns, "dup_group", "dup_of", "is_representative", "dup_kind", "jaccard"
+    )
+    out, kept_out, bad_out = conf.io.output, kept_path(conf), quarantine_path(conf)
+    parallelism = max(1, session_kinds.default_parallelism(spark))
+    with storage.staged_outputs(spark, out, kept_out, bad_out, replace_unmarked=conf.io.replace_unmarked) as staged:
+        staged_out, staged_kept, staged_bad = staged
+        marked.repartitionByRange(parallelism, c.id_column).sortWithinPartitions(c.id_column).write.parquet(staged_out)
+        written = spark.read.parquet(staged_out)
+        written.where("is_representative").select(*columns).repartitionByRange(
+            parallelism, c.id_column
+        ).sortWithinPartitions(c.id_column).write.parquet(staged_kept)
+        bad.repartition(1).sortWithinPartitions("doc_id").write.parquet(staged_bad)
+        stats = written.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.col("is_representative").cast("long")).alias("kept"),
+            F.sum((F.col("dup_kind") == "exact").cast("long")).alias("exact"),
+            F.sum((F.col("dup_kind") == "near").cast("long")).alias("near"),
+        ).first()
+        rows_out, kept = stats["rows"], stats["kept"] or 0
+        rows_kept = io.count_parquet(spark, staged_kept)
+        rows_quarantined = io.count_parquet(spark, staged_bad)
+        if rows_in != rows_out + rows_quarantined or rows_kept != kept:
+            raise AccountingError(
+                f"dedup: rows_in={rows_in} but rows_out={rows_out} + rows_quarantined={rows_quarantined} "
+                f"(kept {rows_kept} of {kept} representatives); nothing was published"
+            )
+        marker = {"schema": SCHEMA_VERSION, "textmill_version": textmill.__version__}
+        storage.write_marker(spark, staged_out, {**marker, "rows": rows_out})
+        storage.write_marker(spark, staged_kept, {**marker, "schema": SCHEMA_VERSION + "-kept", "rows": rows_kept})
+        storage.write_marker(
+            spark, staged_bad, {**marker, "schema": SCHEMA_VERSION + "-quarantine", "rows": rows_quarantined}
+        )
+    published = spark.read.parquet(out)
+    sizes = published.groupBy("dup_group").agg(F.count(F.lit(1)).alias("size"))
+    size_stats = sizes.agg(F.count(F.lit(1)).alias("groups"), F.max("size").alias("largest")).first()
+    _log_artifacts(published, sizes, c)
+    reasons = {r["reason"]: r["count"] for r in spark.read.parquet(bad_out).groupBy("reason").count().collect()}
+    exact, near = stats["exact"] or 0, stats["near"] or 0
+    return {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_kept": rows_kept,
+        "rows_removed": rows_out - rows_kept,
+        "rows_quarantined": rows_quarantined,
+        **{f"quarantined.{r}": reasons.get(r, 0) for r in REASONS},
+        "exact_duplicates": exact,
+        "near_duplicates": near,
+        "exact_rate": exact / rows_out if rows_out else 0.0,
+        "near_rate": near / rows_out if rows_out else 0.0,
+        "groups": size_stats["groups"] or 0,
+        "duplicate_groups": sizes.where(F.col("size") > 1).count(),
+        "largest_group": size_stats["largest"] or 0,
+        "candidate_pairs": n_candidates,
+        "verified_pairs": n_verified,
+        "bands": banding.bands,
+        "rows_per_band": banding.rows,
+        "theoretical_false_positive": banding.false_positive,
+        "theoretical_false_negative": banding.false_negative,
+        "component_rounds": rounds,
+    }
+
+
+def group_size_histogram(sizes: DataFrame) -> list[tuple[int, int]]:
+    """(group size, number of groups) for every size that occurs, by Spark: one row per size."""
+    return sorted(
+        (r["size"], r["groups"]) for r in sizes.groupBy("size").agg(F.count(F.lit(1)).alias("groups")).collect()
+    )
+
+
+def _log_artifacts(published: DataFrame, sizes: DataFrame, c: DedupConf) -> None:
+    """The group-size histogram (JSON and a plot) and a sample of removed documents beside their
+    representative, as ``dedup/`` artifacts of the run."""
+    histogram = group_size_histogram(sizes)
+    mlflow.log_dict({"size_to_groups": [[s, n] for s, n in histogram]}, "dedup/group_sizes.json")
+    removed = published.where(~F.col("is_representative")).orderBy(F.xxhash64(c.id_column)).limit(c.sample_size)
+    reps = published.where("is_representative").select(
+        F.col(c.id_column).alias("dup_of"), F.col(c.text_column).alias("_rep_text")
+    )
+    sample = [
+        {
+            "doc_id": r[c.id_column],
+            "dup_of": r["dup_of"],
+            "kind": r["dup_kind"],
+            "jaccard": r["jaccard"],
+            "text": r[c.text_column][:600],
+            "representative_text": r["_rep_text"][:600],
+        }
+        for r in removed.join(reps, "dup_of").collect()
+    ]
+    mlflow.log_dict(sorted(sample, key=lambda s: str(s["doc_id"])), "dedup/sample.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "group_sizes.png"
+        _plot(histogram, plot)
+        mlflow.log_artifact(str(plot), "dedup")
+
+
+def _plot(histogram: list[tuple[int, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if histogram:
+        ax.bar([str(s) for s, _ in histogram[:40]], [n for _, n in histogram[:40]])
+    ax.set_xlabel("group size (documents)")
+    ax.set_ylabel("groups")
+    ax.set_yscale("log")
+    ax.set_title("dedup: groups by size")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,206 @@
+"""Near-duplicate detection (issue 40): MinHash and banding properties, connected components
+against union-find on generated graphs, and the ``dedup`` job on a generated corpus with planted
+exact and near duplicates against the exact Jaccard of every pair (the ground truth)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from textmill.dedup import minhash
+from textmill.dedup.components import component_labels
+from textmill.dedup.transforms import DedupConf
+
+
+def union_find_labels(nodes: set, edges: list[tuple]) -> dict:
+    parent = {n: n for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = {n: find(n) for n in nodes}
+    smallest: dict = {}
+    for n, r in roots.items():
+        smallest[r] = min(smallest.get(r, n), n)
+    return {n: smallest[r] for n, r in roots.items()}
+
+
+# ------------------------------------------------------------------------------- minhash (no Spark)
+
+
+@given(threshold=st.floats(0.3, 0.95), num_perm=st.sampled_from([32, 64, 128, 256]))
+@settings(max_examples=30, deadline=None)
+def test_the_chosen_bands_put_the_s_curve_near_the_threshold_and_fit_the_permutations(threshold, num_perm):
+    b = minhash.choose_bands(threshold, num_perm)
+    assert 1 <= b.bands * b.rows <= num_perm
+    assert 0 <= b.false_positive <= threshold and 0 <= b.false_negative <= 1 - threshold
+    # The S-curve 1 - (1 - s^r)^b climbs steepest near (1/b)^(1/r): that must be near the threshold.
+    assert abs((1 / b.bands) ** (1 / b.rows) - threshold) < 0.2, b
+    # No other split of the same permutations errs less.
+    error = (b.false_positive + b.false_negative) / 2
+    for bands, rows in [(max(1, b.bands - 1), b.rows), (b.bands, b.rows + 1), (b.bands + 1, b.rows)]:
+        if bands * rows <= num_perm:
+            other = minhash.false_positive_probability(threshold, bands, rows)
+            other += minhash.false_negative_probability(threshold, bands, rows)
+            assert error <= other / 2 + 1e-12
+
+
+@given(
+    common=st.sets(st.integers(0, 2**32 - 1), min_size=1, max_size=300),
+    only_a=st.sets(st.integers(0, 2**32 - 1), max_size=100),
+    only_b=st.sets(st.integers(0, 2**32 - 1), max_size=100),
+)
+@settings(max_examples=40, deadline=None)
+def test_signatures_agree_in_about_the_jaccard_share_of_permutations(common, only_a, only_b):
+    a = np.unique(np.array(sorted(common | only_a), dtype=np.uint32))
+    b = np.unique(np.array(sorted(common | (only_b - only_a)), dtype=np.uint32))
+    true = len(np.intersect1d(a, b)) / len(np.union1d(a, b))
+    perms = minhash.Permutations.make(256, seed=3)
+    estimate = float(np.mean(minhash.signature(a, perms) == minhash.signature(b, perms)))
+    assert abs(estimate - true) < 0.15  # 256 draws: 4.7 standard deviations at worst
+    assert np.array_equal(minhash.signature(a, perms), minhash.signature(a, minhash.Permutations.make(256, seed=3)))
+
+
+def test_normalisation_and_shingles():
+    assert minhash.normalize("Ｈｅｌｌｏ,  WORLD!\n") == minhash.normalize("hello world") == "hello world"
+    assert minhash.normalize("a.b", punctuation=False) == "a.b"
+    short = minhash.shingle_hashes("two words", "word", 5)
+    assert short.size == 1  # shorter than one shingle: the text itself
+    assert minhash.shingle_hashes("", "word", 5).size == 0
+    six = minhash.shingle_hashes("a b c d e f", "word", 5)
+    assert six.size == 2 and six.dtype == np.uint32
+    assert minhash.shingle_hashes("abcdef", "char", 3).size == 4
+    assert minhash.exact_key("x") == minhash.exact_key("x") != minhash.exact_key("y")
+
+
+def test_band_settings_are_checked():
+    with pytest.raises(ValueError, match="together"):
+        DedupConf(bands=4)
+    with pytest.raises(ValueError, match="over dedup.num_perm"):
+        DedupConf(bands=20, rows=10, num_perm=128)
+    with pytest.raises(ValueError, match="time_column"):
+        DedupConf(representative="earliest")
+
+
+# ------------------------------------------------------------------------------- Spark
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(2, 60),
+    edges=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=80),
+    chain=st.integers(0, 40),
+)
+def test_components_equal_union_find_on_generated_graphs(spark, n, edges, chain):
+    """Random edges, self-loops and repeats, plus a long chain (what min-label propagation needs
+    as many rounds as its length for): every node labelled with its component's smallest node."""
+    pairs = [(f"n{a % n:03d}", f"n{b % n:03d}") for a, b in edges]
+    pairs += [(f"c{i:03d}", f"c{i + 1:03d}") for i in range(chain)]
+    if not pairs:
+        pairs = [("n000", "n001")]
+    df = spark.createDataFrame(pairs, "u string, v string")
+    labels, rounds = component_labels(df)
+    got = {r["node"]: r["label"] for r in labels.collect()}
+    nodes = {x for p in pairs for x in p}
+    assert got == union_find_labels(nodes, pairs)
+    assert rounds <= 12, rounds
+
+
+WORDS = [f"w{i}" for i in range(5000)]
+
+
+def corpus(seed: int = 5) -> tuple[list[dict], dict]:
+    """Documents of 200 random words; planted: exact copies (case, punctuation, spacing changed),
+    near copies (one or two words substituted: Jaccard about 0.9-0.95 of 5-word shingles), 60
+    copies of one boilerplate text, each with one word of its own at the end, and bad rows."""
+    rng = random.Random(seed)
+    docs, planted = [], {}
+    for i in range(120):
+        words = rng.choices(WORDS, k=200)
+        docs.append({"doc_id": f"d{i:04d}", "text": " ".join(words)})
+        if i % 10 == 0:
+            docs.append({"doc_id": f"e{i:04d}", "text": " ".join(words).upper().replace(" ", " ,  ")})
+            planted[f"e{i:04d}"] = ("exact", f"d{i:04d}")
+        if i % 10 == 1:
+            edited = list(words)
+            for _ in range(1 + i % 2):
+                edited[rng.randrange(200)] = rng.choice(WORDS)
+            docs.append({"doc_id": f"n{i:04d}", "text": " ".join(edited)})
+            planted[f"n{i:04d}"] = ("near", f"d{i:04d}")
+    boiler = rng.choices(WORDS, k=150)
+    for j in range(60):
+        docs.append({"doc_id": f"b{j:04d}", "text": " ".join(boiler) + f" tail{j}"})
+    docs += [
+        {"doc_id": None, "text": "no id"},
+        {"doc_id": "x_empty", "text": "   "},
+        {"doc_id": "x_null", "text": None},
+        {"doc_id": "x_twice", "text": "one"},
+        {"doc_id": "x_twice", "text": "two"},
+    ]
+    return docs, planted
+
+
+def shingle_jaccard(a: str, b: str) -> float:
+    sa = set(minhash.shingle_hashes(minhash.normalize(a), "word", 5).tolist())
+    sb = set(minhash.shingle_hashes(minhash.normalize(b), "word", 5).tolist())
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_dedup_finds_the_planted_duplicates_in_linear_pairs_and_accounts_for_every_row(spark, job_conf, tmp_path):
+    from textmill.jobs import run_job
+
+    docs, planted = corpus()
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(
+        pa.Table.from_pylist(docs, schema=pa.schema([("doc_id", pa.string()), ("text", pa.string())])),
+        src / "p.parquet",
+    )
+    out = tmp_path / "out"
+    conf = job_conf(io={"input": str(src), "output": str(out)}, dedup={"threshold": 0.8})
+    metrics = run_job("dedup", conf, spark)
+
+    rows = {r["doc_id"]: r.asDict() for r in spark.read.parquet(str(out)).collect()}
+    kept = {r["doc_id"] for r in spark.read.parquet(f"{out}_kept").collect()}
+    bad = sorted((r["doc_id"] or "", r["reason"]) for r in spark.read.parquet(f"{out}_quarantine").collect())
+    assert bad == [
+        ("", "null_doc_id"),
+        ("x_empty", "empty_text"),
+        ("x_null", "null_text"),
+        ("x_twice", "duplicate_doc_id"),
+        ("x_twice", "duplicate_doc_id"),
+    ]
+    assert metrics["rows_in"] == len(docs) == metrics["rows_out"] + metrics["rows_quarantined"]
+    assert kept == {d for d, r in rows.items() if r["is_representative"]}
+    assert metrics["rows_kept"] + metrics["rows_removed"] == metrics["rows_out"] == len(rows)
+
+    # Ground truth: the exact Jaccard of every pair of good documents, grouped by union-find.
+    good = {d["doc_id"]: d["text"] for d in docs if d["doc_id"] in rows}
+    ids = sorted(good)
+    truth = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :] if shingle_jaccard(good[a], good[b]) >= 0.8]
+    expected = union_find_labels(set(ids), truth)
+    assert {d: r["dup_group"] for d, r in rows.items()} == expected
+    for doc, (kind, original) in planted.items():
+        assert rows[doc]["dup_of"] == original and rows[doc]["dup_kind"] == kind, rows[doc]
+        assert rows[doc]["jaccard"] == 1.0 if kind == "exact" else 0.8 <= rows[doc]["jaccard"] < 1.0
+    assert metrics["exact_duplicates"] == 12 and metrics["near_duplicates"] == 12 + 59
+
+    # The boilerplate bucket: 60 documents give star edges (at most 59 per band), never 60 x 59 / 2 per band.
+    assert metrics["candidate_pairs"] <= metrics["bands"] * (59 + 12 + 12) < 60 * 59 / 2 * metrics["bands"]
+    # The same input gives the same groups.
+    run_job("dedup", conf, spark)
+    again = {r["doc_id"]: (r["dup_group"], r["dup_of"], r["dup_kind"]) for r in spark.read.parquet(str(out)).collect()}
+    assert again == {d: (r["dup_group"], r["dup_of"], r["dup_kind"]) for d, r in rows.items()}
