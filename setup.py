@@ -54,6 +54,9 @@ TEST_REQUIRES = [
     # bench_chain_scale: HNSW all-items kNN at the same recall as neighbors, the strongest one-process anchor
     # (wheels on PyPI; hnswlib ships only an sdist that needs a compiler); never a runtime dependency
     "faiss-cpu==1.15.1",
+    # bench_dedup: the one-process MinHash LSH anchor (same shingles, permutations and threshold); never a runtime
+    # dependency (textmill's own MinHash runs in its Python workers, numpy only)
+    "datasketch==2.0.0",
     # validates jobs/workflows/databricks/databricks.yml offline (no dependencies of its own)
     "databricks-bundles==1.22.1",
 ]

@@ -330,6 +330,39 @@ def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_pat
 
 
 @pytest.mark.slow
+def test_dedup_on_connect_gives_the_classic_groups(spark, connect_server, job_conf, tmp_path):
+    """The ``dedup`` job by the CLI on the Connect server (its signatures in the server's Python
+    workers, its components in distributed rounds) against the same input in the classic session
+    (components in one task): the same groups, kinds and accounting."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_dedup import corpus
+
+    from textmill.jobs import run_job
+
+    docs, _ = corpus()
+    src = tmp_path / "in"
+    src.mkdir()
+    schema = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
+    pq.write_table(pa.Table.from_pylist(docs, schema=schema), src / "p.parquet")
+    classic = run_job("dedup", job_conf(io={"input": str(src), "output": str(tmp_path / "classic")}), spark)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for local_max_edges in (0,):
+        out = tmp_path / f"connect-{local_max_edges}"
+        proc = cli(
+            "run", "dedup", "--conf", str(REPO / "conf" / "dedup.yaml"), "--env", "local", "--json",
+            *["--set", f"io.input={src}", "--set", f"io.output={out}", "--set", f"spark.remote={connect_server}"],
+            *["--set", f"mlflow.tracking_uri={store}", "--set", f"dedup.local_max_edges={local_max_edges}"],
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads(proc.stdout)["metrics"]
+        for key in ("rows_in", "rows_out", "rows_kept", "rows_quarantined", "exact_duplicates", "near_duplicates"):
+            assert metrics[key] == classic[key], key
+        assert rows(spark, out, order="doc_id") == rows(spark, tmp_path / "classic", order="doc_id")
+
+
+@pytest.mark.slow
 def test_a_connect_server_stopped_mid_job_is_one_line_and_nothing_is_published(connect_server_process, tmp_path):
     """The server stopped (SIGTERM, as stop-connect-server.sh stops it) while a job's tasks run: 91 lines
     of JVM IllegalStateException and exit 1 until 2026-12-07. Now one line that names the server and

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from textmill.dedup import minhash
-from textmill.dedup.components import component_labels
+from textmill.dedup.components import component_labels, in_one_task, union_find
 from textmill.dedup.transforms import DedupConf
 
 
@@ -74,6 +74,13 @@ def test_signatures_agree_in_about_the_jaccard_share_of_permutations(common, onl
     assert np.array_equal(minhash.signature(a, perms), minhash.signature(a, minhash.Permutations.make(256, seed=3)))
 
 
+@given(pairs=st.lists(st.tuples(st.text(max_size=3), st.text(max_size=3)), max_size=60))
+@settings(max_examples=100, deadline=None)
+def test_the_one_task_union_find_labels_every_node_with_its_component_s_smallest(pairs):
+    labels = union_find(pairs)
+    assert labels == union_find_labels({x for p in pairs for x in p}, pairs)
+
+
 def test_normalisation_and_shingles():
     assert minhash.normalize("Ｈｅｌｌｏ,  WORLD!\n") == minhash.normalize("hello world") == "hello world"
     assert minhash.normalize("a.b", punctuation=False) == "a.b"
@@ -117,6 +124,7 @@ def test_components_equal_union_find_on_generated_graphs(spark, n, edges, chain)
     nodes = {x for p in pairs for x in p}
     assert got == union_find_labels(nodes, pairs)
     assert rounds <= 12, rounds
+    assert {r["node"]: r["label"] for r in in_one_task(df).collect()} == got
 
 
 WORDS = [f"w{i}" for i in range(5000)]
@@ -200,7 +208,9 @@ def test_dedup_finds_the_planted_duplicates_in_linear_pairs_and_accounts_for_eve
 
     # The boilerplate bucket: 60 documents give star edges (at most 59 per band), never 60 x 59 / 2 per band.
     assert metrics["candidate_pairs"] <= metrics["bands"] * (59 + 12 + 12) < 60 * 59 / 2 * metrics["bands"]
-    # The same input gives the same groups.
-    run_job("dedup", conf, spark)
+    # The same input gives the same groups, on the distributed components path too.
+    assert metrics["component_rounds"] == 0  # a small graph: union-find in one task
+    conf["dedup"]["local_max_edges"] = 0
+    assert run_job("dedup", conf, spark)["component_rounds"] >= 1
     again = {r["doc_id"]: (r["dup_group"], r["dup_of"], r["dup_kind"]) for r in spark.read.parquet(str(out)).collect()}
     assert again == {d: (r["dup_group"], r["dup_of"], r["dup_kind"]) for d, r in rows.items()}

@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from textmill.dedup import minhash
+from textmill.dedup.components import LOCAL_MAX_EDGES
 from textmill.runtime.config import StrictModel
 
 Rule = Literal["lowest_id", "longest", "earliest"]
@@ -58,6 +59,12 @@ class DedupConf(StrictModel):
     time_column: str | None = Field(None, description="with representative: earliest, the column that orders time")
     seed: int = Field(1, description="seed of the MinHash permutations")
     max_rounds: int = Field(100, gt=0, description="connected-components rounds at most (a handful is usual)")
+    local_max_edges: int = Field(
+        LOCAL_MAX_EDGES,
+        ge=0,
+        description="verified pairs up to this many are grouped in one Spark task by union-find (~200 bytes a "
+        "pair); more: Large-Star/Small-Star rounds; 0 = always distributed",
+    )
     sample_size: int = Field(50, ge=0, description="removed documents beside their representative, in the artifact")
 
     @model_validator(mode="after")

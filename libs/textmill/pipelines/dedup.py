@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 import textmill
 from textmill.data import io, storage
 from textmill.dedup import transforms
-from textmill.dedup.components import component_labels
+from textmill.dedup.components import component_labels, in_one_task
 from textmill.dedup.transforms import DedupConf
 from textmill.pipelines.prepare import quarantine_path
 from textmill.runtime import console, session_kinds
@@ -103,7 +103,8 @@ def run(spark: SparkSession, conf: DedupJobConf) -> dict[str, float]:
 
 def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked: DataFrame, banding) -> dict:
     c = conf.dedup
-    rows_in = checked.count()
+    reasons = {r["_dd_reason"]: r["count"] for r in checked.groupBy("_dd_reason").count().collect()}
+    rows_in = sum(reasons.values())
     good = checked.where(F.col("_dd_reason").isNull()).select(*columns)
     bad = checked.where(F.col("_dd_reason").isNotNull()).select(
         F.col(c.id_column).cast("string").alias("doc_id"),
@@ -120,7 +121,10 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
     verified = transforms.verified_pairs(candidates, reps, c).localCheckpoint()
     n_verified = verified.count()
     console.status(logger, "dedup: %d candidate pairs, %d verified", n_candidates, n_verified)
-    labels, rounds = component_labels(verified.select("u", "v"), c.max_rounds)
+    if n_verified <= c.local_max_edges:
+        labels, rounds = in_one_task(verified.select("u", "v")), 0
+    else:
+        labels, rounds = component_labels(verified.select("u", "v"), c.max_rounds)
     marked = transforms.assign_groups(signed, labels, c).select(
         *columns, "dup_group", "dup_of", "is_representative", "dup_kind", "jaccard"
     )
@@ -155,10 +159,8 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
             spark, staged_bad, {**marker, "schema": SCHEMA_VERSION + "-quarantine", "rows": rows_quarantined}
         )
     published = spark.read.parquet(out)
-    sizes = published.groupBy("dup_group").agg(F.count(F.lit(1)).alias("size"))
-    size_stats = sizes.agg(F.count(F.lit(1)).alias("groups"), F.max("size").alias("largest")).first()
-    _log_artifacts(published, sizes, c)
-    reasons = {r["reason"]: r["count"] for r in spark.read.parquet(bad_out).groupBy("reason").count().collect()}
+    histogram = group_size_histogram(published.groupBy("dup_group").agg(F.count(F.lit(1)).alias("size")))
+    _log_artifacts(published, histogram, c)
     exact, near = stats["exact"] or 0, stats["near"] or 0
     return {
         "rows_in": rows_in,
@@ -171,9 +173,9 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
         "near_duplicates": near,
         "exact_rate": exact / rows_out if rows_out else 0.0,
         "near_rate": near / rows_out if rows_out else 0.0,
-        "groups": size_stats["groups"] or 0,
-        "duplicate_groups": sizes.where(F.col("size") > 1).count(),
-        "largest_group": size_stats["largest"] or 0,
+        "groups": sum(n for _, n in histogram),
+        "duplicate_groups": sum(n for size, n in histogram if size > 1),
+        "largest_group": max((size for size, _ in histogram), default=0),
         "candidate_pairs": n_candidates,
         "verified_pairs": n_verified,
         "bands": banding.bands,
@@ -191,10 +193,9 @@ def group_size_histogram(sizes: DataFrame) -> list[tuple[int, int]]:
     )
 
 
-def _log_artifacts(published: DataFrame, sizes: DataFrame, c: DedupConf) -> None:
+def _log_artifacts(published: DataFrame, histogram: list[tuple[int, int]], c: DedupConf) -> None:
     """The group-size histogram (JSON and a plot) and a sample of removed documents beside their
     representative, as ``dedup/`` artifacts of the run."""
-    histogram = group_size_histogram(sizes)
     mlflow.log_dict({"size_to_groups": [[s, n] for s, n in histogram]}, "dedup/group_sizes.json")
     removed = published.where(~F.col("is_representative")).orderBy(F.xxhash64(c.id_column)).limit(c.sample_size)
     reps = published.where("is_representative").select(
