@@ -258,6 +258,19 @@ def test_keys_that_differ_only_in_case_on_different_lines_are_one_line_on_both_j
             assert "the JSON keys 'ID' and 'id' differ only in case" in str(exc)
         else:
             raise AssertionError("keys that differ only in case were read")
+    # Told to tell them apart (what the error suggests), both readers give both columns.
+    spark.conf.set("spark.sql.caseSensitive", "true")
+    try:
+        for df in (
+            io.read_jsonl(spark, f"file:{path}"),
+            io.read_local_line_files(spark, io.local_line_files([f"file:{path}"]), "jsonl"),
+        ):
+            assert sorted((tuple(r) for r in df.select("id", "ID", "text").collect()), key=lambda r: r[2]) == [
+                ("a", None, "x"),
+                (None, "b", "y"),
+            ]
+    finally:
+        spark.conf.unset("spark.sql.caseSensitive")
 
 
 def test_shrunk_a_byte_order_mark_that_starts_a_file_is_not_part_of_its_first_line():

@@ -569,12 +569,18 @@ def read_jsonl(spark: SparkSession, path: str | list[str], recursive: bool = Fal
     # Spark's inference merges keys of different lines that differ only in case into one column
     # (the first spelling it meets), and the other spelling's values are then read as null: lost.
     keys = F.explode(F.json_object_keys(F.make_valid_utf8("_tm_line")))
-    check_key_cases(r[0] for r in lines.where(F.trim("_tm_line") != "").select(keys).distinct().collect())
+    if not _case_sensitive(spark):
+        check_key_cases(r[0] for r in lines.where(F.trim("_tm_line") != "").select(keys).distinct().collect())
     return _parse_json_lines(lines, fields)
 
 
+def _case_sensitive(spark: SparkSession) -> bool:
+    return str(spark.conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
+
+
 def check_key_cases(keys: Iterable[str]) -> None:
-    """One line (``same_name_in_input``) for JSON keys, of any lines, that differ only in case."""
+    """One line (``same_name_in_input``) for JSON keys, of any lines, that differ only in case
+    (unless ``spark.sql.caseSensitive``, where they are two columns: checked by the callers)."""
     by_case: dict[str, list[str]] = {}
     for key in sorted(set(keys)):
         by_case.setdefault(key.lower(), []).append(key)
@@ -660,7 +666,8 @@ def _local_json_keys(spark: SparkSession, spec: dict, on_driver: bool) -> list[s
     if repeated:
         raise same_name_in_input(repeated[0], [repeated[0]], "JSON keys", repeated=True)
     keys = sorted({k for k, _ in rows}, key=lambda k: k.encode("utf-16-be"))
-    check_key_cases(keys)
+    if not _case_sensitive(spark):
+        check_key_cases(keys)
     return keys
 
 
