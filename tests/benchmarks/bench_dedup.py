@@ -36,6 +36,7 @@ import numpy as np
 from common import SHARED, report, require
 
 from textmill.dedup import minhash
+from textmill.dedup.components import union_find
 
 IMDB = require(SHARED / "imdb" / "train.jsonl")
 
@@ -124,19 +125,8 @@ def ground_truth(sets: dict[str, np.ndarray], threshold: float) -> dict[tuple[st
 
 
 def components(nodes: list[str], pairs) -> dict[str, str]:
-    parent = {n: n for n in nodes}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {n: find(n) for n in nodes}
+    """{node: the smallest node of its component}; a node in no pair is its own."""
+    return {**{n: n for n in nodes}, **union_find(pairs)}
 
 
 def pair_scores(found: set[tuple[str, str]], truth: dict, sets: dict) -> dict:
