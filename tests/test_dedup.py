@@ -164,7 +164,7 @@ def corpus(seed: int = 5) -> tuple[list[dict], dict]:
 def shingle_jaccard(a: str, b: str) -> float:
     sa = set(minhash.shingle_hashes(minhash.normalize(a), "word", 5).tolist())
     sb = set(minhash.shingle_hashes(minhash.normalize(b), "word", 5).tolist())
-    return len(sa & sb) / len(sa | sb)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0  # two texts with no word: both normalise to ""
 
 
 def test_dedup_finds_the_planted_duplicates_in_linear_pairs_and_accounts_for_every_row(spark, job_conf, tmp_path):
@@ -214,3 +214,99 @@ def test_dedup_finds_the_planted_duplicates_in_linear_pairs_and_accounts_for_eve
     assert run_job("dedup", conf, spark)["component_rounds"] >= 1
     again = {r["doc_id"]: (r["dup_group"], r["dup_of"], r["dup_kind"]) for r in spark.read.parquet(str(out)).collect()}
     assert again == {d: (r["dup_group"], r["dup_of"], r["dup_kind"]) for d, r in rows.items()}
+
+
+def later_batches(seed: int) -> tuple[dict, dict, dict]:
+    """The generated corpus's good documents spread over three batches: originals in batches 0-1,
+    their planted copies in a later batch than the original, half of the boilerplate copies in
+    batches 1-2. Returns (texts, batch of each document, planted)."""
+    docs, planted = corpus(seed=seed)
+    good = {d["doc_id"]: d["text"] for d in docs if d["doc_id"] and d["text"] and d["text"].strip()}
+    good.pop("x_twice")
+    rng = random.Random(seed)
+    batch = {d: (rng.randrange(2) if d.startswith("d") else 0) for d in good}
+    for copy, (_, original) in planted.items():
+        batch[copy] = batch[original] + 1 + rng.randrange(2 - batch[original])
+    for j in range(30, 60):
+        batch[f"b{j:04d}"] = 1 + j % 2
+    # Punctuation only: no shingle, so no band bucket tells they are equal; their exact key does.
+    good |= {"p0000": "?!", "p0001": "... --", "p0002": "-"}
+    batch |= {"p0000": 0, "p0001": 2, "p0002": 2}
+    planted |= {"p0001": ("exact", "p0000"), "p0002": ("exact", "p0000")}
+    return good, batch, planted
+
+
+def check_marks_against_earlier_batches(good: dict, batch: dict, planted: dict, marks: dict) -> None:
+    """``marks``: {doc_id: (dup_group, dup_of, is_representative, dup_kind)} of every document,
+    marked batch by batch at the defaults. Checked against the rule, computed here from the
+    library's MinHash (its own properties are tested above): a later batch's exact
+    representative joins the published group of an earlier document with its exact key, and of
+    the smallest earlier exact representative of each band bucket it falls in when their
+    Jaccard reaches 0.8 (a star edge, verified). No group holds documents of two true
+    components; LSH misses aside, the true cross-batch pairs are found; the boilerplate copies
+    over three batches are one group; the planted exact copies join their original."""
+    c = DedupConf()
+    banding, perms = c.banding(), minhash.Permutations.make(c.num_perm, c.seed)
+    exact, buckets = {}, {}
+    for d, text in good.items():
+        normalized = minhash.normalize(text)
+        exact[d] = minhash.exact_key(normalized)
+        signature = minhash.signature(minhash.shingle_hashes(normalized), perms)
+        buckets[d] = set(enumerate(minhash.band_keys(signature, banding.bands, banding.rows).tolist()))
+    first_of_key = {}
+    for d in sorted(good):
+        first_of_key.setdefault((batch[d], exact[d]), d)
+    exact_reps = set(first_of_key.values())
+    assert set(marks) == set(good)
+    checked = 0
+    for late in sorted(exact_reps):
+        earlier = [d for d in exact_reps if batch[d] < batch[late]]
+        same = sorted(d for d in earlier if exact[d] == exact[late])
+        centers = {min((d for d in earlier if bucket in buckets[d]), default=None) for bucket in buckets[late]} - {None}
+        linked = same[:1] + sorted(d for d in centers if shingle_jaccard(good[d], good[late]) >= 0.8)
+        for early in linked:
+            assert not marks[late][2] and marks[late][0] == marks[early][0], (early, late, marks[early], marks[late])
+            checked += 1
+    assert checked >= 40
+    ids = sorted(good)
+    truth = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :] if shingle_jaccard(good[a], good[b]) >= 0.8]
+    components = union_find_labels(set(ids), truth)
+    for doc, (group, *_rest) in marks.items():
+        assert components[doc] == components[group], doc
+    later_pairs = [(a, b) if batch[a] < batch[b] else (b, a) for a, b in truth if batch[a] != batch[b]]
+    found = sum(1 for early, late in later_pairs if marks[late][0] == marks[early][0] and not marks[late][2])
+    assert found >= 0.9 * len(later_pairs) and len(later_pairs) >= 40
+    for copy, (kind, original) in planted.items():
+        if kind == "exact":
+            assert marks[copy][1] == original and marks[copy][3] == kind, (copy, marks[copy])
+    assert {marks[f"b{j:04d}"][0] for j in range(60)} == {"b0000"}
+
+
+def test_later_batches_are_marked_against_the_index_of_earlier_ones(spark, tmp_path):
+    """What ``watch``'s dedup step does, batch by batch, at the transform level (the fast tier's
+    check; ``test_watch.py`` runs the same through the job): each batch is marked against itself
+    and against the index of the earlier batches; the boilerplate copies of a later batch cost at
+    most one candidate pair per document and band (star edges to the earlier bucket's smallest
+    member)."""
+    from textmill.dedup import transforms
+
+    good, batch, planted = later_batches(seed=11)
+    c = DedupConf()
+    banding = c.banding()
+    marks, index_dirs = {}, []
+    for b in range(3):
+        rows = [{"doc_id": d, "text": t} for d, t in sorted(good.items()) if batch[d] == b]
+        earlier = spark.read.parquet(*index_dirs) if index_dirs else None
+        found = transforms.mark_duplicates(
+            spark.createDataFrame(rows, "doc_id string, text string"), c, banding, earlier
+        )
+        for r in found.rows.collect():
+            assert r["doc_id"] not in marks
+            marks[r["doc_id"]] = (r["dup_group"], r["dup_of"], r["is_representative"], r["dup_kind"])
+        index_dirs.append(str(tmp_path / f"index{b}"))
+        transforms.index_rows(found.rows, c).write.parquet(index_dirs[-1])
+        if b:
+            assert found.candidate_pairs <= banding.bands * len(rows)
+            joined_earlier = sum(1 for d in good if batch[d] == b and batch[marks[d][0]] < b)
+            assert found.earlier_copies == joined_earlier > 0
+    check_marks_against_earlier_batches(good, batch, planted, marks)

@@ -40,16 +40,18 @@ def drop_file(inbox: Path, name: str, content: bytes, outgoing: Path) -> None:
     os.rename(staged, target)
 
 
-def csv_bytes(ids: range, words: str = "Alice met Bob in Paris") -> bytes:
-    return ("id,text\n" + "".join(f"{i},{words} on day {i}\n" for i in ids)).encode()
+def csv_bytes(ids: range, words: str = "Alice met Bob in Paris", day_offset: int = 0) -> bytes:
+    return ("id,text\n" + "".join(f"{i},{words} on day {i - day_offset}\n" for i in ids)).encode()
 
 
-def wave(inbox: Path, outgoing: Path, first: int, files: int, rows: int, tag: str) -> set[str]:
+def wave(inbox: Path, outgoing: Path, first: int, files: int, rows: int, tag: str, day_offset: int = 0) -> set[str]:
+    """``files`` CSV files of ``rows`` rows with ids from ``first``; row i says "... on day
+    i - day_offset" (with an offset, a copy of an earlier wave's text)."""
     ids = set()
     for f in range(files):
         start = first + f * rows
         sub = f"{tag}/" if f % 2 else ""  # nested folders are picked up too
-        drop_file(inbox, f"{sub}{tag}-{f}.csv", csv_bytes(range(start, start + rows)), outgoing)
+        drop_file(inbox, f"{sub}{tag}-{f}.csv", csv_bytes(range(start, start + rows), day_offset=day_offset), outgoing)
         ids |= {str(i) for i in range(start, start + rows)}
     return ids
 
@@ -252,6 +254,15 @@ def test_a_replayed_batch_replaces_its_own_output_everywhere(spark, tmp_path):
         ({"watch": {"checkpoint": "IN/ck"}}, r"'watch.checkpoint' .* may not contain one another"),
         ({"io": {"input": "x"}}, r"'io.input' is not used by watch: set 'watch.inbox'"),
         ({"watch": {"steps": ["prepare", "classify"]}}, r"'classify.model_uri' is required with the classify step"),
+        ({"watch": {"steps": ["prepare", "ner", "dedup"]}}, r"steps must keep the order prepare, dedup, annotate"),
+        (
+            {"watch": {"steps": ["prepare", "dedup"], "duplicates_across_batches": False}},
+            r"the dedup step needs unique doc_ids across batches",
+        ),
+        (
+            {"watch": {"steps": ["prepare", "dedup"]}, "dedup": {"representative": "earliest", "time_column": "t"}},
+            r"'dedup.representative: earliest' does not apply in watch",
+        ),
     ],
 )
 def test_watch_conf_problems_are_named(tmp_path, change, message):
@@ -360,19 +371,22 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     """The job as a process (jobs/watch.py, its own Spark), stopped both ways a scheduler stops it:
     killed with kill -9 mid-batch; restarted on a 2 s trigger, which replays the killed batch, takes
     new waves as they arrive and is stopped with SIGTERM mid-batch; then run once more to the end.
-    A reader looking at the outputs all along never sees a partial batch."""
+    A reader looking at the outputs all along never sees a partial batch. The dedup step's index
+    (what later batches are compared with) is killed mid-write too: no half-written index is
+    read, each document is indexed once, and a later wave of copies is marked as copies."""
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
     ids = wave(inbox, outgoing, 0, 8, 60, "w")
-    steps = ("--set", "watch.steps=[prepare, ner]", "--set", "watch.max_files_per_batch=2")
-    watcher = BatchWatcher(out, ("prepare", "quarantine", "ner"))
+    steps = ("--set", "watch.steps=[prepare, dedup, ner]", "--set", "watch.max_files_per_batch=2")
+    watcher = BatchWatcher(out, ("prepare", "quarantine", "dedup", "dedup_index", "ner"))
     watcher.start()
 
-    # 1. kill -9 once batch 0 is committed and batch 1 has written its prepare output to staging.
+    # 1. kill -9 once batch 0 is committed and batch 1 has written its dedup index to staging.
     proc = _start(_command(inbox, out, mlflow_uri, *steps), tmp_path / "first.log")
     _wait_for(
         lambda: (
-            (out / "_batches" / "0.json").exists() and any((out / "_staging").glob("batch=1-*/prepare/_textmill.json"))
+            (out / "_batches" / "0.json").exists()
+            and any((out / "_staging").glob("batch=1-*/dedup_index/_textmill.json"))
         ),
         proc,
         tmp_path / "first.log",
@@ -388,9 +402,13 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     )
     log = tmp_path / "every.log"
     proc = _start(every, log)
+    copies = {}
     for n, tag in enumerate("bcd", start=3):
         _wait_for(lambda n=n: (out / "_batches" / f"{n}.json").exists(), proc, log)
-        ids |= wave(inbox, outgoing, 1000 * n, 1, 50, tag)
+        offset = 1000 * n if tag == "c" else 0  # wave c: the texts of rows 0-49, copied
+        new = wave(inbox, outgoing, 1000 * n, 1, 50, tag, day_offset=offset)
+        copies |= {i: str(int(i) - offset) for i in new} if offset else {}
+        ids |= new
     _wait_for(lambda: any((out / "_staging").glob("batch=6-*")), proc, log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
@@ -398,7 +416,7 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     assert "batch 1 " in text  # the killed batch was replayed
     assert "stop requested" in text and "Traceback" not in text
     # Cleanly: the batch in progress was finished (or abandoned, then replayed below); nothing partial is visible.
-    for step in ("prepare", "ner"):
+    for step in ("prepare", "dedup", "dedup_index", "ner"):
         for batch in (out / step).glob("batch=*"):
             marker = json.loads((batch / "_textmill.json").read_text())
             assert sum(pq.ParquetFile(p).metadata.num_rows for p in batch.glob("*.parquet")) == marker["rows"]
@@ -422,7 +440,69 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     assert last.returncode == 0, last.stderr[-3000:]
     assert watcher.partial == []
     assert len(watcher.seen) >= 3
-    assert _ids(out, "prepare") == _ids(out, "ner") == Counter({i: 1 for i in ids})
+    assert _ids(out, "prepare") == _ids(out, "dedup") == _ids(out, "dedup_index") == Counter({i: 1 for i in ids})
+    assert _ids(out, "ner") == Counter({i: 1 for i in ids - set(copies)})
+    marks = {
+        r["doc_id"]: (r["dup_of"], r["dup_kind"])
+        for p in (out / "dedup").rglob("*.parquet")
+        for r in pq.read_table(p).to_pylist()
+    }
+    assert {i: m for i, m in marks.items() if m[0] is not None} == {i: (o, "exact") for i, o in copies.items()}
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
     assert not [p for p in (out / "_staging").iterdir()]
+
+
+@pytest.mark.slow
+def test_the_dedup_step_marks_a_later_copy_of_an_earlier_batch_s_document(spark, job_conf, tmp_path):
+    """steps [prepare, dedup, tokenize] over three files of the generated dedup corpus, one batch
+    each: each batch is marked against itself and against the index of the earlier batches (the
+    rule in ``check_marks_against_earlier_batches``); the later steps see the kept rows only; the
+    boilerplate copies of a later batch cost at most one candidate pair per document and band
+    (star edges to the earlier bucket's smallest member); each row is marked once; an index built
+    with other settings is refused in one line."""
+    import csv
+    import io
+
+    from test_dedup import check_marks_against_earlier_batches, later_batches
+
+    from textmill.dedup.transforms import DedupConf
+
+    good, batch, planted = later_batches(seed=23)
+    inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
+    inbox.mkdir()
+    conf = watch_conf(job_conf, inbox, out, max_files_per_batch=1)
+    conf["watch"]["steps"] = ["prepare", "dedup", "tokenize"]
+    for b in range(3):
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["id", "text"])
+        writer.writerows(sorted((d, t) for d, t in good.items() if batch[d] == b))
+        drop_file(inbox, f"wave-{b}.csv", text.getvalue().encode(), outgoing)
+        os.utime(inbox / f"wave-{b}.csv", (1_700_000_000 + b, 1_700_000_000 + b))  # the stream takes the oldest first
+    assert run_job("watch", conf, spark)["batches"] == 3
+    marks = {
+        r["doc_id"]: (r["dup_group"], r["dup_of"], r["is_representative"], r["dup_kind"])
+        for r in spark.read.parquet(str(out / "dedup")).collect()
+    }
+    check_marks_against_earlier_batches(good, batch, planted, marks)
+    kept = {d for d, m in marks.items() if m[2]}
+    assert published_ids(spark, out, "tokenize") == Counter({d: 1 for d in kept})
+    log = BatchLog(spark, str(out))
+    assert log.batch_ids("dedup") == log.batch_ids("dedup_index") == [0, 1, 2]
+    bands = DedupConf().banding().bands
+    for record in log.records():
+        b, d = record["batch_id"], record["steps"]["dedup"]
+        assert record["files"][0].endswith(f"wave-{b}.csv")
+        assert d["rows_in"] == record["steps"]["prepare"]["rows_out"] == d["rows_kept"] + d["rows_removed"]
+        assert record["steps"]["tokenize"]["rows_in"] == d["rows_kept"]
+        assert d["earlier_batches"] == b
+        assert d["copies_of_earlier_batches"] == sum(1 for x in good if batch[x] == b and batch[marks[x][0]] < b)
+        assert d["candidate_pairs"] <= bands * d["rows_in"]
+    assert sum(r["steps"]["dedup"]["copies_of_earlier_batches"] for r in log.records()) > 40
+    # The earlier indexes' keys depend on the settings: another banding is refused before any batch runs.
+    conf["dedup"] = {"threshold": 0.6}
+    drop_file(inbox, "wave-3.csv", b"id,text\nz1,one more text\n", outgoing)
+    with pytest.raises(ConfigError, match=r"dedup settings differ .*\(bands: 9 -> \d+, rows: 13 -> \d+\)"):
+        run_job("watch", conf, spark)
+    assert log.batch_ids("dedup") == [0, 1, 2]

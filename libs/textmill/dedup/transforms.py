@@ -9,15 +9,24 @@
    boilerplate text shared by 100,000 documents costs 100,000 rows, not 5 billion;
 4. ``verified_pairs``: a candidate pair is kept when the Jaccard similarity of its two shingle
    sets (computed in the JVM: ``array_intersect`` / ``array_union``) reaches the threshold;
-5. ``components.component_labels`` (called by the job): groups are the connected components of the kept pairs;
+5. ``components``: groups are the connected components of the kept pairs;
 6. ``assign_groups``: each group's representative by the configured rule, and for every row
    ``dup_group``, ``dup_of``, ``is_representative``, ``dup_kind`` and ``jaccard``.
+
+``mark_duplicates`` runs them in order. Given the ``index_rows`` of earlier batches (``watch``),
+it also compares the new rows with those: a new document with the exact key of an earlier one,
+or sharing a band bucket with one (star edge to the bucket's smallest earlier member) and
+verified, joins that earlier group, whose representative stays the representative. Earlier
+groups are never changed or merged by later rows' edges among themselves, so what a batch
+published stays true.
 
 Nothing is collected to the driver but counts and a bounded sample.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,8 +36,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from textmill.dedup import minhash
-from textmill.dedup.components import LOCAL_MAX_EDGES
+from textmill.dedup.components import LOCAL_MAX_EDGES, component_labels, in_one_task
+from textmill.runtime import console
 from textmill.runtime.config import StrictModel
+
+logger = logging.getLogger(__name__)
 
 Rule = Literal["lowest_id", "longest", "earliest"]
 
@@ -36,6 +48,10 @@ Rule = Literal["lowest_id", "longest", "earliest"]
 EXACT, SHINGLES, BANDS = "_dd_exact", "_dd_shingles", "_dd_bands"
 EXACT_REP = "_dd_exact_rep"
 SIGNATURE_DDL = f"{EXACT} string, {SHINGLES} array<int>, {BANDS} array<bigint>"
+# A graph node that stands for a group an earlier batch published: the prefix sorts before any
+# real id, so a component that holds one is labelled by it (the smallest earlier group's).
+PRIOR = "\x00"
+INDEX_COLUMNS = ("doc_id", "dup_group", "representative", "exact", "shingles", "bands")
 
 
 class DedupConf(StrictModel):
@@ -195,3 +211,125 @@ def assign_groups(signed: DataFrame, labels: DataFrame, c: DedupConf) -> DataFra
         .otherwise(jaccard(F.col(SHINGLES), F.col("_dd_rep_shingles")))
         .alias("jaccard"),
     )
+
+
+def index_rows(marked: DataFrame, c: DedupConf) -> DataFrame:
+    """What later batches are compared with (``INDEX_COLUMNS``): one row per exact representative
+    of ``marked`` (``assign_groups``' rows), with its group, the group's representative, its
+    exact key, shingle hashes and band keys. Exact copies need no row: they share the key."""
+    ident = F.col(c.id_column)
+    return marked.where(ident == F.col(EXACT_REP)).select(
+        ident.cast("string").alias("doc_id"),
+        F.col("dup_group").cast("string").alias("dup_group"),
+        F.coalesce(F.col("dup_of"), ident).cast("string").alias("representative"),
+        F.col(EXACT).alias("exact"),
+        F.col(SHINGLES).alias("shingles"),
+        F.col(BANDS).alias("bands"),
+    )
+
+
+def earlier_candidates(reps: DataFrame, earlier: DataFrame, c: DedupConf) -> DataFrame:
+    """``center, v``: each of this batch's exact representatives (``v``) to the smallest earlier
+    member (``center``) of every band bucket they share. ``earlier`` is read once and filtered to
+    the buckets this batch has, so a bucket of a million earlier copies costs one pair per new member."""
+    new_keys = reps.select(F.col(c.id_column).cast("string").alias("v"), F.posexplode(BANDS).alias("band", "key"))
+    old_keys = earlier.select("doc_id", F.posexplode("bands").alias("band", "key")).join(
+        new_keys.select("band", "key").distinct(), ["band", "key"], "left_semi"
+    )
+    centers = old_keys.groupBy("band", "key").agg(F.min("doc_id").alias("center"))
+    return new_keys.join(centers, ["band", "key"]).select("center", "v").distinct()
+
+
+def earlier_edges(candidates: DataFrame, reps: DataFrame, earlier: DataFrame, c: DedupConf) -> DataFrame:
+    """``u, v`` from the earlier groups (``u`` = ``PRIOR`` + the group) to this batch's exact
+    representatives: for an equal exact key, or for a pair of ``earlier_candidates`` whose shingle
+    sets reach the threshold (every pair when not ``verify``)."""
+    ident = F.col(c.id_column).cast("string")
+    old = earlier.select(F.col("doc_id").alias("center"), "dup_group", F.col("shingles").alias("_so"))
+    new = reps.select(ident.alias("v"), F.col(SHINGLES).alias("_sv"))
+    scored = (
+        candidates.join(old, "center")
+        .join(new, "v")
+        .select("dup_group", "v", jaccard(F.col("_so"), F.col("_sv")).alias("jaccard"))
+    )
+    near = scored.where(F.col("jaccard") >= c.threshold) if c.verify else scored
+    exact_groups = earlier.groupBy("exact").agg(F.min("dup_group").alias("dup_group"))
+    exact = reps.select(ident.alias("v"), F.col(EXACT).alias("exact")).join(exact_groups, "exact")
+    edges = near.select("dup_group", "v").unionByName(exact.select("dup_group", "v"))
+    return edges.select(F.concat(F.lit(PRIOR), F.col("dup_group")).alias("u"), "v").distinct()
+
+
+EARLIER = "_dd_earlier"  # assign_with_earlier: the row joined a group of an earlier batch
+
+
+def assign_with_earlier(signed: DataFrame, labels: DataFrame, earlier: DataFrame, c: DedupConf) -> DataFrame:
+    """``assign_groups`` where some components hold an earlier group (label ``PRIOR`` + its id):
+    their new rows take that group and its representative (``dup_kind`` and ``jaccard`` against
+    it) and ``EARLIER`` true; the rest are grouped among themselves by the rule."""
+    prior = F.col("label").startswith(PRIOR)
+    joined = signed.join(
+        labels.where(prior).select(F.col("node").alias(EXACT_REP), F.substring("label", 2, 1 << 30).alias("_dd_prior")),
+        EXACT_REP,
+        "left",
+    )
+    fresh = assign_groups(joined.where(F.col("_dd_prior").isNull()).drop("_dd_prior"), labels.where(~prior), c)
+    reps = earlier.where(F.col("doc_id") == F.col("representative")).select(
+        F.col("dup_group").alias("_dd_prior"),
+        F.col("representative").alias("dup_of"),
+        F.col("exact").alias("_dd_rep_exact"),
+        F.col("shingles").alias("_dd_rep_shingles"),
+    )
+    exact = F.col(EXACT) == F.col("_dd_rep_exact")
+    copies = joined.join(reps, "_dd_prior").select(
+        *signed.columns,
+        F.col("_dd_prior").alias("dup_group"),
+        "dup_of",
+        F.lit(False).alias("is_representative"),
+        F.when(exact, F.lit("exact")).otherwise(F.lit("near")).alias("dup_kind"),
+        F.when(exact, F.lit(1.0)).otherwise(jaccard(F.col(SHINGLES), F.col("_dd_rep_shingles"))).alias("jaccard"),
+        F.lit(True).alias(EARLIER),
+    )
+    return fresh.withColumn(EARLIER, F.lit(False)).unionByName(copies)
+
+
+@dataclass
+class Marked:
+    """``mark_duplicates``' result: ``rows`` are the input's with the signature columns, the
+    exact representative (``EXACT_REP``) and the ``assign_groups`` columns."""
+
+    rows: DataFrame
+    candidate_pairs: int
+    verified_pairs: int
+    component_rounds: int
+    earlier_copies: int = 0  # rows that joined a group of an earlier batch
+
+
+def mark_duplicates(
+    good: DataFrame, c: DedupConf, banding: minhash.Banding, earlier: DataFrame | None = None
+) -> Marked:
+    """Steps 1-6 on ``good`` (unique, non-null ids; text to compare), and, given ``earlier``
+    (``index_rows`` of earlier batches), against those too. The intermediate tables are
+    checkpointed, so each is computed once; only counts reach the driver."""
+    signed = exact_representatives(with_signatures(good, c, banding), c).localCheckpoint()
+    reps = signed.where(F.col(c.id_column) == F.col(EXACT_REP))
+    candidates = candidate_pairs(reps, c).localCheckpoint()
+    n_candidates = candidates.count()
+    edges = verified_pairs(candidates, reps, c).select("u", "v")
+    if earlier is not None:
+        cross = earlier_candidates(reps, earlier, c).localCheckpoint()
+        n_candidates += cross.count()
+        edges = edges.select(F.col("u").cast("string"), F.col("v").cast("string")).unionByName(
+            earlier_edges(cross, reps, earlier, c)
+        )
+    edges = edges.localCheckpoint()
+    n_verified = edges.count()
+    console.status(logger, "dedup: %d candidate pairs, %d verified", n_candidates, n_verified)
+    if n_verified <= c.local_max_edges:
+        labels, rounds = in_one_task(edges), 0
+    else:
+        labels, rounds = component_labels(edges, c.max_rounds)
+    if earlier is None:
+        return Marked(assign_groups(signed, labels, c), n_candidates, n_verified, rounds)
+    marked = assign_with_earlier(signed, labels.localCheckpoint(), earlier, c).localCheckpoint()
+    copies = marked.where(F.col(EARLIER)).count()
+    return Marked(marked.drop(EARLIER), n_candidates, n_verified, rounds, copies)

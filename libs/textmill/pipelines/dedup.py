@@ -34,16 +34,16 @@ from pyspark.sql import functions as F
 import textmill
 from textmill.data import io, storage
 from textmill.dedup import transforms
-from textmill.dedup.components import component_labels, in_one_task
 from textmill.dedup.transforms import DedupConf
 from textmill.pipelines.prepare import quarantine_path
 from textmill.runtime import console, session_kinds
 from textmill.runtime.config import JobConf
-from textmill.runtime.errors import AccountingError
+from textmill.runtime.errors import AccountingError, ConfigError
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "dedup/v1"
+MARK_COLUMNS = ("dup_group", "dup_of", "is_representative", "dup_kind", "jaccard")
 REASONS = ("null_doc_id", "duplicate_doc_id", "null_text", "empty_text", "invalid_utf8")
 
 
@@ -114,20 +114,8 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
         .alias("detail"),
         F.to_json(F.struct(*[F.col(f"`{n}`") for n in columns])).alias("raw"),
     )
-    signed = transforms.exact_representatives(transforms.with_signatures(good, c, banding), c).localCheckpoint()
-    reps = signed.where(F.col(c.id_column) == F.col(transforms.EXACT_REP))
-    candidates = transforms.candidate_pairs(reps, c).localCheckpoint()
-    n_candidates = candidates.count()
-    verified = transforms.verified_pairs(candidates, reps, c).localCheckpoint()
-    n_verified = verified.count()
-    console.status(logger, "dedup: %d candidate pairs, %d verified", n_candidates, n_verified)
-    if n_verified <= c.local_max_edges:
-        labels, rounds = in_one_task(verified.select("u", "v")), 0
-    else:
-        labels, rounds = component_labels(verified.select("u", "v"), c.max_rounds)
-    marked = transforms.assign_groups(signed, labels, c).select(
-        *columns, "dup_group", "dup_of", "is_representative", "dup_kind", "jaccard"
-    )
+    found = transforms.mark_duplicates(good, c, banding)
+    marked = found.rows.select(*columns, *MARK_COLUMNS)
     out, kept_out, bad_out = conf.io.output, kept_path(conf), quarantine_path(conf)
     parallelism = max(1, session_kinds.default_parallelism(spark))
     with storage.staged_outputs(spark, out, kept_out, bad_out, replace_unmarked=conf.io.replace_unmarked) as staged:
@@ -176,13 +164,13 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
         "groups": sum(n for _, n in histogram),
         "duplicate_groups": sum(n for size, n in histogram if size > 1),
         "largest_group": max((size for size, _ in histogram), default=0),
-        "candidate_pairs": n_candidates,
-        "verified_pairs": n_verified,
+        "candidate_pairs": found.candidate_pairs,
+        "verified_pairs": found.verified_pairs,
         "bands": banding.bands,
         "rows_per_band": banding.rows,
         "theoretical_false_positive": banding.false_positive,
         "theoretical_false_negative": banding.false_negative,
-        "component_rounds": rounds,
+        "component_rounds": found.component_rounds,
     }
 
 
@@ -235,3 +223,91 @@ def _plot(histogram: list[tuple[int, int]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- watch: one batch at a time
+
+MARKS_SCHEMA, INDEX_SCHEMA = SCHEMA_VERSION + "-marks", SCHEMA_VERSION + "-index"
+_KEYED_BY = ("lowercase", "nfkc", "punctuation", "shingle", "shingle_size", "num_perm", "seed")
+
+
+def index_settings(c: DedupConf) -> dict:
+    """The settings an index's keys depend on (normalisation, shingles, permutations, banding)."""
+    banding = c.banding()
+    return {**{k: getattr(c, k) for k in _KEYED_BY}, "bands": banding.bands, "rows": banding.rows}
+
+
+def check_index_settings(spark: SparkSession, index_dir: str, c: DedupConf) -> None:
+    """A ConfigError when the latest earlier index (``index_dir``) was built with other settings:
+    its keys would match nothing, and every copy of an earlier document would go unmarked."""
+    marker = storage.read_marker(spark, index_dir) or {}
+    before, now = marker.get("dedup"), index_settings(c)
+    if before != now:
+        changed = ", ".join(
+            f"{k}: {(before or {}).get(k)!r} -> {now[k]!r}" for k in now if (before or {}).get(k) != now[k]
+        )
+        raise ConfigError(
+            [
+                f"the dedup settings differ from those {index_dir} was indexed with ({changed}): the earlier "
+                "batches' keys would match nothing; restore those settings or start a new io.output"
+            ]
+        )
+
+
+def write_batch(
+    spark: SparkSession,
+    prepared: DataFrame,
+    rows_in: int,
+    c: DedupConf,
+    earlier_dirs: list[str],
+    marks_dir: str,
+    index_dir: str,
+    marker: dict,
+) -> tuple[dict, DataFrame]:
+    """The ``watch`` step: ``prepared`` (one batch's ``prepare`` rows: unique ids, text) marked
+    against itself and against the indexes of the earlier batches (``earlier_dirs``), a copy of
+    an earlier document joining its group. Writes the marks (``doc_id`` and ``MARK_COLUMNS``) to
+    ``marks_dir`` and the batch's own index (``transforms.index_rows``) to ``index_dir``; both are
+    staged, checked (rows in = rows marked) and marked here, and published by the caller with the
+    rest of the batch, so a batch killed before its commit leaves no index a later batch reads.
+    Returns (metrics, the kept rows with ``prepared``'s columns) for the steps after it."""
+    banding = c.banding()
+    earlier = spark.read.parquet(*earlier_dirs) if earlier_dirs else None
+    found = transforms.mark_duplicates(prepared, c, banding, earlier)
+    parallelism = max(1, session_kinds.default_parallelism(spark))
+    found.rows.select(c.id_column, *MARK_COLUMNS).repartitionByRange(parallelism, c.id_column).sortWithinPartitions(
+        c.id_column
+    ).write.parquet(marks_dir)
+    transforms.index_rows(found.rows, c).repartition(parallelism).write.parquet(index_dir)
+    stats = (
+        spark.read.parquet(marks_dir)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.col("is_representative").cast("long")).alias("kept"),
+            F.sum((F.col("dup_kind") == "exact").cast("long")).alias("exact"),
+            F.sum((F.col("dup_kind") == "near").cast("long")).alias("near"),
+        )
+        .first()
+    )
+    if stats["rows"] != rows_in:
+        raise AccountingError(f"dedup: rows_in={rows_in} but {stats['rows']} rows marked; nothing was published")
+    version = {"textmill_version": textmill.__version__, **marker}
+    storage.write_marker(spark, marks_dir, {"schema": MARKS_SCHEMA, **version, "rows": stats["rows"]})
+    indexed = io.count_parquet(spark, index_dir)
+    storage.write_marker(
+        spark, index_dir, {"schema": INDEX_SCHEMA, **version, "rows": indexed, "dedup": index_settings(c)}
+    )
+    kept = stats["kept"] or 0
+    metrics = {
+        "rows_in": rows_in,
+        "rows_out": stats["rows"],
+        "rows_kept": kept,
+        "rows_removed": stats["rows"] - kept,
+        "exact_duplicates": stats["exact"] or 0,
+        "near_duplicates": stats["near"] or 0,
+        "copies_of_earlier_batches": found.earlier_copies,
+        "candidate_pairs": found.candidate_pairs,
+        "verified_pairs": found.verified_pairs,
+        "earlier_batches": len(earlier_dirs),
+    }
+    return metrics, found.rows.where("is_representative").select(*prepared.columns)

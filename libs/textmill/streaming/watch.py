@@ -47,7 +47,8 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 
 from textmill.data import io, storage
-from textmill.pipelines import annotate, classify, embed_docs, prepare
+from textmill.dedup.transforms import DedupConf
+from textmill.pipelines import annotate, classify, dedup, embed_docs, prepare
 from textmill.pipelines.classify import ClassifyConf
 from textmill.pipelines.embed_docs import EmbedConf
 from textmill.pipelines.prepare import PrepareConf
@@ -59,9 +60,10 @@ from textmill.text.spacy_annotator import EntityOptions, NlpConf, TokenOptions, 
 
 logger = logging.getLogger(__name__)
 
-STREAMABLE = ("prepare", "annotate", "ner", "tokenize", "classify", "embed_docs")
+STREAMABLE = ("prepare", "dedup", "annotate", "ner", "tokenize", "classify", "embed_docs")
 NLP_STEPS = ("annotate", "ner", "tokenize")
 WHOLE_CORPUS = ("train_classifier", "train_embeddings", "build_index", "neighbors", "cluster", "pipeline")
+DEDUP_INDEX = "dedup_index"  # the dedup step's signatures and band keys, which later batches are compared with
 _FILE_LISTING = "path string, modificationTime timestamp, length bigint, content binary"
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600}
 
@@ -99,7 +101,8 @@ class WatchConf(StrictModel):
     steps: list[str] = Field(
         default_factory=lambda: ["prepare"],
         min_length=1,
-        description="prepare, then any of annotate|ner|tokenize, classify, embed_docs, in that order",
+        description="prepare, then any of dedup, annotate|ner|tokenize, classify, embed_docs, in that order "
+        "(after dedup, the later steps see the kept rows only)",
     )
     trigger: Literal["available_now"] | EveryConf = Field(
         "available_now",
@@ -144,7 +147,7 @@ class WatchConf(StrictModel):
             for s in steps
         ]
         if rank != sorted(rank):
-            raise ValueError("steps must keep the order prepare, annotate|ner|tokenize, classify, embed_docs")
+            raise ValueError("steps must keep the order prepare, dedup, annotate|ner|tokenize, classify, embed_docs")
         return steps
 
     @field_validator("trigger", mode="before")
@@ -185,6 +188,7 @@ class WatchJobConf(JobConf):
     ner: EntityOptions = Field(default_factory=EntityOptions)
     classify: ClassifyConf = Field(default_factory=ClassifyConf)
     embed: EmbedConf = Field(default_factory=EmbedConf)
+    dedup: DedupConf = Field(default_factory=DedupConf)
 
     def input_paths(self) -> list[str]:
         paths = [self.watch.inbox] if self.watch.inbox else []
@@ -209,6 +213,20 @@ class WatchJobConf(JobConf):
             problems.append(
                 "'classify.evaluate' is not available in watch; run the classify job on <io.output>/prepare"
             )
+        if "dedup" in w.steps:
+            d = self.dedup
+            if (d.id_column, d.text_column) != ("doc_id", "text"):
+                problems.append("'dedup.id_column' and 'dedup.text_column' are doc_id and text in watch (prepare's)")
+            if self.prepare.duplicates != "quarantine" or not w.duplicates_across_batches:
+                problems.append(
+                    "the dedup step needs unique doc_ids across batches: 'prepare.duplicates: quarantine' and "
+                    "'watch.duplicates_across_batches: true'"
+                )
+            if d.representative == "earliest":
+                problems.append(
+                    "'dedup.representative: earliest' does not apply in watch: an earlier batch's document always "
+                    "stays the representative; within a batch use lowest_id or longest"
+                )
         if "embed_docs" in w.steps and not self.embed.embeddings:
             problems.append("'embed.embeddings' is required with the embed_docs step (train_embeddings' output)")
         for key, path in (
@@ -272,9 +290,10 @@ class BatchSteps:
         )
 
     def write(
-        self, batch_id: int, files: list[tuple[str, int]], attempt: str, seen: list[str]
+        self, batch_id: int, files: list[tuple[str, int]], attempt: str, seen: list[str], indexed: list[str]
     ) -> tuple[dict, dict[str, str]]:
-        """Run every step on ``files`` into ``attempt``; returns ({step: metrics}, {output name: staged dir})."""
+        """Run every step on ``files`` into ``attempt``; returns ({step: metrics}, {output name: staged dir}).
+        ``seen``: earlier batches' prepare directories; ``indexed``: their dedup indexes."""
         spark, conf, p = self.spark, self.conf, self.conf.prepare
         to_read = [uri for uri, size in files if size > 0 or p.format == "text_files"]
         zero = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0}
@@ -332,6 +351,17 @@ class BatchSteps:
         marker = {"batch_id": batch_id}
         for step in conf.watch.steps[1:]:
             path = f"{attempt}/{step}"
+            if step == "dedup":
+                staged[DEDUP_INDEX] = f"{attempt}/{DEDUP_INDEX}"
+                metrics[step], good = dedup.write_batch(
+                    spark, good, rows, conf.dedup, indexed, path, staged[DEDUP_INDEX], marker
+                )
+                staged[step] = path
+                rows = metrics[step]["rows_kept"]
+                if rows == 0:  # every row copies an earlier one: nothing for the later steps
+                    break
+                good = good.localCheckpoint()
+                continue
             if step in NLP_STEPS:
                 metrics[step], _ = annotate.write_annotations(
                     spark, good, path, rows, conf.nlp, self.tokens, self.entities, self.report, marker, plan=self.plan
@@ -358,6 +388,12 @@ class BatchSteps:
                 metrics[step] = {"rows_in": rows, "rows_out": out, "rows_error": errors}
             staged[step] = path
         return metrics, staged
+
+
+def _step_summary(step: str, m: dict) -> str:
+    if step == "dedup":
+        return f"dedup {m['rows_removed']} duplicates ({m['copies_of_earlier_batches']} of earlier batches)"
+    return f"{step} {m.get('rows_error', 0)} row errors"
 
 
 class Watcher:
@@ -434,7 +470,9 @@ class Watcher:
         logger.info("batch %d: %d new file(s)", batch_id, len(files))
         attempt = self.log.new_attempt(batch_id)
         try:
-            metrics, staged = self.steps.write(batch_id, files, attempt, self._seen_before(batch_id))
+            metrics, staged = self.steps.write(
+                batch_id, files, attempt, self._seen_before(batch_id), self._indexed_before(batch_id)
+            )
             self.log.publish(batch_id, staged)
             seconds = time.perf_counter() - started
             self.log.commit(
@@ -454,8 +492,7 @@ class Watcher:
             first["rows_in"],
             first["rows_out"],
             first["rows_quarantined"],
-            ", ".join(f"{s} {m.get('rows_error', 0)} row errors" for s, m in metrics.items() if s != "prepare")
-            or "prepare only",
+            ", ".join(_step_summary(s, m) for s, m in metrics.items() if s != "prepare") or "prepare only",
             seconds,
         )
         self._log_batch(batch_id, files, metrics, seconds)
@@ -468,6 +505,12 @@ class Watcher:
         # one listing, instead of reading every commit record on each batch.
         return [self.log.final_dir("prepare", i) for i in self.log.batch_ids("prepare") if i < batch_id]
 
+    def _indexed_before(self, batch_id: int) -> list[str]:
+        """The dedup indexes of the earlier batches (committed, as ``_seen_before`` says)."""
+        if "dedup" not in self.conf.watch.steps:
+            return []
+        return [self.log.final_dir(DEDUP_INDEX, i) for i in self.log.batch_ids(DEDUP_INDEX) if i < batch_id]
+
     def _log_batch(self, batch_id: int, files: list, metrics: dict, seconds: float) -> None:
         first = metrics["prepare"]
         values = {
@@ -479,6 +522,8 @@ class Watcher:
             "docs_per_second": first["rows_in"] / seconds if seconds > 0 else 0.0,
         }
         values.update({f"{step}.rows_error": m["rows_error"] for step, m in metrics.items() if "rows_error" in m})
+        if "dedup" in metrics:
+            values.update({f"dedup.{k}": metrics["dedup"][k] for k in ("rows_removed", "copies_of_earlier_batches")})
         values.update(
             {
                 k: v
@@ -657,6 +702,8 @@ def run(spark: SparkSession, conf: WatchJobConf) -> dict[str, float]:
         watcher = Watcher(spark, conf, BatchSteps(spark, conf, workdir, report), run_id, report)
         _on_stop_signals(watcher, stack)
         check_first_file(spark, conf)
+        if "dedup" in w.steps and (indexed := watcher.log.batch_ids(DEDUP_INDEX)):
+            dedup.check_index_settings(spark, watcher.log.final_dir(DEDUP_INDEX, indexed[-1]), conf.dedup)
         console.status(
             logger,
             "watching %s (%s, at most %d file(s) per batch) -> %s; checkpoint %s",
