@@ -95,7 +95,9 @@ def runs_by_job(store: str, experiment: str) -> dict:
 
 @pytest.mark.slow
 def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_server, pipeline_cli_run, tmp_path):
-    """The pipeline by the CLI on the Connect server, against the same run on classic (``pipeline_cli_run``)."""
+    """The pipeline by the CLI on the Connect server, against the same run on classic (``pipeline_cli_run``).
+    Its dedup step groups by distributed Large-Star/Small-Star rounds here (``dedup.local_max_edges=0``),
+    by union-find in one task on classic: the same groups."""
     from conftest import PIPELINE_DOCS
 
     n_docs = PIPELINE_DOCS
@@ -125,6 +127,8 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
         "mlflow.experiment=on-connect",
         "--set",
         f"spark.remote={connect_server}",
+        "--set",
+        "dedup.local_max_edges=0",
         cwd=tmp_path,
     )
     assert connect.returncode == 0, connect.stderr[-3000:]
@@ -135,6 +139,9 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
     assert rows(spark, remote / "prepared", drop=("source",)) == rows(spark, classic / "prepared", drop=("source",))
     assert rows(spark, remote / "prepared_quarantine", order="raw", drop=("source",)) == rows(
         spark, classic / "prepared_quarantine", order="raw", drop=("source",)
+    )
+    assert rows(spark, remote / "deduplicated", drop=("source",)) == rows(
+        spark, classic / "deduplicated", drop=("source",)
     )
     assert rows(spark, remote / "annotated") == rows(spark, classic / "annotated")
     on_connect, on_classic = rows(spark, remote / "classified"), rows(spark, classic / "classified")
@@ -154,6 +161,8 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
         "connect": runs_by_job(store, "on-connect"),
         "classic": runs_by_job(f"sqlite:///{classic_root / 'mlflow.db'}", "pipeline-e2e"),
     }
+    assert by_job["connect"]["dedup"].data.metrics["component_rounds"] >= 1
+    assert by_job["classic"]["dedup"].data.metrics["component_rounds"] == 0
     for kind, runs in by_job.items():
         assert runs["pipeline"].data.tags["spark.session_kind"] == kind
         assert runs["build_index"].data.metrics["recall_at_10"] >= 0.9
@@ -163,8 +172,9 @@ def test_the_whole_pipeline_on_connect_equals_the_classic_run(spark, connect_ser
         < 0.01
     )
     assert abs(metrics["connect"]["cluster"]["clusters"] - metrics["classic"]["cluster"]["clusters"]) <= 1
-    assert spark.read.parquet(str(remote / "neighbors")).count() == n_docs
-    assert spark.read.parquet(str(remote / "clusters")).count() == n_docs
+    kept = spark.read.parquet(str(classic / "deduplicated_kept")).count()
+    assert spark.read.parquet(str(remote / "neighbors")).count() == kept < n_docs
+    assert spark.read.parquet(str(remote / "clusters")).count() == kept
     # The once-per-worker model load, proven by the same metrics on both kinds.
     for job in ("annotate", "classify", "embed_docs", "neighbors"):
         for kind in ("connect", "classic"):
@@ -327,39 +337,6 @@ def test_every_notebook_test_passes_on_a_connect_session(connect_server, tmp_pat
     # every notebook's own test ran (and passed) on Connect, not only the listing check
     assert len(passed) == len(NOTEBOOKS) + 1 and len(set(passed)) == len(passed), proc.stdout[-3000:]
     assert "test_every_notebook_is_tested" in passed
-
-
-@pytest.mark.slow
-def test_dedup_on_connect_gives_the_classic_groups(spark, connect_server, job_conf, tmp_path):
-    """The ``dedup`` job by the CLI on the Connect server (its signatures in the server's Python
-    workers, its components in distributed rounds) against the same input in the classic session
-    (components in one task): the same groups, kinds and accounting."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from test_dedup import corpus
-
-    from textmill.jobs import run_job
-
-    docs, _ = corpus()
-    src = tmp_path / "in"
-    src.mkdir()
-    schema = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
-    pq.write_table(pa.Table.from_pylist(docs, schema=schema), src / "p.parquet")
-    classic = run_job("dedup", job_conf(io={"input": str(src), "output": str(tmp_path / "classic")}), spark)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for local_max_edges in (0,):
-        out = tmp_path / f"connect-{local_max_edges}"
-        proc = cli(
-            "run", "dedup", "--conf", str(REPO / "conf" / "dedup.yaml"), "--env", "local", "--json",
-            *["--set", f"io.input={src}", "--set", f"io.output={out}", "--set", f"spark.remote={connect_server}"],
-            *["--set", f"mlflow.tracking_uri={store}", "--set", f"dedup.local_max_edges={local_max_edges}"],
-            cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        metrics = json.loads(proc.stdout)["metrics"]
-        for key in ("rows_in", "rows_out", "rows_kept", "rows_quarantined", "exact_duplicates", "near_duplicates"):
-            assert metrics[key] == classic[key], key
-        assert rows(spark, out, order="doc_id") == rows(spark, tmp_path / "classic", order="doc_id")
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ LOGGED_WARNING = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d \d\d:\d\d:\d\d\S* WARNING "
 SPARK_WARN = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d WARN (\S+?):")
 STEPS = [
     "prepare",
+    "dedup",
     "annotate",
     "train_classifier",
     "classify",
@@ -56,13 +57,18 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
         "Business",
         "Sci_Tech",
     }
+    # The sample plants copies of earlier documents; the steps after dedup read its kept table.
+    marked = spark.read.parquet(str(tmp_path / "run" / "deduplicated"))
+    kinds = {r["dup_kind"]: r["count"] for r in marked.groupBy("dup_kind").count().collect()}
+    kept = spark.read.parquet(str(tmp_path / "run" / "deduplicated_kept")).count()
+    assert marked.count() == n_docs and kinds[None] == kept < n_docs and kinds["exact"] >= 1 and kinds["near"] >= 1
     annotated = spark.read.parquet(str(tmp_path / "run" / "annotated"))
-    assert annotated.count() == n_docs and annotated.where("error is not null").count() == 0
+    assert annotated.count() == kept and annotated.where("error is not null").count() == 0
     assert annotated.columns == ["doc_id", "tokens", "n_tokens", "entities", "entity_counts", "error", "label"]
     doc_vectors = spark.read.parquet(str(tmp_path / "run" / "doc_vectors"))
-    assert doc_vectors.count() == n_docs and doc_vectors.where("vector is null").count() == 0
+    assert doc_vectors.count() == kept and doc_vectors.where("vector is null").count() == 0
     classified = spark.read.parquet(str(tmp_path / "run" / "classified"))
-    assert classified.count() == n_docs and classified.where("label is null").count() == 0
+    assert classified.count() == kept and classified.where("label is null").count() == 0
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("pipeline-e2e")
@@ -72,22 +78,23 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     annotate = next(r for r in runs if r.data.tags["textmill.job"] == "annotate")
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert annotate.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert annotate.data.metrics["rows_out"] == n_docs
+    assert annotate.data.metrics["rows_out"] == kept
     trained = next(r for r in runs if r.data.tags["textmill.job"] == "train_classifier")
     assert trained.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.data.metrics["train_classifier.val_accuracy"] == trained.data.metrics["val_accuracy"]
-    assert parent.data.metrics["classify.rows_out"] == n_docs
+    assert parent.data.metrics["classify.rows_out"] == kept
     assert child.data.metrics["rows_in"] == n_docs + len(BROKEN_LINES)
     assert parent.data.metrics["prepare.rows_out"] == n_docs
     summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json")).read_text())
     assert summary["documents"] == n_docs
     assert sum(summary["quarantined"].values()) == len(BROKEN_LINES)
     assert summary["annotate"]["row_errors"] == 0 and "PERSON" in summary["annotate"]["top_entity_types"]
-    assert sum(summary["classify"].values()) == n_docs
+    assert sum(summary["classify"].values()) == kept
+    assert summary["dedup"] == {"kept": kept, "exact": kinds["exact"], "near": kinds["near"]}
     assert summary["embeddings"]["dim"] == 32 and summary["embeddings"]["vocab_size"] > 50
     clusters = spark.read.parquet(str(tmp_path / "run" / "clusters"))
-    assert clusters.count() == n_docs and summary["clusters"]["count"] >= 1
-    assert spark.read.parquet(str(tmp_path / "run" / "neighbors")).count() == n_docs
+    assert clusters.count() == kept and summary["clusters"]["count"] >= 1
+    assert spark.read.parquet(str(tmp_path / "run" / "neighbors")).count() == kept
     steps_logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "steps.json")).read_text())
     assert [s["name"] for s in steps_logged] == STEPS
     assert {s["run_id"] for s in steps_logged} == {r.info.run_id for r in runs if r.info.run_id != parent.info.run_id}
@@ -103,10 +110,10 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     ], err
     assert "Downloading artifacts" not in err and " INFO " not in err
     # One line as each step starts and one as it ends, in order.
-    done = re.findall(r"^\[(\d)/9\] (\w+) … done in ([\d.]+) s", out, flags=re.M)
+    done = re.findall(r"^\[(\d+)/10\] (\w+) … done in ([\d.]+) s", out, flags=re.M)
     assert [name for _, name, _ in done] == STEPS, out
-    assert [int(i) for i, _, _ in done] == list(range(1, 10))
-    assert all(f"[{i}/9] {name} …\n" in out for i, name in enumerate(STEPS, start=1))
+    assert [int(i) for i, _, _ in done] == list(range(1, 11))
+    assert all(f"[{i}/10] {name} …\n" in out for i, name in enumerate(STEPS, start=1))
     # The table's rows say what the step runs logged.
     table = out[out.index("step  ") :]
     row = re.search(r"^prepare\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+-\s+([\d.]+)\s", table, flags=re.M)
@@ -116,10 +123,9 @@ def test_pipeline_cli_runs_every_step_with_a_clean_console_and_nested_runs(spark
     ]
     accuracy = re.search(r"^train_classifier\s.*val accuracy ([\d.]+)", table, flags=re.M)
     assert accuracy and float(accuracy.group(1)) == round(trained.data.metrics["val_accuracy"], 3)
+    rows_in = {"prepare": n_docs + len(BROKEN_LINES), "dedup": n_docs}
     for name in STEPS:
-        assert re.search(
-            rf"^{name}\s+{n_docs if name != 'prepare' else n_docs + len(BROKEN_LINES)}\s", table, flags=re.M
-        ), name
+        assert re.search(rf"^{name}\s+{rows_in.get(name, kept)}\s", table, flags=re.M), name
     # Where to look next.
     assert f"MLflow run  {parent.info.run_id}" in out
     assert (

@@ -2,9 +2,13 @@
 
 ``write_sample_csv`` writes a CSV with a header ``id,title,body,topic`` whose bodies mix
 topic words, named entities (people, organisations, places) and numbers, so every later
-step (tokens, entities, topic labels) has real signal to work on. It appends a few broken
-lines on purpose (an empty body, a wrong column count, an unterminated quote) so the demo
-also shows the quarantine. Deterministic for a given seed.
+step (tokens, entities, topic labels) has real signal to work on. About ``duplicates`` of the
+documents repeat an earlier one, as news archives do, so the demo's ``dedup`` step finds
+something: a repost (the same body under another title, its case and spacing changed: an
+exact duplicate once normalised) or a wire copy (the body under a dateline such as
+``LONDON (Reuters) -``: a near duplicate, Jaccard about 0.9 of its 5-word shingles). It
+appends a few broken lines on purpose (an empty body, a wrong column count, an unterminated
+quote) so the demo also shows the quarantine. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -98,12 +102,24 @@ def _document(rng: random.Random, topic: str) -> tuple[str, str]:
     return title, body
 
 
-def write_sample_csv(path: str | Path, n_docs: int = 2000, seed: int = 7, id_prefix: str = "sample") -> Path:
-    """Write ``n_docs`` generated documents (ids ``<id_prefix>-000000``...) plus ``len(BROKEN_LINES)``
-    broken lines to ``path``."""
+def _copy(rng: random.Random, title: str, body: str) -> tuple[str, str]:
+    """A repost (another title; case and spacing changed) or a wire copy (a dateline added)."""
+    if rng.random() < 0.5:
+        return f"{title} (updated)", body.upper().replace(" ", "  ")
+    place = rng.choice(PLACES).upper()
+    return title, f"{place} ({rng.choice(['Reuters', 'AP', 'AFP'])}) - {body}"
+
+
+def write_sample_csv(
+    path: str | Path, n_docs: int = 2000, seed: int = 7, id_prefix: str = "sample", duplicates: float = 0.04
+) -> Path:
+    """Write ``n_docs`` generated documents (ids ``<id_prefix>-000000``...), about ``duplicates``
+    of them copies of an earlier one, plus ``len(BROKEN_LINES)`` broken lines to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    copies = random.Random(seed + 1)  # its own stream: the other documents do not change with ``duplicates``
+    written: list[tuple[str, str, str]] = []  # (title, body, topic)
     topics = sorted(TOPICS)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
@@ -112,6 +128,10 @@ def write_sample_csv(path: str | Path, n_docs: int = 2000, seed: int = 7, id_pre
         for i in range(n_docs):
             topic = topics[i % len(topics)]
             title, body = _document(rng, topic)
+            if written and copies.random() < duplicates:
+                title, body, topic = written[copies.randrange(len(written))]
+                title, body = _copy(copies, title, body)
+            written.append((title, body, topic))
             writer.writerow([f"{id_prefix}-{i:06d}", title, body, topic])
         for line in BROKEN_LINES:
             fh.write(line + "\r\n")

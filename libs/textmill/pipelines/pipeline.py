@@ -4,7 +4,8 @@ With ``io.input`` unset it generates the sample corpus (``textmill.data.sample``
 ``<io.output>/sample/``; then it runs each step in ``pipeline.steps`` as a nested MLflow
 run under this job's run, writing to ``<io.output>/<step output>``, and finishes with a
 summary (counts, labels, lengths, quarantine reasons, tokens and entity types) that it
-logs as ``summary.json`` (and ``--json`` prints). Steps: ``prepare`` -> ``annotate`` -> ``train_classifier``
+logs as ``summary.json`` (and ``--json`` prints). Steps: ``prepare`` -> ``dedup`` (the later steps read its
+kept table) -> ``annotate`` -> ``train_classifier``
 (when the prepared sample has at least two labels) -> ``classify`` (with the model just
 trained, or ``classify.model_uri``) -> ``train_embeddings`` (on annotate's tokens) ->
 ``embed_docs`` -> ``build_index`` -> ``neighbors`` (the documents' kNN graph) -> ``cluster``.
@@ -26,10 +27,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from textmill.data.sample import write_sample_csv
+from textmill.dedup.transforms import DedupConf
 from textmill.pipelines.annotate import AnnotateJobConf
 from textmill.pipelines.build_index import BuildIndexJobConf, IndexConf
 from textmill.pipelines.classify import ClassifyConf, ClassifyJobConf
 from textmill.pipelines.cluster import ClusterConf, ClusterJobConf
+from textmill.pipelines.dedup import DedupJobConf
 from textmill.pipelines.embed_docs import EmbedConf, EmbedDocsJobConf
 from textmill.pipelines.neighbors import NeighborsConf, NeighborsJobConf
 from textmill.pipelines.prepare import PrepareConf, PrepareJobConf
@@ -45,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 STEP_ORDER = (
     "prepare",
+    "dedup",
     "annotate",
     "train_classifier",
     "classify",
@@ -56,6 +60,7 @@ STEP_ORDER = (
 )
 Step = Literal[
     "prepare",
+    "dedup",
     "annotate",
     "train_classifier",
     "classify",
@@ -83,6 +88,7 @@ class PipelineJobConf(JobConf):
     rate_metric: ClassVar[bool] = False  # its wall time is all the steps'; each step logs its own rate
     pipeline: PipelineConf = Field(default_factory=PipelineConf)
     prepare: PrepareConf = Field(default_factory=PrepareConf)
+    dedup: DedupConf = Field(default_factory=DedupConf)
     nlp: NlpConf = Field(default_factory=NlpConf)
     tokenize: TokenOptions = Field(default_factory=TokenOptions)
     ner: EntityOptions = Field(default_factory=EntityOptions)
@@ -149,6 +155,10 @@ def summarize(spark: SparkSession, root: str, steps: list[str]) -> dict:
                 for w in probes
             },
         }
+    if "dedup" in steps and Path(f"{root}/deduplicated").exists():
+        marked = spark.read.parquet(f"{root}/deduplicated")
+        kinds = {r["dup_kind"]: r["count"] for r in marked.groupBy("dup_kind").count().collect()}
+        summary["dedup"] = {"kept": kinds.get(None, 0), "exact": kinds.get("exact", 0), "near": kinds.get("near", 0)}
     if "cluster" in steps and Path(f"{root}/clusters").exists():
         sizes = [r["size"] for r in spark.read.parquet(f"{root}/clusters_sizes").orderBy("cluster_id").collect()]
         summary["clusters"] = {"count": len(sizes), "largest": sizes[:5], "singletons": sum(1 for x in sizes if x == 1)}
@@ -182,6 +192,8 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
     metrics: dict[str, float] = {}
     steps: list[dict] = []
     prepared, quarantine = f"{root}/prepared", f"{root}/prepared_quarantine"
+    # The steps after dedup read the deduplicated table.
+    corpus = f"{root}/deduplicated_kept" if "dedup" in conf.pipeline.steps else prepared
     common = {"spark": conf.spark, "mlflow": conf.mlflow}
     model_uri: str | None = None
     for number, step in enumerate(conf.pipeline.steps, start=1):
@@ -190,22 +202,26 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
             step_conf = PrepareJobConf(
                 io={"input": source, "output": prepared, "quarantine": quarantine}, prepare=conf.prepare, **common
             )
+        elif step == "dedup":
+            step_conf = DedupJobConf(
+                io={"input": prepared, "output": f"{root}/deduplicated"}, dedup=conf.dedup, **common
+            )
         elif step == "annotate":
             step_conf = AnnotateJobConf(
-                io={"input": prepared, "output": f"{root}/annotated"},
+                io={"input": corpus, "output": f"{root}/annotated"},
                 nlp=conf.nlp,
                 tokenize=conf.tokenize,
                 ner=conf.ner,
                 **common,
             )
         elif step == "train_classifier":
-            labels = spark.read.parquet(prepared).where("label is not null").select("label").distinct().count()
+            labels = spark.read.parquet(corpus).where("label is not null").select("label").distinct().count()
             if labels < 2:
                 logger.info("pipeline: skipping train_classifier: the prepared corpus has %d label(s)", labels)
                 console.step_skipped(label, f"the prepared corpus has {labels} label(s)")
                 continue
             step_conf = TrainClassifierJobConf(
-                io={"input": prepared, "output": f"{root}/classifier"}, classifier=conf.classifier, **common
+                io={"input": corpus, "output": f"{root}/classifier"}, classifier=conf.classifier, **common
             )
             model_uri = f"{root}/classifier/model"
         elif step == "classify":
@@ -215,19 +231,19 @@ def run(spark: SparkSession, conf: PipelineJobConf) -> JobOutcome:
                 console.step_skipped(label, "no model was trained and classify.model_uri is not set")
                 continue
             step_conf = ClassifyJobConf(
-                io={"input": prepared, "output": f"{root}/classified"},
+                io={"input": corpus, "output": f"{root}/classified"},
                 classify=conf.classify.model_copy(update={"model_uri": uri}),
                 **common,
             )
         elif step == "train_embeddings":
             # Tokens from annotate when it ran, else the prepared text.
-            tokens = f"{root}/annotated" if "annotate" in conf.pipeline.steps else prepared
+            tokens = f"{root}/annotated" if "annotate" in conf.pipeline.steps else corpus
             step_conf = TrainEmbeddingsJobConf(
                 io={"input": tokens, "output": f"{root}/embeddings"}, embeddings=conf.embeddings, **common
             )
         elif step == "embed_docs":
             step_conf = EmbedDocsJobConf(
-                io={"input": prepared, "output": f"{root}/doc_vectors"},
+                io={"input": corpus, "output": f"{root}/doc_vectors"},
                 embed=conf.embed.model_copy(update={"embeddings": conf.embed.embeddings or f"{root}/embeddings"}),
                 **common,
             )
