@@ -310,3 +310,33 @@ def test_later_batches_are_marked_against_the_index_of_earlier_ones(spark, tmp_p
             joined_earlier = sum(1 for d in good if batch[d] == b and batch[marks[d][0]] < b)
             assert found.earlier_copies == joined_earlier > 0
     check_marks_against_earlier_batches(good, batch, planted, marks)
+
+
+def test_integer_ids_group_like_strings_and_dedup_output_is_refused_as_input(spark, job_conf, tmp_path):
+    """Ids that are not strings (int64) are grouped and named as they are (``dup_group`` and
+    ``dup_of`` of the id's type); a table that already
+    has dedup's columns (its own output, run again) is refused in one line before any work."""
+    from textmill.jobs import run_job
+    from textmill.runtime.errors import ColumnNotFoundError
+
+    words = " ".join(WORDS[:200])
+    docs = [
+        {"doc_id": 30, "text": words},
+        {"doc_id": 7, "text": words.upper()},  # exact
+        {"doc_id": 12, "text": words + " and one more"},  # near: Jaccard 196/199
+        {"doc_id": 5, "text": " ".join(WORDS[300:500])},
+    ]
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    pq.write_table(
+        pa.Table.from_pylist(docs, schema=pa.schema([("doc_id", pa.int64()), ("text", pa.string())])), src / "p.parquet"
+    )
+    conf = job_conf(io={"input": str(src), "output": str(out)})
+    run_job("dedup", conf, spark)
+    rows = {r["doc_id"]: (r["dup_group"], r["dup_of"], r["dup_kind"]) for r in spark.read.parquet(str(out)).collect()}
+    # The rule's lowest id is 7 by number (the one-task union-find orders its labels as strings: "12" < "7").
+    assert rows == {5: (5, None, None), 7: (7, None, None), 12: (7, 7, "near"), 30: (7, 7, "exact")}
+    assert dict(spark.read.parquet(str(out)).dtypes)["dup_group"] == "bigint"
+    again = job_conf(io={"input": str(out), "output": str(tmp_path / "again")})
+    with pytest.raises(ColumnNotFoundError, match=r"already has column\(s\) dup_group, dup_of, is_representative"):
+        run_job("dedup", again, spark)

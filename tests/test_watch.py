@@ -495,7 +495,12 @@ def test_the_dedup_step_marks_a_later_copy_of_an_earlier_batch_s_document(spark,
         b, d = record["batch_id"], record["steps"]["dedup"]
         assert record["files"][0].endswith(f"wave-{b}.csv")
         assert d["rows_in"] == record["steps"]["prepare"]["rows_out"] == d["rows_kept"] + d["rows_removed"]
-        assert record["steps"]["tokenize"]["rows_in"] == d["rows_kept"]
+        # A batch whose every row copies an earlier one has nothing for the later steps.
+        assert (
+            record["steps"]["tokenize"]["rows_in"] == d["rows_kept"]
+            if d["rows_kept"]
+            else "tokenize" not in record["steps"]
+        )
         assert d["earlier_batches"] == b
         assert d["copies_of_earlier_batches"] == sum(1 for x in good if batch[x] == b and batch[marks[x][0]] < b)
         assert d["candidate_pairs"] <= bands * d["rows_in"]

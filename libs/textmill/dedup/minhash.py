@@ -3,10 +3,13 @@
 - ``normalize``: the text two documents must share to be exact duplicates (case, Unicode NFKC,
   punctuation, whitespace: each configurable);
 - ``shingle_hashes``: the set of word n-grams (or character n-grams) of the normalised text, as
-  sorted distinct 32-bit hashes (CRC-32: stable across processes, where Python's ``hash`` is
-  salted per process). A text shorter than one shingle is one shingle, itself;
-- ``signature``: ``num_perm`` minimum hashes under seeded permutations ``(a x + b) mod p``
-  (p = 2^61 - 1, datasketch's scheme), vectorised over the shingles;
+  sorted distinct 32-bit hashes, stable across processes (where Python's ``hash`` is salted per
+  process): a word n-gram's hash mixes its words' CRC-32s in numpy (one CRC per word, not one
+  string and CRC per n-gram: 1.5x faster), a character n-gram's is its CRC-32. A text shorter
+  than one shingle is one shingle, itself;
+- ``signature``: ``num_perm`` minimum hashes under seeded multiply-shift hash functions
+  ``((a x + b) mod 2^64) >> 32`` (a odd; Dietzfelbinger's universal family), vectorised over the
+  shingles: no modulo by a prime, 2.7x faster than datasketch's ``(a x + b) mod (2^61 - 1)``;
 - ``band_keys``: one 64-bit key per band of ``rows`` signature values: documents that share a
   key in a band are candidates;
 - ``choose_bands``: the bands x rows that minimise the weighted false-positive and
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MERSENNE = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
+_SHIFT = np.uint64(32)
+# Word n-gram mixing: a multiplier per position (golden-ratio based), then a 64-bit finaliser.
+_MIX, _FINAL = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACE = re.compile(r"\s+", re.UNICODE)
 
@@ -50,24 +55,36 @@ def exact_key(normalized: str) -> str:
 
 
 def shingle_hashes(normalized: str, kind: str = "word", size: int = 5) -> np.ndarray:
-    """Sorted distinct CRC-32 hashes (uint32) of the ``size``-grams of words (``kind: word``) or of
-    characters (``char``) of a normalised text; a text shorter than one shingle is one shingle.
-    An empty text has no shingle."""
-    units: list[str] | str = normalized.split(" ") if kind == "word" else normalized
+    """Sorted distinct 32-bit hashes (uint32) of the ``size``-grams of words (``kind: word``: the
+    words' CRC-32s mixed, position by position) or of characters (``char``: CRC-32) of a
+    normalised text; a text shorter than one shingle is one shingle. An empty text has none."""
     if not normalized:
         return np.empty(0, dtype=np.uint32)
-    joiner = " " if kind == "word" else ""
-    if len(units) <= size:
-        grams = [normalized]
-    else:
-        grams = [joiner.join(units[i : i + size]) for i in range(len(units) - size + 1)]
-    hashes = [zlib.crc32(g.encode("utf-8", "surrogatepass")) for g in grams]
-    return np.unique(np.asarray(hashes, dtype=np.uint32))
+    if kind != "word":
+        if len(normalized) <= size:
+            grams = [normalized]
+        else:
+            grams = [normalized[i : i + size] for i in range(len(normalized) - size + 1)]
+        return np.unique(np.fromiter((zlib.crc32(g.encode("utf-8", "surrogatepass")) for g in grams), np.uint32))
+    words = normalized.split(" ")
+    crcs = np.fromiter(
+        (zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words)
+    )
+    n = max(1, len(words) - size + 1)
+    width = min(size, len(words))  # a text shorter than one shingle: one shingle of all its words
+    with np.errstate(over="ignore"):
+        mixed = crcs[:n].copy()
+        for k in range(1, width):
+            mixed = mixed * _MIX + crcs[k : n + k]
+        mixed ^= mixed >> np.uint64(31)
+        mixed *= _FINAL
+        mixed ^= mixed >> np.uint64(29)
+    return np.unique((mixed >> _SHIFT).astype(np.uint32))
 
 
 @dataclass(frozen=True)
 class Permutations:
-    """``num_perm`` seeded hash permutations ``(a x + b) mod p``, masked to 32 bits (datasketch's)."""
+    """``num_perm`` seeded multiply-shift hash functions ``((a x + b) mod 2^64) >> 32``, a odd."""
 
     a: np.ndarray
     b: np.ndarray
@@ -75,8 +92,8 @@ class Permutations:
     @classmethod
     def make(cls, num_perm: int, seed: int) -> Permutations:
         rng = np.random.RandomState(seed)
-        a = rng.randint(1, int(MERSENNE), size=num_perm, dtype=np.uint64)
-        b = rng.randint(0, int(MERSENNE), size=num_perm, dtype=np.uint64)
+        a = rng.randint(0, 1 << 64, size=num_perm, dtype=np.uint64) | np.uint64(1)
+        b = rng.randint(0, 1 << 64, size=num_perm, dtype=np.uint64)
         return cls(a, b)
 
 
@@ -85,9 +102,8 @@ def signature(hashes: np.ndarray, perms: Permutations) -> np.ndarray:
     with no shingle has the all-maximum signature (it shares no band with anything real)."""
     if hashes.size == 0:
         return np.full(perms.a.size, MAX_HASH, dtype=np.uint32)
-    # uint64 products wrap modulo 2^64 before the modulo p, as datasketch computes them.
-    with np.errstate(over="ignore"):
-        permuted = (np.outer(hashes.astype(np.uint64), perms.a) + perms.b) % MERSENNE & MAX_HASH
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2^64, as multiply-shift needs
+        permuted = (np.outer(hashes.astype(np.uint64), perms.a) + perms.b) >> _SHIFT
     return permuted.min(axis=0).astype(np.uint32)
 
 

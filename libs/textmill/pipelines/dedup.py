@@ -28,7 +28,7 @@ from pathlib import Path
 import mlflow
 from pydantic import Field
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import textmill
@@ -38,7 +38,7 @@ from textmill.dedup.transforms import DedupConf
 from textmill.pipelines.prepare import quarantine_path
 from textmill.runtime import console, session_kinds
 from textmill.runtime.config import JobConf
-from textmill.runtime.errors import AccountingError, ConfigError
+from textmill.runtime.errors import AccountingError, ColumnNotFoundError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,15 @@ JOB_CONF = DedupJobConf
 def quarantine_reason(df: DataFrame, c: DedupConf) -> DataFrame:
     """``df`` plus ``_dd_reason``: why a row cannot be compared (null: it can)."""
     ident, text = F.col(c.id_column), F.col(c.text_column)
-    repeated = F.count(F.lit(1)).over(Window.partitionBy(c.id_column)) > 1
+    # The repeated ids from a shuffle of the ids alone, not of whole rows (texts) by a window.
+    repeated_ids = (
+        df.groupBy(c.id_column)
+        .agg(F.count(F.lit(1)).alias("_dd_n"))
+        .where((F.col("_dd_n") > 1) & F.col(c.id_column).isNotNull())
+        .select(c.id_column, F.lit(True).alias("_dd_repeated"))
+    )
+    df = df.join(repeated_ids, c.id_column, "left")
+    repeated = F.col("_dd_repeated").isNotNull()
     reason = (
         F.when(ident.isNull(), F.lit("null_doc_id"))
         .when(repeated, F.lit("duplicate_doc_id"))
@@ -74,7 +82,7 @@ def quarantine_reason(df: DataFrame, c: DedupConf) -> DataFrame:
         .when(F.trim(text) == "", F.lit("empty_text"))
         .when(~F.is_valid_utf8(text), F.lit("invalid_utf8"))
     )
-    return df.withColumn("_dd_reason", reason)
+    return df.withColumn("_dd_reason", reason).drop("_dd_repeated")
 
 
 def run(spark: SparkSession, conf: DedupJobConf) -> dict[str, float]:
@@ -82,6 +90,12 @@ def run(spark: SparkSession, conf: DedupJobConf) -> dict[str, float]:
     columns = [c.id_column, c.text_column] + ([c.time_column] if c.time_column else [])
     source = io.read_input(spark, conf.io.input, columns, hint="dedup.id_column / dedup.text_column")
     io.require_text_column(source, c.text_column)
+    clash = [name for name in source.columns if name in MARK_COLUMNS or name.startswith("_dd_")]
+    if clash:
+        raise ColumnNotFoundError(
+            f"the input already has column(s) {', '.join(clash)}, which dedup writes (is it dedup output? its "
+            f"deduplicated table is {conf.io.input.rstrip('/')}_kept); drop or rename them first"
+        )
     banding = c.banding()
     console.status(
         logger,
