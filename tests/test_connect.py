@@ -228,9 +228,12 @@ def watch_command(inbox: Path, out: Path, mlflow_uri: str, url: str, *extra: str
 
 @pytest.mark.slow
 def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(connect_server, tmp_path, mlflow_uri):
+    """The watch on Connect (the driver lists the inbox), with its dedup step: killed mid-batch and
+    rerun, then two more waves, the last one copies of the first wave's texts, marked as such."""
     import signal
     from collections import Counter
 
+    import pyarrow.parquet as pq
     from test_watch import BatchWatcher, _ids, _start, _wait_for, wave
 
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
@@ -242,12 +245,12 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
         mlflow_uri,
         connect_server,
         "--set",
-        "watch.steps=[prepare, ner]",
+        "watch.steps=[prepare, dedup, ner]",
         "--set",
         "watch.max_files_per_batch=2",
     )
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    watcher = BatchWatcher(out, ("prepare", "quarantine", "ner"))
+    watcher = BatchWatcher(out, ("prepare", "quarantine", "dedup", "dedup_index", "ner"))
     watcher.start()
     proc = _start(cmd, tmp_path / "first.log")
     # Kill the client once batch 0 is committed and batch 1 has written its prepare output to staging.
@@ -267,7 +270,8 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
     # Two more waves, each picked up by a new run; a run with nothing new does nothing.
     ids |= wave(inbox, outgoing, 10_000, 3, 50, "x")
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    ids |= wave(inbox, outgoing, 20_000, 1, 30, "y")
+    copies = wave(inbox, outgoing, 20_000, 1, 30, "y", day_offset=20_000)  # the texts of rows 0-29
+    ids |= copies
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     idle = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     watcher.done.set()
@@ -276,7 +280,14 @@ def test_watch_on_connect_publishes_every_file_once_across_waves_and_a_kill_9(co
         assert run.returncode == 0, run.stderr[-3000:]
     assert "nothing to do" in idle.stdout + idle.stderr
     assert watcher.partial == []
-    assert _ids(out, "prepare") == _ids(out, "ner") == Counter({i: 1 for i in ids})
+    assert _ids(out, "prepare") == _ids(out, "dedup") == _ids(out, "dedup_index") == Counter({i: 1 for i in ids})
+    assert _ids(out, "ner") == Counter({i: 1 for i in ids - copies})
+    marks = {
+        r["doc_id"]: (r["dup_of"], r["dup_kind"])
+        for p in (out / "dedup").rglob("*.parquet")
+        for r in pq.read_table(p).to_pylist()
+    }
+    assert {i: m for i, m in marks.items() if m[0]} == {i: (str(int(i) - 20_000), "exact") for i in copies}
     records = [json.loads(p.read_text()) for p in sorted((out / "_batches").glob("*.json"))]
     assert sorted(f for r in records for f in r["files"]) == sorted(f"file:{p}" for p in inbox.rglob("*.csv"))
     assert [r["batch_id"] for r in records] == list(range(len(records))) and len(records) == 4 + 2 + 1

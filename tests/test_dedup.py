@@ -340,3 +340,22 @@ def test_integer_ids_group_like_strings_and_dedup_output_is_refused_as_input(spa
     again = job_conf(io={"input": str(out), "output": str(tmp_path / "again")})
     with pytest.raises(ColumnNotFoundError, match=r"already has column\(s\) dup_group, dup_of, is_representative"):
         run_job("dedup", again, spark)
+
+
+def test_an_index_built_with_other_settings_is_refused_in_one_line(spark, tmp_path):
+    """watch checks the latest earlier index before any batch: its keys depend on the
+    normalisation, shingles, permutations and banding, so other settings would match nothing."""
+    from textmill.data import storage
+    from textmill.pipelines.dedup import check_index_settings, index_settings
+    from textmill.runtime.errors import ConfigError
+
+    index = tmp_path / "dedup_index" / "batch=4"
+    index.mkdir(parents=True)
+    storage.write_marker(spark, str(index), {"schema": "dedup/v1-index", "dedup": index_settings(DedupConf())})
+    check_index_settings(spark, str(index), DedupConf(threshold=0.8, verify=False, sample_size=3))  # not key settings
+    with pytest.raises(
+        ConfigError, match=r"differ from those .*batch=4 was indexed with \(bands: 9 -> \d+, rows: 13 -> \d+\)"
+    ):
+        check_index_settings(spark, str(index), DedupConf(threshold=0.6))
+    with pytest.raises(ConfigError, match=r"\(shingle: 'word' -> 'char'\)"):
+        check_index_settings(spark, str(index), DedupConf(shingle="char"))
