@@ -93,8 +93,8 @@ def run(spark: SparkSession, conf: DedupJobConf) -> dict[str, float]:
     clash = [name for name in source.columns if name in MARK_COLUMNS or name.startswith("_dd_")]
     if clash:
         raise ColumnNotFoundError(
-            f"the input already has column(s) {', '.join(clash)}, which dedup writes (is it dedup output? its "
-            f"deduplicated table is {conf.io.input.rstrip('/')}_kept); drop or rename them first"
+            f"the input already has column(s) {', '.join(clash)}, which dedup writes: drop or rename them first "
+            f"(if it is dedup's own output, its deduplicated table is {conf.io.input.rstrip('/')}_kept)"
         )
     banding = c.banding()
     console.status(
