@@ -376,7 +376,7 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     read, each document is indexed once, and a later wave of copies is marked as copies."""
     inbox, out, outgoing = tmp_path / "inbox", tmp_path / "out", tmp_path / "outgoing"
     inbox.mkdir()
-    ids = wave(inbox, outgoing, 0, 8, 60, "w")
+    ids = wave(inbox, outgoing, 0, 6, 60, "w")
     steps = ("--set", "watch.steps=[prepare, dedup, ner]", "--set", "watch.max_files_per_batch=2")
     watcher = BatchWatcher(out, ("prepare", "quarantine", "dedup", "dedup_index", "ner"))
     watcher.start()
@@ -395,21 +395,21 @@ def test_kill_9_mid_batch_then_sigterm_on_a_trigger_loses_and_duplicates_nothing
     proc.wait(timeout=60)
     assert not (out / "_batches" / "1.json").exists()  # killed mid-batch, for real
 
-    # 2. Restarted on a trigger: batches 1-3 take the rest of the first wave (batch 1 replayed), then one
-    # batch per new wave; SIGTERM once batch 6 is under way.
+    # 2. Restarted on a trigger: batches 1-2 take the rest of the first wave (batch 1 replayed), then one
+    # batch per new wave; SIGTERM once batch 5 is under way.
     every = _command(
         inbox, out, mlflow_uri, *steps, "--set", "watch.trigger.every=2s", "--set", "mlflow.experiment=watch-sigterm"
     )
     log = tmp_path / "every.log"
     proc = _start(every, log)
     copies = {}
-    for n, tag in enumerate("bcd", start=3):
+    for n, tag in enumerate("bcd", start=2):
         _wait_for(lambda n=n: (out / "_batches" / f"{n}.json").exists(), proc, log)
         offset = 1000 * n if tag == "c" else 0  # wave c: the texts of rows 0-49, copied
         new = wave(inbox, outgoing, 1000 * n, 1, 50, tag, day_offset=offset)
         copies |= {i: str(int(i) - offset) for i in new} if offset else {}
         ids |= new
-    _wait_for(lambda: any((out / "_staging").glob("batch=6-*")), proc, log)
+    _wait_for(lambda: any((out / "_staging").glob("batch=5-*")), proc, log)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     text = log.read_text()
