@@ -140,12 +140,7 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
             parallelism, c.id_column
         ).sortWithinPartitions(c.id_column).write.parquet(staged_kept)
         bad.repartition(1).sortWithinPartitions("doc_id").write.parquet(staged_bad)
-        stats = written.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(F.col("is_representative").cast("long")).alias("kept"),
-            F.sum((F.col("dup_kind") == "exact").cast("long")).alias("exact"),
-            F.sum((F.col("dup_kind") == "near").cast("long")).alias("near"),
-        ).first()
+        stats = mark_counts(written)
         rows_out, kept = stats["rows"], stats["kept"] or 0
         rows_kept = io.count_parquet(spark, staged_kept)
         rows_quarantined = io.count_parquet(spark, staged_bad)
@@ -186,6 +181,16 @@ def _dedup(spark: SparkSession, conf: DedupJobConf, columns: list[str], checked:
         "theoretical_false_negative": banding.false_negative,
         "component_rounds": found.component_rounds,
     }
+
+
+def mark_counts(marked: DataFrame):
+    """One Spark job over written marks: ``rows``, ``kept`` (representatives), ``exact``, ``near``."""
+    return marked.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("is_representative").cast("long")).alias("kept"),
+        F.sum((F.col("dup_kind") == "exact").cast("long")).alias("exact"),
+        F.sum((F.col("dup_kind") == "near").cast("long")).alias("near"),
+    ).first()
 
 
 def group_size_histogram(sizes: DataFrame) -> list[tuple[int, int]]:
@@ -293,16 +298,7 @@ def write_batch(
         c.id_column
     ).write.parquet(marks_dir)
     transforms.index_rows(found.rows, c).repartition(parallelism).write.parquet(index_dir)
-    stats = (
-        spark.read.parquet(marks_dir)
-        .agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(F.col("is_representative").cast("long")).alias("kept"),
-            F.sum((F.col("dup_kind") == "exact").cast("long")).alias("exact"),
-            F.sum((F.col("dup_kind") == "near").cast("long")).alias("near"),
-        )
-        .first()
-    )
+    stats = mark_counts(spark.read.parquet(marks_dir))
     if stats["rows"] != rows_in:
         raise AccountingError(f"dedup: rows_in={rows_in} but {stats['rows']} rows marked; nothing was published")
     version = {"textmill_version": textmill.__version__, **marker}
